@@ -1,0 +1,225 @@
+package tokenize
+
+import (
+	"bytes"
+	"compress/gzip"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"strings"
+)
+
+// ErrFormat is wrapped by every error about the content of a tokenizer file:
+// bad JSON, missing fields, or a component this package does not implement.
+var ErrFormat = errors.New("tokenize: bad tokenizer file")
+
+// ErrNotFound is returned by LoadDir and LoadCLIPDir when the folder holds no
+// tokenizer files.
+var ErrNotFound = errors.New("tokenize: no tokenizer files")
+
+func formatErr(format string, args ...any) error {
+	return fmt.Errorf("%w: %s", ErrFormat, fmt.Sprintf(format, args...))
+}
+
+// readFile reads path, or path+".gz" if path is missing, and gunzips a file
+// whose name ends in .gz or whose content starts with the gzip magic.
+func readFile(path string) ([]byte, error) {
+	data, err := os.ReadFile(path)
+	if errors.Is(err, os.ErrNotExist) && !strings.HasSuffix(path, ".gz") {
+		if d, err2 := os.ReadFile(path + ".gz"); err2 == nil {
+			data, err, path = d, nil, path+".gz"
+		}
+	}
+	if err != nil {
+		return nil, fmt.Errorf("tokenize: %w", err)
+	}
+	if len(data) >= 2 && data[0] == 0x1f && data[1] == 0x8b {
+		zr, err := gzip.NewReader(bytes.NewReader(data))
+		if err != nil {
+			return nil, fmt.Errorf("%w: %s: %v", ErrFormat, path, err)
+		}
+		out := bytes.NewBuffer(make([]byte, 0, 6*len(data)))
+		if _, err := io.Copy(out, zr); err != nil {
+			return nil, fmt.Errorf("%w: %s: %v", ErrFormat, path, err)
+		}
+		return out.Bytes(), nil
+	}
+	return data, nil
+}
+
+// findFile returns the first of names that exists in dir, plain or with .gz.
+func findFile(dir string, names ...string) (string, bool) {
+	for _, n := range names {
+		for _, p := range []string{filepath.Join(dir, n), filepath.Join(dir, n+".gz")} {
+			if st, err := os.Stat(p); err == nil && !st.IsDir() {
+				return p, true
+			}
+		}
+	}
+	return "", false
+}
+
+// tokenizerFile is the part of a Hugging Face tokenizer.json that is read
+// with encoding/json; the vocab and merges are read by jsonScanner.
+type tokenizerFile struct {
+	AddedTokens  []addedTokenJSON `json:"added_tokens"`
+	Normalizer   json.RawMessage  `json:"normalizer"`
+	PreTokenizer json.RawMessage  `json:"pre_tokenizer"`
+	Decoder      json.RawMessage  `json:"decoder"`
+	Model        *struct {
+		Type                    string          `json:"type"`
+		Vocab                   json.RawMessage `json:"vocab"`
+		Merges                  json.RawMessage `json:"merges"`
+		UnkToken                *string         `json:"unk_token"`
+		ContinuingSubwordPrefix *string         `json:"continuing_subword_prefix"`
+		EndOfWordSuffix         *string         `json:"end_of_word_suffix"`
+		Dropout                 *float64        `json:"dropout"`
+		ByteFallback            bool            `json:"byte_fallback"`
+		IgnoreMerges            bool            `json:"ignore_merges"`
+	} `json:"model"`
+}
+
+type addedTokenJSON struct {
+	ID         *int   `json:"id"`
+	Content    string `json:"content"`
+	SingleWord bool   `json:"single_word"`
+	LStrip     bool   `json:"lstrip"`
+	RStrip     bool   `json:"rstrip"`
+	Normalized bool   `json:"normalized"`
+	Special    bool   `json:"special"`
+}
+
+// component is the {"type": ...} head of a normalizer, pre-tokenizer or
+// decoder, with the fields of the kinds this package implements.
+type component struct {
+	Type           string            `json:"type"`
+	Normalizers    []json.RawMessage `json:"normalizers"`
+	PreTokenizers  []json.RawMessage `json:"pretokenizers"`
+	Decoders       []json.RawMessage `json:"decoders"`
+	Pattern        *patternJSON      `json:"pattern"`
+	Behavior       string            `json:"behavior"`
+	Invert         bool              `json:"invert"`
+	AddPrefixSpace bool              `json:"add_prefix_space"`
+	UseRegex       *bool             `json:"use_regex"`
+	Individual     bool              `json:"individual_digits"`
+}
+
+type patternJSON struct {
+	Regex  *string `json:"Regex"`
+	String *string `json:"String"`
+}
+
+func isNull(raw json.RawMessage) bool {
+	raw = bytes.TrimSpace(raw)
+	return len(raw) == 0 || string(raw) == "null"
+}
+
+// parseNormalizer accepts no normalizer, NFC, or a Sequence of NFC.
+func parseNormalizer(raw json.RawMessage) (nfc bool, err error) {
+	if isNull(raw) {
+		return false, nil
+	}
+	var c component
+	if err := json.Unmarshal(raw, &c); err != nil {
+		return false, formatErr("normalizer: %v", err)
+	}
+	switch c.Type {
+	case "NFC":
+		return true, nil
+	case "Sequence":
+		for i, n := range c.Normalizers {
+			sub, err := parseNormalizer(n)
+			if err != nil {
+				return false, fmt.Errorf("%w (in normalizer sequence item %d)", err, i)
+			}
+			nfc = nfc || sub
+		}
+		return nfc, nil
+	}
+	return false, formatErr("normalizer type %q is not supported (only NFC)", c.Type)
+}
+
+// parsePreTokenizer turns the pre_tokenizer into split steps. byteLevel
+// reports whether a ByteLevel step was present.
+func parsePreTokenizer(raw json.RawMessage, steps []splitStep) (_ []splitStep, byteLevel bool, err error) {
+	if isNull(raw) {
+		return steps, false, nil
+	}
+	var c component
+	if err := json.Unmarshal(raw, &c); err != nil {
+		return nil, false, formatErr("pre_tokenizer: %v", err)
+	}
+	switch c.Type {
+	case "Sequence":
+		for i, p := range c.PreTokenizers {
+			var bl bool
+			steps, bl, err = parsePreTokenizer(p, steps)
+			if err != nil {
+				return nil, false, fmt.Errorf("%w (in pre_tokenizer sequence item %d)", err, i)
+			}
+			byteLevel = byteLevel || bl
+		}
+		return steps, byteLevel, nil
+	case "ByteLevel":
+		if c.AddPrefixSpace {
+			return nil, false, formatErr("pre_tokenizer ByteLevel with add_prefix_space true is not supported")
+		}
+		if c.UseRegex == nil || *c.UseRegex {
+			steps = append(steps, splitStep{name: "gpt2", next: gpt2Next})
+		}
+		return steps, true, nil
+	case "Digits":
+		return append(steps, splitStep{name: "digits", next: digitsNext(c.Individual)}), false, nil
+	case "Split":
+		if c.Behavior != "Isolated" || c.Invert {
+			return nil, false, formatErr("pre_tokenizer Split with behavior %q invert %v is not supported (only Isolated)", c.Behavior, c.Invert)
+		}
+		if c.Pattern == nil || (c.Pattern.Regex == nil && c.Pattern.String == nil) {
+			return nil, false, formatErr("pre_tokenizer Split has no pattern")
+		}
+		if c.Pattern.String != nil {
+			if *c.Pattern.String == "" {
+				return nil, false, formatErr("pre_tokenizer Split has an empty pattern")
+			}
+			return append(steps, literalStep(*c.Pattern.String)), false, nil
+		}
+		if *c.Pattern.Regex == qwenPattern {
+			return append(steps, splitStep{name: "qwen", next: qwenNext}), false, nil
+		}
+		st, err := regexStep(*c.Pattern.Regex)
+		if err != nil {
+			return nil, false, err
+		}
+		return append(steps, st), false, nil
+	case "":
+		return nil, false, formatErr("pre_tokenizer has no type")
+	}
+	return nil, false, formatErr("pre_tokenizer type %q is not supported", c.Type)
+}
+
+// parseDecoder accepts ByteLevel (or none, or a Sequence holding only
+// ByteLevel): the inverse of the byte mapping.
+func parseDecoder(raw json.RawMessage) error {
+	if isNull(raw) {
+		return nil
+	}
+	var c component
+	if err := json.Unmarshal(raw, &c); err != nil {
+		return formatErr("decoder: %v", err)
+	}
+	switch c.Type {
+	case "ByteLevel":
+		return nil
+	case "Sequence":
+		for i, d := range c.Decoders {
+			if err := parseDecoder(d); err != nil {
+				return fmt.Errorf("%w (in decoder sequence item %d)", err, i)
+			}
+		}
+		return nil
+	}
+	return formatErr("decoder type %q is not supported (only ByteLevel)", c.Type)
+}

@@ -1,0 +1,155 @@
+package tokenize
+
+import "container/heap"
+
+// mergeTable holds the BPE merges keyed by the ids of the two symbols. The
+// value packs the merge rank (high 32 bits) and the id of the merged token
+// (low 32 bits), so comparing two values compares ranks first.
+type mergeTable map[uint64]uint64
+
+func pairKey(a, b int32) uint64 { return uint64(uint32(a))<<32 | uint64(uint32(b)) }
+
+// shortWord is the longest word merged with the quadratic scan; longer words
+// use the heap so that a pathological input (100k letters without a space)
+// stays O(n log n).
+const shortWord = 96
+
+// merge applies the merges to syms in place: it repeatedly merges the pair
+// with the lowest rank, the leftmost one when a pair occurs more than once,
+// until no adjacent pair has a merge. This is the order of the Hugging Face
+// tokenizers BPE (Word::merge_all). It returns the shortened slice.
+func (m mergeTable) merge(syms []int32, sc *scratch) []int32 {
+	if len(syms) < 2 {
+		return syms
+	}
+	if len(syms) > shortWord {
+		return m.mergeHeap(syms, sc)
+	}
+	// ranks[i] is the table value for the pair (syms[i], syms[i+1]), or
+	// noMerge.
+	const noMerge = ^uint64(0)
+	ranks := sc.ranks[:0]
+	for i := 0; i+1 < len(syms); i++ {
+		v, ok := m[pairKey(syms[i], syms[i+1])]
+		if !ok {
+			v = noMerge
+		}
+		ranks = append(ranks, v)
+	}
+	for len(syms) > 1 {
+		best, bi := noMerge, -1
+		for i, v := range ranks {
+			if v < best {
+				best, bi = v, i
+			}
+		}
+		if bi < 0 {
+			break
+		}
+		syms[bi] = int32(uint32(best))
+		copy(syms[bi+1:], syms[bi+2:])
+		syms = syms[:len(syms)-1]
+		copy(ranks[bi:], ranks[bi+1:])
+		ranks = ranks[:len(ranks)-1]
+		if bi > 0 {
+			v, ok := m[pairKey(syms[bi-1], syms[bi])]
+			if !ok {
+				v = noMerge
+			}
+			ranks[bi-1] = v
+		}
+		if bi+1 < len(syms) {
+			v, ok := m[pairKey(syms[bi], syms[bi+1])]
+			if !ok {
+				v = noMerge
+			}
+			ranks[bi] = v
+		}
+	}
+	sc.ranks = ranks[:0]
+	return syms
+}
+
+// mergeCand is a pending merge of the symbol at pos with its right neighbour.
+type mergeCand struct {
+	val uint64 // rank<<32 | new id, as in mergeTable
+	pos int32
+}
+
+type candHeap []mergeCand
+
+func (h candHeap) Len() int { return len(h) }
+func (h candHeap) Less(i, j int) bool {
+	if h[i].val>>32 != h[j].val>>32 {
+		return h[i].val < h[j].val
+	}
+	return h[i].pos < h[j].pos
+}
+func (h candHeap) Swap(i, j int) { h[i], h[j] = h[j], h[i] }
+func (h *candHeap) Push(x any)   { *h = append(*h, x.(mergeCand)) }
+func (h *candHeap) Pop() any {
+	old := *h
+	x := old[len(old)-1]
+	*h = old[:len(old)-1]
+	return x
+}
+
+// mergeHeap is merge for long words: a linked list of symbols and a heap of
+// candidate merges ordered by (rank, position).
+func (m mergeTable) mergeHeap(syms []int32, sc *scratch) []int32 {
+	n := len(syms)
+	prev := make([]int32, n)
+	next := make([]int32, n)
+	alive := make([]bool, n)
+	h := make(candHeap, 0, n)
+	for i := range syms {
+		prev[i] = int32(i - 1)
+		next[i] = int32(i + 1)
+		alive[i] = true
+		if i+1 < n {
+			if v, ok := m[pairKey(syms[i], syms[i+1])]; ok {
+				h = append(h, mergeCand{val: v, pos: int32(i)})
+			}
+		}
+	}
+	next[n-1] = -1
+	heap.Init(&h)
+	for h.Len() > 0 {
+		c := heap.Pop(&h).(mergeCand)
+		p := c.pos
+		if !alive[p] || next[p] < 0 {
+			continue
+		}
+		q := next[p]
+		if v, ok := m[pairKey(syms[p], syms[q])]; !ok || v != c.val {
+			continue // stale: one side was merged since this was queued
+		}
+		syms[p] = int32(uint32(c.val))
+		alive[q] = false
+		next[p] = next[q]
+		if next[q] >= 0 {
+			prev[next[q]] = p
+		}
+		if pp := prev[p]; pp >= 0 {
+			if v, ok := m[pairKey(syms[pp], syms[p])]; ok {
+				heap.Push(&h, mergeCand{val: v, pos: pp})
+			}
+		}
+		if nn := next[p]; nn >= 0 {
+			if v, ok := m[pairKey(syms[p], syms[nn])]; ok {
+				heap.Push(&h, mergeCand{val: v, pos: p})
+			}
+		}
+	}
+	out := syms[:0]
+	for i := 0; i >= 0 && i < n; i = int(next[i]) {
+		out = append(out, syms[i])
+	}
+	return out
+}
+
+// scratch holds per-call buffers so that encoding does not allocate.
+type scratch struct {
+	syms  []int32
+	ranks []uint64
+}

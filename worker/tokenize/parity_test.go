@@ -1,0 +1,60 @@
+package tokenize
+
+import (
+	"encoding/json"
+	"os"
+	"slices"
+	"sync"
+	"testing"
+)
+
+type testCase struct {
+	Text  string `json:"text"`
+	IDs   []int  `json:"ids"`
+	IDs77 []int  `json:"ids77"`
+	Note  string `json:"note"`
+}
+
+func readCases(t testing.TB, path string) []testCase {
+	t.Helper()
+	data, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var cs []testCase
+	if err := json.Unmarshal(data, &cs); err != nil {
+		t.Fatalf("%s: %v", path, err)
+	}
+	if len(cs) == 0 {
+		t.Fatalf("%s: no cases", path)
+	}
+	return cs
+}
+
+var (
+	qwenOnce sync.Once
+	qwenTok  *BPE
+	qwenErr  error
+)
+
+// qwen3 loads the Qwen3 tokenizer once per test binary: the 11 MB file is
+// slow to parse under -race.
+func qwen3(t testing.TB) *BPE {
+	t.Helper()
+	qwenOnce.Do(func() { qwenTok, qwenErr = LoadDir("testdata/qwen3") })
+	if qwenErr != nil {
+		t.Fatal(qwenErr)
+	}
+	return qwenTok
+}
+
+func TestQwen3Cases(t *testing.T) {
+	t.Parallel()
+	tok := qwen3(t)
+	for i, c := range readCases(t, "testdata/qwen3/cases.json") {
+		got := tok.Encode(c.Text)
+		if !slices.Equal(got, c.IDs) {
+			t.Errorf("case %d %q:\n got %v\nwant %v", i, c.Text, got, c.IDs)
+		}
+	}
+}
