@@ -58,3 +58,37 @@ func TestQwen3Cases(t *testing.T) {
 		}
 	}
 }
+
+var (
+	clipOnce sync.Once
+	clipTok  *CLIP
+	clipErr  error
+)
+
+func clip(t testing.TB) *CLIP {
+	t.Helper()
+	clipOnce.Do(func() { clipTok, clipErr = LoadCLIP("testdata/clip") })
+	if clipErr != nil {
+		t.Fatal(clipErr)
+	}
+	return clipTok
+}
+
+func TestCLIPCases(t *testing.T) {
+	t.Parallel()
+	tok := clip(t)
+	for i, c := range readCases(t, "testdata/clip/cases.json") {
+		got := tok.Encode(c.Text)
+		if !slices.Equal(got, c.IDs) {
+			t.Errorf("case %d %q ids:\n got %v\nwant %v", i, c.Text, got, c.IDs)
+		}
+		got77 := tok.Encode77(c.Text)
+		want77 := make([]int32, len(c.IDs77))
+		for k, id := range c.IDs77 {
+			want77[k] = int32(id)
+		}
+		if !slices.Equal(got77[:], want77) {
+			t.Errorf("case %d %q ids77:\n got %v\nwant %v", i, c.Text, got77, want77)
+		}
+	}
+}
