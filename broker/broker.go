@@ -1,0 +1,225 @@
+// Package broker owns kiln's embedded NATS server: a single-node nats-server
+// with JetStream, started in-process by `kiln up` and `kiln broker`, with
+// the JetStream topology of package topology provisioned on start. It is
+// the only kiln package that imports nats-server.
+//
+// The embedded broker syncs every write to disk before it acknowledges it
+// (sync_interval: always): installations lose power, and an acknowledged job
+// must survive that.
+package broker
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"strconv"
+	"time"
+
+	"github.com/nats-io/nats-server/v2/server"
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/kiln-project/kiln/broker/topology"
+)
+
+// DefaultListen is the address the broker listens on when none is given.
+const DefaultListen = "127.0.0.1:4222"
+
+// ErrNotStarted is returned by calls that need a running broker.
+var ErrNotStarted = errors.New("broker: not started")
+
+// Config configures the embedded broker.
+type Config struct {
+	// Listen is host:port for clients (default DefaultListen; port 0 picks
+	// a free one). Ignored when DontListen is set. When ConfigFile is set
+	// and Listen is empty, the file's address is used.
+	Listen string
+	// DontListen serves only in-process connections (no TCP).
+	DontListen bool
+	// StoreDir is the JetStream store folder. Required unless ConfigFile
+	// sets store_dir.
+	StoreDir string
+	// ConfigFile is an optional standard nats-server configuration file
+	// (accounts, TLS, cluster routes, leaf nodes...). kiln forces
+	// JetStream on; values given here override the file's.
+	ConfigFile string
+	// ServerName names the server (default: nats-server picks one).
+	ServerName string
+	// MaxPayload bounds one message (default 8 MiB).
+	MaxPayload int32
+	// NoSync turns off the sync to disk before every acknowledgement. Only
+	// for benchmarks: with it, a power cut loses acknowledged jobs.
+	NoSync bool
+	// Topology is provisioned on start.
+	Topology topology.Config
+	// ReadyTimeout bounds the wait for the server to accept connections
+	// (default 10 s).
+	ReadyTimeout time.Duration
+	// Logger receives the server's log (default slog.Default()). Debug and
+	// trace lines are dropped unless the logger enables debug.
+	Logger *slog.Logger
+}
+
+// Broker is a running embedded nats-server.
+type Broker struct {
+	cfg Config
+	srv *server.Server
+	log *slog.Logger
+}
+
+// New validates cfg and prepares a broker; Start runs it.
+func New(cfg Config) (*Broker, error) {
+	if cfg.Logger == nil {
+		cfg.Logger = slog.Default()
+	}
+	if cfg.MaxPayload <= 0 {
+		cfg.MaxPayload = 8 << 20
+	}
+	if cfg.ReadyTimeout <= 0 {
+		cfg.ReadyTimeout = 10 * time.Second
+	}
+	if cfg.StoreDir == "" && cfg.ConfigFile == "" {
+		return nil, errors.New("broker: StoreDir is required (KILN_DATA or --data)")
+	}
+	return &Broker{cfg: cfg, log: cfg.Logger.With("component", "broker")}, nil
+}
+
+func (b *Broker) options() (*server.Options, error) {
+	opts := &server.Options{}
+	if b.cfg.ConfigFile != "" {
+		o, err := server.ProcessConfigFile(b.cfg.ConfigFile)
+		if err != nil {
+			return nil, fmt.Errorf("broker: config file %s: %w", b.cfg.ConfigFile, err)
+		}
+		opts = o
+	}
+	opts.JetStream = true
+	opts.NoSigs = true
+	if b.cfg.StoreDir != "" {
+		opts.StoreDir = b.cfg.StoreDir
+	}
+	if b.cfg.ServerName != "" {
+		opts.ServerName = b.cfg.ServerName
+	}
+	if b.cfg.ConfigFile == "" || b.cfg.MaxPayload != 8<<20 || opts.MaxPayload == 0 {
+		opts.MaxPayload = b.cfg.MaxPayload
+	}
+	if opts.SyncInterval == 0 {
+		opts.SyncAlways = !b.cfg.NoSync
+	}
+	if b.cfg.DontListen {
+		opts.DontListen = true
+	} else if b.cfg.Listen != "" || b.cfg.ConfigFile == "" {
+		listen := b.cfg.Listen
+		if listen == "" {
+			listen = DefaultListen
+		}
+		host, port, err := net.SplitHostPort(listen)
+		if err != nil {
+			return nil, fmt.Errorf("broker: listen address %q: %w", listen, err)
+		}
+		p, err := strconv.Atoi(port)
+		if err != nil || p < 0 || p > 65535 {
+			return nil, fmt.Errorf("broker: listen address %q: port must be 0..65535", listen)
+		}
+		if p == 0 {
+			p = server.RANDOM_PORT
+		}
+		opts.Host, opts.Port = host, p
+	}
+	return opts, nil
+}
+
+// Start runs the server, waits until it accepts connections and provisions
+// the topology. On error the server is shut down.
+func (b *Broker) Start(ctx context.Context) error {
+	opts, err := b.options()
+	if err != nil {
+		return err
+	}
+	srv, err := server.NewServer(opts)
+	if err != nil {
+		return fmt.Errorf("broker: %w", err)
+	}
+	srv.SetLoggerV2(&slogLogger{log: b.log}, b.log.Enabled(ctx, slog.LevelDebug), false, false)
+	go srv.Start()
+	if !srv.ReadyForConnections(b.cfg.ReadyTimeout) {
+		srv.Shutdown()
+		return fmt.Errorf("broker: not ready for connections after %s (is %s:%d free?)", b.cfg.ReadyTimeout, opts.Host, opts.Port)
+	}
+	b.srv = srv
+	nc, err := b.Connect()
+	if err != nil {
+		b.Shutdown(ctx)
+		return err
+	}
+	defer nc.Close()
+	js, err := jetstream.New(nc)
+	if err != nil {
+		b.Shutdown(ctx)
+		return fmt.Errorf("broker: %w", err)
+	}
+	if err := topology.Provision(ctx, js, b.cfg.Topology); err != nil {
+		b.Shutdown(ctx)
+		return fmt.Errorf("broker: %w", err)
+	}
+	b.log.Info("broker ready", "url", b.ClientURL(), "store", opts.StoreDir, "sync_always", opts.SyncAlways)
+	return nil
+}
+
+// ClientURL is the URL clients connect to ("" when DontListen is set).
+func (b *Broker) ClientURL() string {
+	if b.srv == nil || b.cfg.DontListen {
+		return ""
+	}
+	return b.srv.ClientURL()
+}
+
+// Server is the embedded server, for tests and diagnostics.
+func (b *Broker) Server() *server.Server { return b.srv }
+
+// Connect opens an in-process connection (no socket) to the broker.
+func (b *Broker) Connect(opts ...nats.Option) (*nats.Conn, error) {
+	if b.srv == nil {
+		return nil, ErrNotStarted
+	}
+	opts = append([]nats.Option{nats.InProcessServer(b.srv), nats.Name("kiln-inprocess")}, opts...)
+	nc, err := nats.Connect("", opts...)
+	if err != nil {
+		return nil, fmt.Errorf("broker: in-process connection: %w", err)
+	}
+	return nc, nil
+}
+
+// Shutdown stops the server and waits for it to finish, or for ctx.
+// Calling it again, or before Start, is a no-op.
+func (b *Broker) Shutdown(ctx context.Context) error {
+	srv := b.srv
+	if srv == nil {
+		return nil
+	}
+	done := make(chan struct{})
+	go func() {
+		srv.Shutdown()
+		srv.WaitForShutdown()
+		close(done)
+	}()
+	select {
+	case <-done:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+// slogLogger adapts slog to nats-server's Logger.
+type slogLogger struct{ log *slog.Logger }
+
+func (l *slogLogger) Noticef(format string, v ...any) { l.log.Info(fmt.Sprintf(format, v...)) }
+func (l *slogLogger) Warnf(format string, v ...any)   { l.log.Warn(fmt.Sprintf(format, v...)) }
+func (l *slogLogger) Fatalf(format string, v ...any)  { l.log.Error(fmt.Sprintf(format, v...)) }
+func (l *slogLogger) Errorf(format string, v ...any)  { l.log.Error(fmt.Sprintf(format, v...)) }
+func (l *slogLogger) Debugf(format string, v ...any)  { l.log.Debug(fmt.Sprintf(format, v...)) }
+func (l *slogLogger) Tracef(format string, v ...any)  { l.log.Debug(fmt.Sprintf(format, v...)) }

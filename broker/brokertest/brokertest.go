@@ -1,0 +1,75 @@
+// Package brokertest starts real embedded kiln brokers for tests: a
+// nats-server with JetStream on a random loopback port with its store in a
+// temporary folder, the kiln topology provisioned, shut down at test end.
+package brokertest
+
+import (
+	"context"
+	"io"
+	"log/slog"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go"
+
+	"github.com/kiln-project/kiln/broker"
+	"github.com/kiln-project/kiln/broker/topology"
+)
+
+// Options tune Run. The zero value is a default broker.
+type Options struct {
+	// Topology overrides topology defaults (e.g. a small MaxQueuedJobs).
+	Topology topology.Config
+	// StoreDir reuses a store folder (to restart a broker on the same
+	// data); default a new temporary folder.
+	StoreDir string
+	// Listen is host:port; default 127.0.0.1 on a random port.
+	Listen string
+}
+
+// Run starts a broker and registers its shutdown with tb.Cleanup.
+func Run(tb testing.TB, o *Options) *broker.Broker {
+	tb.Helper()
+	if o == nil {
+		o = &Options{}
+	}
+	dir := o.StoreDir
+	if dir == "" {
+		dir = tb.TempDir()
+	}
+	listen := o.Listen
+	if listen == "" {
+		listen = "127.0.0.1:0"
+	}
+	b, err := broker.New(broker.Config{
+		Listen:   listen,
+		StoreDir: dir,
+		Topology: o.Topology,
+		Logger:   slog.New(slog.NewTextHandler(io.Discard, nil)),
+	})
+	if err != nil {
+		tb.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	if err := b.Start(ctx); err != nil {
+		tb.Fatal(err)
+	}
+	tb.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		defer cancel()
+		_ = b.Shutdown(ctx)
+	})
+	return b
+}
+
+// Connect opens a TCP connection to b, closed at test end.
+func Connect(tb testing.TB, b *broker.Broker, opts ...nats.Option) *nats.Conn {
+	tb.Helper()
+	nc, err := nats.Connect(b.ClientURL(), opts...)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	tb.Cleanup(nc.Close)
+	return nc
+}

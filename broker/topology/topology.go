@@ -1,0 +1,279 @@
+// Package topology owns kiln's JetStream layout: the KILN_JOBS, KILN_RESULTS
+// and KILN_EVENTS streams, the per-(kind, model, lane) job consumers and the
+// kiln_workers and kiln_cancel key-value buckets. Provisioning is idempotent
+// and the same for the embedded broker and for an external nats-server or
+// cluster. It imports nats.go only, never nats-server, so workers and
+// clients can use it against any broker.
+package topology
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strings"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/kiln-project/kiln/schema"
+)
+
+// Config describes the topology. The zero value of a field means its
+// default; WithDefaults fills them in.
+type Config struct {
+	// Prefix is the first subject token (default "kiln"). Stream names are
+	// its upper case (KILN_JOBS), bucket names its lower case (kiln_workers).
+	Prefix string
+	// Replicas of every stream and bucket: 1 on a single Pi, 3 on a
+	// cluster (default 1).
+	Replicas int
+	// JobMaxAge is how long a job may wait in the queue (default 10 min).
+	JobMaxAge time.Duration
+	// MaxQueuedJobs bounds KILN_JOBS; a publish past it is refused at once
+	// (DiscardNew) and the client returns ErrQueueFull (default 10,000).
+	MaxQueuedJobs int64
+	// DuplicateWindow is how long a job id is remembered for publish
+	// deduplication (default 2 min).
+	DuplicateWindow time.Duration
+	// MaxMsgSize bounds one job or result (default 8 MiB).
+	MaxMsgSize int32
+	// ResultMaxAge is how long results are kept for late readers (default 1 h).
+	ResultMaxAge time.Duration
+	// ResultMaxBytes bounds KILN_RESULTS (default 512 MiB).
+	ResultMaxBytes int64
+	// EventMaxAge is how long events are kept (default 24 h).
+	EventMaxAge time.Duration
+	// EventMaxBytes bounds KILN_EVENTS (default 256 MiB).
+	EventMaxBytes int64
+	// HeartbeatInterval is the workers' heartbeat period; a registry entry
+	// lives three of them (default 5 s).
+	HeartbeatInterval time.Duration
+	// AckWait is how long a delivered job may go without an ack or an
+	// in-progress signal before it is redelivered (default 30 s).
+	AckWait time.Duration
+	// MaxDeliver is how many times a job is delivered at most (default 5).
+	MaxDeliver int
+}
+
+// WithDefaults returns c with every zero field set to its default.
+func (c Config) WithDefaults() Config {
+	if c.Prefix == "" {
+		c.Prefix = schema.DefaultPrefix
+	}
+	if c.Replicas <= 0 {
+		c.Replicas = 1
+	}
+	if c.JobMaxAge <= 0 {
+		c.JobMaxAge = 10 * time.Minute
+	}
+	if c.MaxQueuedJobs <= 0 {
+		c.MaxQueuedJobs = 10000
+	}
+	if c.DuplicateWindow <= 0 {
+		c.DuplicateWindow = 2 * time.Minute
+	}
+	if c.MaxMsgSize <= 0 {
+		c.MaxMsgSize = 8 << 20
+	}
+	if c.ResultMaxAge <= 0 {
+		c.ResultMaxAge = time.Hour
+	}
+	if c.ResultMaxBytes <= 0 {
+		c.ResultMaxBytes = 512 << 20
+	}
+	if c.EventMaxAge <= 0 {
+		c.EventMaxAge = 24 * time.Hour
+	}
+	if c.EventMaxBytes <= 0 {
+		c.EventMaxBytes = 256 << 20
+	}
+	if c.HeartbeatInterval <= 0 {
+		c.HeartbeatInterval = 5 * time.Second
+	}
+	if c.AckWait <= 0 {
+		c.AckWait = 30 * time.Second
+	}
+	if c.MaxDeliver <= 0 {
+		c.MaxDeliver = 5
+	}
+	return c
+}
+
+// Subjects returns the subject builder for c's prefix.
+func (c Config) Subjects() schema.Subjects { return schema.Subjects{Prefix: c.prefix()} }
+
+func (c Config) prefix() string {
+	if c.Prefix == "" {
+		return schema.DefaultPrefix
+	}
+	return c.Prefix
+}
+
+// JobsStream is the name of the job queue stream (KILN_JOBS).
+func (c Config) JobsStream() string { return strings.ToUpper(c.prefix()) + "_JOBS" }
+
+// ResultsStream is the name of the results stream (KILN_RESULTS).
+func (c Config) ResultsStream() string { return strings.ToUpper(c.prefix()) + "_RESULTS" }
+
+// EventsStream is the name of the events stream (KILN_EVENTS).
+func (c Config) EventsStream() string { return strings.ToUpper(c.prefix()) + "_EVENTS" }
+
+// WorkersBucket is the name of the live worker registry (kiln_workers).
+func (c Config) WorkersBucket() string { return strings.ToLower(c.prefix()) + "_workers" }
+
+// CancelBucket is the name of the cancelled job ids bucket (kiln_cancel).
+func (c Config) CancelBucket() string { return strings.ToLower(c.prefix()) + "_cancel" }
+
+// ConsumerName is the durable consumer of one (kind, model, lane).
+func ConsumerName(kind, model, lane string) string { return kind + "_" + model + "_" + lane }
+
+// StreamConfigs returns the three stream configurations.
+func (c Config) StreamConfigs() []jetstream.StreamConfig {
+	c = c.WithDefaults()
+	s := c.Subjects()
+	return []jetstream.StreamConfig{
+		{
+			Name:        c.JobsStream(),
+			Description: "kiln job queue: one message per accepted job, deleted on ack",
+			Subjects:    []string{s.Jobs()},
+			Retention:   jetstream.WorkQueuePolicy,
+			Storage:     jetstream.FileStorage,
+			Replicas:    c.Replicas,
+			MaxAge:      c.JobMaxAge,
+			MaxMsgs:     c.MaxQueuedJobs,
+			Discard:     jetstream.DiscardNew,
+			MaxMsgSize:  c.MaxMsgSize,
+			Duplicates:  c.DuplicateWindow,
+			RePublish: &jetstream.RePublish{
+				Source:      s.Jobs(),
+				Destination: c.prefix() + ".wake.>",
+				HeadersOnly: true,
+			},
+		},
+		{
+			Name:              c.ResultsStream(),
+			Description:       "kiln results: the final result of every job, for late readers",
+			Subjects:          []string{s.Results()},
+			Retention:         jetstream.LimitsPolicy,
+			Storage:           jetstream.FileStorage,
+			Replicas:          c.Replicas,
+			MaxAge:            c.ResultMaxAge,
+			MaxBytes:          c.ResultMaxBytes,
+			MaxMsgsPerSubject: 1,
+			MaxMsgSize:        c.MaxMsgSize,
+			Discard:           jetstream.DiscardOld,
+			AllowDirect:       true,
+		},
+		{
+			Name:        c.EventsStream(),
+			Description: "kiln events: heartbeats, thermal transitions, device faults",
+			Subjects:    []string{s.Events()},
+			Retention:   jetstream.LimitsPolicy,
+			Storage:     jetstream.FileStorage,
+			Replicas:    c.Replicas,
+			MaxAge:      c.EventMaxAge,
+			MaxBytes:    c.EventMaxBytes,
+			Discard:     jetstream.DiscardOld,
+			AllowDirect: true,
+		},
+	}
+}
+
+// Provision creates or updates the streams and buckets. It is idempotent. On
+// a cluster whose JetStream meta leader is not elected yet a request can go
+// unanswered, so each attempt has a short timeout and is retried until ctx ends.
+func Provision(ctx context.Context, js jetstream.JetStream, c Config) error {
+	c = c.WithDefaults()
+	for _, sc := range c.StreamConfigs() {
+		if err := retry(ctx, func(ctx context.Context) error {
+			_, err := js.CreateOrUpdateStream(ctx, sc)
+			return err
+		}); err != nil {
+			return fmt.Errorf("topology: stream %s: %w", sc.Name, err)
+		}
+	}
+	kvs := []jetstream.KeyValueConfig{
+		{
+			Bucket:      c.WorkersBucket(),
+			Description: "kiln live worker registry: one heartbeat per worker",
+			TTL:         3 * c.HeartbeatInterval,
+			History:     1,
+			Storage:     jetstream.MemoryStorage,
+			Replicas:    c.Replicas,
+		},
+		{
+			Bucket:      c.CancelBucket(),
+			Description: "kiln cancelled job ids",
+			TTL:         c.JobMaxAge,
+			History:     1,
+			Storage:     jetstream.FileStorage,
+			Replicas:    c.Replicas,
+		},
+	}
+	for _, kc := range kvs {
+		if err := retry(ctx, func(ctx context.Context) error {
+			_, err := js.CreateOrUpdateKeyValue(ctx, kc)
+			return err
+		}); err != nil {
+			return fmt.Errorf("topology: bucket %s: %w", kc.Bucket, err)
+		}
+	}
+	return nil
+}
+
+// ConsumerConfig is the durable pull consumer of one (kind, model, lane).
+func (c Config) ConsumerConfig(kind, model, lane string) jetstream.ConsumerConfig {
+	c = c.WithDefaults()
+	return jetstream.ConsumerConfig{
+		Durable:       ConsumerName(kind, model, lane),
+		Description:   fmt.Sprintf("kiln %s jobs for %s, %s lane", kind, model, lane),
+		FilterSubject: c.Subjects().Job(kind, model, lane),
+		AckPolicy:     jetstream.AckExplicitPolicy,
+		AckWait:       c.AckWait,
+		MaxDeliver:    c.MaxDeliver,
+		MaxAckPending: 1000,
+		DeliverPolicy: jetstream.DeliverAllPolicy,
+		Replicas:      c.Replicas,
+	}
+}
+
+// EnsureConsumer creates or updates the consumer of (kind, model, lane).
+func EnsureConsumer(ctx context.Context, js jetstream.JetStream, c Config, kind, model, lane string) (jetstream.Consumer, error) {
+	c = c.WithDefaults()
+	var cons jetstream.Consumer
+	err := retry(ctx, func(ctx context.Context) error {
+		var err error
+		cons, err = js.CreateOrUpdateConsumer(ctx, c.JobsStream(), c.ConsumerConfig(kind, model, lane))
+		return err
+	})
+	if err != nil {
+		return nil, fmt.Errorf("topology: consumer %s: %w", ConsumerName(kind, model, lane), err)
+	}
+	return cons, nil
+}
+
+// retry runs f with a 2 s timeout per attempt until it succeeds, fails
+// with an error that retrying cannot fix, or ctx ends.
+func retry(ctx context.Context, f func(context.Context) error) error {
+	backoff := 100 * time.Millisecond
+	for {
+		actx, cancel := context.WithTimeout(ctx, 2*time.Second)
+		err := f(actx)
+		cancel()
+		if err == nil {
+			return nil
+		}
+		var apiErr *jetstream.APIError
+		if errors.As(err, &apiErr) && apiErr.Code != 503 && apiErr.Code != 408 {
+			return err
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("%w (last error: %v)", ctx.Err(), err)
+		case <-time.After(backoff):
+		}
+		if backoff < time.Second {
+			backoff *= 2
+		}
+	}
+}

@@ -1,0 +1,345 @@
+// Package client is the Go library that installation controllers import to
+// use kiln: submit chat and image jobs, stream their tokens and progress,
+// cancel them, fetch stored results and watch the fleet's events.
+//
+//	nc, _ := nats.Connect(nats.DefaultURL)
+//	c, _ := client.New(nc)
+//	res, err := c.Chat(ctx, &schema.ChatJob{
+//		JobHeader: schema.JobHeader{Model: "qwen3-4b"},
+//		Messages:  []schema.Message{{Role: "user", Content: "hello"}},
+//	}, func(ev schema.Event) error {
+//		fmt.Print(ev.Text)
+//		return nil
+//	})
+//
+// A job that restarts on another card (its worker died) shows up as a
+// "started" event with a higher Attempt; the client drops any late event of
+// an older attempt, so streamed text never interleaves. Cancelling ctx of
+// Chat or Image cancels the job.
+//
+// The client imports schema and nats.go only: no broker, no worker.
+package client
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/kiln-project/kiln/broker/topology"
+	"github.com/kiln-project/kiln/schema"
+)
+
+// Sentinel errors; errors.Is works on what the client returns.
+var (
+	// ErrQueueFull: the queue is at its limit; the job was not accepted.
+	ErrQueueFull = errors.New("kiln: queue full, job not accepted")
+	// ErrNoWorker: no live worker serves the model; the job was not published.
+	ErrNoWorker = errors.New("kiln: no live worker serves this model")
+	// ErrInvalid: the job was refused as invalid (see the *JobError for the field).
+	ErrInvalid = errors.New("kiln: invalid job")
+	// ErrCancelled: the job was cancelled.
+	ErrCancelled = errors.New("kiln: job cancelled")
+	// ErrExpired: the job's deadline passed.
+	ErrExpired = errors.New("kiln: job expired")
+	// ErrFailed: the job failed on the card.
+	ErrFailed = errors.New("kiln: job failed")
+	// ErrNotFound: no stored result for that id (unknown, running, or older than the results' max age).
+	ErrNotFound = errors.New("kiln: no such result")
+)
+
+// JobError is a job that ended without status ok. It matches ErrInvalid,
+// ErrCancelled, ErrExpired or ErrFailed with errors.Is.
+type JobError struct {
+	Result *schema.Result
+}
+
+func (e *JobError) Error() string {
+	if e.Result.Error != nil {
+		return fmt.Sprintf("kiln: job %s %s: %v", e.Result.JobID, e.Result.Status, e.Result.Error)
+	}
+	return fmt.Sprintf("kiln: job %s %s", e.Result.JobID, e.Result.Status)
+}
+
+// Is maps the result's status and code to the sentinels.
+func (e *JobError) Is(target error) bool {
+	switch e.Result.Status {
+	case schema.StatusCancelled:
+		return target == ErrCancelled
+	case schema.StatusExpired:
+		return target == ErrExpired
+	}
+	if e.Result.Error != nil && e.Result.Error.Code.Invalid() {
+		return target == ErrInvalid
+	}
+	return target == ErrFailed
+}
+
+// resultError returns nil for an ok result, else a *JobError.
+func resultError(res *schema.Result) error {
+	if res.Status == schema.StatusOK {
+		return nil
+	}
+	return &JobError{Result: res}
+}
+
+// Option configures a Client.
+type Option func(*Client) error
+
+// WithPrefix sets the subject prefix (default "kiln").
+func WithPrefix(prefix string) Option {
+	return func(c *Client) error {
+		if !schema.ValidToken(prefix) {
+			return fmt.Errorf("kiln: prefix %q is not a subject token", prefix)
+		}
+		c.topo.Prefix = prefix
+		return nil
+	}
+}
+
+// WithClientID sets the id used in reply subjects (default a new random id).
+// Give each controller its own id so broker permissions can keep replies apart.
+func WithClientID(id string) Option {
+	return func(c *Client) error {
+		if !schema.ValidToken(id) {
+			return fmt.Errorf("kiln: client id %q is not a subject token", id)
+		}
+		c.id = id
+		return nil
+	}
+}
+
+// WithJSON sends jobs as JSON instead of msgpack (replies follow).
+func WithJSON() Option {
+	return func(c *Client) error { c.codec = schema.JSON; return nil }
+}
+
+// WithoutWorkerCheck skips the live-worker check before publishing, e.g. to
+// queue jobs before the workers start.
+func WithoutWorkerCheck() Option {
+	return func(c *Client) error { c.skipWorkerCheck = true; return nil }
+}
+
+// WithResultPoll sets how long Wait goes without any event before it looks
+// for the job's stored result (default 5 s), in case the reply was missed.
+func WithResultPoll(d time.Duration) Option {
+	return func(c *Client) error { c.resultPoll = d; return nil }
+}
+
+// Client submits jobs and reads their events. It is safe for concurrent use.
+type Client struct {
+	nc              *nats.Conn
+	js              jetstream.JetStream
+	topo            topology.Config
+	subj            schema.Subjects
+	id              string
+	codec           schema.Codec
+	skipWorkerCheck bool
+	resultPoll      time.Duration
+
+	mu       sync.Mutex
+	registry *registry
+	results  jetstream.Stream
+	cancelKV jetstream.KeyValue
+}
+
+// New returns a client on nc.
+func New(nc *nats.Conn, opts ...Option) (*Client, error) {
+	js, err := jetstream.New(nc)
+	if err != nil {
+		return nil, fmt.Errorf("kiln: %w", err)
+	}
+	c := &Client{nc: nc, js: js, resultPoll: 5 * time.Second}
+	for _, o := range opts {
+		if err := o(c); err != nil {
+			return nil, err
+		}
+	}
+	if c.id == "" {
+		c.id = strings.ToLower(schema.NewID())
+	}
+	c.topo = c.topo.WithDefaults()
+	c.subj = c.topo.Subjects()
+	return c, nil
+}
+
+// ID is the client's id, as used in its reply subjects.
+func (c *Client) ID() string { return c.id }
+
+// Close stops the client's registry watch. The connection stays open.
+func (c *Client) Close() {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.registry != nil {
+		c.registry.stop()
+		c.registry = nil
+	}
+}
+
+// Chat submits a chat job and streams its events to fn until the result.
+// A non-nil error from fn, or the end of ctx, cancels the job.
+func (c *Client) Chat(ctx context.Context, job *schema.ChatJob, fn func(schema.Event) error) (*schema.Result, error) {
+	return c.run(ctx, job, fn)
+}
+
+// Image submits an image job and streams its progress events to fn (nil is
+// fine) until the result, which holds the image.
+func (c *Client) Image(ctx context.Context, job *schema.ImageJob, fn func(schema.Event) error) (*schema.Result, error) {
+	return c.run(ctx, job, fn)
+}
+
+func (c *Client) run(ctx context.Context, job schema.Job, fn func(schema.Event) error) (*schema.Result, error) {
+	p, err := c.Submit(ctx, job)
+	if err != nil {
+		return nil, err
+	}
+	defer p.Close()
+	res, err := p.Wait(ctx, fn)
+	if err != nil && res == nil {
+		// The caller gave up: the job is not wanted any more.
+		cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 2*time.Second)
+		_ = c.Cancel(cctx, p.ID)
+		cancel()
+	}
+	return res, err
+}
+
+// Submit validates and publishes a job and returns a handle to wait on it.
+// An empty id gets a new one (schema.NewID), an empty lane is normal, an
+// empty reply subject is the client's own. It fails with ErrInvalid (the job
+// breaks a limit), ErrNoWorker (no live worker serves the model) or
+// ErrQueueFull (the queue is at its limit) without publishing.
+func (c *Client) Submit(ctx context.Context, job schema.Job) (*Pending, error) {
+	h := job.Header()
+	if h.ID == "" {
+		h.ID = schema.NewID()
+	}
+	if h.Lane == "" {
+		h.Lane = schema.LaneNormal
+	}
+	if h.ReplyTo == "" {
+		h.ReplyTo = c.subj.Reply(c.id, h.ID)
+	}
+	kind := strings.SplitN(job.Kind(), ".", 2)[0]
+	var verr *schema.Error
+	switch j := job.(type) {
+	case *schema.ChatJob:
+		verr = schema.ValidateChat(j, nil, schema.Limits{})
+	case *schema.ImageJob:
+		verr = schema.ValidateImage(j, nil, schema.Limits{})
+	default:
+		return nil, fmt.Errorf("kiln: unknown job type %T", job)
+	}
+	if verr != nil {
+		return nil, fmt.Errorf("%w: %w", ErrInvalid, verr)
+	}
+	if !c.skipWorkerCheck {
+		reg, err := c.workers(ctx)
+		if err != nil {
+			return nil, err
+		}
+		if !reg.serves(kind, h.Model) && !c.servedNow(ctx, kind, h.Model) {
+			return nil, fmt.Errorf("%w: no live worker has %s model %q resident (see kiln status)", ErrNoWorker, kind, h.Model)
+		}
+	}
+	data, err := c.codec.Marshal(job)
+	if err != nil {
+		return nil, fmt.Errorf("kiln: encode job: %w", err)
+	}
+	p := &Pending{ID: h.ID, c: c, ch: make(chan *nats.Msg, 4096)}
+	if p.sub, err = c.nc.ChanSubscribe(h.ReplyTo, p.ch); err != nil {
+		return nil, fmt.Errorf("kiln: subscribe %s: %w", h.ReplyTo, err)
+	}
+	m := &nats.Msg{Subject: c.subj.Job(kind, h.Model, h.Lane), Data: data, Header: nats.Header{}}
+	m.Header.Set(schema.HeaderContentType, c.codec.ContentType())
+	m.Header.Set(HeaderReplyTo, h.ReplyTo)
+	if _, err := c.js.PublishMsg(ctx, m, jetstream.WithMsgID(h.ID)); err != nil {
+		p.Close()
+		var apiErr *jetstream.APIError
+		if errors.As(err, &apiErr) && strings.Contains(apiErr.Description, "maximum") {
+			return nil, fmt.Errorf("%w: %s", ErrQueueFull, apiErr.Description)
+		}
+		return nil, fmt.Errorf("kiln: publish job %s: %w", h.ID, err)
+	}
+	return p, nil
+}
+
+// HeaderReplyTo duplicates the reply subject in a header (see worker.HeaderReplyTo).
+const HeaderReplyTo = "Kiln-Reply-To"
+
+// Cancel asks for job id to stop: a queued job ends cancelled when a worker
+// takes it, a running one within one token or step.
+func (c *Client) Cancel(ctx context.Context, id string) error {
+	if !schema.ValidToken(id) {
+		return fmt.Errorf("%w: %q is not a job id", ErrInvalid, id)
+	}
+	kv, err := c.cancelBucket(ctx)
+	if err != nil {
+		return err
+	}
+	if _, err := kv.Put(ctx, id, []byte(time.Now().UTC().Format(time.RFC3339Nano))); err != nil {
+		return fmt.Errorf("kiln: cancel %s: %w", id, err)
+	}
+	if err := c.nc.Publish(c.subj.Cancel(id), nil); err != nil {
+		return fmt.Errorf("kiln: cancel %s: %w", id, err)
+	}
+	return c.nc.FlushWithContext(ctx)
+}
+
+// Result fetches the stored result of job id, or ErrNotFound.
+func (c *Client) Result(ctx context.Context, id string) (*schema.Result, error) {
+	if !schema.ValidToken(id) {
+		return nil, fmt.Errorf("%w: %q is not a job id", ErrInvalid, id)
+	}
+	st, err := c.resultsStream(ctx)
+	if err != nil {
+		return nil, err
+	}
+	raw, err := st.GetLastMsgForSubject(ctx, c.subj.Result(id))
+	if errors.Is(err, jetstream.ErrMsgNotFound) {
+		return nil, ErrNotFound
+	}
+	if err != nil {
+		return nil, fmt.Errorf("kiln: result %s: %w", id, err)
+	}
+	codec, err := schema.CodecFor(raw.Header.Get(schema.HeaderContentType))
+	if err != nil {
+		return nil, fmt.Errorf("kiln: result %s: %w", id, err)
+	}
+	var res schema.Result
+	if err := codec.Unmarshal(raw.Data, &res); err != nil {
+		return nil, fmt.Errorf("kiln: result %s: %w", id, err)
+	}
+	return &res, nil
+}
+
+func (c *Client) resultsStream(ctx context.Context) (jetstream.Stream, error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.results == nil {
+		st, err := c.js.Stream(ctx, c.topo.ResultsStream())
+		if err != nil {
+			return nil, fmt.Errorf("kiln: results stream %s: %w", c.topo.ResultsStream(), err)
+		}
+		c.results = st
+	}
+	return c.results, nil
+}
+
+func (c *Client) cancelBucket(ctx context.Context) (jetstream.KeyValue, error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.cancelKV == nil {
+		kv, err := c.js.KeyValue(ctx, c.topo.CancelBucket())
+		if err != nil {
+			return nil, fmt.Errorf("kiln: cancel bucket %s: %w", c.topo.CancelBucket(), err)
+		}
+		c.cancelKV = kv
+	}
+	return c.cancelKV, nil
+}

@@ -1,0 +1,124 @@
+package client
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"iter"
+	"time"
+
+	"github.com/nats-io/nats.go"
+
+	"github.com/kiln-project/kiln/schema"
+)
+
+// Pending is a submitted job whose events are being received.
+type Pending struct {
+	// ID is the job's id.
+	ID string
+
+	c   *Client
+	sub *nats.Subscription
+	ch  chan *nats.Msg
+
+	attempt int // highest attempt seen
+}
+
+// Close stops receiving the job's events. The job itself goes on.
+func (p *Pending) Close() {
+	if p.sub != nil {
+		_ = p.sub.Unsubscribe()
+	}
+}
+
+// Wait passes the job's events to fn (nil is fine) until the result event,
+// and returns the result. A result whose status is not ok comes back with a
+// *JobError. An error from fn stops the wait and is returned. If no event
+// arrives for a while, Wait looks for the stored result, so a missed reply
+// does not hang it.
+//
+// Events of an attempt older than the newest one seen are dropped: when a
+// job restarts on another card, fn sees a "started" event with the higher
+// Attempt and should discard what it had.
+func (p *Pending) Wait(ctx context.Context, fn func(schema.Event) error) (*schema.Result, error) {
+	for ev, err := range p.Events(ctx) {
+		if err != nil {
+			return nil, err
+		}
+		if fn != nil {
+			if err := fn(ev); err != nil {
+				return nil, err
+			}
+		}
+		if ev.Type == schema.EventResult {
+			return ev.Result, resultError(ev.Result)
+		}
+	}
+	return nil, fmt.Errorf("kiln: job %s: event stream ended", p.ID)
+}
+
+// Events iterates over the job's events up to and including the result.
+// It yields a non-nil error once and stops when ctx ends or an event cannot
+// be decoded.
+func (p *Pending) Events(ctx context.Context) iter.Seq2[schema.Event, error] {
+	return func(yield func(schema.Event, error) bool) {
+		poll := time.NewTimer(p.c.resultPoll)
+		defer poll.Stop()
+		for {
+			select {
+			case <-ctx.Done():
+				yield(schema.Event{}, ctx.Err())
+				return
+			case <-poll.C:
+				res, err := p.c.Result(ctx, p.ID)
+				if err == nil {
+					yield(schema.Event{JobID: p.ID, Attempt: res.Attempt, Type: schema.EventResult, Result: res}, nil)
+					return
+				}
+				if !errors.Is(err, ErrNotFound) && ctx.Err() == nil {
+					yield(schema.Event{}, err)
+					return
+				}
+				poll.Reset(p.c.resultPoll)
+			case m := <-p.ch:
+				ev, err := decodeEvent(m, p.c.codec)
+				if err != nil {
+					yield(schema.Event{}, fmt.Errorf("kiln: job %s: %w", p.ID, err))
+					return
+				}
+				if ev.Attempt < p.attempt && ev.Type != schema.EventResult {
+					continue // a late event of an attempt that was restarted
+				}
+				p.attempt = max(p.attempt, ev.Attempt)
+				if !poll.Stop() {
+					select {
+					case <-poll.C:
+					default:
+					}
+				}
+				poll.Reset(p.c.resultPoll)
+				if !yield(ev, nil) || ev.Type == schema.EventResult {
+					return
+				}
+			}
+		}
+	}
+}
+
+func decodeEvent(m *nats.Msg, fallback schema.Codec) (schema.Event, error) {
+	codec := fallback
+	if ct := m.Header.Get(schema.HeaderContentType); ct != "" {
+		var err error
+		if codec, err = schema.CodecFor(ct); err != nil {
+			return schema.Event{}, err
+		}
+	}
+	var ev schema.Event
+	if err := codec.Unmarshal(m.Data, &ev); err != nil {
+		return schema.Event{}, err
+	}
+	if ev.Type == schema.EventResult && ev.Result == nil {
+		return schema.Event{}, errors.New("result event without a result")
+	}
+	return ev, nil
+}

@@ -1,0 +1,114 @@
+package schema
+
+import (
+	"fmt"
+	"strings"
+)
+
+// DefaultPrefix is the first token of every kiln subject.
+const DefaultPrefix = "kiln"
+
+// Subjects builds and parses kiln subjects under one prefix. The zero value
+// uses DefaultPrefix.
+type Subjects struct {
+	Prefix string
+}
+
+func (s Subjects) p() string {
+	if s.Prefix == "" {
+		return DefaultPrefix
+	}
+	return s.Prefix
+}
+
+// Job is the subject a job of kind for model is published on in lane.
+func (s Subjects) Job(kind, model, lane string) string {
+	return s.p() + ".jobs." + kind + "." + model + "." + lane
+}
+
+// Jobs is the wildcard that KILN_JOBS captures.
+func (s Subjects) Jobs() string { return s.p() + ".jobs.>" }
+
+// Wake is the subject the job stream republishes each stored job's headers
+// on (no body), so that idle workers wake at once instead of polling.
+func (s Subjects) Wake(kind, model, lane string) string {
+	return s.p() + ".wake." + kind + "." + model + "." + lane
+}
+
+// Reply is the default reply subject of a job submitted by client.
+func (s Subjects) Reply(client, job string) string {
+	return s.p() + ".reply." + client + "." + job
+}
+
+// Result is the subject a job's final result is kept on in KILN_RESULTS.
+func (s Subjects) Result(job string) string { return s.p() + ".results." + job }
+
+// Results is the wildcard that KILN_RESULTS captures.
+func (s Subjects) Results() string { return s.p() + ".results.>" }
+
+// Cancel is the core subject that asks the worker running job to stop.
+func (s Subjects) Cancel(job string) string { return s.p() + ".cancel." + job }
+
+// Heartbeat is the subject of a worker's periodic status.
+func (s Subjects) Heartbeat(worker string) string { return s.p() + ".events.heartbeat." + worker }
+
+// Thermal is the subject of a worker's governor transitions.
+func (s Subjects) Thermal(worker string) string { return s.p() + ".events.thermal." + worker }
+
+// Device is the subject of a worker's device faults, resets and loads.
+func (s Subjects) Device(worker string) string { return s.p() + ".events.device." + worker }
+
+// Events is the wildcard that KILN_EVENTS captures.
+func (s Subjects) Events() string { return s.p() + ".events.>" }
+
+// JobSubject is a parsed job subject.
+type JobSubject struct {
+	Kind, Model, Lane string
+}
+
+// ParseJob splits a job subject into kind, model and lane.
+func (s Subjects) ParseJob(subject string) (JobSubject, error) {
+	rest, ok := strings.CutPrefix(subject, s.p()+".jobs.")
+	parts := strings.Split(rest, ".")
+	if !ok || len(parts) != 3 {
+		return JobSubject{}, fmt.Errorf("schema: %q is not a job subject (%s.jobs.<kind>.<model>.<lane>)", subject, s.p())
+	}
+	return JobSubject{Kind: parts[0], Model: parts[1], Lane: parts[2]}, nil
+}
+
+// ValidToken reports whether s can stand as one subject token: non-empty,
+// at most 128 bytes of letters, digits, '-' and '_'. Model names, worker
+// names, client ids and job ids are all tokens.
+func ValidToken(s string) bool {
+	if s == "" || len(s) > 128 {
+		return false
+	}
+	for i := 0; i < len(s); i++ {
+		c := s[i]
+		switch {
+		case c >= 'a' && c <= 'z', c >= 'A' && c <= 'Z', c >= '0' && c <= '9', c == '-', c == '_':
+		default:
+			return false
+		}
+	}
+	return true
+}
+
+// validSubject reports whether s is a publishable subject: dot-separated
+// non-empty tokens without whitespace or wildcards.
+func validSubject(s string) bool {
+	if s == "" || len(s) > 256 {
+		return false
+	}
+	for _, tok := range strings.Split(s, ".") {
+		if tok == "" || tok == "*" || tok == ">" {
+			return false
+		}
+		for i := 0; i < len(tok); i++ {
+			if c := tok[i]; c <= ' ' || c == 0x7f || c == '*' || c == '>' {
+				return false
+			}
+		}
+	}
+	return true
+}

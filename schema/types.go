@@ -1,0 +1,238 @@
+package schema
+
+import "time"
+
+// Job kinds: the stable identity of a job type on the wire and in subjects.
+const (
+	KindChat  = "chat"
+	KindImage = "image"
+)
+
+// Lanes: a worker takes every queued high job before any normal one.
+const (
+	LaneHigh   = "high"
+	LaneNormal = "normal"
+)
+
+// Job is what ChatJob and ImageJob have in common: the fields the queue,
+// the worker loop and the client need without knowing the kind.
+type Job interface {
+	// Kind is the versioned wire identity, e.g. "chat.v1".
+	Kind() string
+	// Header returns the fields shared by every job kind.
+	Header() *JobHeader
+}
+
+// JobHeader holds the fields every job carries. It is embedded (inlined on
+// the wire) in every job type.
+type JobHeader struct {
+	// ID is unique per job and sortable by submit time (see NewID). It is the
+	// Nats-Msg-Id, so a republish of the same id inside the duplicate window
+	// is a no-op.
+	ID string `msgpack:"id" json:"id"`
+	// Model is the resident model package that runs the job, e.g. "qwen3-4b".
+	// It must equal the model token of the subject the job was published on.
+	Model string `msgpack:"model" json:"model"`
+	// Lane is LaneHigh or LaneNormal (the default).
+	Lane string `msgpack:"lane,omitempty" json:"lane,omitempty"`
+	// Deadline, when set, is the time after which the job is not worth
+	// running: a queued job past it ends "expired", a running one stops.
+	Deadline *time.Time `msgpack:"deadline,omitempty" json:"deadline,omitempty"`
+	// ReplyTo is the core NATS subject that receives the job's events.
+	ReplyTo string `msgpack:"reply_to,omitempty" json:"reply_to,omitempty"`
+	// Metadata is carried through untouched into the worker's handler and
+	// logs; kiln itself reads nothing from it.
+	Metadata map[string]string `msgpack:"metadata,omitempty" json:"metadata,omitempty"`
+}
+
+// Header implements Job.
+func (h *JobHeader) Header() *JobHeader { return h }
+
+// Message is one turn of a chat.
+type Message struct {
+	Role    string   `msgpack:"role" json:"role"`
+	Content string   `msgpack:"content" json:"content"`
+	Images  [][]byte `msgpack:"images,omitempty" json:"images,omitempty"`
+}
+
+// ChatJob asks a chat (LLM or vision-LLM) model for a streamed answer.
+// Zero sampling fields mean "the model package's default".
+type ChatJob struct {
+	JobHeader         `msgpack:",inline"`
+	Messages          []Message `msgpack:"messages" json:"messages"`
+	MaxTokens         int       `msgpack:"max_tokens,omitempty" json:"max_tokens,omitempty"`
+	Temperature       *float64  `msgpack:"temperature,omitempty" json:"temperature,omitempty"`
+	TopP              *float64  `msgpack:"top_p,omitempty" json:"top_p,omitempty"`
+	TopK              int       `msgpack:"top_k,omitempty" json:"top_k,omitempty"`
+	RepetitionPenalty *float64  `msgpack:"repetition_penalty,omitempty" json:"repetition_penalty,omitempty"`
+	Seed              *uint64   `msgpack:"seed,omitempty" json:"seed,omitempty"`
+	Stop              []string  `msgpack:"stop,omitempty" json:"stop,omitempty"`
+	Think             bool      `msgpack:"think,omitempty" json:"think,omitempty"`
+}
+
+// Kind implements Job.
+func (*ChatJob) Kind() string { return KindChat + ".v1" }
+
+// ImageJob asks an image model (Stable Diffusion 1.5 LCM) for one picture.
+type ImageJob struct {
+	JobHeader `msgpack:",inline"`
+	Prompt    string  `msgpack:"prompt" json:"prompt"`
+	Seed      *uint64 `msgpack:"seed,omitempty" json:"seed,omitempty"`
+	Steps     int     `msgpack:"steps,omitempty" json:"steps,omitempty"`
+	InitImage []byte  `msgpack:"init_image,omitempty" json:"init_image,omitempty"`
+	Strength  float64 `msgpack:"strength,omitempty" json:"strength,omitempty"`
+	Format    string  `msgpack:"format,omitempty" json:"format,omitempty"`
+	// Progress asks for a progress event after every step.
+	Progress bool `msgpack:"progress,omitempty" json:"progress,omitempty"`
+}
+
+// Kind implements Job.
+func (*ImageJob) Kind() string { return KindImage + ".v1" }
+
+// Event types, in the order a job emits them.
+const (
+	EventStarted  = "started"
+	EventToken    = "token"
+	EventProgress = "progress"
+	EventResult   = "result"
+)
+
+// Event is one message on a job's reply subject. Seq counts from 1 within one
+// attempt; a client that sees a higher Attempt discards what it had from a
+// lower one (the job restarted on another card).
+type Event struct {
+	JobID   string `msgpack:"job_id" json:"job_id"`
+	Attempt int    `msgpack:"attempt" json:"attempt"`
+	Seq     int    `msgpack:"seq" json:"seq"`
+	Type    string `msgpack:"type" json:"type"`
+	// Text is a token delta: whole UTF-8 characters only.
+	Text string `msgpack:"text,omitempty" json:"text,omitempty"`
+	// Step and Steps report image progress.
+	Step  int `msgpack:"step,omitempty" json:"step,omitempty"`
+	Steps int `msgpack:"steps,omitempty" json:"steps,omitempty"`
+	// Worker and QueueMS are set on "started".
+	Worker  string `msgpack:"worker,omitempty" json:"worker,omitempty"`
+	QueueMS int64  `msgpack:"queue_ms,omitempty" json:"queue_ms,omitempty"`
+	// Result is set on the last event.
+	Result *Result `msgpack:"result,omitempty" json:"result,omitempty"`
+}
+
+// Result statuses.
+const (
+	StatusOK        = "ok"
+	StatusError     = "error"
+	StatusCancelled = "cancelled"
+	StatusExpired   = "expired"
+)
+
+// Finish reasons of a chat.
+const (
+	FinishStop      = "stop"
+	FinishLength    = "length"
+	FinishCancelled = "cancelled"
+)
+
+// Result is the one final outcome of a job. It is published on the reply
+// subject and kept in KILN_RESULTS for late readers.
+type Result struct {
+	JobID        string `msgpack:"job_id" json:"job_id"`
+	Status       string `msgpack:"status" json:"status"`
+	Text         string `msgpack:"text,omitempty" json:"text,omitempty"`
+	FinishReason string `msgpack:"finish_reason,omitempty" json:"finish_reason,omitempty"`
+	Image        []byte `msgpack:"image,omitempty" json:"image,omitempty"`
+	Mime         string `msgpack:"mime,omitempty" json:"mime,omitempty"`
+	Error        *Error `msgpack:"error,omitempty" json:"error,omitempty"`
+	Usage        Usage  `msgpack:"usage" json:"usage"`
+	Worker       string `msgpack:"worker,omitempty" json:"worker,omitempty"`
+	Attempt      int    `msgpack:"attempt,omitempty" json:"attempt,omitempty"`
+}
+
+// Usage counts what a job cost.
+type Usage struct {
+	PromptTokens     int     `msgpack:"prompt_tokens,omitempty" json:"prompt_tokens,omitempty"`
+	CompletionTokens int     `msgpack:"completion_tokens,omitempty" json:"completion_tokens,omitempty"`
+	QueueMS          int64   `msgpack:"queue_ms" json:"queue_ms"`
+	TTFTMS           int64   `msgpack:"ttft_ms,omitempty" json:"ttft_ms,omitempty"`
+	TotalMS          int64   `msgpack:"total_ms" json:"total_ms"`
+	TokensPerS       float64 `msgpack:"tokens_per_s,omitempty" json:"tokens_per_s,omitempty"`
+}
+
+// Worker states reported in heartbeats.
+const (
+	StateLoading   = "loading"
+	StateReady     = "ready"
+	StateBusy      = "busy"
+	StatePaused    = "paused"
+	StateUnhealthy = "unhealthy"
+	StateStopping  = "stopping"
+)
+
+// ModelInfo describes one resident model of a worker.
+type ModelInfo struct {
+	Name   string `msgpack:"name" json:"name"`
+	Kind   string `msgpack:"kind" json:"kind"`
+	CMMMiB int    `msgpack:"cmm_mib,omitempty" json:"cmm_mib,omitempty"`
+}
+
+// GovernorStatus is the thermal governor's state as heartbeats report it.
+type GovernorStatus struct {
+	State   string  `msgpack:"state" json:"state"`
+	PauseC  float64 `msgpack:"pause_c,omitempty" json:"pause_c,omitempty"`
+	ResumeC float64 `msgpack:"resume_c,omitempty" json:"resume_c,omitempty"`
+}
+
+// Heartbeat is a worker's full status, published every few seconds on
+// kiln.events.heartbeat.<worker> and kept in the kiln_workers registry.
+type Heartbeat struct {
+	Worker      string         `msgpack:"worker" json:"worker"`
+	Host        string         `msgpack:"host" json:"host"`
+	Card        int            `msgpack:"card" json:"card"`
+	Version     string         `msgpack:"version" json:"version"`
+	State       string         `msgpack:"state" json:"state"`
+	Models      []ModelInfo    `msgpack:"models" json:"models"`
+	CardTempC   float64        `msgpack:"card_temp_c,omitempty" json:"card_temp_c,omitempty"`
+	SoCTempC    float64        `msgpack:"soc_temp_c,omitempty" json:"soc_temp_c,omitempty"`
+	NPUUtil     float64        `msgpack:"npu_util,omitempty" json:"npu_util,omitempty"`
+	CMMUsedMiB  int            `msgpack:"cmm_used_mib,omitempty" json:"cmm_used_mib,omitempty"`
+	CMMTotalMiB int            `msgpack:"cmm_total_mib,omitempty" json:"cmm_total_mib,omitempty"`
+	CurrentJob  string         `msgpack:"current_job,omitempty" json:"current_job,omitempty"`
+	JobsOK      int64          `msgpack:"jobs_ok" json:"jobs_ok"`
+	JobsFailed  int64          `msgpack:"jobs_failed" json:"jobs_failed"`
+	TokensPerS  float64        `msgpack:"tokens_per_s,omitempty" json:"tokens_per_s,omitempty"`
+	UptimeS     int64          `msgpack:"uptime_s" json:"uptime_s"`
+	Governor    GovernorStatus `msgpack:"governor" json:"governor"`
+	// IntervalMS is the heartbeat period; a worker not heard from for three
+	// periods is taken as gone.
+	IntervalMS int64     `msgpack:"interval_ms" json:"interval_ms"`
+	Time       time.Time `msgpack:"time" json:"time"`
+}
+
+// Serves reports whether the worker has the model of the given kind resident.
+func (h *Heartbeat) Serves(kind, model string) bool {
+	for _, m := range h.Models {
+		if m.Name == model && m.Kind == kind {
+			return true
+		}
+	}
+	return false
+}
+
+// ThermalEvent is published on every governor transition.
+type ThermalEvent struct {
+	Worker    string    `msgpack:"worker" json:"worker"`
+	From      string    `msgpack:"from" json:"from"`
+	To        string    `msgpack:"to" json:"to"`
+	CardTempC float64   `msgpack:"card_temp_c" json:"card_temp_c"`
+	SoCTempC  float64   `msgpack:"soc_temp_c,omitempty" json:"soc_temp_c,omitempty"`
+	Reason    string    `msgpack:"reason,omitempty" json:"reason,omitempty"`
+	Time      time.Time `msgpack:"time" json:"time"`
+}
+
+// DeviceEvent reports a device fault, reset or model load.
+type DeviceEvent struct {
+	Worker  string    `msgpack:"worker" json:"worker"`
+	Type    string    `msgpack:"type" json:"type"`
+	Model   string    `msgpack:"model,omitempty" json:"model,omitempty"`
+	Message string    `msgpack:"message,omitempty" json:"message,omitempty"`
+	Time    time.Time `msgpack:"time" json:"time"`
+}

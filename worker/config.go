@@ -1,0 +1,104 @@
+package worker
+
+import (
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"strings"
+	"time"
+
+	"github.com/kiln-project/kiln/broker/topology"
+	"github.com/kiln-project/kiln/schema"
+)
+
+// Config configures a Worker. The zero value of a field means its default.
+type Config struct {
+	// Name identifies the worker in subjects, the registry and results
+	// (default "<host>-card<Card>").
+	Name string
+	// Card is the card's index on this host (default 0).
+	Card int
+	// Version is reported in heartbeats.
+	Version string
+	// Topology must match the broker's (prefix, ack wait, max deliver...).
+	Topology topology.Config
+	// Chat maps model names to their chat handlers.
+	Chat map[string]Handler[schema.ChatJob]
+	// Image maps model names to their image handlers.
+	Image map[string]Handler[schema.ImageJob]
+	// Limits are checked before any work (default schema.DefaultLimits).
+	Limits schema.Limits
+	// ShutdownGrace is how long Run lets the running job finish after its
+	// context ends before handing it back to the queue (default 30 s).
+	ShutdownGrace time.Duration
+	// PollInterval is the longest an idle worker waits before looking at
+	// the queue again without a wake-up (redeliveries do not wake; default 1 s).
+	PollInterval time.Duration
+	// RetryDelays are the delays before redelivery after a transient
+	// failure, by attempt (default 1 s, 2 s, 5 s, 10 s).
+	RetryDelays []time.Duration
+	// StatusFunc, when set, adds card status (temperatures, CMM, governor)
+	// to each heartbeat.
+	StatusFunc func(*schema.Heartbeat)
+	// Logger (default slog.Default()).
+	Logger *slog.Logger
+}
+
+func (c Config) withDefaults() Config {
+	c.Topology = c.Topology.WithDefaults()
+	if c.Name == "" {
+		host, _ := os.Hostname()
+		c.Name = fmt.Sprintf("%s-card%d", tokenize(host), c.Card)
+	}
+	if c.ShutdownGrace <= 0 {
+		c.ShutdownGrace = 30 * time.Second
+	}
+	if c.PollInterval <= 0 {
+		c.PollInterval = time.Second
+	}
+	if len(c.RetryDelays) == 0 {
+		c.RetryDelays = []time.Duration{time.Second, 2 * time.Second, 5 * time.Second, 10 * time.Second}
+	}
+	if c.Logger == nil {
+		c.Logger = slog.Default()
+	}
+	return c
+}
+
+func (c Config) validate() error {
+	if !schema.ValidToken(c.Name) {
+		return fmt.Errorf("worker: name %q is not a subject token (letters, digits, '-', '_')", c.Name)
+	}
+	for model := range c.Chat {
+		if !schema.ValidToken(model) {
+			return fmt.Errorf("worker: chat model name %q is not a subject token", model)
+		}
+	}
+	for model := range c.Image {
+		if !schema.ValidToken(model) {
+			return fmt.Errorf("worker: image model name %q is not a subject token", model)
+		}
+	}
+	if c.Topology.MaxDeliver < 1 {
+		return errors.New("worker: Topology.MaxDeliver must be at least 1")
+	}
+	return nil
+}
+
+// tokenize turns a host name into a subject token.
+func tokenize(s string) string {
+	if s == "" {
+		return "host"
+	}
+	var b strings.Builder
+	for _, r := range s {
+		switch {
+		case r >= 'a' && r <= 'z', r >= 'A' && r <= 'Z', r >= '0' && r <= '9', r == '-', r == '_':
+			b.WriteRune(r)
+		default:
+			b.WriteByte('-')
+		}
+	}
+	return b.String()
+}

@@ -1,0 +1,78 @@
+package worker
+
+import (
+	"context"
+	"os"
+	"time"
+
+	"github.com/nats-io/nats.go"
+
+	"github.com/kiln-project/kiln/schema"
+)
+
+// Status returns the worker's heartbeat as it would be published now.
+func (w *Worker) Status() schema.Heartbeat {
+	host, _ := os.Hostname()
+	w.mu.Lock()
+	state := w.state
+	current := ""
+	if w.current != nil {
+		current = w.current.id
+	}
+	w.mu.Unlock()
+	hb := schema.Heartbeat{
+		Worker:     w.cfg.Name,
+		Host:       host,
+		Card:       w.cfg.Card,
+		Version:    w.cfg.Version,
+		State:      state,
+		Models:     w.Models(),
+		CurrentJob: current,
+		JobsOK:     w.jobsOK.Load(),
+		JobsFailed: w.jobsFailed.Load(),
+		UptimeS:    int64(time.Since(w.startedAt).Seconds()),
+		Governor:   schema.GovernorStatus{State: "off"},
+		IntervalMS: w.cfg.Topology.HeartbeatInterval.Milliseconds(),
+		Time:       time.Now().UTC(),
+	}
+	if w.cfg.StatusFunc != nil {
+		w.cfg.StatusFunc(&hb)
+	}
+	return hb
+}
+
+// heartbeat publishes the status on the heartbeat subject (kept in
+// KILN_EVENTS) and puts it in the kiln_workers registry. Events are JSON so
+// that `nats sub 'kiln.events.>'` is readable as is.
+func (w *Worker) heartbeat(ctx context.Context) {
+	hb := w.Status()
+	data, err := schema.JSON.Marshal(&hb)
+	if err != nil {
+		w.log.Error("encode heartbeat", "err", err)
+		return
+	}
+	m := &nats.Msg{Subject: w.subj.Heartbeat(w.cfg.Name), Data: data, Header: nats.Header{}}
+	m.Header.Set(schema.HeaderContentType, schema.ContentJSON)
+	if err := w.nc.PublishMsg(m); err != nil {
+		w.log.Warn("publish heartbeat", "err", err)
+	}
+	pctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+	defer cancel()
+	if _, err := w.workersKV.Put(pctx, w.cfg.Name, data); err != nil {
+		w.log.Warn("update worker registry", "err", err)
+	}
+}
+
+func (w *Worker) heartbeatLoop() {
+	defer close(w.hbDone)
+	t := time.NewTicker(w.cfg.Topology.HeartbeatInterval)
+	defer t.Stop()
+	for {
+		select {
+		case <-w.hbStop:
+			return
+		case <-t.C:
+			w.heartbeat(context.Background())
+		}
+	}
+}

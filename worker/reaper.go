@@ -1,0 +1,94 @@
+package worker
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/kiln-project/kiln/schema"
+)
+
+// maxDeliverAdvisory is the part of JetStream's max-deliveries advisory the
+// reaper reads.
+type maxDeliverAdvisory struct {
+	Stream     string `json:"stream"`
+	Consumer   string `json:"consumer"`
+	StreamSeq  uint64 `json:"stream_seq"`
+	Deliveries uint64 `json:"deliveries"`
+}
+
+// subscribeReaper makes sure that a job which ran out of deliveries without
+// any worker finishing it (every worker that took it crashed, was killed or
+// was stopped) still ends with exactly one result. All workers share the
+// subscription as a queue group, so one of them answers each advisory.
+func (w *Worker) subscribeReaper() (*nats.Subscription, error) {
+	subject := fmt.Sprintf("$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.%s.*", w.cfg.Topology.JobsStream())
+	sub, err := w.nc.QueueSubscribe(subject, w.cfg.Topology.Prefix+"-reaper", func(m *nats.Msg) {
+		var adv maxDeliverAdvisory
+		if err := json.Unmarshal(m.Data, &adv); err != nil {
+			w.log.Warn("undecodable max-deliveries advisory", "err", err)
+			return
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		w.reap(ctx, adv)
+	})
+	if err != nil {
+		return nil, fmt.Errorf("worker: reaper subscription: %w", err)
+	}
+	return sub, nil
+}
+
+func (w *Worker) reap(ctx context.Context, adv maxDeliverAdvisory) {
+	stream, err := w.js.Stream(ctx, w.cfg.Topology.JobsStream())
+	if err != nil {
+		w.log.Warn("reaper: jobs stream", "err", err)
+		return
+	}
+	raw, err := stream.GetMsg(ctx, adv.StreamSeq)
+	if err != nil {
+		return // already gone
+	}
+	id := raw.Header.Get(jetstream.MsgIDHeader)
+	codec, _ := schema.CodecFor(raw.Header.Get(schema.HeaderContentType))
+	var hdr schema.JobHeader
+	_ = codec.Unmarshal(raw.Data, &hdr)
+	if schema.ValidToken(hdr.ID) {
+		id = hdr.ID
+	}
+	reply := hdr.ReplyTo
+	if reply == "" {
+		reply = raw.Header.Get(HeaderReplyTo)
+	}
+	log := w.log.With("job", id, "deliveries", adv.Deliveries)
+	if schema.ValidToken(id) && w.storedResult(ctx, id) == nil {
+		res := &schema.Result{JobID: id, Status: schema.StatusError, Worker: w.cfg.Name, Attempt: int(adv.Deliveries),
+			Error: schema.Errorf(schema.CodeFailed, "", "delivered %d times and no worker finished it (each worker that took it crashed, was killed or stopped)", adv.Deliveries)}
+		data, err := codec.Marshal(res)
+		if err != nil {
+			return
+		}
+		m := &nats.Msg{Subject: w.subj.Result(id), Data: data, Header: nats.Header{}}
+		m.Header.Set(schema.HeaderContentType, codec.ContentType())
+		if _, err := w.js.PublishMsg(ctx, m); err != nil {
+			log.Warn("reaper: could not store the result", "err", err)
+			return
+		}
+		if reply != "" {
+			ev := schema.Event{JobID: id, Attempt: res.Attempt, Seq: 1, Type: schema.EventResult, Result: res}
+			if data, err := codec.Marshal(&ev); err == nil {
+				em := &nats.Msg{Subject: reply, Data: data, Header: nats.Header{}}
+				em.Header.Set(schema.HeaderContentType, codec.ContentType())
+				_ = w.nc.PublishMsg(em)
+			}
+		}
+		log.Warn("job ran out of deliveries; answered with an error result")
+	}
+	if err := stream.DeleteMsg(ctx, adv.StreamSeq); err != nil {
+		log.Debug("reaper: delete", "err", err)
+	}
+}

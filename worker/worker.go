@@ -1,0 +1,342 @@
+package worker
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/kiln-project/kiln/broker/topology"
+	"github.com/kiln-project/kiln/schema"
+)
+
+// HeaderReplyTo carries a job's reply subject in a header as well as in the
+// body, so that even a job whose body cannot be decoded gets its error back.
+const HeaderReplyTo = "Kiln-Reply-To"
+
+// ErrStopped is returned by Start on a worker that was stopped.
+var ErrStopped = errors.New("worker: stopped")
+
+// Worker takes jobs for the models of one card, one at a time, and answers
+// them. Every worker that serves a model pulls from the same durable
+// consumer: that is the load balancing across cards and Pis.
+type Worker struct {
+	cfg  Config
+	nc   *nats.Conn
+	js   jetstream.JetStream
+	log  *slog.Logger
+	subj schema.Subjects
+
+	routes    []*route // high lanes first
+	results   jetstream.Stream
+	cancelKV  jetstream.KeyValue
+	workersKV jetstream.KeyValue
+	subs      []*nats.Subscription
+	wake      chan struct{}
+
+	startOnce, stopOnce sync.Once
+	stopFetch           chan struct{} // closed: take no new job
+	loopDone            chan struct{}
+	hbStop              chan struct{}
+	hbDone              chan struct{}
+	stopped             chan struct{}
+	startedAt           time.Time
+
+	mu      sync.Mutex
+	current *runningJob
+	state   string
+
+	jobsOK, jobsFailed atomic.Int64
+}
+
+type runningJob struct {
+	id     string
+	cancel context.CancelCauseFunc
+}
+
+// route is one (kind, model, lane) the worker pulls from.
+type route struct {
+	kind, model, lane string
+	cons              jetstream.Consumer
+	run               func(ctx context.Context, d *delivery)
+}
+
+// New returns a worker on nc. Start runs it.
+func New(nc *nats.Conn, cfg Config) (*Worker, error) {
+	cfg = cfg.withDefaults()
+	if err := cfg.validate(); err != nil {
+		return nil, err
+	}
+	js, err := jetstream.New(nc)
+	if err != nil {
+		return nil, fmt.Errorf("worker: %w", err)
+	}
+	return &Worker{
+		cfg:       cfg,
+		nc:        nc,
+		js:        js,
+		log:       cfg.Logger.With("worker", cfg.Name),
+		subj:      cfg.Topology.Subjects(),
+		wake:      make(chan struct{}, 1),
+		stopFetch: make(chan struct{}),
+		loopDone:  make(chan struct{}),
+		hbStop:    make(chan struct{}),
+		hbDone:    make(chan struct{}),
+		stopped:   make(chan struct{}),
+		state:     schema.StateLoading,
+	}, nil
+}
+
+// Name is the worker's name.
+func (w *Worker) Name() string { return w.cfg.Name }
+
+// Models lists the models the worker serves.
+func (w *Worker) Models() []schema.ModelInfo {
+	var ms []schema.ModelInfo
+	for m := range w.cfg.Chat {
+		ms = append(ms, schema.ModelInfo{Name: m, Kind: schema.KindChat})
+	}
+	for m := range w.cfg.Image {
+		ms = append(ms, schema.ModelInfo{Name: m, Kind: schema.KindImage})
+	}
+	return ms
+}
+
+// Start provisions the topology and the worker's consumers, registers the
+// worker and starts taking jobs. It returns once the worker is running.
+func (w *Worker) Start(ctx context.Context) error {
+	err := ErrStopped
+	w.startOnce.Do(func() { err = w.start(ctx) })
+	return err
+}
+
+func (w *Worker) start(ctx context.Context) error {
+	w.startedAt = time.Now()
+	top := w.cfg.Topology
+	if err := topology.Provision(ctx, w.js, top); err != nil {
+		return fmt.Errorf("worker: %w", err)
+	}
+	var err error
+	if w.results, err = w.js.Stream(ctx, top.ResultsStream()); err != nil {
+		return fmt.Errorf("worker: results stream: %w", err)
+	}
+	if w.cancelKV, err = w.js.KeyValue(ctx, top.CancelBucket()); err != nil {
+		return fmt.Errorf("worker: cancel bucket: %w", err)
+	}
+	if w.workersKV, err = w.js.KeyValue(ctx, top.WorkersBucket()); err != nil {
+		return fmt.Errorf("worker: workers bucket: %w", err)
+	}
+	for _, lane := range []string{schema.LaneHigh, schema.LaneNormal} {
+		for model, h := range w.cfg.Chat {
+			w.routes = append(w.routes, &route{kind: schema.KindChat, model: model, lane: lane,
+				run: func(ctx context.Context, d *delivery) { runJob(ctx, w, d, h, schema.ValidateChat) }})
+		}
+		for model, h := range w.cfg.Image {
+			w.routes = append(w.routes, &route{kind: schema.KindImage, model: model, lane: lane,
+				run: func(ctx context.Context, d *delivery) { runJob(ctx, w, d, h, schema.ValidateImage) }})
+		}
+	}
+	for _, rt := range w.routes {
+		if rt.cons, err = topology.EnsureConsumer(ctx, w.js, top, rt.kind, rt.model, rt.lane); err != nil {
+			return fmt.Errorf("worker: %w", err)
+		}
+		sub, err := w.nc.Subscribe(w.subj.Wake(rt.kind, rt.model, rt.lane), func(*nats.Msg) { w.signalWake() })
+		if err != nil {
+			return fmt.Errorf("worker: wake subscription: %w", err)
+		}
+		w.subs = append(w.subs, sub)
+	}
+	sub, err := w.nc.Subscribe(w.subj.Cancel("*"), w.onCancel)
+	if err != nil {
+		return fmt.Errorf("worker: cancel subscription: %w", err)
+	}
+	w.subs = append(w.subs, sub)
+	if sub, err = w.subscribeReaper(); err != nil {
+		return err
+	}
+	w.subs = append(w.subs, sub)
+	if err := w.nc.FlushWithContext(ctx); err != nil {
+		return fmt.Errorf("worker: %w", err)
+	}
+	w.setState(schema.StateReady)
+	w.heartbeat(ctx)
+	go w.heartbeatLoop()
+	go w.loop()
+	models := make([]string, 0, len(w.routes))
+	for _, m := range w.Models() {
+		models = append(models, m.Kind+"/"+m.Name)
+	}
+	w.log.Info("worker ready", "models", models)
+	if len(models) == 0 {
+		w.log.Warn("worker serves no models: it heartbeats but takes no jobs")
+	}
+	return nil
+}
+
+// Run starts the worker, serves until ctx ends, then stops gracefully: the
+// running job gets ShutdownGrace to finish before it is handed back to the
+// queue. It returns nil after a clean stop.
+func (w *Worker) Run(ctx context.Context) error {
+	if err := w.Start(ctx); err != nil {
+		return err
+	}
+	<-ctx.Done()
+	sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), w.cfg.ShutdownGrace)
+	defer cancel()
+	if err := w.Stop(sctx); err != nil && !errors.Is(err, context.DeadlineExceeded) {
+		return err
+	}
+	return nil
+}
+
+// Stop stops taking jobs and waits for the running job to finish. If ctx
+// ends first, the running job is cancelled and handed back to the queue so
+// another card takes it at once, and Stop returns ctx.Err() after the worker
+// has stopped. Calling Stop again, or before Start, is safe.
+func (w *Worker) Stop(ctx context.Context) error {
+	w.stopOnce.Do(func() {
+		w.setState(schema.StateStopping)
+		close(w.stopFetch)
+		go w.finishStop()
+	})
+	select {
+	case <-w.stopped:
+		return nil
+	case <-ctx.Done():
+		w.cancelCurrent(ErrShutdown)
+		<-w.stopped
+		return ctx.Err()
+	}
+}
+
+// StopAndCancel stops at once: the running job is cancelled and handed back
+// to the queue. It waits until the worker has stopped or ctx ends.
+func (w *Worker) StopAndCancel(ctx context.Context) error {
+	cctx, cancel := context.WithCancel(ctx)
+	cancel()
+	err := w.Stop(cctx)
+	if errors.Is(err, context.Canceled) && ctx.Err() == nil {
+		return nil
+	}
+	return err
+}
+
+// Stopped is closed once the worker has stopped.
+func (w *Worker) Stopped() <-chan struct{} { return w.stopped }
+
+func (w *Worker) finishStop() {
+	if w.startedAt.IsZero() { // never started
+		close(w.stopped)
+		return
+	}
+	<-w.loopDone
+	close(w.hbStop)
+	<-w.hbDone
+	for _, s := range w.subs {
+		_ = s.Unsubscribe()
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if w.workersKV != nil {
+		if err := w.workersKV.Delete(ctx, w.cfg.Name); err != nil {
+			w.log.Warn("could not leave the worker registry", "err", err)
+		}
+	}
+	_ = w.nc.FlushWithContext(ctx)
+	w.log.Info("worker stopped", "jobs_ok", w.jobsOK.Load(), "jobs_failed", w.jobsFailed.Load())
+	close(w.stopped)
+}
+
+func (w *Worker) stopping() bool {
+	select {
+	case <-w.stopFetch:
+		return true
+	default:
+		return false
+	}
+}
+
+func (w *Worker) signalWake() {
+	select {
+	case w.wake <- struct{}{}:
+	default:
+	}
+}
+
+func (w *Worker) setState(s string) {
+	w.mu.Lock()
+	w.state = s
+	w.mu.Unlock()
+}
+
+// onCancel handles kiln.cancel.<id>: it stops the running job if it is that one.
+func (w *Worker) onCancel(m *nats.Msg) {
+	id := m.Subject[len(w.subj.Cancel("")):]
+	w.mu.Lock()
+	cur := w.current
+	w.mu.Unlock()
+	if cur != nil && cur.id == id {
+		w.log.Info("cancel requested", "job", id)
+		cur.cancel(ErrCancelRequested)
+	}
+}
+
+func (w *Worker) cancelCurrent(cause error) {
+	w.mu.Lock()
+	cur := w.current
+	w.mu.Unlock()
+	if cur != nil {
+		cur.cancel(cause)
+	}
+}
+
+// loop takes one job at a time, high lanes first, until Stop.
+func (w *Worker) loop() {
+	defer close(w.loopDone)
+	timer := time.NewTimer(w.cfg.PollInterval)
+	defer timer.Stop()
+	for {
+		if w.stopping() {
+			return
+		}
+		select {
+		case <-w.wake: // consumed: the scan below sees what it announced
+		default:
+		}
+		if msg, rt := w.next(); msg != nil {
+			w.process(rt, msg)
+			continue
+		}
+		timer.Reset(w.cfg.PollInterval)
+		select {
+		case <-w.stopFetch:
+			return
+		case <-w.wake:
+		case <-timer.C:
+		}
+	}
+}
+
+// next asks each consumer in priority order for one job without waiting.
+func (w *Worker) next() (jetstream.Msg, *route) {
+	for _, rt := range w.routes {
+		batch, err := rt.cons.FetchNoWait(1)
+		if err != nil {
+			w.log.Debug("fetch failed", "consumer", topology.ConsumerName(rt.kind, rt.model, rt.lane), "err", err)
+			continue
+		}
+		for msg := range batch.Messages() {
+			return msg, rt
+		}
+		if err := batch.Error(); err != nil && !errors.Is(err, nats.ErrTimeout) {
+			w.log.Debug("fetch failed", "consumer", topology.ConsumerName(rt.kind, rt.model, rt.lane), "err", err)
+		}
+	}
+	return nil, nil
+}
