@@ -2,7 +2,6 @@ package tokenize
 
 import (
 	"encoding/json"
-	"os"
 	"slices"
 	"sync"
 	"testing"
@@ -17,7 +16,7 @@ type testCase struct {
 
 func readCases(t testing.TB, path string) []testCase {
 	t.Helper()
-	data, err := os.ReadFile(path)
+	data, err := readFile(path)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -51,7 +50,9 @@ func qwen3(t testing.TB) *BPE {
 func TestQwen3Cases(t *testing.T) {
 	t.Parallel()
 	tok := qwen3(t)
-	for i, c := range readCases(t, "testdata/qwen3/cases.json") {
+	cases := readCases(t, "testdata/qwen3/cases.json")
+	cases = append(cases, readCases(t, "testdata/qwen3/extra_cases.json.gz")...)
+	for i, c := range cases {
 		got := tok.Encode(c.Text)
 		if !slices.Equal(got, c.IDs) {
 			t.Errorf("case %d %q:\n got %v\nwant %v", i, c.Text, got, c.IDs)
@@ -77,6 +78,11 @@ func clip(t testing.TB) *CLIP {
 func TestCLIPCases(t *testing.T) {
 	t.Parallel()
 	tok := clip(t)
+	for i, c := range readCases(t, "testdata/clip/extra_cases.json.gz") {
+		if got := tok.Encode(c.Text); !slices.Equal(got, c.IDs) {
+			t.Errorf("extra case %d %q ids:\n got %v\nwant %v", i, c.Text, got, c.IDs)
+		}
+	}
 	for i, c := range readCases(t, "testdata/clip/cases.json") {
 		got := tok.Encode(c.Text)
 		if !slices.Equal(got, c.IDs) {
