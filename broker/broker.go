@@ -214,10 +214,11 @@ func (b *Broker) Shutdown(ctx context.Context) error {
 	}
 }
 
-// slogLogger adapts slog to nats-server's Logger.
+// slogLogger adapts slog to nats-server's Logger. The server's notices (its
+// start banner) go to debug: kiln logs what matters itself.
 type slogLogger struct{ log *slog.Logger }
 
-func (l *slogLogger) Noticef(format string, v ...any) { l.log.Info(fmt.Sprintf(format, v...)) }
+func (l *slogLogger) Noticef(format string, v ...any) { l.log.Debug(fmt.Sprintf(format, v...)) }
 func (l *slogLogger) Warnf(format string, v ...any)   { l.log.Warn(fmt.Sprintf(format, v...)) }
 func (l *slogLogger) Fatalf(format string, v ...any)  { l.log.Error(fmt.Sprintf(format, v...)) }
 func (l *slogLogger) Errorf(format string, v ...any)  { l.log.Error(fmt.Sprintf(format, v...)) }

@@ -40,7 +40,7 @@ var (
 	// ErrQueueFull: the queue is at its limit; the job was not accepted.
 	ErrQueueFull = errors.New("kiln: queue full, job not accepted")
 	// ErrNoWorker: no live worker serves the model; the job was not published.
-	ErrNoWorker = errors.New("kiln: no live worker serves this model")
+	ErrNoWorker = errors.New("kiln: no live worker")
 	// ErrInvalid: the job was refused as invalid (see the *JobError for the field).
 	ErrInvalid = errors.New("kiln: invalid job")
 	// ErrCancelled: the job was cancelled.
@@ -244,7 +244,7 @@ func (c *Client) Submit(ctx context.Context, job schema.Job) (*Pending, error) {
 			return nil, err
 		}
 		if !reg.serves(kind, h.Model) && !c.servedNow(ctx, kind, h.Model) {
-			return nil, fmt.Errorf("%w: no live worker has %s model %q resident (see kiln status)", ErrNoWorker, kind, h.Model)
+			return nil, fmt.Errorf("%w has %s model %q resident (kiln status shows the fleet)", ErrNoWorker, kind, h.Model)
 		}
 	}
 	data, err := c.codec.Marshal(job)

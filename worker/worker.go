@@ -161,7 +161,9 @@ func (w *Worker) start(ctx context.Context) error {
 		return err
 	}
 	w.subs = append(w.subs, sub)
-	if err := w.nc.FlushWithContext(ctx); err != nil {
+	fctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	if err := w.nc.FlushWithContext(fctx); err != nil {
 		return fmt.Errorf("worker: %w", err)
 	}
 	w.setState(schema.StateReady)

@@ -1,7 +1,9 @@
 package tokenize
 
 import (
+	"bytes"
 	"fmt"
+	"strings"
 	"strconv"
 	"unicode/utf16"
 	"unicode/utf8"
@@ -263,4 +265,143 @@ func (s *jsonScanner) merges(fn func(a, b []byte) error) error {
 			return s.errorf("want ',' or ']'")
 		}
 	}
+}
+
+// maxDepth bounds the nesting skipValue accepts.
+const maxDepth = 512
+
+// skipValue moves past one JSON value of any kind and returns its bytes.
+func (s *jsonScanner) skipValue() ([]byte, error) {
+	s.ws()
+	start := s.i
+	if err := s.skip(0); err != nil {
+		return nil, err
+	}
+	return s.b[start:s.i], nil
+}
+
+func (s *jsonScanner) skip(depth int) error {
+	if depth > maxDepth {
+		return s.errorf("nested too deeply")
+	}
+	switch c := s.peek(); {
+	case c == '"':
+		s.i++
+		for {
+			k := bytes.IndexAny(s.b[s.i:], "\"\\")
+			if k < 0 {
+				s.i = len(s.b)
+				return s.errorf("unterminated string")
+			}
+			s.i += k
+			if s.b[s.i] == '"' {
+				s.i++
+				return nil
+			}
+			s.i += 2 // the backslash and the escaped byte
+			if s.i > len(s.b) {
+				s.i = len(s.b)
+				return s.errorf("unterminated string")
+			}
+		}
+	case c == '{' || c == '[':
+		end := byte('}')
+		if c == '[' {
+			end = ']'
+		}
+		s.i++
+		if s.peek() == end {
+			s.i++
+			return nil
+		}
+		for {
+			if c == '{' {
+				if s.peek() != '"' {
+					return s.errorf("want an object key")
+				}
+				if err := s.skip(depth + 1); err != nil {
+					return err
+				}
+				if err := s.expect(':'); err != nil {
+					return err
+				}
+			}
+			if err := s.skip(depth + 1); err != nil {
+				return err
+			}
+			switch s.peek() {
+			case ',':
+				s.i++
+			case end:
+				s.i++
+				return nil
+			default:
+				return s.errorf("want ',' or %q", end)
+			}
+		}
+	case c == '-' || (c >= '0' && c <= '9'):
+		start := s.i
+		for s.i < len(s.b) && strings.IndexByte("+-.0123456789eE", s.b[s.i]) >= 0 {
+			s.i++
+		}
+		if _, err := strconv.ParseFloat(string(s.b[start:s.i]), 64); err != nil {
+			return s.errorf("bad number")
+		}
+		return nil
+	default:
+		for _, lit := range []string{"true", "false", "null"} {
+			if bytes.HasPrefix(s.b[s.i:], []byte(lit)) {
+				s.i += len(lit)
+				return nil
+			}
+		}
+		if s.i >= len(s.b) {
+			return s.errorf("want a value, got end of input")
+		}
+		return s.errorf("want a value, got %q", s.b[s.i])
+	}
+}
+
+// objectFields walks a JSON object and calls fn with each key and the
+// scanner positioned at its value; fn must consume the value.
+func (s *jsonScanner) objectFields(fn func(key string) error) error {
+	if err := s.expect('{'); err != nil {
+		return err
+	}
+	if s.peek() == '}' {
+		s.i++
+		return nil
+	}
+	for {
+		k, err := s.str()
+		if err != nil {
+			return err
+		}
+		key := string(k)
+		if err := s.expect(':'); err != nil {
+			return err
+		}
+		if err := fn(key); err != nil {
+			return err
+		}
+		switch s.peek() {
+		case ',':
+			s.i++
+		case '}':
+			s.i++
+			return nil
+		default:
+			return s.errorf("want ',' or '}'")
+		}
+	}
+}
+
+// appendField appends "key":raw to a JSON object being built in dst.
+func appendField(dst []byte, key string, raw []byte) []byte {
+	if len(dst) > 1 {
+		dst = append(dst, ',')
+	}
+	dst = strconv.AppendQuote(dst, key)
+	dst = append(dst, ':')
+	return append(dst, raw...)
 }

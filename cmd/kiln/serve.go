@@ -1,0 +1,210 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"os"
+	"path/filepath"
+	"sort"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"golang.org/x/sync/errgroup"
+
+	"github.com/kiln-project/kiln/broker"
+	"github.com/kiln-project/kiln/broker/topology"
+	"github.com/kiln-project/kiln/schema"
+	"github.com/kiln-project/kiln/worker"
+)
+
+// workerFlags are the flags of the commands that run a worker.
+type workerFlags struct {
+	card   int
+	name   string
+	models string
+	lib    string
+	grace  time.Duration
+}
+
+func (w *workerFlags) register(fs *flag.FlagSet) {
+	fs.IntVar(&w.card, "card", 0, "index of the card on this host (not the PCIe bus id)")
+	fs.StringVar(&w.name, "name", "", "worker name (default <host>-card<N>)")
+	fs.StringVar(&w.models, "models", getenv(envModels, defaultModels), "folder of model packages, one sub-folder per model ($"+envModels+")")
+	fs.StringVar(&w.lib, "lib", getenv(envAXCLLib, ""), "path of libaxcl_rt.so ($"+envAXCLLib+"; default /usr/lib/axcl/libaxcl_rt.so)")
+	fs.DurationVar(&w.grace, "grace", 30*time.Second, "on stop, how long the running job may finish before it is handed back")
+}
+
+// workerConfig builds the worker's configuration and its handlers from the
+// model packages found.
+func (w *workerFlags) workerConfig(e *env, topo topology.Config) (worker.Config, error) {
+	cfg := worker.Config{
+		Name:          w.name,
+		Card:          w.card,
+		Version:       version,
+		Topology:      topo,
+		ShutdownGrace: w.grace,
+		Chat:          map[string]worker.Handler[schema.ChatJob]{},
+		Image:         map[string]worker.Handler[schema.ImageJob]{},
+		Logger:        e.log,
+	}
+	found, err := modelPackages(w.models)
+	if err != nil {
+		return cfg, err
+	}
+	if len(found) > 0 {
+		e.log.Warn("model packages found, but this build has no chat or image runtime yet: they are not served",
+			"models", found, "folder", w.models)
+	}
+	return cfg, nil
+}
+
+// modelPackages lists the sub-folders of dir (a missing dir is no packages).
+func modelPackages(dir string) ([]string, error) {
+	entries, err := os.ReadDir(dir)
+	if errors.Is(err, os.ErrNotExist) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("models folder %s: %w", dir, err)
+	}
+	var names []string
+	for _, en := range entries {
+		if en.IsDir() && schema.ValidToken(en.Name()) {
+			names = append(names, en.Name())
+		}
+	}
+	sort.Strings(names)
+	return names, nil
+}
+
+func (b *brokerFlags) start(ctx context.Context, e *env, prefix string) (*broker.Broker, error) {
+	if b.config == "" {
+		if err := os.MkdirAll(b.data, 0o755); err != nil {
+			return nil, fmt.Errorf("store folder: %w", err)
+		}
+	}
+	data := b.data
+	if abs, err := filepath.Abs(data); err == nil {
+		data = abs
+	}
+	br, err := broker.New(broker.Config{
+		Listen:     b.listen,
+		StoreDir:   data,
+		ConfigFile: b.config,
+		Topology:   topology.Config{Prefix: prefix, MaxQueuedJobs: b.queueMax, JobMaxAge: b.jobMaxAge},
+		Logger:     e.log,
+	})
+	if err != nil {
+		return nil, err
+	}
+	if err := br.Start(ctx); err != nil {
+		return nil, err
+	}
+	return br, nil
+}
+
+func runUp(ctx context.Context, e *env, args []string) error {
+	fs := newFlags(e, "up", "")
+	var bf brokerFlags
+	var wf workerFlags
+	prefix := fs.String("prefix", getenv(envPrefix, schema.DefaultPrefix), "subject prefix ($"+envPrefix+")")
+	bf.register(fs)
+	wf.register(fs)
+	if err := parse(fs, args); err != nil {
+		return err
+	}
+	br, err := bf.start(ctx, e, *prefix)
+	if err != nil {
+		return err
+	}
+	defer shutdownBroker(e, br)
+	nc, err := br.Connect(nats.Name("kiln-up-worker"))
+	if err != nil {
+		return err
+	}
+	defer nc.Close()
+	cfg, err := wf.workerConfig(e, topology.Config{Prefix: *prefix, JobMaxAge: bf.jobMaxAge})
+	if err != nil {
+		return err
+	}
+	w, err := worker.New(nc, cfg)
+	if err != nil {
+		return err
+	}
+	e.log.Info("kiln up", "url", br.ClientURL(), "worker", w.Name())
+	g, gctx := errgroup.WithContext(ctx)
+	g.Go(func() error { return w.Run(gctx) })
+	return g.Wait()
+}
+
+func runBroker(ctx context.Context, e *env, args []string) error {
+	fs := newFlags(e, "broker", "")
+	var bf brokerFlags
+	prefix := fs.String("prefix", getenv(envPrefix, schema.DefaultPrefix), "subject prefix ($"+envPrefix+")")
+	bf.register(fs)
+	if err := parse(fs, args); err != nil {
+		return err
+	}
+	br, err := bf.start(ctx, e, *prefix)
+	if err != nil {
+		return err
+	}
+	defer shutdownBroker(e, br)
+	<-ctx.Done()
+	return nil
+}
+
+func runWorker(ctx context.Context, e *env, args []string) error {
+	fs := newFlags(e, "worker", "")
+	var cf connFlags
+	var wf workerFlags
+	cf.register(fs)
+	wf.register(fs)
+	if err := parse(fs, args); err != nil {
+		return err
+	}
+	cfg, err := wf.workerConfig(e, cf.topology())
+	if err != nil {
+		return err
+	}
+	nc, err := connect(ctx, cf.url, "kiln-worker", nats.MaxReconnects(-1))
+	if err != nil {
+		return err
+	}
+	defer nc.Close()
+	w, err := worker.New(nc, cfg)
+	if err != nil {
+		return err
+	}
+	g, gctx := errgroup.WithContext(ctx)
+	g.Go(func() error { return w.Run(gctx) })
+	return g.Wait()
+}
+
+func shutdownBroker(e *env, br *broker.Broker) {
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if err := br.Shutdown(ctx); err != nil {
+		e.log.Warn("broker shutdown", "err", err)
+	}
+}
+
+// connect dials the broker, retrying until ctx ends if it is not up yet.
+func connect(ctx context.Context, url, name string, opts ...nats.Option) (*nats.Conn, error) {
+	opts = append([]nats.Option{nats.Name(name), nats.ReconnectWait(time.Second)}, opts...)
+	var last error
+	for {
+		nc, err := nats.Connect(url, opts...)
+		if err == nil {
+			return nc, nil
+		}
+		last = err
+		select {
+		case <-ctx.Done():
+			return nil, fmt.Errorf("connect %s: %w", url, last)
+		case <-time.After(time.Second):
+		}
+	}
+}

@@ -1,0 +1,66 @@
+package main
+
+import (
+	"flag"
+	"os"
+	"time"
+
+	"github.com/kiln-project/kiln/broker/topology"
+	"github.com/kiln-project/kiln/schema"
+)
+
+// Every environment variable kiln reads, with its default. Each has a flag
+// of the same meaning; a flag given on the command line wins.
+const (
+	envNATSURL   = "KILN_NATS_URL"   // clients and workers: the broker URL(s), comma-separated
+	envListen    = "KILN_LISTEN"     // kiln up / broker: client listen address
+	envData      = "KILN_DATA"       // kiln up / broker: JetStream store folder
+	envConfig    = "KILN_CONFIG"     // kiln up / broker: optional nats-server config file
+	envAXCLLib   = "KILN_AXCL_LIB"   // path of libaxcl_rt.so
+	envModels    = "KILN_MODELS"     // folder of model packages, one sub-folder per model
+	envPrefix    = "KILN_PREFIX"     // subject prefix
+	envLogFormat = "KILN_LOG_FORMAT" // text or json (read in newLogger)
+)
+
+const (
+	defaultNATSURL = "nats://127.0.0.1:4222"
+	defaultData    = "/var/lib/kiln"
+	defaultModels  = "/var/lib/kiln/models"
+)
+
+func getenv(name, def string) string {
+	if v := os.Getenv(name); v != "" {
+		return v
+	}
+	return def
+}
+
+// connFlags are the flags of every command that talks to a broker.
+type connFlags struct {
+	url    string
+	prefix string
+}
+
+func (c *connFlags) register(fs *flag.FlagSet) {
+	fs.StringVar(&c.url, "nats", getenv(envNATSURL, defaultNATSURL), "broker URL(s), comma-separated ($"+envNATSURL+")")
+	fs.StringVar(&c.prefix, "prefix", getenv(envPrefix, schema.DefaultPrefix), "subject prefix ($"+envPrefix+")")
+}
+
+func (c *connFlags) topology() topology.Config {
+	return topology.Config{Prefix: c.prefix}.WithDefaults()
+}
+
+// brokerFlags are the flags of the commands that run the embedded broker.
+type brokerFlags struct {
+	listen, data, config string
+	queueMax             int64
+	jobMaxAge            time.Duration
+}
+
+func (b *brokerFlags) register(fs *flag.FlagSet) {
+	fs.StringVar(&b.listen, "listen", getenv(envListen, "127.0.0.1:4222"), "client listen address host:port ($"+envListen+")")
+	fs.StringVar(&b.data, "data", getenv(envData, defaultData), "JetStream store folder ($"+envData+")")
+	fs.StringVar(&b.config, "config", getenv(envConfig, ""), "nats-server config file: accounts, TLS, cluster ($"+envConfig+")")
+	fs.Int64Var(&b.queueMax, "queue-max", 10000, "most jobs queued at once; more are refused at publish")
+	fs.DurationVar(&b.jobMaxAge, "job-max-age", 10*time.Minute, "how long a job may wait in the queue")
+}
