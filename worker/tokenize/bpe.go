@@ -81,15 +81,24 @@ func LoadDir(dir string) (*BPE, error) {
 
 // Parse builds a tokenizer from the bytes of a tokenizer.json.
 func Parse(data []byte) (*BPE, error) {
+	// Sizes seen in the Qwen3 file: ~75 bytes of JSON per vocab entry and
+	// merge together, ~7 bytes of token text each.
+	est := len(data) / 75
+	vb := vocabBuilder{arena: make([]byte, 0, 8*est), ents: make([]vocabEnt, 0, est)}
+	ml := mergeList{arena: make([]byte, 0, 10*est), ents: make([]mergeEnt, 0, est)}
+	topJSON, modelJSONBytes, err := walkTokenizerJSON(data, &vb, &ml)
+	if err != nil {
+		return nil, err
+	}
 	var f tokenizerFile
-	if err := json.Unmarshal(data, &f); err != nil {
-		return nil, formatErr("not a tokenizer.json: %v", err)
+	if err := json.Unmarshal(topJSON, &f); err != nil {
+		return nil, formatErr("tokenizer.json: %v", err)
 	}
-	m := f.Model
-	if m == nil {
-		return nil, formatErr("no model")
+	var m modelJSON
+	if err := json.Unmarshal(modelJSONBytes, &m); err != nil {
+		return nil, formatErr("model: %v", err)
 	}
-	if m.Type != "BPE" && !(m.Type == "" && m.Merges != nil) {
+	if m.Type != "BPE" && m.Type != "" {
 		return nil, formatErr("model type %q is not supported (only BPE)", m.Type)
 	}
 	if m.Dropout != nil && *m.Dropout > 0 {
@@ -102,14 +111,7 @@ func Parse(data []byte) (*BPE, error) {
 		(m.EndOfWordSuffix != nil && *m.EndOfWordSuffix != "") {
 		return nil, formatErr("BPE continuing_subword_prefix/end_of_word_suffix are not supported in byte-level files")
 	}
-	if isNull(m.Vocab) {
-		return nil, formatErr("model has no vocab")
-	}
-	if isNull(m.Merges) {
-		return nil, formatErr("model has no merges")
-	}
 	b := &BPE{unkID: -1, ignoreM: m.IgnoreMerges, specials: SpecialTokens{BOS: -1, EOS: -1, PAD: -1}}
-	var err error
 	if b.nfc, err = parseNormalizer(f.Normalizer); err != nil {
 		return nil, err
 	}
@@ -125,18 +127,8 @@ func Parse(data []byte) (*BPE, error) {
 	}
 
 	// Vocabulary.
-	b.vocab = make(map[string]int32, 1<<17)
-	maxID := int32(-1)
-	sc := jsonScanner{b: m.Vocab}
-	err = sc.objectStringInt(func(k []byte, id int32) error {
-		if _, dup := b.vocab[string(k)]; dup {
-			return fmt.Errorf("token %q appears twice", k)
-		}
-		b.vocab[string(k)] = id
-		maxID = max(maxID, id)
-		return nil
-	})
-	if err != nil {
+	var maxID int32
+	if b.vocab, maxID, err = vb.build(); err != nil {
 		return nil, formatErr("model vocab: %v", err)
 	}
 	for _, t := range f.AddedTokens {
@@ -148,20 +140,10 @@ func Parse(data []byte) (*BPE, error) {
 	if maxID > 1<<24 {
 		return nil, formatErr("token id %d is implausibly large", maxID)
 	}
-	b.pieces = make([]string, maxID+1)
-	b.special = make([]bool, maxID+1)
-	seen := make([]bool, maxID+1)
-	for tok, id := range b.vocab {
-		if seen[id] {
-			return nil, formatErr("model vocab: id %d is used twice", id)
-		}
-		seen[id] = true
-		raw, ok := byteLevelDecode(tok)
-		if !ok {
-			return nil, formatErr("model vocab: token %q is not in the byte-level alphabet", tok)
-		}
-		b.pieces[id] = string(raw)
+	if b.pieces, err = byteLevelPieces(&vb, maxID); err != nil {
+		return nil, formatErr("model vocab: %v", err)
 	}
+	b.special = make([]bool, maxID+1)
 	for i := range b.byteID {
 		b.byteID[i] = -1
 		if id, ok := b.vocab[string(byteToRune[i])]; ok {
@@ -175,34 +157,7 @@ func Parse(data []byte) (*BPE, error) {
 		}
 		b.unkID = id
 	}
-
-	// Merges.
-	b.merges = make(mergeTable, 1<<17)
-	rank := uint64(0)
-	var joined []byte
-	sc = jsonScanner{b: m.Merges}
-	err = sc.merges(func(l, r []byte) error {
-		li, ok := b.vocab[string(l)]
-		if !ok {
-			return fmt.Errorf("merge %d: token %q is not in the vocab", rank, l)
-		}
-		ri, ok := b.vocab[string(r)]
-		if !ok {
-			return fmt.Errorf("merge %d: token %q is not in the vocab", rank, r)
-		}
-		joined = append(append(joined[:0], l...), r...)
-		ji, ok := b.vocab[string(joined)]
-		if !ok {
-			return fmt.Errorf("merge %d: merged token %q is not in the vocab", rank, joined)
-		}
-		k := pairKey(li, ri)
-		if _, dup := b.merges[k]; !dup { // the first (lowest) rank wins
-			b.merges[k] = rank<<32 | uint64(uint32(ji))
-		}
-		rank++
-		return nil
-	})
-	if err != nil {
+	if b.merges, err = ml.resolve(b.vocab); err != nil {
 		return nil, formatErr("model merges: %v", err)
 	}
 

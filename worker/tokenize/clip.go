@@ -65,18 +65,18 @@ func LoadCLIP(dir string) (*CLIP, error) {
 // ParseCLIP builds a CLIP tokenizer from the bytes of vocab.json and
 // merges.txt.
 func ParseCLIP(vocabJSON, mergesTxt []byte) (*CLIP, error) {
-	c := &CLIP{vocab: make(map[string]int32, 1<<16)}
-	maxID := int32(-1)
+	c := &CLIP{}
+	var vb vocabBuilder
 	sc := jsonScanner{b: vocabJSON}
-	err := sc.objectStringInt(func(k []byte, id int32) error {
-		if _, dup := c.vocab[string(k)]; dup {
-			return fmt.Errorf("token %q appears twice", k)
-		}
-		c.vocab[string(k)] = id
-		maxID = max(maxID, id)
-		return nil
-	})
-	if err != nil {
+	if err := sc.objectStringInt(vb.add); err != nil {
+		return nil, formatErr("vocab.json: %v", err)
+	}
+	if sc.ws(); sc.i != len(vocabJSON) {
+		return nil, formatErr("vocab.json: data after the object at offset %d", sc.i)
+	}
+	var maxID int32
+	var err error
+	if c.vocab, maxID, err = vb.build(); err != nil {
 		return nil, formatErr("vocab.json: %v", err)
 	}
 	if maxID > 1<<24 {
@@ -122,9 +122,7 @@ func ParseCLIP(vocabJSON, mergesTxt []byte) (*CLIP, error) {
 		}
 	}
 
-	c.merges = make(mergeTable, 1<<16)
-	rank := uint64(0)
-	var joined []byte
+	var ml mergeList
 	sr := bufio.NewScanner(bytes.NewReader(mergesTxt))
 	sr.Buffer(make([]byte, 0, 4096), 1<<20)
 	for line := 0; sr.Scan(); line++ {
@@ -136,23 +134,18 @@ func ParseCLIP(vocabJSON, mergesTxt []byte) (*CLIP, error) {
 		if !ok || bytes.IndexByte(b, ' ') >= 0 {
 			return nil, formatErr("merges.txt line %d %q is not two tokens separated by one space", line+1, l)
 		}
-		ai, ok1 := c.vocab[string(a)]
-		bi, ok2 := c.vocab[string(b)]
-		joined = append(append(joined[:0], a...), b...)
-		ji, ok3 := c.vocab[string(joined)]
-		if !ok1 || !ok2 || !ok3 {
-			return nil, formatErr("merges.txt line %d %q: a token is not in vocab.json", line+1, l)
+		if err := ml.add(a, b); err != nil {
+			return nil, formatErr("merges.txt: %v", err)
 		}
-		if _, dup := c.merges[pairKey(ai, bi)]; !dup {
-			c.merges[pairKey(ai, bi)] = rank<<32 | uint64(uint32(ji))
-		}
-		rank++
 	}
 	if err := sr.Err(); err != nil {
 		return nil, formatErr("merges.txt: %v", err)
 	}
-	if rank == 0 {
+	if len(ml.ents) == 0 {
 		return nil, formatErr("merges.txt has no merges")
+	}
+	if c.merges, err = ml.resolve(c.vocab); err != nil {
+		return nil, formatErr("merges.txt: %v", err)
 	}
 	c.added = newAddedMatcher([]addedToken{{clipBOS, c.bos}, {clipEOS, c.eos}})
 	return c, nil

@@ -2,9 +2,10 @@ package tokenize
 
 import (
 	"bytes"
+	"encoding/json"
 	"fmt"
-	"strings"
 	"strconv"
+	"strings"
 	"unicode/utf16"
 	"unicode/utf8"
 )
@@ -401,7 +402,8 @@ func appendField(dst []byte, key string, raw []byte) []byte {
 	if len(dst) > 1 {
 		dst = append(dst, ',')
 	}
-	dst = strconv.AppendQuote(dst, key)
+	kq, _ := json.Marshal(key) // cannot fail for a string
+	dst = append(dst, kq...)
 	dst = append(dst, ':')
 	return append(dst, raw...)
 }

@@ -63,23 +63,24 @@ func findFile(dir string, names ...string) (string, bool) {
 }
 
 // tokenizerFile is the part of a Hugging Face tokenizer.json that is read
-// with encoding/json; the vocab and merges are read by jsonScanner.
+// with encoding/json; the model's vocab and merges, nearly all of the 11 MB
+// of a Qwen3 file, are read by jsonScanner.
 type tokenizerFile struct {
 	AddedTokens  []addedTokenJSON `json:"added_tokens"`
 	Normalizer   json.RawMessage  `json:"normalizer"`
 	PreTokenizer json.RawMessage  `json:"pre_tokenizer"`
 	Decoder      json.RawMessage  `json:"decoder"`
-	Model        *struct {
-		Type                    string          `json:"type"`
-		Vocab                   json.RawMessage `json:"vocab"`
-		Merges                  json.RawMessage `json:"merges"`
-		UnkToken                *string         `json:"unk_token"`
-		ContinuingSubwordPrefix *string         `json:"continuing_subword_prefix"`
-		EndOfWordSuffix         *string         `json:"end_of_word_suffix"`
-		Dropout                 *float64        `json:"dropout"`
-		ByteFallback            bool            `json:"byte_fallback"`
-		IgnoreMerges            bool            `json:"ignore_merges"`
-	} `json:"model"`
+}
+
+// modelJSON is the "model" object without vocab and merges.
+type modelJSON struct {
+	Type                    string   `json:"type"`
+	UnkToken                *string  `json:"unk_token"`
+	ContinuingSubwordPrefix *string  `json:"continuing_subword_prefix"`
+	EndOfWordSuffix         *string  `json:"end_of_word_suffix"`
+	Dropout                 *float64 `json:"dropout"`
+	ByteFallback            bool     `json:"byte_fallback"`
+	IgnoreMerges            bool     `json:"ignore_merges"`
 }
 
 type addedTokenJSON struct {
@@ -222,4 +223,69 @@ func parseDecoder(raw json.RawMessage) error {
 		return nil
 	}
 	return formatErr("decoder type %q is not supported (only ByteLevel)", c.Type)
+}
+
+// walkTokenizerJSON walks a tokenizer.json once. It parses the model's
+// vocab and merges straight into vb and ml, and returns the rest as two small
+// JSON objects for encoding/json: the top level without "model", and the
+// model without "vocab" and "merges".
+func walkTokenizerJSON(data []byte, vb *vocabBuilder, ml *mergeList) (top, model []byte, err error) {
+	sc := jsonScanner{b: data}
+	top, model = []byte{'{'}, []byte{'{'}
+	var hasModel, hasVocab, hasMerges bool
+	err = sc.objectFields(func(key string) error {
+		if key != "model" || sc.peek() != '{' {
+			raw, err := sc.skipValue()
+			if err != nil {
+				return fmt.Errorf("%q: %w", key, err)
+			}
+			if key != "model" {
+				top = appendField(top, key, raw)
+			} else if !isNull(raw) {
+				return fmt.Errorf("model is not an object")
+			}
+			return nil
+		}
+		hasModel = true
+		return sc.objectFields(func(k string) error {
+			switch {
+			case k == "vocab" && sc.peek() == '{':
+				hasVocab = true
+				if err := sc.objectStringInt(vb.add); err != nil {
+					return fmt.Errorf("model vocab: %w", err)
+				}
+				return nil
+			case k == "merges" && sc.peek() == '[':
+				hasMerges = true
+				if err := sc.merges(ml.add); err != nil {
+					return fmt.Errorf("model merges: %w", err)
+				}
+				return nil
+			}
+			raw, err := sc.skipValue()
+			if err != nil {
+				return fmt.Errorf("model %q: %w", k, err)
+			}
+			if k == "vocab" || k == "merges" {
+				return fmt.Errorf("model %s is not an object/array", k)
+			}
+			model = appendField(model, k, raw)
+			return nil
+		})
+	})
+	if err != nil {
+		return nil, nil, formatErr("not a tokenizer.json: %v", err)
+	}
+	if sc.ws(); sc.i != len(data) {
+		return nil, nil, formatErr("not a tokenizer.json: data after the top-level object at offset %d", sc.i)
+	}
+	switch {
+	case !hasModel:
+		return nil, nil, formatErr("no model")
+	case !hasVocab:
+		return nil, nil, formatErr("model has no vocab")
+	case !hasMerges:
+		return nil, nil, formatErr("model has no merges")
+	}
+	return append(top, '}'), append(model, '}'), nil
 }
