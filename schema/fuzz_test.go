@@ -1,0 +1,84 @@
+package schema
+
+import (
+	"testing"
+)
+
+// FuzzDecodeJob feeds arbitrary bytes to both codecs and the validators, as
+// a worker does with whatever arrives on a job subject: no input may panic,
+// and whatever decodes and validates must encode and decode again.
+func FuzzDecodeJob(f *testing.F) {
+	good, _ := Msgpack.Marshal(chat())
+	goodJSON, _ := JSON.Marshal(chat())
+	img, _ := Msgpack.Marshal(&ImageJob{JobHeader: JobHeader{ID: "i", Model: "sd"}, Prompt: "fox", InitImage: []byte{1, 2}})
+	f.Add(good, false)
+	f.Add(goodJSON, true)
+	f.Add(img, false)
+	f.Add([]byte(`{"id":"x","model":"m","messages":[{"role":"user","content":"hi"}],"temperature":1e400}`), true)
+	f.Add([]byte{0xde, 0xff, 0xff, 0xff, 0xff}, false)
+	f.Add([]byte{0xc1}, false)
+	sub := &JobSubject{Kind: KindChat, Model: "qwen3-4b", Lane: LaneNormal}
+	f.Fuzz(func(t *testing.T, data []byte, asJSON bool) {
+		c := Msgpack
+		if asJSON {
+			c = JSON
+		}
+		var j ChatJob
+		if err := c.Unmarshal(data, &j); err != nil {
+			if _, ok := err.(*Error); !ok {
+				t.Fatalf("decode error is %T, want *Error", err)
+			}
+			return
+		}
+		if ValidateChat(&j, sub, Limits{}) != nil {
+			return
+		}
+		again, err := c.Marshal(&j)
+		if err != nil {
+			t.Fatalf("valid job does not encode: %v", err)
+		}
+		var k ChatJob
+		if err := c.Unmarshal(again, &k); err != nil || k.ID != j.ID || len(k.Messages) != len(j.Messages) {
+			t.Fatalf("re-decode: %v", err)
+		}
+		var im ImageJob
+		if c.Unmarshal(data, &im) == nil {
+			_ = ValidateImage(&im, nil, Limits{})
+		}
+	})
+}
+
+// FuzzDecodeEvent is what a client does with whatever arrives on its reply subject.
+func FuzzDecodeEvent(f *testing.F) {
+	ev, _ := Msgpack.Marshal(&Event{JobID: "a", Attempt: 1, Seq: 1, Type: EventResult, Result: &Result{Status: StatusOK, Text: "t"}})
+	f.Add(ev)
+	f.Add([]byte{0x81, 0xa4, 't', 'y', 'p', 'e'})
+	f.Fuzz(func(t *testing.T, data []byte) {
+		for _, c := range []Codec{Msgpack, JSON} {
+			var e Event
+			_ = c.Unmarshal(data, &e)
+			var r Result
+			_ = c.Unmarshal(data, &r)
+			var h Heartbeat
+			_ = c.Unmarshal(data, &h)
+		}
+	})
+}
+
+// FuzzSubjects checks the subject parser and token rules on arbitrary text.
+func FuzzSubjects(f *testing.F) {
+	f.Add("kiln.jobs.chat.qwen3-4b.normal", "x")
+	f.Add("kiln.jobs..", "a.b")
+	f.Fuzz(func(t *testing.T, subject, token string) {
+		s := Subjects{}
+		if js, err := s.ParseJob(subject); err == nil && s.Job(js.Kind, js.Model, js.Lane) != subject {
+			t.Fatalf("ParseJob(%q) = %+v does not rebuild", subject, js)
+		}
+		if ValidToken(token) {
+			if js, err := s.ParseJob(s.Job(KindChat, token, LaneHigh)); err != nil || js.Model != token {
+				t.Fatalf("token %q does not survive a subject", token)
+			}
+		}
+		_, _ = CodecFor(token)
+	})
+}

@@ -1,0 +1,138 @@
+// Package e2e tests kiln across processes: a real embedded broker, workers
+// and clients in separate processes (this test binary re-executed in a
+// role), kill -9 and SIGTERM of workers mid-job.
+package e2e
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"os/exec"
+	"os/signal"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go"
+
+	"github.com/kiln-project/kiln/broker/topology"
+	"github.com/kiln-project/kiln/client"
+	"github.com/kiln-project/kiln/schema"
+	"github.com/kiln-project/kiln/test/echo"
+	"github.com/kiln-project/kiln/worker"
+)
+
+// Environment of a re-executed child.
+const (
+	envRole    = "KILN_E2E_ROLE"    // worker or client
+	envURL     = "KILN_E2E_URL"     // broker URL
+	envName    = "KILN_E2E_NAME"    // worker name / client id
+	envAckWait = "KILN_E2E_ACKWAIT" // topology ack wait
+	envGrace   = "KILN_E2E_GRACE"   // worker shutdown grace
+	envJobs    = "KILN_E2E_JOBS"    // client: jobs to run
+)
+
+func TestMain(m *testing.M) {
+	switch os.Getenv(envRole) {
+	case "worker":
+		os.Exit(childWorker())
+	case "client":
+		os.Exit(childClient())
+	}
+	os.Exit(m.Run())
+}
+
+func childTopology() topology.Config {
+	ack, _ := time.ParseDuration(os.Getenv(envAckWait))
+	return topology.Config{AckWait: ack, HeartbeatInterval: time.Second}
+}
+
+// childWorker serves the echo model until SIGTERM, like `kiln worker`.
+func childWorker() int {
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, os.Interrupt)
+	defer stop()
+	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
+	nc, err := nats.Connect(os.Getenv(envURL))
+	if err != nil {
+		log.Error("connect", "err", err)
+		return 1
+	}
+	defer nc.Close()
+	grace, _ := time.ParseDuration(os.Getenv(envGrace))
+	w, err := worker.New(nc, worker.Config{
+		Name:          os.Getenv(envName),
+		Topology:      childTopology(),
+		Chat:          map[string]worker.Handler[schema.ChatJob]{"echo": echo.Chat},
+		ShutdownGrace: grace,
+		Logger:        log,
+	})
+	if err != nil {
+		log.Error("worker", "err", err)
+		return 1
+	}
+	if err := w.Run(ctx); err != nil {
+		log.Error("worker", "err", err)
+		return 1
+	}
+	return 0
+}
+
+// childClient runs KILN_E2E_JOBS chat jobs one after another and checks
+// that each answer is its own.
+func childClient() int {
+	nc, err := nats.Connect(os.Getenv(envURL))
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 1
+	}
+	defer nc.Close()
+	c, err := client.New(nc, client.WithClientID(os.Getenv(envName)))
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 1
+	}
+	defer c.Close()
+	n, _ := strconv.Atoi(os.Getenv(envJobs))
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	for i := range n {
+		words := fmt.Sprintf("%s job %d", os.Getenv(envName), i)
+		var streamed strings.Builder
+		res, err := c.Chat(ctx, &schema.ChatJob{JobHeader: schema.JobHeader{Model: "echo"},
+			Messages: []schema.Message{{Role: "user", Content: words}}}, func(ev schema.Event) error {
+			streamed.WriteString(ev.Text)
+			return nil
+		})
+		if err != nil {
+			fmt.Fprintln(os.Stderr, err)
+			return 1
+		}
+		if res.Text != "echo: "+words || streamed.String() != res.Text {
+			fmt.Fprintf(os.Stderr, "job %d: got %q, streamed %q\n", i, res.Text, streamed.String())
+			return 1
+		}
+	}
+	return 0
+}
+
+// child starts this test binary in a role; it is killed at test end.
+func child(t *testing.T, env ...string) *exec.Cmd {
+	t.Helper()
+	cmd := exec.Command(os.Args[0], "-test.run=^$")
+	cmd.Env = append(os.Environ(), env...)
+	cmd.Stdout, cmd.Stderr = io.Discard, os.Stderr
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if cmd.ProcessState == nil {
+			_ = cmd.Process.Kill()
+			_ = cmd.Wait()
+		}
+	})
+	return cmd
+}
