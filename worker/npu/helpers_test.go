@@ -1,0 +1,150 @@
+package npu
+
+import (
+	"context"
+	"errors"
+	"os"
+	"path/filepath"
+	"runtime"
+	"testing"
+	"time"
+
+	"github.com/ebitengine/purego"
+	"github.com/kiln-project/kiln/test/cardsim"
+	"github.com/kiln-project/kiln/worker/axcl"
+)
+
+// simControl holds the simulator's own control symbols (not part of AXCL).
+type simControl struct {
+	setFaults func(spec string) int32
+	config    func(spec string) int32
+}
+
+func loadSimControl(t testing.TB, path string) *simControl {
+	t.Helper()
+	h, err := purego.Dlopen(path, purego.RTLD_NOW|purego.RTLD_GLOBAL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := &simControl{}
+	for name, fptr := range map[string]any{"kilnsim_set_faults": &c.setFaults, "kilnsim_config": &c.config} {
+		sym, err := purego.Dlsym(h, name)
+		if err != nil {
+			t.Fatalf("simulator lacks %s: %v", name, err)
+		}
+		purego.RegisterFunc(fptr, sym)
+	}
+	return c
+}
+
+func (c *simControl) faults(t testing.TB, spec string) {
+	t.Helper()
+	if c.setFaults(spec) != 0 {
+		t.Fatalf("kilnsim_set_faults(%q) refused", spec)
+	}
+	t.Cleanup(func() { c.setFaults("") })
+}
+
+func (c *simControl) set(t testing.TB, spec, undo string) {
+	t.Helper()
+	if c.config(spec) != 0 {
+		t.Fatalf("kilnsim_config(%q) refused", spec)
+	}
+	if undo != "" {
+		t.Cleanup(func() { c.config(undo) })
+	}
+}
+
+type bundle struct {
+	lib string
+	ctl *simControl
+	dev *Device
+}
+
+// setup opens the simulated card. The device is closed at cleanup and the
+// test fails if the teardown reports an error.
+func setup(t testing.TB, cfg Config) *bundle {
+	t.Helper()
+	lib := cardsim.Library(t)
+	cfg.Library = lib
+	d, err := Open(context.Background(), cfg)
+	if err != nil {
+		t.Fatalf("Open: %v", err)
+	}
+	t.Cleanup(func() {
+		if err := d.Close(context.Background()); err != nil && !errors.Is(err, ErrHung) {
+			t.Errorf("Close: %v", err)
+		}
+	})
+	return &bundle{lib: lib, ctl: loadSimControl(t, lib), dev: d}
+}
+
+// tinySpec is a small simulated Qwen3-style layer: hidden 16, kv_dim 8,
+// context 63, prefill 16, three shape groups (decode, prefill without and
+// with 16 rows of history).
+func tinySpec() cardsim.LLMSpec {
+	return cardsim.LLMSpec{
+		Name: "tiny", Arch: "tiny", ModelDir: "tiny", Layers: 2, Hidden: 16, KVDim: 8, Vocab: 64,
+		MaxCtx: 63, Prefill: 16, Histories: []int{0, 16}, Seed: 7, LayerWeightBytes: 1 << 20,
+	}
+}
+
+func writeSpec(t testing.TB, dir, name string, spec *cardsim.ModelSpec) string {
+	t.Helper()
+	b, err := spec.Marshal()
+	if err != nil {
+		t.Fatal(err)
+	}
+	path := filepath.Join(dir, name)
+	if err := os.WriteFile(path, b, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	return path
+}
+
+// layerFiles writes the layers of tinySpec and returns their paths.
+func layerFiles(t testing.TB) []string {
+	t.Helper()
+	s := tinySpec()
+	dir := t.TempDir()
+	var out []string
+	for i := range s.Layers {
+		out = append(out, writeSpec(t, dir, s.LayerFile(i), s.LayerSpec(i)))
+	}
+	return out
+}
+
+// runtimeFinalized reports whether the simulator's runtime has been
+// finalised (axclrtGetDeviceCount fails before axclInit).
+func runtimeFinalized(t testing.TB, lib string) bool {
+	t.Helper()
+	rt, err := axcl.Load(lib)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ch := make(chan error, 1)
+	go func() {
+		runtime.LockOSThread()
+		_, err := rt.DeviceCount()
+		ch <- err
+	}()
+	return <-ch != nil
+}
+
+// waitDone waits for the device thread to finish its teardown; the bound
+// only keeps a broken test from hanging forever.
+func waitDone(t testing.TB, d *Device) {
+	t.Helper()
+	select {
+	case <-d.Done():
+	case <-time.After(60 * time.Second):
+		t.Fatal("device thread never finished its teardown")
+	}
+}
+
+func must(t testing.TB, err error) {
+	t.Helper()
+	if err != nil {
+		t.Fatal(err)
+	}
+}
