@@ -137,8 +137,8 @@ func Parse(data []byte) (*BPE, error) {
 		}
 		maxID = max(maxID, int32(*t.ID))
 	}
-	if maxID > 1<<24 {
-		return nil, formatErr("token id %d is implausibly large", maxID)
+	if n := len(vb.ents) + len(f.AddedTokens); int(maxID) >= 2*n+1024 {
+		return nil, formatErr("token id %d is implausibly large for %d tokens", maxID, n)
 	}
 	if b.pieces, err = byteLevelPieces(&vb, maxID); err != nil {
 		return nil, formatErr("model vocab: %v", err)

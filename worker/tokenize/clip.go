@@ -79,8 +79,8 @@ func ParseCLIP(vocabJSON, mergesTxt []byte) (*CLIP, error) {
 	if c.vocab, maxID, err = vb.build(); err != nil {
 		return nil, formatErr("vocab.json: %v", err)
 	}
-	if maxID > 1<<24 {
-		return nil, formatErr("vocab.json: token id %d is implausibly large", maxID)
+	if int(maxID) >= 2*len(vb.ents)+1024 {
+		return nil, formatErr("vocab.json: token id %d is implausibly large for %d tokens", maxID, len(vb.ents))
 	}
 	c.pieces = make([]string, maxID+1)
 	seen := make([]bool, maxID+1)
