@@ -1,0 +1,156 @@
+// Package cardsim owns the card simulator: a C shared library that exports the subset of the
+// AXCL runtime (libaxcl_rt.so, SDK V3.10.2) that kiln uses, with the same symbol names,
+// signatures, struct layouts and error codes, plus generators of simulated model packages
+// (a Qwen3-shaped chat model, the full Qwen3-4B shape, SD 1.5 LCM) and a Go reference of the
+// simulated LLM that needs no KV cache.
+//
+// Pointing KILN_AXCL_LIB at the library built by [Build] runs the real binding, the real device
+// thread and the real LLM and SD loops on any Linux machine. The simulated models compute a
+// real, tiny attention (so a wrong KV offset, mask or position changes the output) and cheap
+// deterministic functions for SD; see README.md in this folder for the file format, every
+// control and the exact math of each op.
+package cardsim
+
+import (
+	"context"
+	"crypto/sha256"
+	"embed"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io/fs"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"sort"
+	"strings"
+	"sync"
+	"testing"
+)
+
+//go:embed csrc/*.c csrc/*.h
+var csrc embed.FS
+
+// ErrNoCompiler is returned by [Build] when no C compiler is found.
+var ErrNoCompiler = errors.New("cardsim: no C compiler found (set CC or install cc)")
+
+// CFlags are the compiler flags [Build] uses. -ffp-contract=off keeps every float operation
+// individually rounded, which the Go reference relies on.
+var CFlags = []string{"-shared", "-fPIC", "-O2", "-ffp-contract=off", "-fvisibility=hidden", "-std=gnu11"}
+
+func compiler() ([]string, error) {
+	cc := strings.Fields(os.Getenv("CC"))
+	if len(cc) == 0 {
+		cc = []string{"cc"}
+	}
+	if _, err := exec.LookPath(cc[0]); err != nil {
+		return nil, fmt.Errorf("%w: %v", ErrNoCompiler, err)
+	}
+	return cc, nil
+}
+
+func sources() (names []string, err error) {
+	err = fs.WalkDir(csrc, "csrc", func(p string, d fs.DirEntry, err error) error {
+		if err == nil && !d.IsDir() {
+			names = append(names, p)
+		}
+		return err
+	})
+	sort.Strings(names)
+	return names, err
+}
+
+// Build compiles the simulator with $CC (default cc) into outPath (e.g.
+// build/cardsim/libaxcl_rt.so), creating its folder. The C sources are embedded, so Build
+// works from any working directory.
+func Build(ctx context.Context, outPath string) error {
+	cc, err := compiler()
+	if err != nil {
+		return err
+	}
+	dir, err := os.MkdirTemp("", "cardsim-src-")
+	if err != nil {
+		return fmt.Errorf("cardsim: %w", err)
+	}
+	defer os.RemoveAll(dir)
+	names, err := sources()
+	if err != nil {
+		return fmt.Errorf("cardsim: %w", err)
+	}
+	var cfiles []string
+	for _, n := range names {
+		b, err := csrc.ReadFile(n)
+		if err != nil {
+			return fmt.Errorf("cardsim: %w", err)
+		}
+		p := filepath.Join(dir, filepath.Base(n))
+		if err := os.WriteFile(p, b, 0o644); err != nil {
+			return fmt.Errorf("cardsim: %w", err)
+		}
+		if strings.HasSuffix(n, ".c") {
+			cfiles = append(cfiles, p)
+		}
+	}
+	abs, err := filepath.Abs(outPath)
+	if err != nil {
+		return fmt.Errorf("cardsim: %w", err)
+	}
+	if err := os.MkdirAll(filepath.Dir(abs), 0o755); err != nil {
+		return fmt.Errorf("cardsim: %w", err)
+	}
+	tmp := abs + ".tmp"
+	args := append(append(append(cc[1:], CFlags...), "-o", tmp), cfiles...)
+	args = append(args, "-lm", "-lpthread")
+	cmd := exec.CommandContext(ctx, cc[0], args...)
+	out, err := cmd.CombinedOutput()
+	if err != nil {
+		os.Remove(tmp)
+		return fmt.Errorf("cardsim: %s %s: %w\n%s", cc[0], strings.Join(args, " "), err, out)
+	}
+	if err := os.Rename(tmp, abs); err != nil {
+		return fmt.Errorf("cardsim: %w", err)
+	}
+	return nil
+}
+
+// sourceHash identifies the embedded sources, the compiler and the flags.
+func sourceHash() string {
+	h := sha256.New()
+	names, _ := sources()
+	for _, n := range names {
+		b, _ := csrc.ReadFile(n)
+		fmt.Fprintf(h, "%s %d\n", n, len(b))
+		h.Write(b)
+	}
+	fmt.Fprintf(h, "CC=%s %s\n", os.Getenv("CC"), strings.Join(CFlags, " "))
+	return hex.EncodeToString(h.Sum(nil))[:16]
+}
+
+var lib struct {
+	once sync.Once
+	path string
+	err  error
+}
+
+// Library builds the simulator once per test process and returns the path of the .so. The
+// result is cached by content in the OS temp folder, so several test binaries share one build.
+// It skips tb when no C compiler is installed and fails it when the build fails.
+func Library(tb testing.TB) string {
+	tb.Helper()
+	lib.once.Do(func() {
+		p := filepath.Join(os.TempDir(), "kiln-cardsim-"+sourceHash(), "libaxcl_rt.so")
+		if _, err := os.Stat(p); err == nil {
+			lib.path = p
+			return
+		}
+		lib.err = Build(context.Background(), p)
+		lib.path = p
+	})
+	if errors.Is(lib.err, ErrNoCompiler) {
+		tb.Skipf("cardsim: simulator not built: %v", lib.err)
+	}
+	if lib.err != nil {
+		tb.Fatalf("cardsim: %v", lib.err)
+	}
+	return lib.path
+}

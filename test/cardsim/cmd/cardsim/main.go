@@ -1,0 +1,78 @@
+// Command cardsim builds the card simulator (a stand-in libaxcl_rt.so) and writes simulated
+// model packages: `make sim` runs
+//
+//	go run ./test/cardsim/cmd/cardsim -lib build/cardsim/libaxcl_rt.so -models build/models
+//
+// which writes build/models/qwen3-tiny/ and build/models/sd15-lcm/ (add -qwen3-4b for the
+// full Qwen3-4B shapes, meant for KILN_SIM_NOCOMPUTE=1 benchmarks).
+package main
+
+import (
+	"context"
+	"flag"
+	"fmt"
+	"os"
+	"os/signal"
+	"path/filepath"
+
+	"github.com/kiln-project/kiln/test/cardsim"
+)
+
+func main() {
+	libPath := flag.String("lib", "build/cardsim/libaxcl_rt.so", "where to build the simulator library (empty: skip)")
+	models := flag.String("models", "build/models", "folder for the simulated model packages (empty: skip)")
+	qwenTok := flag.String("qwen3-tokenizer", "", "folder of Qwen3 tokenizer files to copy into the chat packages (default: worker/tokenize/testdata/qwen3 if present)")
+	clipTok := flag.String("clip-tokenizer", "", "folder of CLIP tokenizer files to copy into sd15-lcm/tokenizer (default: worker/tokenize/testdata/clip if present)")
+	big := flag.Bool("qwen3-4b", false, "also write qwen3-4b (full Qwen3-4B shapes, sparse embedding table)")
+	flag.Parse()
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt)
+	defer stop()
+	if err := run(ctx, *libPath, *models, defaultDir(*qwenTok, "worker/tokenize/testdata/qwen3"),
+		defaultDir(*clipTok, "worker/tokenize/testdata/clip"), *big); err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(1)
+	}
+}
+
+func defaultDir(flagValue, fallback string) string {
+	if flagValue != "" {
+		return flagValue
+	}
+	if st, err := os.Stat(fallback); err == nil && st.IsDir() {
+		return fallback
+	}
+	return ""
+}
+
+func run(ctx context.Context, libPath, models, qwenTok, clipTok string, big bool) error {
+	if libPath != "" {
+		if err := cardsim.Build(ctx, libPath); err != nil {
+			return err
+		}
+		fmt.Printf("cardsim: built %s\n", libPath)
+	}
+	if models == "" {
+		return nil
+	}
+	llms := []cardsim.LLMSpec{cardsim.TinyQwen3()}
+	if big {
+		llms = append(llms, cardsim.Qwen3_4B())
+	}
+	for _, s := range llms {
+		s.TokenizerDir = qwenTok
+		dir := filepath.Join(models, s.Name)
+		if err := cardsim.WriteLLMPackage(dir, s); err != nil {
+			return err
+		}
+		fmt.Printf("cardsim: wrote %s (%d layers, hidden %d, kv_dim %d, context %d, prefill groups %v, tokenizer %q)\n",
+			dir, s.Layers, s.Hidden, s.KVDim, s.MaxCtx, s.Histories, qwenTok)
+	}
+	sd := cardsim.SD15LCM()
+	sd.TokenizerDir = clipTok
+	dir := filepath.Join(models, sd.Name)
+	if err := cardsim.WriteSDPackage(dir, sd); err != nil {
+		return err
+	}
+	fmt.Printf("cardsim: wrote %s (%dx%d, img2img %v, tokenizer %q)\n", dir, sd.Width, sd.Height, sd.VAEEncoder, clipTok)
+	return nil
+}

@@ -1,0 +1,369 @@
+package cardsim
+
+import (
+	"bufio"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"os"
+	"path/filepath"
+)
+
+// LLMSpec describes a simulated Qwen3-style chat package (research/llm-runtime.md §1–§3).
+type LLMSpec struct {
+	// Name is the package folder name and config.json model_name, e.g. "qwen3-tiny".
+	Name string
+	// Arch is the file-name prefix: <Arch>_p<Prefill>_l<i>_together.axmodel, <Arch>_post.axmodel.
+	Arch string
+	// ModelDir is the sub-folder holding the model files, e.g. "qwen3-tiny-ax650".
+	ModelDir string
+	Layers   int
+	Hidden   int // tokens_embed_size
+	KVDim    int // kv heads × head dim
+	Vocab    int // tokens_embed_num (151936 for Qwen3)
+	// MaxCtx is the decode context (pulsar2 --kv_cache_len): the decode mask has MaxCtx+1
+	// elements and K_cache has MaxCtx rows.
+	MaxCtx int
+	// Prefill is the prefill chunk (128).
+	Prefill int
+	// Histories lists the history capacity of each prefill group, in group order (group i+1).
+	// 0 is the no-history group, whose K_cache/V_cache have the dummy shape [1,1,Hidden].
+	Histories []int
+	// Seed derives every weight: layer i uses Seed+1+i, the post model Seed+0x10000, the
+	// embedding table Seed^0x454d42, the vision encoder Seed+0x20000.
+	Seed uint64
+	// PostRank is the rank of the post model's projection (default 16).
+	PostRank int
+	// PostFP32 makes the post model output fp32 logits instead of bf16.
+	PostFP32 bool
+	// LayerWeightBytes and PostWeightBytes are the CMM each model claims when loaded.
+	LayerWeightBytes int64
+	PostWeightBytes  int64
+	// EmbedValues writes the embedding table's values. When false the table is a sparse
+	// file of zeros of the right size (for the full-size shapes: no disk use).
+	EmbedValues bool
+	// TokenizerDir, when set, is a folder whose files are copied into TokenizerSubdir.
+	TokenizerDir    string
+	TokenizerSubdir string // default "<Arch>_tokenizer"
+	// Vision adds a vision encoder to the package.
+	Vision *VisionSpec
+}
+
+// VisionSpec describes a simulated vision encoder (kind vision): an NHWC uint8 image in, one
+// embedding row of the LLM's hidden size per image token out.
+type VisionSpec struct {
+	File          string // file name inside ModelDir, e.g. "vision_model.axmodel"
+	Width, Height int    // input image size
+	Grid          int    // Grid×Grid output tokens
+	OutFP32       bool   // fp32 output instead of bf16
+	WeightBytes   int64
+	ImageTokenID  int // placeholder token id recorded in config.json (vision_image_token_id)
+}
+
+// TinyQwen3 is a small Qwen3-shaped chat package: 4 layers, hidden 64, kv_dim 32, the real
+// vocabulary size, context 1023, prefill chunk 128, prefill groups with history 0, 128, 256,
+// 512 and 768. Executes take well under a millisecond per layer.
+func TinyQwen3() LLMSpec {
+	return LLMSpec{
+		Name: "qwen3-tiny", Arch: "qwen3", ModelDir: "qwen3-tiny-ax650",
+		Layers: 4, Hidden: 64, KVDim: 32, Vocab: 151936, MaxCtx: 1023, Prefill: 128,
+		Histories: []int{0, 128, 256, 512, 768}, Seed: 0x6b696c6e,
+		PostRank: 16, LayerWeightBytes: 4 << 20, PostWeightBytes: 24 << 20, EmbedValues: true,
+	}
+}
+
+// Qwen3_4B has the full shapes of the AXERA-TECH Qwen3-4B package for the LLM-8850: 36 layers,
+// hidden 2560, kv_dim 1024, context 2559, prefill groups with history 0, 256, 512, 1024, 1536,
+// 2048, and realistic CMM claims (112 MiB per layer, 371 MiB post). Meant for benchmarks with
+// KILN_SIM_NOCOMPUTE=1: files stay small (the embedding table is sparse).
+func Qwen3_4B() LLMSpec {
+	return LLMSpec{
+		Name: "qwen3-4b", Arch: "qwen3", ModelDir: "qwen3-4b-ax650",
+		Layers: 36, Hidden: 2560, KVDim: 1024, Vocab: 151936, MaxCtx: 2559, Prefill: 128,
+		Histories: []int{0, 256, 512, 1024, 1536, 2048}, Seed: 0x34623451,
+		PostRank: 16, LayerWeightBytes: 112 << 20, PostWeightBytes: 371 << 20,
+	}
+}
+
+func (s *LLMSpec) validate() error {
+	if s.Name == "" || s.Arch == "" || s.ModelDir == "" {
+		return errors.New("cardsim: LLMSpec needs Name, Arch and ModelDir")
+	}
+	if s.Layers < 1 || s.Hidden < 1 || s.KVDim < 1 || s.Vocab < 1 || s.Prefill < 1 || s.MaxCtx < 1 {
+		return errors.New("cardsim: LLMSpec sizes must be positive")
+	}
+	if len(s.Histories)+1 > 16 {
+		return errors.New("cardsim: at most 15 prefill groups")
+	}
+	for _, h := range s.Histories {
+		if h < 0 || h+s.Prefill > s.MaxCtx+1 {
+			return fmt.Errorf("cardsim: prefill history %d does not fit context %d", h, s.MaxCtx)
+		}
+	}
+	if s.Vision != nil && (s.Vision.Grid < 1 || s.Vision.Width%s.Vision.Grid != 0 || s.Vision.Height%s.Vision.Grid != 0 || s.Vision.File == "") {
+		return errors.New("cardsim: VisionSpec needs File and Width, Height divisible by Grid")
+	}
+	return nil
+}
+
+// LayerFile returns the file name of layer i, e.g. "qwen3_p128_l0_together.axmodel".
+func (s *LLMSpec) LayerFile(i int) string {
+	return fmt.Sprintf("%s_p%d_l%d_together.axmodel", s.Arch, s.Prefill, i)
+}
+
+// PostFile returns the post model's file name, e.g. "qwen3_post.axmodel".
+func (s *LLMSpec) PostFile() string { return s.Arch + "_post.axmodel" }
+
+// EmbedFile is the embedding table's file name.
+const EmbedFile = "model.embed_tokens.weight.bfloat16.bin"
+
+// LayerSpec returns the model spec of layer i.
+func (s *LLMSpec) LayerSpec(i int) *ModelSpec {
+	d, k, p := s.Hidden, s.KVDim, s.Prefill
+	g := 1 + len(s.Histories)
+	dims := func(dec []int, pre func(h int) []int) [][]int {
+		out := [][]int{dec}
+		for _, h := range s.Histories {
+			out = append(out, pre(h))
+		}
+		return out
+	}
+	cache := dims([]int{1, s.MaxCtx, k}, func(h int) []int {
+		if h == 0 {
+			return []int{1, 1, d}
+		}
+		return []int{1, h, k}
+	})
+	return &ModelSpec{
+		Kind: KindLLMLayer, Name: fmt.Sprintf("%s_p%d_l%d_together", s.Arch, p, i), Compiler: "5.1-kilnsim",
+		WeightBytes: s.LayerWeightBytes, Groups: g,
+		Params: []Param{{"seed", int64(s.Seed + 1 + uint64(i))}, {"hidden", int64(d)}, {"kv_dim", int64(k)}},
+		Inputs: []Tensor{
+			{"input", BF16, dims([]int{1, 1, d}, func(int) []int { return []int{1, p, d} })},
+			{"indices", Uint32, dims([]int{1, 1}, func(int) []int { return []int{1, p} })},
+			{"mask", BF16, dims([]int{1, 1, s.MaxCtx + 1}, func(h int) []int { return []int{1, p, h + p} })},
+			{"K_cache", BF16, cache},
+			{"V_cache", BF16, cache},
+		},
+		Outputs: []Tensor{
+			{"K_cache_out", BF16, dims([]int{1, 1, k}, func(int) []int { return []int{1, p, k} })},
+			{"V_cache_out", BF16, dims([]int{1, 1, k}, func(int) []int { return []int{1, p, k} })},
+			{"output", BF16, dims([]int{1, 1, d}, func(int) []int { return []int{1, p, d} })},
+		},
+	}
+}
+
+// PostSpec returns the post model's spec.
+func (s *LLMSpec) PostSpec() *ModelSpec {
+	rank := s.PostRank
+	if rank == 0 {
+		rank = 16
+	}
+	dt := BF16
+	if s.PostFP32 {
+		dt = FP32
+	}
+	return &ModelSpec{
+		Kind: KindLLMPost, Name: s.Arch + "_post", Compiler: "5.1-kilnsim", WeightBytes: s.PostWeightBytes, Groups: 1,
+		Params:  []Param{{"seed", int64(s.Seed + 0x10000)}, {"hidden", int64(s.Hidden)}, {"vocab", int64(s.Vocab)}, {"rank", int64(rank)}},
+		Inputs:  []Tensor{{"input", BF16, [][]int{{1, 1, s.Hidden}}}},
+		Outputs: []Tensor{{"output", dt, [][]int{{1, 1, s.Vocab}}}},
+	}
+}
+
+// VisionModelSpec returns the vision encoder's spec (nil without Vision).
+func (s *LLMSpec) VisionModelSpec() *ModelSpec {
+	v := s.Vision
+	if v == nil {
+		return nil
+	}
+	dt := BF16
+	if v.OutFP32 {
+		dt = FP32
+	}
+	return &ModelSpec{
+		Kind: KindVision, Name: "vision", Compiler: "5.1-kilnsim", WeightBytes: v.WeightBytes, Groups: 1,
+		Params:  []Param{{"seed", int64(s.Seed + 0x20000)}, {"hidden", int64(s.Hidden)}, {"grid", int64(v.Grid)}},
+		Inputs:  []Tensor{{"input", Uint8, [][]int{{1, v.Height, v.Width, 3}}}},
+		Outputs: []Tensor{{"output", dt, [][]int{{1, v.Grid * v.Grid, s.Hidden}}}},
+	}
+}
+
+// EmbedRow returns the bf16 embedding row the generator writes for token id (when
+// EmbedValues is set): FloatToBF16(Unit(Seed^0x454d42, id*Hidden+i)).
+func (s *LLMSpec) EmbedRow(id int) []uint16 {
+	row := make([]uint16, s.Hidden)
+	for i := range row {
+		row[i] = FloatToBF16(Unit(s.Seed^0x454d42, uint64(id*s.Hidden+i)))
+	}
+	return row
+}
+
+// WriteLLMPackage writes the package into dir (created if needed):
+//
+//	config.json                      axllm-style config (model files, sizes, tokenizer)
+//	post_config.json                 sampling defaults of the Qwen3 packages (greedy)
+//	<ModelDir>/<Arch>_p128_l<i>_together.axmodel, <Arch>_post.axmodel
+//	<ModelDir>/model.embed_tokens.weight.bfloat16.bin   Vocab × Hidden bf16, little endian
+//	<ModelDir>/<Vision.File>         when Vision is set
+//	<TokenizerSubdir>/…              copies of TokenizerDir's files, when set
+func WriteLLMPackage(dir string, s LLMSpec) error {
+	if err := s.validate(); err != nil {
+		return err
+	}
+	md := filepath.Join(dir, s.ModelDir)
+	if err := os.MkdirAll(md, 0o755); err != nil {
+		return fmt.Errorf("cardsim: %w", err)
+	}
+	write := func(name string, m *ModelSpec) error {
+		b, err := m.Marshal()
+		if err != nil {
+			return err
+		}
+		if err := os.WriteFile(filepath.Join(md, name), b, 0o644); err != nil {
+			return fmt.Errorf("cardsim: %w", err)
+		}
+		return nil
+	}
+	for i := 0; i < s.Layers; i++ {
+		if err := write(s.LayerFile(i), s.LayerSpec(i)); err != nil {
+			return err
+		}
+	}
+	if err := write(s.PostFile(), s.PostSpec()); err != nil {
+		return err
+	}
+	if s.Vision != nil {
+		if err := write(s.Vision.File, s.VisionModelSpec()); err != nil {
+			return err
+		}
+	}
+	if err := writeEmbed(filepath.Join(md, EmbedFile), &s); err != nil {
+		return err
+	}
+	tokSub := s.TokenizerSubdir
+	if tokSub == "" {
+		tokSub = s.Arch + "_tokenizer"
+	}
+	if s.TokenizerDir != "" {
+		if err := copyDir(s.TokenizerDir, filepath.Join(dir, tokSub)); err != nil {
+			return err
+		}
+	}
+	cfg := map[string]any{
+		"model_name":                s.Name,
+		"tokenizer_type":            "Qwen3",
+		"url_tokenizer_model":       tokSub + "/tokenizer.json",
+		"template_filename_axmodel": s.ModelDir + "/" + fmt.Sprintf("%s_p%d_l%%d_together.axmodel", s.Arch, s.Prefill),
+		"axmodel_num":               s.Layers,
+		"filename_post_axmodel":     s.ModelDir + "/" + s.PostFile(),
+		"filename_tokens_embed":     s.ModelDir + "/" + EmbedFile,
+		"tokens_embed_num":          s.Vocab,
+		"tokens_embed_size":         s.Hidden,
+		"use_mmap_load_embed":       true,
+		"post_config_path":          "post_config.json",
+		"bos":                       false,
+		"eos":                       false,
+		"devices":                   []int{0},
+		"kilnsim":                   true,
+	}
+	if s.Vision != nil {
+		cfg["filename_image_encoder_axmodel"] = s.ModelDir + "/" + s.Vision.File
+		cfg["vision_width"] = s.Vision.Width
+		cfg["vision_height"] = s.Vision.Height
+		cfg["vision_image_token_id"] = s.Vision.ImageTokenID
+		cfg["vision_tokens"] = s.Vision.Grid * s.Vision.Grid
+	}
+	if err := writeJSON(filepath.Join(dir, "config.json"), cfg); err != nil {
+		return err
+	}
+	post := map[string]any{
+		"enable_temperature": false, "temperature": 0.9,
+		"enable_repetition_penalty": false, "repetition_penalty": 1.2, "penalty_window": 20,
+		"enable_top_p_sampling": false, "top_p": 0.8,
+		"enable_top_k_sampling": true, "top_k": 1,
+	}
+	return writeJSON(filepath.Join(dir, "post_config.json"), post)
+}
+
+func writeEmbed(path string, s *LLMSpec) error {
+	f, err := os.Create(path)
+	if err != nil {
+		return fmt.Errorf("cardsim: %w", err)
+	}
+	size := int64(s.Vocab) * int64(s.Hidden) * 2
+	if !s.EmbedValues {
+		if err := f.Truncate(size); err != nil {
+			f.Close()
+			return fmt.Errorf("cardsim: %w", err)
+		}
+		return closeErr(f)
+	}
+	w := bufio.NewWriterSize(f, 1<<20)
+	seed := s.Seed ^ 0x454d42
+	var buf [2]byte
+	for i := int64(0); i < int64(s.Vocab)*int64(s.Hidden); i++ {
+		h := FloatToBF16(Unit(seed, uint64(i)))
+		buf[0], buf[1] = byte(h), byte(h>>8)
+		w.Write(buf[:])
+	}
+	if err := w.Flush(); err != nil {
+		f.Close()
+		return fmt.Errorf("cardsim: %w", err)
+	}
+	return closeErr(f)
+}
+
+func closeErr(f *os.File) error {
+	if err := f.Close(); err != nil {
+		return fmt.Errorf("cardsim: %w", err)
+	}
+	return nil
+}
+
+func writeJSON(path string, v any) error {
+	b, err := json.MarshalIndent(v, "", "  ")
+	if err != nil {
+		return fmt.Errorf("cardsim: %w", err)
+	}
+	if err := os.WriteFile(path, append(b, '\n'), 0o644); err != nil {
+		return fmt.Errorf("cardsim: %w", err)
+	}
+	return nil
+}
+
+// copyDir copies the regular files of src (recursively) into dst.
+func copyDir(src, dst string) error {
+	return filepath.WalkDir(src, func(p string, d fs.DirEntry, err error) error {
+		if err != nil {
+			return fmt.Errorf("cardsim: %w", err)
+		}
+		rel, err := filepath.Rel(src, p)
+		if err != nil {
+			return fmt.Errorf("cardsim: %w", err)
+		}
+		target := filepath.Join(dst, rel)
+		if d.IsDir() {
+			return os.MkdirAll(target, 0o755)
+		}
+		if !d.Type().IsRegular() {
+			return nil
+		}
+		in, err := os.Open(p)
+		if err != nil {
+			return fmt.Errorf("cardsim: %w", err)
+		}
+		defer in.Close()
+		out, err := os.Create(target)
+		if err != nil {
+			return fmt.Errorf("cardsim: %w", err)
+		}
+		if _, err := io.Copy(out, in); err != nil {
+			out.Close()
+			return fmt.Errorf("cardsim: %w", err)
+		}
+		return closeErr(out)
+	})
+}

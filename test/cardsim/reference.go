@@ -1,0 +1,428 @@
+package cardsim
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"math"
+	"os"
+	"path/filepath"
+	"sync"
+)
+
+// This file mirrors csrc/ops.c for the LLM kinds, bit for bit. Every float32 product that is
+// followed by an addition is wrapped in float32(...) so the Go compiler cannot fuse it into an
+// FMA (the C side is built with -ffp-contract=off).
+
+const (
+	peSalt = 0x50455045
+	// MaskHidden is the bf16 bit pattern of -65536, the mask value that hides a column.
+	MaskHidden uint16 = 0xC780
+	// MaskVisible is bf16 0.0.
+	MaskVisible uint16 = 0
+)
+
+// BF16ToFloat converts a bf16 bit pattern to float32 (exact).
+func BF16ToFloat(h uint16) float32 { return math.Float32frombits(uint32(h) << 16) }
+
+// FloatToBF16 rounds a float32 to bf16, round to nearest even (NaN stays NaN).
+func FloatToBF16(f float32) uint16 {
+	u := math.Float32bits(f)
+	if u&0x7fffffff > 0x7f800000 {
+		return uint16(u>>16) | 0x40
+	}
+	u += 0x7fff + (u>>16)&1
+	return uint16(u >> 16)
+}
+
+func mix64(z uint64) uint64 {
+	z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9
+	z = (z ^ (z >> 27)) * 0x94d049bb133111eb
+	return z ^ (z >> 31)
+}
+
+// Unit is the simulator's weight generator: the (idx+1)-th output of splitmix64 seeded with
+// seed, mapped to [-1, 1) with 24 bits.
+func Unit(seed, idx uint64) float32 {
+	u := mix64(seed + (idx+1)*0x9e3779b97f4a7c15)
+	return float32(int32(u>>40)-8388608) * (1.0 / 8388608.0)
+}
+
+// Exp is the simulator's exp for the softmax: 0 below -80, a degree-6 polynomial for 2^f.
+func Exp(x float32) float32 {
+	if !(x >= -80) {
+		return 0
+	}
+	if x > 80 {
+		x = 80
+	}
+	t := x * 1.44269504
+	n := int(t)
+	if float32(n) > t {
+		n--
+	}
+	f := t - float32(n)
+	p := float32(0.0001540353)
+	p = float32(p*f) + 0.001333356
+	p = float32(p*f) + 0.009618129
+	p = float32(p*f) + 0.05550411
+	p = float32(p*f) + 0.2402265
+	p = float32(p*f) + 0.6931472
+	p = float32(p*f) + 1.0
+	return p * math.Float32frombits(uint32(n+127)<<23)
+}
+
+func amp(n int) float32 { return float32(1 / math.Sqrt(float64(n))) }
+
+func softsign4(h float32) float32 {
+	return h / (1 + float32(0.25*float32(math.Abs(float64(h)))))
+}
+
+// Layer is the reference of one simulated LLM layer (kind llm_layer).
+type Layer struct {
+	Seed   uint64
+	Hidden int // D
+	KVDim  int // K
+
+	once sync.Once
+	w    []float32
+}
+
+func (l *Layer) weights() []float32 {
+	l.once.Do(func() {
+		d, k := l.Hidden, l.KVDim
+		n := 4 * k * d
+		l.w = make([]float32, n)
+		ad, ak := amp(d), amp(k)
+		for i := range l.w {
+			a := ad
+			if i >= 3*k*d {
+				a = ak
+			}
+			l.w[i] = Unit(l.Seed, uint64(i)) * a
+		}
+	})
+	return l.w
+}
+
+// Run computes the layer op exactly as the simulator does for one execute: input [T][D] bf16,
+// indices [T], mask [T][C] bf16 (C = H + T), kCache/vCache [≥H][K] bf16 (the first H rows are
+// the history columns). It returns K_cache_out and V_cache_out [T][K] and output [T][D].
+func (l *Layer) Run(input []uint16, indices []uint32, mask []uint16, kCache, vCache []uint16) (kOut, vOut, out []uint16, err error) {
+	d, k := l.Hidden, l.KVDim
+	t := len(indices)
+	if t == 0 || len(input) != t*d || len(mask)%t != 0 || len(mask)/t < t {
+		return nil, nil, nil, fmt.Errorf("cardsim: layer: T=%d, input %d, mask %d elements do not fit hidden %d", t, len(input), len(mask), d)
+	}
+	c := len(mask) / t
+	h := c - t
+	if h > 0 && (len(kCache) < h*k || len(vCache) < h*k) {
+		return nil, nil, nil, fmt.Errorf("cardsim: layer: K/V cache hold %d/%d elements, %d history rows need %d", len(kCache), len(vCache), h, h*k)
+	}
+	w := l.weights()
+	x := make([]float32, t*d)
+	for i, v := range input {
+		x[i] = BF16ToFloat(v)
+	}
+	q := make([]float32, t*k)
+	kOut = make([]uint16, t*k)
+	vOut = make([]uint16, t*k)
+	for r := 0; r < t; r++ {
+		xr := x[r*d : (r+1)*d]
+		pos := uint64(indices[r])
+		for i := 0; i < k; i++ {
+			var aq, ak, av float32
+			for j := 0; j < d; j++ {
+				o := i*d + j
+				aq += float32(w[o] * xr[j])
+				ak += float32(w[k*d+o] * xr[j])
+				av += float32(w[2*k*d+o] * xr[j])
+			}
+			pe := Unit(l.Seed^peSalt, pos*uint64(k)+uint64(i)) * 0.5
+			q[r*k+i] = aq + pe
+			kOut[r*k+i] = FloatToBF16(ak + pe)
+			vOut[r*k+i] = FloatToBF16(av)
+		}
+	}
+	scale := amp(k)
+	sc := make([]float32, c)
+	vis := make([]bool, c)
+	a := make([]float32, k)
+	out = make([]uint16, t*d)
+	for r := 0; r < t; r++ {
+		qr := q[r*k : (r+1)*k]
+		mr := mask[r*c : (r+1)*c]
+		have := false
+		var mx float32
+		for col := 0; col < c; col++ {
+			mv := BF16ToFloat(mr[col])
+			vis[col] = false
+			if !(mv > -32768) {
+				continue
+			}
+			var key []uint16
+			if col < h {
+				key = kCache[col*k : (col+1)*k]
+			} else {
+				key = kOut[(col-h)*k : (col-h+1)*k]
+			}
+			var dot float32
+			for i := 0; i < k; i++ {
+				dot += float32(qr[i] * BF16ToFloat(key[i]))
+			}
+			sv := float32(dot*scale) + mv
+			sc[col] = sv
+			vis[col] = true
+			if !have || sv > mx {
+				mx = sv
+			}
+			have = true
+		}
+		for i := range a {
+			a[i] = 0
+		}
+		if have {
+			var z float32
+			for col := 0; col < c; col++ {
+				if !vis[col] {
+					continue
+				}
+				e := Exp(sc[col] - mx)
+				z += e
+				var val []uint16
+				if col < h {
+					val = vCache[col*k : (col+1)*k]
+				} else {
+					val = vOut[(col-h)*k : (col-h+1)*k]
+				}
+				for i := 0; i < k; i++ {
+					a[i] += float32(e * BF16ToFloat(val[i]))
+				}
+			}
+			for i := range a {
+				a[i] /= z
+			}
+		}
+		for i := 0; i < d; i++ {
+			var o float32
+			for j := 0; j < k; j++ {
+				o += float32(w[3*k*d+i*k+j] * a[j])
+			}
+			out[r*d+i] = FloatToBF16(softsign4(x[r*d+i] + o))
+		}
+	}
+	return kOut, vOut, out, nil
+}
+
+// Post is the reference of the simulated post model (kind llm_post): final projection to
+// vocabulary logits through a rank-R bottleneck.
+type Post struct {
+	Seed   uint64
+	Hidden int
+	Vocab  int
+	Rank   int
+
+	once sync.Once
+	w    []float32
+}
+
+func (p *Post) weights() []float32 {
+	p.once.Do(func() {
+		r, d := p.Rank, p.Hidden
+		p.w = make([]float32, r*d+p.Vocab*r)
+		ad, au := amp(d), float32(4/math.Sqrt(float64(r)))
+		for i := range p.w {
+			a := ad
+			if i >= r*d {
+				a = au
+			}
+			p.w[i] = Unit(p.Seed, uint64(i)) * a
+		}
+	})
+	return p.w
+}
+
+// Logits returns the float32 logits for one hidden row (before any bf16 rounding of the
+// output tensor; apply FloatToBF16 for a bf16 post model).
+func (p *Post) Logits(x []uint16) []float32 {
+	w := p.weights()
+	r, d := p.Rank, p.Hidden
+	z := make([]float32, r)
+	for i := 0; i < r; i++ {
+		var acc float32
+		for j := 0; j < d; j++ {
+			acc += float32(w[i*d+j] * BF16ToFloat(x[j]))
+		}
+		z[i] = acc
+	}
+	out := make([]float32, p.Vocab)
+	for v := range out {
+		var acc float32
+		base := r*d + v*r
+		for i := 0; i < r; i++ {
+			acc += float32(w[base+i] * z[i])
+		}
+		out[v] = acc
+	}
+	return out
+}
+
+// Reference runs a simulated LLM package from token ids without any KV cache: the oracle the
+// cached runtime must match bit for bit.
+type Reference struct {
+	Layers   []*Layer
+	Post     *Post
+	PostBF16 bool     // the post model's output is bf16 (else fp32)
+	Embed    []uint16 // Vocab × Hidden bf16
+	Hidden   int
+	Vocab    int
+}
+
+// pkgConfig is the part of config.json (axllm 2026 format) the reference reads.
+type pkgConfig struct {
+	Template  string `json:"template_filename_axmodel"`
+	Layers    int    `json:"axmodel_num"`
+	Post      string `json:"filename_post_axmodel"`
+	Embed     string `json:"filename_tokens_embed"`
+	EmbedNum  int    `json:"tokens_embed_num"`
+	EmbedSize int    `json:"tokens_embed_size"`
+}
+
+// LoadReference reads a simulated LLM package written by WriteLLMPackage: config.json, every
+// layer and post model file, and the embedding table.
+func LoadReference(dir string) (*Reference, error) {
+	b, err := os.ReadFile(filepath.Join(dir, "config.json"))
+	if err != nil {
+		return nil, fmt.Errorf("cardsim: %w", err)
+	}
+	var c pkgConfig
+	if err := json.Unmarshal(b, &c); err != nil {
+		return nil, fmt.Errorf("cardsim: config.json: %w", err)
+	}
+	if c.Layers < 1 || c.EmbedNum < 1 || c.EmbedSize < 1 {
+		return nil, errors.New("cardsim: config.json: axmodel_num, tokens_embed_num and tokens_embed_size must be positive")
+	}
+	ref := &Reference{Hidden: c.EmbedSize, Vocab: c.EmbedNum}
+	load := func(name string) (*ModelSpec, error) {
+		b, err := os.ReadFile(filepath.Join(dir, name))
+		if err != nil {
+			return nil, fmt.Errorf("cardsim: %w", err)
+		}
+		s, err := ParseModelSpec(b)
+		if err != nil {
+			return nil, fmt.Errorf("cardsim: %s: %w", name, err)
+		}
+		return s, nil
+	}
+	param := func(s *ModelSpec, n string) int64 { v, _ := s.Param(n); return v }
+	for i := 0; i < c.Layers; i++ {
+		s, err := load(fmt.Sprintf(c.Template, i))
+		if err != nil {
+			return nil, err
+		}
+		if s.Kind != KindLLMLayer || int(param(s, "hidden")) != c.EmbedSize {
+			return nil, fmt.Errorf("cardsim: layer %d is %s with hidden %d", i, s.Kind, param(s, "hidden"))
+		}
+		ref.Layers = append(ref.Layers, &Layer{Seed: uint64(param(s, "seed")), Hidden: c.EmbedSize, KVDim: int(param(s, "kv_dim"))})
+	}
+	s, err := load(c.Post)
+	if err != nil {
+		return nil, err
+	}
+	rank := param(s, "rank")
+	if rank == 0 {
+		rank = 16
+	}
+	if s.Kind != KindLLMPost || int(param(s, "vocab")) != c.EmbedNum {
+		return nil, fmt.Errorf("cardsim: post model is %s with vocab %d", s.Kind, param(s, "vocab"))
+	}
+	ref.Post = &Post{Seed: uint64(param(s, "seed")), Hidden: c.EmbedSize, Vocab: c.EmbedNum, Rank: int(rank)}
+	ref.PostBF16 = s.Outputs[0].DType == BF16
+	eb, err := os.ReadFile(filepath.Join(dir, c.Embed))
+	if err != nil {
+		return nil, fmt.Errorf("cardsim: %w", err)
+	}
+	if len(eb) != c.EmbedNum*c.EmbedSize*2 {
+		return nil, fmt.Errorf("cardsim: %s has %d bytes, want %d", c.Embed, len(eb), c.EmbedNum*c.EmbedSize*2)
+	}
+	ref.Embed = make([]uint16, len(eb)/2)
+	for i := range ref.Embed {
+		ref.Embed[i] = uint16(eb[2*i]) | uint16(eb[2*i+1])<<8
+	}
+	return ref, nil
+}
+
+// Hidden returns the last layer's output rows (bf16) for tokens at positions 0..n-1, computed
+// with full causal attention and no cache.
+func (r *Reference) HiddenStates(tokens []int) ([][]uint16, error) {
+	n, d := len(tokens), r.Hidden
+	if n == 0 {
+		return nil, errors.New("cardsim: no tokens")
+	}
+	x := make([]uint16, n*d)
+	for i, tok := range tokens {
+		if tok < 0 || tok >= r.Vocab {
+			return nil, fmt.Errorf("cardsim: token %d outside vocabulary %d", tok, r.Vocab)
+		}
+		copy(x[i*d:], r.Embed[tok*d:(tok+1)*d])
+	}
+	idx := make([]uint32, n)
+	mask := make([]uint16, n*n)
+	for i := 0; i < n; i++ {
+		idx[i] = uint32(i)
+		for j := 0; j < n; j++ {
+			if j > i {
+				mask[i*n+j] = MaskHidden
+			}
+		}
+	}
+	for _, l := range r.Layers {
+		_, _, out, err := l.Run(x, idx, mask, nil, nil)
+		if err != nil {
+			return nil, err
+		}
+		x = out
+	}
+	rows := make([][]uint16, n)
+	for i := range rows {
+		rows[i] = x[i*d : (i+1)*d]
+	}
+	return rows, nil
+}
+
+// Logits returns the post model's logits after the last token, rounded as the post model's
+// output tensor is (bf16 or fp32), as float32.
+func (r *Reference) Logits(tokens []int) ([]float32, error) {
+	rows, err := r.HiddenStates(tokens)
+	if err != nil {
+		return nil, err
+	}
+	lg := r.Post.Logits(rows[len(rows)-1])
+	if r.PostBF16 {
+		for i, v := range lg {
+			lg[i] = BF16ToFloat(FloatToBF16(v))
+		}
+	}
+	return lg, nil
+}
+
+// Greedy appends n tokens to prompt by argmax (lowest id on ties) and returns the new ones.
+func (r *Reference) Greedy(prompt []int, n int) ([]int, error) {
+	toks := append([]int(nil), prompt...)
+	var out []int
+	for i := 0; i < n; i++ {
+		lg, err := r.Logits(toks)
+		if err != nil {
+			return nil, err
+		}
+		best := 0
+		for v := range lg {
+			if lg[v] > lg[best] {
+				best = v
+			}
+		}
+		toks = append(toks, best)
+		out = append(out, best)
+	}
+	return out, nil
+}
