@@ -1,10 +1,6 @@
 package npu
 
-import (
-	"testing"
-
-	"github.com/kiln-project/kiln/worker/axcl"
-)
+import "testing"
 
 // BenchmarkExecute measures one engine execute of the decode group against
 // the no-compute simulator (KILN_SIM_NOCOMPUTE=1: shapes and copies, no
@@ -52,5 +48,4 @@ func BenchmarkExecute(b *testing.B) {
 			return nil
 		}))
 	})
-	_ = axcl.Input
 }

@@ -64,8 +64,10 @@ func CardInfo(ctx context.Context, lib string) (*Info, error) {
 	}
 	ch := make(chan result, 1)
 	go func() {
+		// Locked and never unlocked: the OS thread ends with the goroutine,
+		// so no runtime binding (axclrtGetDeviceProperties sets and resets
+		// the device on the calling thread) leaks to other goroutines.
 		runtime.LockOSThread()
-		defer runtime.UnlockOSThread()
 		info, err := cardInfo(rt)
 		ch <- result{info, err}
 	}()

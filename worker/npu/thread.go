@@ -44,7 +44,7 @@ func (t *Thread) free() uint64 {
 	return t.d.budget - t.d.cmmUsed
 }
 
-// Free bytes of the CMM budget (device thread accounting).
+// FreeBudget is the part of the CMM budget not yet charged, in bytes.
 func (t *Thread) FreeBudget() uint64 { return t.free() }
 
 // alloc allocates without budget check.
