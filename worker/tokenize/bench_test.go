@@ -99,3 +99,21 @@ func BenchmarkCLIPLoad(b *testing.B) {
 		}
 	}
 }
+
+// BenchmarkQwen3EncodeCold is BenchmarkQwen3Encode with the per-token
+// "merges back to itself" flags cleared before every run, as in the first
+// encode after loading.
+func BenchmarkQwen3EncodeCold(b *testing.B) {
+	tok := qwen3(b)
+	text := benchText(b)
+	dst := make([]int, 0, 4096)
+	b.ReportAllocs()
+	for b.Loop() {
+		b.StopTimer()
+		for i := range tok.whole {
+			tok.whole[i].Store(0)
+		}
+		b.StartTimer()
+		dst = tok.EncodeAppend(dst[:0], text)
+	}
+}

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"slices"
 	"sync"
+	"sync/atomic"
 
 	"golang.org/x/text/unicode/norm"
 )
@@ -13,13 +14,19 @@ import (
 // tokenizer.json (the Qwen2/Qwen3 family and GPT-2 style files). It is safe
 // for concurrent use.
 type BPE struct {
-	vocab    map[string]int32 // model vocabulary and added tokens
-	pieces   []string         // id -> the bytes the token stands for
-	special  []bool           // id -> added token marked special
-	merges   mergeTable
-	byteID   [256]int32 // id of the one-byte token, -1 if absent
-	unkID    int32      // -1: unknown symbols are dropped
-	ignoreM  bool       // ignore_merges: whole words found in vocab win
+	vocab   map[string]int32 // model vocabulary and added tokens
+	pieces  []string         // id -> the bytes the token stands for
+	special []bool           // id -> added token marked special
+	merges  mergeTable
+	byteID  [256]int32 // id of the one-byte token, -1 if absent
+	unkID   int32      // -1: unknown symbols are dropped
+	ignoreM bool       // ignore_merges: whole words found in vocab win
+	// wordID maps the bytes of every model token to its id, so that a word
+	// that is one token skips the merge loop; whole[id] caches whether
+	// merging the token's own bytes gives back the token (0 unknown, 1 yes,
+	// 2 no), which is what makes the shortcut exact.
+	wordID   map[string]int32
+	whole    []atomic.Uint32
 	nfc      bool
 	steps    []splitStep
 	raw      addedMatcher // added tokens matched in the raw text
@@ -157,6 +164,7 @@ func Parse(data []byte) (*BPE, error) {
 		}
 		b.unkID = id
 	}
+	b.whole = make([]atomic.Uint32, maxID+1)
 	if b.merges, err = ml.resolve(b.vocab); err != nil {
 		return nil, formatErr("model merges: %v", err)
 	}
@@ -311,11 +319,39 @@ func (b *BPE) encodeWord(dst []int, w string, sc *scratch) []int {
 	if len(w) == 1 && b.byteID[w[0]] >= 0 {
 		return append(dst, int(b.byteID[w[0]]))
 	}
-	if b.ignoreM {
-		if id, ok := b.vocab[byteLevelEncode([]byte(w))]; ok {
-			return append(dst, int(id))
-		}
+	key := sc.key[:0]
+	for i := 0; i < len(w); i++ {
+		key = append(key, byteUTF8[w[i]][:byteUTF8Len[w[i]]]...)
 	}
+	sc.key = key
+	if id, ok := b.vocab[string(key)]; ok && (b.ignoreM || b.isWhole(id, w, sc)) {
+		return append(dst, int(id))
+	}
+	return b.mergeWord(dst, w, sc)
+}
+
+// isWhole reports whether BPE on the bytes of token id gives that token.
+func (b *BPE) isWhole(id int32, w string, sc *scratch) bool {
+	switch b.whole[id].Load() {
+	case 1:
+		return true
+	case 2:
+		return false
+	}
+	n := len(sc.whole)
+	sc.whole = b.mergeWord(sc.whole, w, sc)
+	ok := len(sc.whole) == n+1 && sc.whole[n] == int(id)
+	sc.whole = sc.whole[:n]
+	if ok {
+		b.whole[id].Store(1)
+	} else {
+		b.whole[id].Store(2)
+	}
+	return ok
+}
+
+// mergeWord runs the merge loop on the bytes of w.
+func (b *BPE) mergeWord(dst []int, w string, sc *scratch) []int {
 	syms := sc.syms[:0]
 	for i := 0; i < len(w); i++ {
 		id := b.byteID[w[i]]

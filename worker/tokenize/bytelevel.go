@@ -7,6 +7,12 @@ import "unicode/utf8"
 // themselves; the other 68 map to U+0100 and up, in increasing byte order.
 var byteToRune [256]rune
 
+// byteUTF8 is the UTF-8 encoding of byteToRune, byteUTF8Len its length.
+var (
+	byteUTF8    [256][2]byte
+	byteUTF8Len [256]uint8
+)
+
 // runeToByte is the inverse of byteToRune, indexed by code point (all mapped
 // code points are below 0x144). Entries for code points that no byte maps to
 // are -1.
@@ -25,6 +31,8 @@ func init() {
 			n++
 		}
 		runeToByte[byteToRune[b]] = int16(b)
+		n := utf8.EncodeRune(byteUTF8[b][:], byteToRune[b])
+		byteUTF8Len[b] = uint8(n)
 	}
 }
 

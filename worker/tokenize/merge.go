@@ -152,4 +152,6 @@ func (m mergeTable) mergeHeap(syms []int32, sc *scratch) []int32 {
 type scratch struct {
 	syms  []int32
 	ranks []uint64
+	whole []int
+	key   []byte
 }

@@ -98,3 +98,25 @@ func TestCLIPCases(t *testing.T) {
 		}
 	}
 }
+
+// TestQwen3BenchText checks the benchmark text (prose, Go, Python, JSON,
+// shell, a table) against ids from the Rust library (testdata/reference).
+func TestQwen3BenchText(t *testing.T) {
+	t.Parallel()
+	text, err := readFile("testdata/bench_text.txt")
+	if err != nil {
+		t.Fatal(err)
+	}
+	raw, err := readFile("testdata/bench_text.ids.json")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var want []int
+	if err := json.Unmarshal(raw, &want); err != nil {
+		t.Fatal(err)
+	}
+	got := qwen3(t).Encode(string(text))
+	if !slices.Equal(got, want) {
+		t.Fatalf("bench text: %d ids, want %d", len(got), len(want))
+	}
+}
