@@ -401,3 +401,36 @@ func TestThreadRule(t *testing.T) {
 		codeOf(t, "EngineFinalize on another thread", rt.EngineFinalize(), CodeContextNoBind, ErrNoContext)
 	})
 }
+
+// TestInitAndEngineStateErrors covers the errors of calls made in the wrong
+// state: a bad configuration at init, resetting an inactive device, engine
+// calls before axclrtEngineInit.
+func TestInitAndEngineStateErrors(t *testing.T) {
+	rt, _ := simLib(t)
+	path, _ := tinyLayer(t, t.TempDir())
+	t.Setenv("KILN_SIM_FAULTS", "explode=yes")
+	onThread(t, func() {
+		codeOf(t, "Init with a bad simulator configuration", rt.Init(""), 0x80300603, ErrInvalidParam)
+	})
+	t.Setenv("KILN_SIM_FAULTS", "")
+	onThread(t, func() {
+		must(t, rt.Init(""))
+		defer rt.Finalize()
+		ids, err := rt.DeviceList()
+		must(t, err)
+		codeOf(t, "ResetDevice of an inactive device", rt.ResetDevice(ids[0]), CodeDeviceNotActive, ErrDevice)
+		must(t, rt.SetDevice(ids[0]))
+		defer rt.ResetDevice(ids[0])
+		ctx, err := rt.CreateContext(ids[0])
+		must(t, err)
+		defer rt.DestroyContext(ctx)
+		_, err = rt.EngineVNPUKind()
+		codeOf(t, "EngineVNPUKind before EngineInit", err, RuntimeCode(SubEngine, 0x01), nil)
+		_, err = rt.LoadModel(path)
+		codeOf(t, "LoadModel before EngineInit", err, RuntimeCode(SubEngine, 0x01), nil)
+		p, err := rt.Malloc(64, MallocHugeFirst)
+		must(t, err)
+		defer rt.Free(p)
+		codeOf(t, "FreeHost(device memory)", rt.FreeHost(HostPtr(p)), 0x80300503, ErrInvalidParam)
+	})
+}
