@@ -137,14 +137,17 @@ func runJob[T any, PT interface {
 	}()
 
 	// A result already stored means an earlier delivery finished the job but
-	// its ack was lost: answer with that result, run nothing.
-	if res := w.storedResult(ctx, d.id); res != nil {
-		log.Info("job already finished, re-sending its result")
-		_ = d.events.emit(schema.Event{Type: schema.EventResult, Result: res})
-		_ = d.msg.Ack()
-		return
+	// its ack was lost: answer with that result, run nothing. (A first
+	// delivery cannot have one: the id is deduplicated at publish.)
+	if d.attempt > 1 {
+		if res := w.storedResult(ctx, d.id); res != nil {
+			log.Info("job already finished, re-sending its result")
+			_ = d.events.emit(schema.Event{Type: schema.EventResult, Result: res})
+			_ = d.msg.Ack()
+			return
+		}
 	}
-	if _, err := w.cancelKV.Get(ctx, d.id); err == nil {
+	if w.wasCancelled(d.id) {
 		w.finish(ctx, d, &schema.Result{Status: schema.StatusCancelled, FinishReason: schema.FinishCancelled,
 			Error: schema.Errorf(schema.CodeCancelled, "", "cancelled before it started")}, nil, log)
 		return

@@ -38,7 +38,7 @@ type Worker struct {
 	cancelKV  jetstream.KeyValue
 	workersKV jetstream.KeyValue
 	subs      []*nats.Subscription
-	wake      chan struct{}
+	wake      chan *route // a job was stored for this route
 
 	startOnce, stopOnce sync.Once
 	stopFetch           chan struct{} // closed: take no new job
@@ -48,9 +48,12 @@ type Worker struct {
 	stopped             chan struct{}
 	startedAt           time.Time
 
-	mu      sync.Mutex
-	current *runningJob
-	state   string
+	cancelWatch jetstream.KeyWatcher
+
+	mu        sync.Mutex
+	current   *runningJob
+	state     string
+	cancelled map[string]time.Time // ids cancelled (kiln_cancel mirror), pruned after JobMaxAge
 
 	jobsOK, jobsFailed atomic.Int64
 }
@@ -65,6 +68,10 @@ type route struct {
 	kind, model, lane string
 	cons              jetstream.Consumer
 	run               func(ctx context.Context, d *delivery)
+
+	// Owned by the loop goroutine.
+	pending bool // a job may be waiting: look before sleeping
+	rung    bool // the stream announced a job: wait briefly for it
 }
 
 // New returns a worker on nc. Start runs it.
@@ -83,13 +90,14 @@ func New(nc *nats.Conn, cfg Config) (*Worker, error) {
 		js:        js,
 		log:       cfg.Logger.With("worker", cfg.Name),
 		subj:      cfg.Topology.Subjects(),
-		wake:      make(chan struct{}, 1),
+		wake:      make(chan *route, 64),
 		stopFetch: make(chan struct{}),
 		loopDone:  make(chan struct{}),
 		hbStop:    make(chan struct{}),
 		hbDone:    make(chan struct{}),
 		stopped:   make(chan struct{}),
 		state:     schema.StateLoading,
+		cancelled: map[string]time.Time{},
 	}, nil
 }
 
@@ -132,6 +140,9 @@ func (w *Worker) start(ctx context.Context) error {
 	if w.workersKV, err = w.js.KeyValue(ctx, top.WorkersBucket()); err != nil {
 		return fmt.Errorf("worker: workers bucket: %w", err)
 	}
+	if err := w.watchCancels(ctx); err != nil {
+		return err
+	}
 	for _, lane := range []string{schema.LaneHigh, schema.LaneNormal} {
 		for model, h := range w.cfg.Chat {
 			w.routes = append(w.routes, &route{kind: schema.KindChat, model: model, lane: lane,
@@ -146,7 +157,7 @@ func (w *Worker) start(ctx context.Context) error {
 		if rt.cons, err = topology.EnsureConsumer(ctx, w.js, top, rt.kind, rt.model, rt.lane); err != nil {
 			return fmt.Errorf("worker: %w", err)
 		}
-		sub, err := w.nc.Subscribe(w.subj.Wake(rt.kind, rt.model, rt.lane), func(*nats.Msg) { w.signalWake() })
+		sub, err := w.nc.Subscribe(w.subj.Wake(rt.kind, rt.model, rt.lane), func(*nats.Msg) { w.signalWake(rt) })
 		if err != nil {
 			return fmt.Errorf("worker: wake subscription: %w", err)
 		}
@@ -243,6 +254,7 @@ func (w *Worker) finishStop() {
 	for _, s := range w.subs {
 		_ = s.Unsubscribe()
 	}
+	_ = w.cancelWatch.Stop()
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
 	if w.workersKV != nil {
@@ -264,10 +276,10 @@ func (w *Worker) stopping() bool {
 	}
 }
 
-func (w *Worker) signalWake() {
+func (w *Worker) signalWake(rt *route) {
 	select {
-	case w.wake <- struct{}{}:
-	default:
+	case w.wake <- rt:
+	default: // the loop is behind on wake-ups; its scan sees every route anyway
 	}
 }
 
@@ -282,11 +294,60 @@ func (w *Worker) onCancel(m *nats.Msg) {
 	id := m.Subject[len(w.subj.Cancel("")):]
 	w.mu.Lock()
 	cur := w.current
+	w.cancelled[id] = time.Now()
 	w.mu.Unlock()
 	if cur != nil && cur.id == id {
 		w.log.Info("cancel requested", "job", id)
 		cur.cancel(ErrCancelRequested)
 	}
+}
+
+// watchCancels mirrors the kiln_cancel bucket in memory, so that checking
+// whether a job was cancelled while queued costs no round trip. A cancel on
+// kiln.cancel.<id> is recorded too, in case it arrives first.
+func (w *Worker) watchCancels(ctx context.Context) error {
+	watch, err := w.cancelKV.WatchAll(context.WithoutCancel(ctx), jetstream.IgnoreDeletes())
+	if err != nil {
+		return fmt.Errorf("worker: watch cancel bucket: %w", err)
+	}
+	w.cancelWatch = watch
+	initial := make(chan struct{})
+	go func() {
+		once := sync.Once{}
+		defer once.Do(func() { close(initial) })
+		for e := range watch.Updates() {
+			if e == nil {
+				once.Do(func() { close(initial) })
+				continue
+			}
+			w.mu.Lock()
+			w.cancelled[e.Key()] = e.Created()
+			w.mu.Unlock()
+		}
+	}()
+	select {
+	case <-initial:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+// wasCancelled reports whether id was cancelled, and forgets ids older
+// than the queue's max age (they cannot come back).
+func (w *Worker) wasCancelled(id string) bool {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	_, ok := w.cancelled[id]
+	if len(w.cancelled) > 1024 {
+		horizon := time.Now().Add(-w.cfg.Topology.JobMaxAge)
+		for k, t := range w.cancelled {
+			if t.Before(horizon) {
+				delete(w.cancelled, k)
+			}
+		}
+	}
+	return ok
 }
 
 func (w *Worker) cancelCurrent(cause error) {
@@ -299,19 +360,31 @@ func (w *Worker) cancelCurrent(cause error) {
 }
 
 // loop takes one job at a time, high lanes first, until Stop.
+//
+// An idle worker sleeps until the job stream republishes a stored job's
+// headers on the wake subject of its route, or PollInterval passes
+// (redeliveries after a retry delay do not wake). Each route remembers
+// whether a job may be waiting on it, so a wake-up costs one fetch, not a
+// scan of every consumer, and a high lane is still looked at before any
+// normal one whenever it may hold a job.
 func (w *Worker) loop() {
 	defer close(w.loopDone)
 	timer := time.NewTimer(w.cfg.PollInterval)
 	defer timer.Stop()
+	for _, rt := range w.routes {
+		rt.pending = true
+	}
 	for {
 		if w.stopping() {
 			return
 		}
-		select {
-		case <-w.wake: // consumed: the scan below sees what it announced
-		default:
-		}
+		w.drainWake()
 		if msg, rt := w.next(); msg != nil {
+			// The delivery says how many more wait behind it.
+			rt.pending = true
+			if meta, err := msg.Metadata(); err == nil {
+				rt.pending = meta.NumPending > 0
+			}
 			w.process(rt, msg)
 			continue
 		}
@@ -319,16 +392,46 @@ func (w *Worker) loop() {
 		select {
 		case <-w.stopFetch:
 			return
-		case <-w.wake:
+		case rt := <-w.wake:
+			rt.pending, rt.rung = true, true
 		case <-timer.C:
+			for _, rt := range w.routes {
+				rt.pending = true
+			}
 		}
 	}
 }
 
-// next asks each consumer in priority order for one job without waiting.
+// rungFetchWait bounds the wait for a job that the stream announced: the
+// announcement can come a moment before the consumer offers the job.
+const rungFetchWait = 250 * time.Millisecond
+
+// drainWake marks the routes announced since the last look.
+func (w *Worker) drainWake() {
+	for {
+		select {
+		case rt := <-w.wake:
+			rt.pending, rt.rung = true, true
+		default:
+			return
+		}
+	}
+}
+
+// next asks, in priority order, each route that may hold a job for one.
 func (w *Worker) next() (jetstream.Msg, *route) {
 	for _, rt := range w.routes {
-		batch, err := rt.cons.FetchNoWait(1)
+		if !rt.pending {
+			continue
+		}
+		var batch jetstream.MessageBatch
+		var err error
+		if rt.rung {
+			batch, err = rt.cons.Fetch(1, jetstream.FetchMaxWait(rungFetchWait))
+		} else {
+			batch, err = rt.cons.FetchNoWait(1)
+		}
+		rt.rung = false
 		if err != nil {
 			w.log.Debug("fetch failed", "consumer", topology.ConsumerName(rt.kind, rt.model, rt.lane), "err", err)
 			continue
@@ -338,7 +441,9 @@ func (w *Worker) next() (jetstream.Msg, *route) {
 		}
 		if err := batch.Error(); err != nil && !errors.Is(err, nats.ErrTimeout) {
 			w.log.Debug("fetch failed", "consumer", topology.ConsumerName(rt.kind, rt.model, rt.lane), "err", err)
+			continue
 		}
+		rt.pending = false
 	}
 	return nil, nil
 }

@@ -587,22 +587,52 @@ func TestHighLaneFirst(t *testing.T) {
 func TestStoredResultIsResentNotRerun(t *testing.T) {
 	t.Parallel()
 	bb := setup(t, topology.Config{})
-	bb.worker(t, "w1", nil)
 	nc := brokertest.Connect(t, bb.b)
 	js, _ := jetstream.New(nc)
 	ctx := testCtx(t)
-	// A result stored by an earlier delivery whose ack was lost.
+	// A job whose first delivery stored its result but lost its ack: deliver
+	// it once by hand, store a result, hand it back.
+	job := chatJob("would say something else", nil)
+	job.ID = "done-before"
+	body, _ := schema.Msgpack.Marshal(job)
+	reply := "raw.reply.done-before"
+	sub, err := nc.SubscribeSync(reply)
+	if err != nil {
+		t.Fatal(err)
+	}
+	m := &nats.Msg{Subject: "kiln.jobs.chat.echo.normal", Data: body, Header: nats.Header{}}
+	m.Header.Set(worker.HeaderReplyTo, reply)
+	if _, err := js.PublishMsg(ctx, m, jetstream.WithMsgID(job.ID)); err != nil {
+		t.Fatal(err)
+	}
+	cons, err := topology.EnsureConsumer(ctx, js, bb.topo, schema.KindChat, model, schema.LaneNormal)
+	if err != nil {
+		t.Fatal(err)
+	}
+	batch, err := cons.Fetch(1, jetstream.FetchMaxWait(5*time.Second))
+	if err != nil {
+		t.Fatal(err)
+	}
+	first := <-batch.Messages()
 	stored := schema.Result{JobID: "done-before", Status: schema.StatusOK, Text: "from the first run", Worker: "w0", Attempt: 1}
 	data, _ := schema.Msgpack.Marshal(&stored)
 	if _, err := js.Publish(ctx, "kiln.results.done-before", data); err != nil {
 		t.Fatal(err)
 	}
-	job := chatJob("would say something else", nil)
-	job.ID = "done-before"
-	body, _ := schema.Msgpack.Marshal(job)
-	res, _ := rawPublish(t, nc, "kiln.jobs.chat.echo.normal", "", body, "done-before")
-	if res.Text != "from the first run" || res.Worker != "w0" {
-		t.Fatalf("re-sent result %+v", res)
+	if err := first.Nak(); err != nil {
+		t.Fatal(err)
+	}
+	bb.worker(t, "w1", nil)
+	em, err := sub.NextMsg(10 * time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var ev schema.Event
+	if err := schema.Msgpack.Unmarshal(em.Data, &ev); err != nil {
+		t.Fatal(err)
+	}
+	if ev.Type != schema.EventResult || ev.Result.Text != "from the first run" || ev.Result.Worker != "w0" {
+		t.Fatalf("first event on redelivery: %+v (result %+v); want the stored result, no new run", ev, ev.Result)
 	}
 }
 
@@ -678,5 +708,69 @@ func TestWorkerRegistersAndLeaves(t *testing.T) {
 	}
 	if ws, err = c.Workers(ctx); err != nil || len(ws) != 0 {
 		t.Fatalf("after stop: workers %+v, %v", ws, err)
+	}
+}
+
+func TestJobOutOfDeliveriesStillGetsOneResult(t *testing.T) {
+	t.Parallel()
+	bb := setup(t, topology.Config{MaxDeliver: 2})
+	bb.worker(t, "w1", nil) // its reaper answers; it does not serve "ghost"
+	c := bb.client(t, client.WithoutWorkerCheck())
+	ctx := testCtx(t)
+	job := chatJob("nobody finishes me", nil)
+	job.Model = "ghost"
+	p, err := c.Submit(ctx, job)
+	if err != nil {
+		t.Fatal(err)
+	}
+	js, _ := jetstream.New(brokertest.Connect(t, bb.b))
+	cons, err := topology.EnsureConsumer(ctx, js, bb.topo, schema.KindChat, "ghost", schema.LaneNormal)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Two deliveries that die without an answer (as a worker killed each time would).
+	for range 2 {
+		batch, err := cons.Fetch(1, jetstream.FetchMaxWait(5*time.Second))
+		if err != nil {
+			t.Fatal(err)
+		}
+		m, ok := <-batch.Messages()
+		if !ok {
+			t.Fatal("no delivery")
+		}
+		_ = m.Nak()
+	}
+	// The next pull (a live worker asking for work) finds it out of
+	// deliveries: the server's advisory reaches the reaper.
+	if batch, err := cons.Fetch(1, jetstream.FetchMaxWait(time.Second)); err == nil {
+		for m := range batch.Messages() {
+			t.Fatalf("delivered a third time: %v", m.Subject())
+		}
+	}
+	res, err := p.Wait(ctx, nil)
+	if !errors.Is(err, client.ErrFailed) || res.Error.Code != schema.CodeFailed || !strings.Contains(res.Error.Message, "delivered 2 times") {
+		t.Fatalf("result %+v, err %v", res, err)
+	}
+	if stored, err := c.Result(ctx, p.ID); err != nil || stored.Status != schema.StatusError {
+		t.Fatalf("stored %+v, %v", stored, err)
+	}
+}
+
+func TestWatchShowsHeartbeats(t *testing.T) {
+	t.Parallel()
+	bb := setup(t, topology.Config{})
+	bb.worker(t, "w1", nil)
+	c := bb.client(t)
+	ctx, cancel := context.WithTimeout(testCtx(t), 10*time.Second)
+	defer cancel()
+	stop := errors.New("seen")
+	err := c.Watch(ctx, time.Minute, func(ev client.FleetEvent) error {
+		if ev.Heartbeat != nil && ev.Heartbeat.Worker == "w1" && ev.Heartbeat.Serves(schema.KindImage, model) {
+			return stop
+		}
+		return nil
+	})
+	if !errors.Is(err, stop) {
+		t.Fatalf("watch: %v", err)
 	}
 }

@@ -25,6 +25,8 @@ type Options struct {
 	StoreDir string
 	// Listen is host:port; default 127.0.0.1 on a random port.
 	Listen string
+	// NoSync skips the sync to disk before acknowledgements (benchmarks only).
+	NoSync bool
 }
 
 // Run starts a broker and registers its shutdown with tb.Cleanup.
@@ -45,6 +47,7 @@ func Run(tb testing.TB, o *Options) *broker.Broker {
 		Listen:   listen,
 		StoreDir: dir,
 		Topology: o.Topology,
+		NoSync:   o.NoSync,
 		Logger:   slog.New(slog.NewTextHandler(io.Discard, nil)),
 	})
 	if err != nil {

@@ -1,0 +1,150 @@
+package broker_test
+
+import (
+	"context"
+	"io"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/kiln-project/kiln/broker"
+	"github.com/kiln-project/kiln/broker/brokertest"
+	"github.com/kiln-project/kiln/broker/topology"
+)
+
+func ctx(t *testing.T) context.Context {
+	c, cancel := context.WithTimeout(t.Context(), 30*time.Second)
+	t.Cleanup(cancel)
+	return c
+}
+
+func TestTopologyIsProvisionedAndIdempotent(t *testing.T) {
+	t.Parallel()
+	b := brokertest.Run(t, &brokertest.Options{Topology: topology.Config{MaxQueuedJobs: 77}})
+	js, _ := jetstream.New(brokertest.Connect(t, b))
+	cfg := topology.Config{MaxQueuedJobs: 77}
+	// A second provisioning (another worker starting, an external broker) changes nothing.
+	if err := topology.Provision(ctx(t), js, cfg); err != nil {
+		t.Fatal(err)
+	}
+	st, err := js.Stream(ctx(t), "KILN_JOBS")
+	if err != nil {
+		t.Fatal(err)
+	}
+	info, _ := st.Info(ctx(t))
+	c := info.Config
+	if c.Retention != jetstream.WorkQueuePolicy || c.Discard != jetstream.DiscardNew || c.MaxMsgs != 77 ||
+		c.Duplicates != 2*time.Minute || c.MaxAge != 10*time.Minute || c.MaxMsgSize != 8<<20 || c.Storage != jetstream.FileStorage {
+		t.Fatalf("KILN_JOBS config %+v", c)
+	}
+	if c.RePublish == nil || !c.RePublish.HeadersOnly || c.RePublish.Destination != "kiln.wake.>" {
+		t.Fatalf("KILN_JOBS republish %+v", c.RePublish)
+	}
+	res, _ := js.Stream(ctx(t), "KILN_RESULTS")
+	ri, _ := res.Info(ctx(t))
+	if ri.Config.MaxMsgsPerSubject != 1 || ri.Config.MaxAge != time.Hour {
+		t.Fatalf("KILN_RESULTS config %+v", ri.Config)
+	}
+	for _, bucket := range []string{"kiln_workers", "kiln_cancel"} {
+		if _, err := js.KeyValue(ctx(t), bucket); err != nil {
+			t.Fatalf("bucket %s: %v", bucket, err)
+		}
+	}
+	cons, err := topology.EnsureConsumer(ctx(t), js, cfg, "chat", "qwen3-4b", "high")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ci, _ := cons.Info(ctx(t))
+	if ci.Config.FilterSubject != "kiln.jobs.chat.qwen3-4b.high" || ci.Config.MaxDeliver != 5 || ci.Config.AckWait != 30*time.Second {
+		t.Fatalf("consumer %+v", ci.Config)
+	}
+	if _, err := topology.EnsureConsumer(ctx(t), js, cfg, "chat", "qwen3-4b", "high"); err != nil {
+		t.Fatalf("second EnsureConsumer: %v", err)
+	}
+}
+
+func TestRestartKeepsQueuedJobs(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	b, err := broker.New(broker.Config{Listen: "127.0.0.1:0", StoreDir: dir, Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := b.Start(ctx(t)); err != nil {
+		t.Fatal(err)
+	}
+	if !b.Server().JetStreamConfig().SyncAlways {
+		t.Fatal("the embedded broker must sync before it acknowledges")
+	}
+	nc, err := b.Connect()
+	if err != nil {
+		t.Fatal(err)
+	}
+	js, _ := jetstream.New(nc)
+	for _, id := range []string{"a", "b", "c"} {
+		if _, err := js.Publish(ctx(t), "kiln.jobs.chat.m.normal", []byte(id), jetstream.WithMsgID(id)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	nc.Close()
+	if err := b.Shutdown(ctx(t)); err != nil {
+		t.Fatal(err)
+	}
+	again := brokertest.Run(t, &brokertest.Options{StoreDir: dir})
+	js2, _ := jetstream.New(brokertest.Connect(t, again))
+	st, err := js2.Stream(ctx(t), "KILN_JOBS")
+	if err != nil {
+		t.Fatal(err)
+	}
+	info, _ := st.Info(ctx(t))
+	if info.State.Msgs != 3 {
+		t.Fatalf("%d jobs after restart, want 3", info.State.Msgs)
+	}
+	// The duplicate window survives too: a re-published id is not queued twice.
+	ack, err := js2.Publish(ctx(t), "kiln.jobs.chat.m.normal", []byte("a"), jetstream.WithMsgID("a"))
+	if err != nil || !ack.Duplicate {
+		t.Fatalf("republish after restart: %+v, %v", ack, err)
+	}
+}
+
+func TestConfigFile(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	conf := filepath.Join(dir, "nats.conf")
+	store := filepath.Join(dir, "store")
+	if err := os.WriteFile(conf, []byte("listen: 127.0.0.1:-1\nserver_name: shelf-pi-1\njetstream { store_dir: \""+store+"\" }\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	b, err := broker.New(broker.Config{ConfigFile: conf, Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := b.Start(ctx(t)); err != nil {
+		t.Fatal(err)
+	}
+	defer b.Shutdown(context.Background())
+	if b.Server().Name() != "shelf-pi-1" || b.ClientURL() == "" {
+		t.Fatalf("server name %q url %q", b.Server().Name(), b.ClientURL())
+	}
+	if _, err := os.Stat(filepath.Join(store, "jetstream")); err != nil {
+		t.Fatalf("store folder from the config file: %v", err)
+	}
+	if _, err := broker.New(broker.Config{ConfigFile: filepath.Join(dir, "missing.conf")}); err != nil {
+		t.Fatal(err) // New does not read the file
+	}
+	bad, _ := broker.New(broker.Config{ConfigFile: filepath.Join(dir, "missing.conf")})
+	if err := bad.Start(ctx(t)); err == nil {
+		t.Fatal("a missing config file was accepted")
+	}
+}
+
+func TestStoreDirIsRequired(t *testing.T) {
+	t.Parallel()
+	if _, err := broker.New(broker.Config{}); err == nil {
+		t.Fatal("a broker without a store folder was accepted")
+	}
+}
