@@ -49,3 +49,18 @@ func BenchmarkExecute(b *testing.B) {
 		}))
 	})
 }
+
+// BenchmarkExecuteParked is Device.Execute with spinning disabled: every
+// request wakes the parked device thread and the parked caller.
+func BenchmarkExecuteParked(b *testing.B) {
+	b.Setenv("KILN_SIM_NOCOMPUTE", "1")
+	d := setup(b, Config{SampleInterval: -1, SpinWait: -1}).dev
+	m, err := d.LoadModel(bg, layerFiles(b)[0], nil)
+	must(b, err)
+	b.ReportAllocs()
+	for b.Loop() {
+		if err := d.Execute(bg, m, 0); err != nil {
+			b.Fatal(err)
+		}
+	}
+}

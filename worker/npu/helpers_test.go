@@ -3,6 +3,7 @@ package npu
 import (
 	"context"
 	"errors"
+	"log/slog"
 	"os"
 	"path/filepath"
 	"runtime"
@@ -147,4 +148,13 @@ func must(t testing.TB, err error) {
 	if err != nil {
 		t.Fatal(err)
 	}
+}
+
+// TestMain keeps the device's lifecycle logs out of test and benchmark
+// output (KILN_TEST_LOG=1 shows them).
+func TestMain(m *testing.M) {
+	if os.Getenv("KILN_TEST_LOG") == "" {
+		slog.SetDefault(slog.New(slog.DiscardHandler))
+	}
+	os.Exit(m.Run())
 }
