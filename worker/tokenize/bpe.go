@@ -265,7 +265,7 @@ func (b *BPE) EncodeAppend(dst []int, text string) []int {
 	for i := 0; i < len(text); {
 		start, end, id := b.raw.next(text, i)
 		seg := text[i:start]
-		if b.nfc && !norm.NFC.IsNormalString(seg) {
+		if b.nfc && !isNFC(seg) {
 			seg = norm.NFC.String(seg)
 		}
 		for j := 0; j < len(seg); {
@@ -285,6 +285,24 @@ func (b *BPE) EncodeAppend(dst []int, text string) []int {
 	return dst
 }
 
+// isNFC reports whether s is in NFC. Text below U+0300 (ASCII, Latin-1,
+// Latin Extended) is always NFC: all of it has NFC_Quick_Check=Yes and
+// combining class 0. That check does not allocate; norm's does.
+func isNFC(s string) bool {
+	for i := 0; i < len(s); i++ {
+		c := s[i]
+		if c < 0x80 {
+			continue
+		}
+		// Two-byte sequences up to U+02FF start with 0xC2..0xCB.
+		if c < 0xc2 || c > 0xcb || i+1 >= len(s) || s[i+1]&0xc0 != 0x80 {
+			return norm.NFC.IsNormalString(s)
+		}
+		i++
+	}
+	return true
+}
+
 // encodeSegment pre-tokenizes and encodes text that holds no added token.
 func (b *BPE) encodeSegment(dst []int, s string, sc *scratch) []int {
 	switch {
@@ -299,6 +317,11 @@ func (b *BPE) encodeSegment(dst []int, s string, sc *scratch) []int {
 		}
 		return dst
 	}
+	return b.encodeSteps(dst, s, sc)
+}
+
+// encodeSteps runs a pre-tokenizer of several steps (or a regexp2 step).
+func (b *BPE) encodeSteps(dst []int, s string, sc *scratch) []int {
 	var rec func(step int, piece string)
 	rec = func(step int, piece string) {
 		if step == len(b.steps) {

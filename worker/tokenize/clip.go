@@ -156,7 +156,7 @@ func ParseCLIP(vocabJSON, mergesTxt []byte) (*CLIP, error) {
 // becomes i̇). The normalizer's "whitespace runs to one space" step is left
 // out: the pre-tokenizer drops all whitespace, so it never changes the ids.
 func normalizeCLIP(text string) string {
-	if !norm.NFC.IsNormalString(text) {
+	if !isNFC(text) {
 		text = norm.NFC.String(text)
 	}
 	lower := true
