@@ -189,12 +189,12 @@ func code(r int32) uint32 { return uint32(r) }
 // goroutine stays locked, so its thread (and the thread-local binding) ends with the test.
 type card struct {
 	*sim
-	t   *testing.T
+	t   testing.TB
 	dev int32
 	ctx uintptr
 }
 
-func openCard(t *testing.T, config string) *card {
+func openCard(t testing.TB, config string) *card {
 	t.Helper()
 	s := loadSim(t)
 	runtime.LockOSThread() // never unlocked: the thread exits with the test goroutine

@@ -343,7 +343,12 @@ static axclError run_llm_post(simmodel *m, int g, void **in, void **out) {
     }
     for (int64_t v = 0; v < V; v++) {
         float acc = 0.0f;
-        for (int64_t r = 0; r < R; r++) acc = acc + WGT(w, m, seed, (uint64_t)(R * D + v * R + r), post_amp) * z[r];
+        if (w) {
+            const float *u = w + R * D + v * R;
+            for (int64_t r = 0; r < R; r++) acc = acc + u[r] * z[r];
+        } else {
+            for (int64_t r = 0; r < R; r++) acc = acc + sim_unit(seed, (uint64_t)(R * D + v * R + r)) * post_amp(m, (uint64_t)(R * D + v * R + r)) * z[r];
+        }
         if (bf) ((uint16_t *)out[0])[v] = sim_f2bf(acc);
         else ((float *)out[0])[v] = acc;
     }

@@ -13,7 +13,8 @@
 
 #define EXPORT __attribute__((visibility("default")))
 
-simcfg g_cfg = {0, 0, 40.0, 2.5, 0.05, "", 0, 300000, 7040ull << 20};
+#define SIM_CFG_DEFAULTS {0, 0, 40.0, 2.5, 0.05, "", 0, 300000, 7040ull << 20}
+simcfg g_cfg = SIM_CFG_DEFAULTS;
 
 pthread_mutex_t g_mu = PTHREAD_MUTEX_INITIALIZER;
 pthread_cond_t g_cond = PTHREAD_COND_INITIALIZER;
@@ -364,6 +365,9 @@ EXPORT axclError axclInit(const char *config) {
         pthread_mutex_unlock(&g_mu);
         return 0;
     }
+    /* every axclInit starts from the defaults plus the environment, so settings of an earlier
+     * init/finalize cycle in the same process (kilnsim_config, env) do not leak into this one */
+    g_cfg = (simcfg)SIM_CFG_DEFAULTS;
     env_opt("KILN_SIM_EXEC_US", "exec_us");
     env_opt("KILN_SIM_NOCOMPUTE", "nocompute");
     env_opt("KILN_SIM_AMBIENT_C", "ambient_c");
