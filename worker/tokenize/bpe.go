@@ -456,3 +456,32 @@ func (b *BPE) AddedTokens() []int {
 	slices.Sort(ids)
 	return ids
 }
+
+// StopIDs returns the ids that end a generated reply, sorted: the EOS of
+// tokenizer_config.json (read by LoadDir) and whichever of <|im_end|>,
+// <|endoftext|> and <end_of_utterance> are added tokens. For Qwen3 that is
+// 151643 and 151645, as in its generation_config.json.
+func (b *BPE) StopIDs() []int {
+	var ids []int
+	if b.specials.EOS >= 0 {
+		ids = append(ids, b.specials.EOS)
+	}
+	for _, name := range []string{Qwen3IMEnd, Qwen3EndText, SmolVLM2EndOfUtterance} {
+		if id, ok := b.vocab[name]; ok && b.isAdded(id) && !slices.Contains(ids, int(id)) {
+			ids = append(ids, int(id))
+		}
+	}
+	slices.Sort(ids)
+	return ids
+}
+
+func (b *BPE) isAdded(id int32) bool {
+	for _, m := range []*addedMatcher{&b.raw, &b.norm} {
+		for _, t := range m.tokens {
+			if t.id == id {
+				return true
+			}
+		}
+	}
+	return false
+}

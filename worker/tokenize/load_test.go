@@ -215,6 +215,9 @@ func TestLoadDirConfig(t *testing.T) {
 	if sp.EOS != 151645 || sp.PAD != 151643 || sp.BOS != -1 {
 		t.Fatalf("special tokens %+v", sp)
 	}
+	if got := tok.StopIDs(); !slices.Equal(got, []int{151643, 151645}) {
+		t.Fatalf("StopIDs %v", got)
+	}
 	if !strings.Contains(tok.ChatTemplate(), "enable_thinking") {
 		t.Fatal("chat template not read")
 	}
