@@ -52,6 +52,14 @@ func commands() map[string]command {
 	}
 }
 
+func wrapCard(ctx context.Context, e *env, args []string) error {
+	return runCard(ctx, args, e.stdout, e.stderr)
+}
+
+func wrapTokenize(ctx context.Context, e *env, args []string) error {
+	return runTokenize(ctx, args, e.stdin, e.stdout, e.stderr)
+}
+
 func runVersion(_ context.Context, e *env, _ []string) error {
 	fmt.Fprintln(e.stdout, "kiln", version)
 	return nil
