@@ -50,3 +50,42 @@ func BenchmarkExecute(b *testing.B) {
 		}
 	}
 }
+
+// BenchmarkCopy measures the copy helpers on 4 KiB: device to device goes
+// through the allocation-free path, host copies through purego's
+// reflection-based call (Go memory must be passed as a pointer).
+func BenchmarkCopy(b *testing.B) {
+	rt, _ := simLib(b)
+	runtime.LockOSThread()
+	defer runtime.UnlockOSThread()
+	must(b, rt.Init(""))
+	defer rt.Finalize()
+	ids, err := rt.DeviceList()
+	must(b, err)
+	must(b, rt.SetDevice(ids[0]))
+	defer rt.ResetDevice(ids[0])
+	ctx, err := rt.CreateContext(ids[0])
+	must(b, err)
+	x, err := rt.Malloc(4096, MallocHugeFirst)
+	must(b, err)
+	y, err := rt.Malloc(4096, MallocHugeFirst)
+	must(b, err)
+	host := make([]byte, 4096)
+	// Sub-benchmarks run on their own goroutines: each binds the context
+	// to its thread first (the thread rule).
+	run := func(name string, op func() error) {
+		b.Run(name, func(b *testing.B) {
+			runtime.LockOSThread()
+			must(b, rt.SetCurrentContext(ctx))
+			b.ReportAllocs()
+			for b.Loop() {
+				if err := op(); err != nil {
+					b.Fatal(err)
+				}
+			}
+		})
+	}
+	run("d2d", func() error { return rt.CopyDevice(y, x, 4096) })
+	run("h2d", func() error { return rt.CopyToDevice(x, host) })
+	run("d2h", func() error { return rt.CopyFromDevice(host, x) })
+}
