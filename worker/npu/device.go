@@ -103,7 +103,7 @@ type Device struct {
 	lostOnce sync.Once
 	lostErr  error        // set before lostCh closes
 	hung     atomic.Bool  // the thread is stuck in a runtime call
-	execFrom atomic.Int64 // UnixNano when the running execute started, 0 if none
+	execFrom atomic.Int64 // monotonicNow() when the running execute started, 0 if none
 
 	propsMu sync.Mutex
 	props   Properties
@@ -233,15 +233,22 @@ func (d *Device) watchdog() {
 			return
 		case <-d.lostCh:
 			return
-		case now := <-t.C:
+		case <-t.C:
 			from := d.execFrom.Load()
-			if from != 0 && now.UnixNano()-from > int64(d.cfg.ExecuteTimeout) {
+			if from != 0 && monotonicNow()-from > int64(d.cfg.ExecuteTimeout) {
 				d.markLost(fmt.Errorf("%w: no return after %v", ErrHung, d.cfg.ExecuteTimeout), true)
 				return
 			}
 		}
 	}
 }
+
+// epoch anchors monotonicNow.
+var epoch = time.Now()
+
+// monotonicNow is nanoseconds on the monotonic clock (immune to wall-clock
+// steps), never 0.
+func monotonicNow() int64 { return int64(time.Since(epoch)) + 1 }
 
 // PanicError carries a panic of a function run on the device thread; Do
 // re-panics with it in the caller.

@@ -3,7 +3,6 @@ package npu
 import (
 	"context"
 	"fmt"
-	"time"
 
 	"github.com/kiln-project/kiln/worker/axcl"
 )
@@ -172,7 +171,7 @@ func (t *Thread) Execute(m *Model, group int) error {
 	if group < 0 || group >= len(m.groups) {
 		return fmt.Errorf("npu: execute %s: shape group %d of %d: %w", m.name, group, len(m.groups), ErrOutOfRange)
 	}
-	t.d.execFrom.Store(time.Now().UnixNano())
+	t.d.execFrom.Store(monotonicNow())
 	err := t.d.rt.Execute(m.id, m.ectx, uint32(group), m.groups[group].io)
 	t.d.execFrom.Store(0)
 	if err != nil {
