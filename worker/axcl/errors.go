@@ -67,22 +67,22 @@ func RuntimeCode(sub, id uint8) Code {
 	return Code(0x80000000 | moduleRuntime<<24 | idAXCL<<16 | uint32(sub)<<8 | uint32(id))
 }
 
-// Well-known codes (computed from the header macros).
-var (
-	CodeDeviceOpen          = RuntimeCode(SubDevice, idOpen)             // 0x8030010B
-	CodeDeviceQuery         = RuntimeCode(SubDevice, 0x80)               // 0x80300180
-	CodeDeviceNoConnect     = RuntimeCode(SubDevice, 0x81)               // 0x80300181
-	CodeDeviceNotActive     = RuntimeCode(SubDevice, 0x83)               // 0x80300183
-	CodeDeviceInvalidID     = RuntimeCode(SubDevice, 0x84)               // 0x80300184
-	CodeDeviceNoActive      = RuntimeCode(SubDevice, 0x85)               // 0x80300185
-	CodeContextNoBind       = RuntimeCode(SubContext, 0x84)              // 0x80300284
-	CodeMemoryNoMemory      = RuntimeCode(SubMemory, idNoMemory)         // 0x80300507
-	CodeEngineIllegalParam  = RuntimeCode(SubEngine, idIllegalParam)     // 0x80300703
-	CodeEngineTimeout       = RuntimeCode(SubEngine, idTimeout)          // 0x80300705
-	CodeEngineNoMemory      = RuntimeCode(SubEngine, idNoMemory)         // 0x80300707
-	CodeEngineExecuteFail   = RuntimeCode(SubEngine, idExecuteFail)      // 0x8030070C
-	CodeEngineInvalidIndex  = RuntimeCode(SubEngine, 0x81)               // 0x80300781
-	CodeEngineUnexpectReply = RuntimeCode(SubEngine, idUnexpectResponse) // 0x8030070A
+// Well-known codes (the header macros' values; a test recomputes them).
+const (
+	CodeDeviceOpen          Code = 0x8030010B // AXCL_ERR_DEVICE_OPEN
+	CodeDeviceQuery         Code = 0x80300180 // AXCL_ERR_DEVICE_QUERY_DEVICE
+	CodeDeviceNoConnect     Code = 0x80300181 // AXCL_ERR_DEVICE_NO_CONNECT
+	CodeDeviceNotActive     Code = 0x80300183 // AXCL_ERR_DEVICE_NOT_ACTIVE
+	CodeDeviceInvalidID     Code = 0x80300184 // AXCL_ERR_DEVICE_INVALID_ID
+	CodeDeviceNoActive      Code = 0x80300185 // AXCL_ERR_DEVICE_NO_ACTIVE_DEVICE
+	CodeContextNoBind       Code = 0x80300284 // AXCL_ERR_CONTEXT_NO_BIND_CONTEXT
+	CodeMemoryNoMemory      Code = 0x80300507 // AXCL_ERR_MEMORY_NO_MEMORY
+	CodeEngineIllegalParam  Code = 0x80300703 // AXCL_ERR_ENGINE_ILLEGAL_PARAM
+	CodeEngineTimeout       Code = 0x80300705 // AXCL_ERR_ENGINE_TIMEOUT
+	CodeEngineNoMemory      Code = 0x80300707 // AXCL_ERR_ENGINE_NO_MEMORY
+	CodeEngineUnexpectReply Code = 0x8030070A // AXCL_ERR_ENGINE_UNEXPECT_RESPONSE
+	CodeEngineExecuteFail   Code = 0x8030070C // AXCL_ERR_ENGINE_EXECUTE_FAIL
+	CodeEngineInvalidIndex  Code = 0x80300781 // AXCL_ERR_ENGINE_INVALID_INDEX
 )
 
 // IsAXCL reports whether c is a runtime-side code (bits 23–16 = 0x30).

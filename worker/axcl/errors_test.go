@@ -82,8 +82,25 @@ func TestCodeParts(t *testing.T) {
 	if !n.Native() || n.Module() != 0x06 || n.Sub() != 0x01 || n.ID() != 0x18 {
 		t.Fatalf("native code parts: native=%v module=%d sub=%d id=%d", n.Native(), n.Module(), n.Sub(), n.ID())
 	}
-	if RuntimeCode(SubContext, 0x84) != CodeContextNoBind || CodeContextNoBind != 0x80300284 {
-		t.Fatalf("RuntimeCode(SubContext, 0x84) = %v", RuntimeCode(SubContext, 0x84))
+	for want, got := range map[Code]Code{
+		CodeDeviceOpen:          RuntimeCode(SubDevice, idOpen),
+		CodeDeviceQuery:         RuntimeCode(SubDevice, 0x80),
+		CodeDeviceNoConnect:     RuntimeCode(SubDevice, 0x81),
+		CodeDeviceNotActive:     RuntimeCode(SubDevice, 0x83),
+		CodeDeviceInvalidID:     RuntimeCode(SubDevice, 0x84),
+		CodeDeviceNoActive:      RuntimeCode(SubDevice, 0x85),
+		CodeContextNoBind:       RuntimeCode(SubContext, 0x84),
+		CodeMemoryNoMemory:      RuntimeCode(SubMemory, idNoMemory),
+		CodeEngineIllegalParam:  RuntimeCode(SubEngine, idIllegalParam),
+		CodeEngineTimeout:       RuntimeCode(SubEngine, idTimeout),
+		CodeEngineNoMemory:      RuntimeCode(SubEngine, idNoMemory),
+		CodeEngineUnexpectReply: RuntimeCode(SubEngine, idUnexpectResponse),
+		CodeEngineExecuteFail:   RuntimeCode(SubEngine, idExecuteFail),
+		CodeEngineInvalidIndex:  RuntimeCode(SubEngine, 0x81),
+	} {
+		if got != want {
+			t.Errorf("AXCL_DEF_RUNTIME_ERR gives %v, constant says %v", got, want)
+		}
 	}
 	if Success.Name() != "AXCL_SUCC" || Success.Native() {
 		t.Fatalf("Success: %q native=%v", Success.Name(), Success.Native())
