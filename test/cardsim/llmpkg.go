@@ -74,6 +74,16 @@ func TinyQwen3() LLMSpec {
 	}
 }
 
+// TinyQwen3VL is TinyQwen3 with a simulated vision encoder ("vision_model.axmodel"): a
+// 384×384 NHWC uint8 image in (normalisation inside the model, the "classic" encoder pattern),
+// 12×12 = 144 bf16 embedding rows out, one per <|image_pad|> (151655) placeholder token.
+func TinyQwen3VL() LLMSpec {
+	s := TinyQwen3()
+	s.Name, s.ModelDir = "qwen3-vl-tiny", "qwen3-vl-tiny-ax650"
+	s.Vision = &VisionSpec{File: "vision_model.axmodel", Width: 384, Height: 384, Grid: 12, WeightBytes: 16 << 20, ImageTokenID: 151655}
+	return s
+}
+
 // Qwen3_4B has the full shapes of the AXERA-TECH Qwen3-4B package for the LLM-8850: 36 layers,
 // hidden 2560, kv_dim 1024, context 2559, prefill groups with history 0, 256, 512, 1024, 1536,
 // 2048, and realistic CMM claims (112 MiB per layer, 371 MiB post). Meant for benchmarks with
@@ -275,6 +285,8 @@ func WriteLLMPackage(dir string, s LLMSpec) error {
 		cfg["vision_height"] = s.Vision.Height
 		cfg["vision_image_token_id"] = s.Vision.ImageTokenID
 		cfg["vision_tokens"] = s.Vision.Grid * s.Vision.Grid
+		cfg["vlm_type"] = "kilnsim"
+		cfg["vision_input"] = "nhwc_uint8"
 	}
 	if err := writeJSON(filepath.Join(dir, "config.json"), cfg); err != nil {
 		return err

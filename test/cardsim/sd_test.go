@@ -55,6 +55,14 @@ func TestSDModels(t *testing.T) {
 	if slices.Equal(cat, dog) {
 		t.Fatal("different prompts give the same text embedding")
 	}
+	ids := make([]int32, 77)
+	for i := range ids {
+		ids[i] = 49407
+	}
+	ids[0], ids[1] = 49406, 2368
+	if ref, err := s.TextEncode(ids); err != nil || !slices.Equal(ref, cat) {
+		t.Fatalf("text encoder differs from the Go reference (%v)", err)
+	}
 	c.put(te.in[0][0], f32bytes([]float32{-1}))
 	c.want("token id outside the vocabulary", c.Execute(te.id, te.ctx, 0, te.io[0]), errEngineExecuteFail)
 
@@ -71,6 +79,9 @@ func TestSDModels(t *testing.T) {
 		return bytesF32(c.get(unet.out[0][0], len(x)*4))
 	}
 	e1 := runUNet(latent, 999, cat)
+	if !slices.Equal(e1, s.UNet(latent, s.TimeEmbedding(999), cat)) {
+		t.Fatal("unet differs from the Go reference")
+	}
 	if slices.Equal(e1, runUNet(latent, 999, dog)) || slices.Equal(e1, runUNet(latent, 259, cat)) {
 		t.Fatal("unet output ignores the text or the time embedding")
 	}
@@ -82,6 +93,9 @@ func TestSDModels(t *testing.T) {
 	c.put(dec.in[0][0], f32bytes(e1))
 	c.ok("vae decoder", c.Execute(dec.id, dec.ctx, 0, dec.io[0]))
 	img := bytesF32(c.get(dec.out[0][0], 3*s.Height*s.Width*4))
+	if !slices.Equal(img, s.VAEDecode(e1)) {
+		t.Fatal("vae decoder differs from the Go reference")
+	}
 	lo, hi := img[0], img[0]
 	for _, v := range img {
 		if !(v >= -1 && v <= 1) {
@@ -95,6 +109,9 @@ func TestSDModels(t *testing.T) {
 	c.put(enc.in[0][0], f32bytes(img))
 	c.ok("vae encoder", c.Execute(enc.id, enc.ctx, 0, enc.io[0]))
 	moments := bytesF32(c.get(enc.out[0][0], 8*h*w*4))
+	if !slices.Equal(moments, s.VAEEncode(img)) {
+		t.Fatal("vae encoder differs from the Go reference")
+	}
 	if slices.Equal(moments[:4*h*w], make([]float32, 4*h*w)) {
 		t.Fatal("vae encoder mean is all zero")
 	}
@@ -142,6 +159,15 @@ func TestVisionEncoder(t *testing.T) {
 	a := run(px)
 	px[5] = 255
 	b := run(px)
+	for i := range px {
+		px[i] = byte(Unit(9, uint64(i))*127.9 + 128)
+	}
+	b = run(px)
+	for i, v := range s.VisionEncode(px) {
+		if FloatToBF16(v) != b[i] {
+			t.Fatalf("vision output %d differs from the Go reference", i)
+		}
+	}
 	if slices.Equal(a, b) {
 		t.Fatal("vision output ignores the image")
 	}

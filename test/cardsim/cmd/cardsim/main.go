@@ -3,7 +3,8 @@
 //
 //	go run ./test/cardsim/cmd/cardsim -lib build/cardsim/libaxcl_rt.so -models build/models
 //
-// which writes build/models/qwen3-tiny/ and build/models/sd15-lcm/ (add -qwen3-4b for the
+// which writes build/models/qwen3-tiny/, build/models/qwen3-vl-tiny/ (with a simulated vision
+// encoder) and build/models/sd15-lcm/ (add -qwen3-4b for the
 // full Qwen3-4B shapes, meant for KILN_SIM_NOCOMPUTE=1 benchmarks).
 package main
 
@@ -54,7 +55,7 @@ func run(ctx context.Context, libPath, models, qwenTok, clipTok string, big bool
 	if models == "" {
 		return nil
 	}
-	llms := []cardsim.LLMSpec{cardsim.TinyQwen3()}
+	llms := []cardsim.LLMSpec{cardsim.TinyQwen3(), cardsim.TinyQwen3VL()}
 	if big {
 		llms = append(llms, cardsim.Qwen3_4B())
 	}
