@@ -1,7 +1,5 @@
 package tokenize
 
-import "container/heap"
-
 // mergeTable holds the BPE merges keyed by the ids of the two symbols. The
 // value packs the merge rank (high 32 bits) and the id of the merged token
 // (low 32 bits), so comparing two values compares ranks first.
@@ -76,28 +74,61 @@ type mergeCand struct {
 	pos int32
 }
 
+// candHeap is a binary min-heap of merge candidates ordered by (rank,
+// position), written out to avoid container/heap's interface boxing.
 type candHeap []mergeCand
 
-func (h candHeap) Len() int { return len(h) }
-func (h candHeap) Less(i, j int) bool {
+func (h candHeap) less(i, j int) bool {
 	if h[i].val>>32 != h[j].val>>32 {
 		return h[i].val < h[j].val
 	}
 	return h[i].pos < h[j].pos
 }
-func (h candHeap) Swap(i, j int) { h[i], h[j] = h[j], h[i] }
-func (h *candHeap) Push(x any)   { *h = append(*h, x.(mergeCand)) }
-func (h *candHeap) Pop() any {
-	old := *h
-	x := old[len(old)-1]
-	*h = old[:len(old)-1]
-	return x
+
+func (h *candHeap) push(c mergeCand) {
+	*h = append(*h, c)
+	q := *h
+	for i := len(q) - 1; i > 0; {
+		p := (i - 1) / 2
+		if !q.less(i, p) {
+			break
+		}
+		q[i], q[p] = q[p], q[i]
+		i = p
+	}
+}
+
+func (h *candHeap) pop() mergeCand {
+	q := *h
+	top := q[0]
+	n := len(q) - 1
+	q[0] = q[n]
+	q = q[:n]
+	for i := 0; ; {
+		l, m := 2*i+1, i
+		if l < n && q.less(l, m) {
+			m = l
+		}
+		if r := l + 1; r < n && q.less(r, m) {
+			m = r
+		}
+		if m == i {
+			break
+		}
+		q[i], q[m] = q[m], q[i]
+		i = m
+	}
+	*h = q
+	return top
 }
 
 // mergeHeap is merge for long words: a linked list of symbols and a heap of
 // candidate merges ordered by (rank, position).
 func (m mergeTable) mergeHeap(syms []int32, sc *scratch) []int32 {
 	n := len(syms)
+	if n < 2 {
+		return syms
+	}
 	prev := make([]int32, n)
 	next := make([]int32, n)
 	alive := make([]bool, n)
@@ -108,14 +139,13 @@ func (m mergeTable) mergeHeap(syms []int32, sc *scratch) []int32 {
 		alive[i] = true
 		if i+1 < n {
 			if v, ok := m[pairKey(syms[i], syms[i+1])]; ok {
-				h = append(h, mergeCand{val: v, pos: int32(i)})
+				h.push(mergeCand{val: v, pos: int32(i)})
 			}
 		}
 	}
 	next[n-1] = -1
-	heap.Init(&h)
-	for h.Len() > 0 {
-		c := heap.Pop(&h).(mergeCand)
+	for len(h) > 0 {
+		c := h.pop()
 		p := c.pos
 		if !alive[p] || next[p] < 0 {
 			continue
@@ -132,12 +162,12 @@ func (m mergeTable) mergeHeap(syms []int32, sc *scratch) []int32 {
 		}
 		if pp := prev[p]; pp >= 0 {
 			if v, ok := m[pairKey(syms[pp], syms[p])]; ok {
-				heap.Push(&h, mergeCand{val: v, pos: pp})
+				h.push(mergeCand{val: v, pos: pp})
 			}
 		}
 		if nn := next[p]; nn >= 0 {
 			if v, ok := m[pairKey(syms[p], syms[nn])]; ok {
-				heap.Push(&h, mergeCand{val: v, pos: p})
+				h.push(mergeCand{val: v, pos: p})
 			}
 		}
 	}
