@@ -204,7 +204,7 @@ func openCard(t testing.TB, config string) *card {
 	t.Cleanup(func() {
 		s.Finalize()
 		s.SetFaults("")
-		s.Config("exec_us=0,nocompute=0,ambient_c=40,heat_c_per_s=2.5,cool_per_s=0.05,temp_file=,hang_cap_ms=300000,cmm_mib=7040")
+		s.Config("exec_us=0,nocompute=0,ambient_c=40,heat_c_per_s=2.5,cool_per_s=0.05,temp_file=,hang_cap_ms=300000,cmm_mib=7040,props_us=0")
 	})
 	if config != "" && s.Config(config) != 0 {
 		t.Fatalf("kilnsim_config(%q) failed", config)

@@ -187,9 +187,8 @@ EXPORT int32_t kilnsim_parse_spec(const void *buf, uint64_t n, char *err, uint64
 
 /* ---------------------------------------------------------------- model table */
 
-#define MAX_MODELS 1024
-static simmodel *g_models[MAX_MODELS];
-static int g_nmodels;
+static simmodel **g_models;
+static int g_nmodels, g_capmodels;
 static uint64_t g_next_model_id = 0x100;
 
 static simmodel *find_model(uint64_t id) {
@@ -213,6 +212,20 @@ static void unload(simmodel *m) {
 void sim_release_models(simdev *d) {
     for (int i = 0; i < g_nmodels; i++)
         if (g_models[i]->dev == d) unload(g_models[i]);
+}
+
+/* sim_engine_reset frees every model, IO info and IO (axclFinalize; caller holds g_mu). */
+static void free_infos_and_ios(void);
+void sim_engine_reset(void) {
+    for (int i = 0; i < g_nmodels; i++) {
+        simmodel *m = g_models[i];
+        if (m->loaded) unload(m);
+        pthread_mutex_destroy(&m->wmu);
+        free(m);
+        g_models[i] = NULL;
+    }
+    g_nmodels = 0;
+    free_infos_and_ios();
 }
 
 /* ---------------------------------------------------------------- engine API */
@@ -287,9 +300,15 @@ static axclError load(const char *buf, size_t n, const char *what, uint64_t *id)
                      (unsigned long long)m->spec.weight_bytes, (unsigned long long)sim_cmm_free(d));
         goto fail;
     }
-    if (g_nmodels >= MAX_MODELS) {
-        r = sim_fail(E_ENGINE_NO_MEMORY, "too many models loaded in this process");
-        goto fail;
+    if (g_nmodels >= g_capmodels) {
+        int cap = g_capmodels ? 2 * g_capmodels : 64;
+        simmodel **nm = realloc(g_models, (size_t)cap * sizeof *nm);
+        if (!nm) {
+            r = sim_fail(E_ENGINE_NO_MEMORY, "host out of memory");
+            goto fail;
+        }
+        g_models = nm;
+        g_capmodels = cap;
     }
     m->id = g_next_model_id++;
     m->dev = d;
@@ -436,6 +455,21 @@ typedef struct simio {
 
 static ioinfo *g_infos;
 static simio *g_ios;
+
+static void free_infos_and_ios(void) {
+    while (g_infos) {
+        ioinfo *i = g_infos;
+        g_infos = i->next;
+        i->magic = 0;
+        free(i);
+    }
+    while (g_ios) {
+        simio *o = g_ios;
+        g_ios = o->next;
+        o->magic = 0;
+        free(o);
+    }
+}
 
 static ioinfo *find_info(void *p) {
     for (ioinfo *i = g_infos; i; i = i->next)

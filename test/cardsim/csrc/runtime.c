@@ -13,7 +13,7 @@
 
 #define EXPORT __attribute__((visibility("default")))
 
-#define SIM_CFG_DEFAULTS {0, 0, 40.0, 2.5, 0.05, "", 0, 300000, 7040ull << 20}
+#define SIM_CFG_DEFAULTS {0, 0, 40.0, 2.5, 0.05, "", 0, 300000, 7040ull << 20, 0}
 simcfg g_cfg = SIM_CFG_DEFAULTS;
 
 pthread_mutex_t g_mu = PTHREAD_MUTEX_INITIALIZER;
@@ -168,12 +168,13 @@ static int set_opt(const char *k, const char *v) {
     else if (!strcmp(k, "log")) g_cfg.log = d != 0;
     else if (!strcmp(k, "hang_cap_ms")) g_cfg.hang_cap_ms = d < 0 ? 0 : (long)d;
     else if (!strcmp(k, "cmm_mib")) g_cfg.cmm_bytes = (uint64_t)(d < 0 ? 0 : d) << 20;
+    else if (!strcmp(k, "props_us")) g_cfg.props_us = d < 0 ? 0 : (long)d;
     else return -1;
     return 0;
 }
 
 /* kilnsim_config applies "key=value,key=value" (keys: exec_us nocompute ambient_c heat_c_per_s
- * cool_per_s temp_file log hang_cap_ms cmm_mib). Returns 0, or -1 at the first bad entry. */
+ * cool_per_s temp_file log hang_cap_ms cmm_mib props_us). Returns 0, or -1 at the first bad entry. */
 EXPORT int kilnsim_config(const char *spec) {
     if (!spec) return -1;
     char buf[2048];
@@ -283,6 +284,7 @@ axclError sim_resolve(uint64_t addr, uint64_t len, void **host) {
 uint64_t sim_cmm_free(simdev *d) { return d->cmm_used >= g_cfg.cmm_bytes ? 0 : g_cfg.cmm_bytes - d->cmm_used; }
 
 static void release_device(simdev *d); /* frees memory and models of d */
+void sim_engine_reset(void);             /* engine.c: frees every model, IO info and IO */
 
 /* ---------------------------------------------------------------- contexts */
 
@@ -376,6 +378,7 @@ EXPORT axclError axclInit(const char *config) {
     env_opt("KILN_SIM_LOG", "log");
     env_opt("KILN_SIM_HANG_CAP_MS", "hang_cap_ms");
     env_opt("KILN_SIM_CMM_MIB", "cmm_mib");
+    env_opt("KILN_SIM_PROPS_US", "props_us");
     const char *tf = getenv("KILN_SIM_TEMP_FILE");
     if (tf) set_opt("temp_file", tf);
     if (parse_faults(getenv("KILN_SIM_FAULTS"))) {
@@ -425,6 +428,7 @@ EXPORT axclError axclInit(const char *config) {
 EXPORT axclError axclFinalize(void) {
     pthread_mutex_lock(&g_mu);
     for (int i = 0; i < g_ndev; i++) release_device(&g_devs[i]);
+    sim_engine_reset();
     free_ctxs_of(NULL);
     g_ndev = 0;
     g_inited = 0;
@@ -595,7 +599,12 @@ EXPORT axclError axclrtGetDeviceProperties(int32_t id, axclrtDeviceProperties *p
     d->sample_t = now;
     d->busy_since_sample = 0;
     d->have_sample = 1;
+    long props_us = g_cfg.props_us;
     pthread_mutex_unlock(&g_mu);
+    if (props_us > 0) { /* the real call runs 7 shell commands on the card */
+        struct timespec ts = {props_us / 1000000, (props_us % 1000000) * 1000};
+        while (nanosleep(&ts, &ts) && errno == EINTR) {}
+    }
     return 0;
 }
 

@@ -162,6 +162,7 @@ typedef struct simcfg {
     int log;
     long hang_cap_ms;
     uint64_t cmm_bytes;
+    long props_us;
 } simcfg;
 
 extern simcfg g_cfg;
