@@ -165,3 +165,51 @@ func TestPropertiesSampler(t *testing.T) {
 		t.Fatalf("Refresh() = %+v", p)
 	}
 }
+
+// Many goroutines hammer the device while it closes: every call returns
+// nil or ErrStopped, nothing deadlocks, the teardown runs.
+func TestConcurrentCallsAndClose(t *testing.T) {
+	lib := cardsim.Library(t)
+	d, err := Open(context.Background(), Config{Library: lib, SampleInterval: 1e6})
+	must(t, err)
+	m, err := d.LoadModel(context.Background(), layerFiles(t)[0], nil)
+	must(t, err)
+	var wg sync.WaitGroup
+	errs := make(chan error, 8)
+	for w := range 6 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := 0; ; i++ {
+				var err error
+				if (w+i)%2 == 0 {
+					err = d.Execute(context.Background(), m, i%m.Groups())
+				} else {
+					err = d.Do(context.Background(), func(th *Thread) error {
+						buf, _ := m.Buffer(0, In("indices"))
+						return th.Write(buf, 0, []byte{byte(i), 0, 0, 0})
+					})
+				}
+				if errors.Is(err, ErrStopped) {
+					return
+				}
+				if err != nil {
+					errs <- err
+					return
+				}
+				if w == 0 && i == 300 {
+					go d.Close(context.Background())
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Errorf("call during close: %v", err)
+	}
+	waitDone(t, d)
+	if !runtimeFinalized(t, lib) {
+		t.Fatal("teardown did not run")
+	}
+}

@@ -102,7 +102,7 @@ func (m *Model) Groups() int { return len(m.groups) }
 // Usage is what the runtime said the model needs.
 func (m *Model) Usage() axcl.Usage { return m.usage }
 
-// Describe returns the tensors of every shape group.
+// Describe returns the tensors of every shape group. Do not modify it.
 func (m *Model) Describe() []axcl.ShapeGroup { return m.desc }
 
 // Index is the index of the tensor ref, or an error wrapping
