@@ -288,6 +288,11 @@ func (c *Client) Cancel(ctx context.Context, id string) error {
 	if err := c.nc.Publish(c.subj.Cancel(id), nil); err != nil {
 		return fmt.Errorf("kiln: cancel %s: %w", id, err)
 	}
+	if _, ok := ctx.Deadline(); !ok {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, 5*time.Second)
+		defer cancel()
+	}
 	return c.nc.FlushWithContext(ctx)
 }
 
