@@ -165,7 +165,7 @@ func Parse(data []byte) (*BPE, error) {
 		b.unkID = id
 	}
 	b.whole = make([]atomic.Uint32, maxID+1)
-	if b.merges, err = ml.resolve(b.vocab); err != nil {
+	if b.merges, err = ml.resolve(b.vocab, &vb, maxID); err != nil {
 		return nil, formatErr("model merges: %v", err)
 	}
 

@@ -144,7 +144,7 @@ func ParseCLIP(vocabJSON, mergesTxt []byte) (*CLIP, error) {
 	if len(ml.ents) == 0 {
 		return nil, formatErr("merges.txt has no merges")
 	}
-	if c.merges, err = ml.resolve(c.vocab); err != nil {
+	if c.merges, err = ml.resolve(c.vocab, &vb, maxID); err != nil {
 		return nil, formatErr("merges.txt: %v", err)
 	}
 	c.added = newAddedMatcher([]addedToken{{clipBOS, c.bos}, {clipEOS, c.eos}})
