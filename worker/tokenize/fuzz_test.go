@@ -238,3 +238,27 @@ func FuzzQwenPretokenizer(f *testing.F) {
 		}
 	})
 }
+
+// gpt2Pattern is the regex the ByteLevel pre-tokenizer uses with use_regex.
+const gpt2Pattern = `'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+`
+
+// FuzzGPT2Pretokenizer checks gpt2Next against the GPT-2 regex run by
+// regexp2.
+func FuzzGPT2Pretokenizer(f *testing.F) {
+	seedTexts(f, "testdata/qwen3/cases.json")
+	re, err := regexStep(gpt2Pattern)
+	if err != nil {
+		f.Fatal(err)
+	}
+	f.Fuzz(func(t *testing.T, s string) {
+		if !utf8.ValidString(s) {
+			return
+		}
+		var want, got []string
+		re.each(s, func(p string) { want = append(want, p) })
+		(&splitStep{next: gpt2Next}).each(s, func(p string) { got = append(got, p) })
+		if !slices.Equal(got, want) {
+			t.Fatalf("%q:\n got %q\nwant %q", s, got, want)
+		}
+	})
+}

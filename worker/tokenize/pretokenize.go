@@ -158,7 +158,7 @@ func qwenNext(s string, i int) int {
 // with use_regex true:
 // 's|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+
 func gpt2Next(s string, i int) int {
-	cl, r, w := classAt(s, i)
+	cl, r, _ := classAt(s, i)
 	if r == '\'' {
 		if n := contraction(s, i, false); n > 0 {
 			return i + n
@@ -173,11 +173,9 @@ func gpt2Next(s string, i int) int {
 			cl = clSpace
 		}
 	}
-	switch cl {
-	case clLetter, clNumber, clOther:
+	if cl != clSpace {
 		return runEnd(s, j, cl)
 	}
-	_ = w
 	end := runEnd(s, i, clSpace)
 	if end == len(s) {
 		return end
@@ -198,7 +196,7 @@ func digitsNext(individual bool) func(s string, i int) int {
 			if individual {
 				return i + w
 			}
-			return runNumber(s, i)
+			return runEnd(s, i, clNumber)
 		}
 		for i < len(s) {
 			c, _, w := classAt(s, i)
@@ -211,4 +209,3 @@ func digitsNext(individual bool) func(s string, i int) int {
 	}
 }
 
-func runNumber(s string, i int) int { return runEnd(s, i, clNumber) }
