@@ -208,4 +208,3 @@ func digitsNext(individual bool) func(s string, i int) int {
 		return i
 	}
 }
-
