@@ -354,3 +354,43 @@ func TestLLMPackageLayout(t *testing.T) {
 		t.Fatal("post model has no magic")
 	}
 }
+
+// TestUncachedWeightsMatchReference covers the simulator's path for models too large to cache
+// their weights (the full Qwen3-4B shapes): weights recomputed on the fly must give the same
+// bits.
+func TestUncachedWeightsMatchReference(t *testing.T) {
+	c := openCard(t, "")
+	dir := t.TempDir()
+	s := LLMSpec{Name: "wide", Arch: "wide", ModelDir: "wide", Layers: 1, Hidden: 2048, KVDim: 640, Vocab: 300000,
+		MaxCtx: 15, Prefill: 16, Histories: []int{0}, Seed: 99, PostRank: 16}
+	if err := WriteLLMPackage(dir, s); err != nil {
+		t.Fatal(err)
+	}
+	l := c.loadLayer(dir, s, 0)
+	r := rand.New(rand.NewPCG(9, 9))
+	kc, vc := randBF16(r, s.MaxCtx*s.KVDim), randBF16(r, s.MaxCtx*s.KVDim)
+	c.put(l.k, u16bytes(kc))
+	c.put(l.v, u16bytes(vc))
+	x := randBF16(r, s.Hidden)
+	mask := make([]uint16, s.MaxCtx+1)
+	mask[7] = MaskHidden
+	k, v, out := c.step(l, 0, x, []uint32{5}, mask)
+	ref := &Layer{Seed: s.Seed + 1, Hidden: s.Hidden, KVDim: s.KVDim}
+	rk, rv, rout, err := ref.Run(x, []uint32{5}, mask, kc, vc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !slices.Equal(k, rk) || !slices.Equal(v, rv) || !slices.Equal(out, rout) {
+		t.Fatal("uncached layer weights differ from the reference")
+	}
+	post := c.load(filepath.Join(dir, s.ModelDir, s.PostFile()), s.PostSpec())
+	c.put(post.in[0][0], u16bytes(out))
+	c.ok("post", c.Execute(post.id, post.ctx, 0, post.io[0]))
+	got := bytesU16(c.get(post.out[0][0], s.Vocab*2))
+	p := &Post{Seed: s.Seed + 0x10000, Hidden: s.Hidden, Vocab: s.Vocab, Rank: 16}
+	for i, want := range p.Logits(out) {
+		if got[i] != FloatToBF16(want) {
+			t.Fatalf("uncached post logit %d differs from the reference", i)
+		}
+	}
+}

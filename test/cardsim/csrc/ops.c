@@ -204,7 +204,7 @@ axclError sim_validate(simspec *s, char *err, size_t errn) {
 typedef float (*ampfn)(simmodel *m, uint64_t idx);
 
 static float *weights(simmodel *m, size_t n, ampfn amp, uint64_t seed) {
-    if (n > (size_t)1 << 24) return NULL;
+    if (n > (size_t)1 << 22) return NULL; /* > 16 MiB: weights are recomputed from Unit() on the fly */
     pthread_mutex_lock(&m->wmu);
     if (!m->w && n) {
         float *w = malloc(n * sizeof *w);
