@@ -98,7 +98,13 @@ func Build(ctx context.Context, outPath string) error {
 	if err := os.MkdirAll(filepath.Dir(abs), 0o755); err != nil {
 		return fmt.Errorf("cardsim: %w", err)
 	}
-	tmp := abs + ".tmp"
+	// A unique temporary name: several test binaries may build the same library at once.
+	tf, err := os.CreateTemp(filepath.Dir(abs), ".libaxcl-*.tmp")
+	if err != nil {
+		return fmt.Errorf("cardsim: %w", err)
+	}
+	tmp := tf.Name()
+	tf.Close()
 	args := append(append(append(cc[1:], CFlags...), "-o", tmp), cfiles...)
 	args = append(args, "-lm", "-lpthread")
 	cmd := exec.CommandContext(ctx, cc[0], args...)
