@@ -1,6 +1,7 @@
 package tokenize
 
 import (
+	"fmt"
 	"strings"
 )
 
@@ -29,9 +30,14 @@ type TemplateOptions struct {
 	// enable_thinking=false: an empty <think>\n\n</think>\n\n block after
 	// the generation prompt. Only used with AddGenerationPrompt.
 	Think bool
-	// ImageTokens is the number of <image> placeholders per image in
-	// RenderSmolVLM2; 0 means SmolVLM2ImageTokens.
+	// ImageTokens is the number of <image> placeholders per image (per
+	// tile when split) in RenderSmolVLM2; 0 means SmolVLM2ImageTokens.
 	ImageTokens int
+	// ImageRows and ImageCols, when both are above 0, render every image as
+	// the processor does for an image split into rows×cols tiles: one
+	// <row_r_col_c> block per tile, a newline after each row, then the
+	// global image.
+	ImageRows, ImageCols int
 }
 
 // Qwen3 chat tokens.
@@ -144,7 +150,18 @@ func RenderSmolVLM2(msgs []Message, opts TemplateOptions) string {
 	if per <= 0 {
 		per = SmolVLM2ImageTokens
 	}
-	image := SmolVLM2ImageWrap + SmolVLM2GlobalImage + strings.Repeat(SmolVLM2ImageToken, per) + SmolVLM2ImageWrap
+	run := strings.Repeat(SmolVLM2ImageToken, per)
+	image := SmolVLM2ImageWrap + SmolVLM2GlobalImage + run + SmolVLM2ImageWrap
+	if opts.ImageRows > 0 && opts.ImageCols > 0 {
+		var tiles strings.Builder
+		for r := 1; r <= opts.ImageRows; r++ {
+			for c := 1; c <= opts.ImageCols; c++ {
+				fmt.Fprintf(&tiles, "%s<row_%d_col_%d>%s", SmolVLM2ImageWrap, r, c, run)
+			}
+			tiles.WriteString("\n")
+		}
+		image = tiles.String() + "\n" + image
+	}
 	var sb strings.Builder
 	sb.WriteString(Qwen3IMStart)
 	for _, m := range msgs {

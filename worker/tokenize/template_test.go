@@ -15,10 +15,12 @@ type templateCase struct {
 		Content string `json:"content"`
 		Images  int    `json:"images"`
 	} `json:"messages"`
-	AddGenerationPrompt bool   `json:"add_generation_prompt"`
-	Think               bool   `json:"think"`
-	Qwen3               string `json:"qwen3"`
-	SmolVLM2            string `json:"smolvlm2"`
+	AddGenerationPrompt bool    `json:"add_generation_prompt"`
+	Think               bool    `json:"think"`
+	ImageRows           int     `json:"image_rows"`
+	ImageCols           int     `json:"image_cols"`
+	Qwen3               *string `json:"qwen3"`
+	SmolVLM2            string  `json:"smolvlm2"`
 }
 
 // TestTemplatesMatchJinja compares the renderers with the real Jinja
@@ -41,9 +43,11 @@ func TestTemplatesMatchJinja(t *testing.T) {
 		for i, m := range c.Messages {
 			msgs[i] = Message{Role: m.Role, Content: m.Content, Images: m.Images}
 		}
-		opts := TemplateOptions{AddGenerationPrompt: c.AddGenerationPrompt, Think: c.Think}
-		if got := RenderQwen3(msgs, opts); got != c.Qwen3 {
-			t.Errorf("%s (gen %v think %v) qwen3:\n got %q\nwant %q", c.Name, c.AddGenerationPrompt, c.Think, got, c.Qwen3)
+		opts := TemplateOptions{AddGenerationPrompt: c.AddGenerationPrompt, Think: c.Think, ImageRows: c.ImageRows, ImageCols: c.ImageCols}
+		if c.Qwen3 != nil {
+			if got := RenderQwen3(msgs, opts); got != *c.Qwen3 {
+				t.Errorf("%s (gen %v think %v) qwen3:\n got %q\nwant %q", c.Name, c.AddGenerationPrompt, c.Think, got, *c.Qwen3)
+			}
 		}
 		if got := RenderSmolVLM2(msgs, opts); got != c.SmolVLM2 {
 			t.Errorf("%s (gen %v) smolvlm2:\n got %q\nwant %q", c.Name, c.AddGenerationPrompt, got, c.SmolVLM2)

@@ -6,7 +6,8 @@ jinja2 the way transformers' apply_chat_template does (sandboxed
 environment, trim_blocks, lstrip_blocks, tojson). SmolVLM2: the default
 SmolVLM chat template of transformers (processing_smolvlm.py), then every
 <image> expanded as the processor does for an image that is not split
-(_prompt_single_image with image_seq_len 64).
+(_prompt_single_image with image_seq_len 64), or split into 2x3 tiles
+(_prompt_split_image) in the cases that say so.
 
 Run from this folder: python3 gen.py > cases.json
 """
@@ -68,6 +69,15 @@ cases = [
     ]),
 ]
 
+def split_image(rows, cols, seq=64):
+    # transformers processing_smolvlm.py _prompt_split_image
+    text = ""
+    for n_h in range(rows):
+        for n_w in range(cols):
+            text += "<fake_token_around_image>" + f"<row_{n_h + 1}_col_{n_w + 1}>" + "<image>" * seq
+        text += "\n"
+    return text + "\n<fake_token_around_image><global-img>" + "<image>" * seq + "<fake_token_around_image>"
+
 out = []
 for name, msgs in cases:
     ms = []
@@ -84,4 +94,14 @@ for name, msgs in cases:
             s = smol.render(messages=sm, add_generation_prompt=gen).replace("<image>", IMAGE)
             out.append({"name": name, "messages": ms, "add_generation_prompt": gen,
                         "think": think is None, "qwen3": q, "smolvlm2": s})
+# SmolVLM2 with images split into tiles (2x3), generation prompt on.
+for name, msgs in cases:
+    ms = [{"role": m[0], "content": m[1], "images": m[2] if len(m) > 2 else 0} for m in msgs]
+    if not any(m["images"] for m in ms):
+        continue
+    sm = [{"role": m["role"], "content": [{"type": "image"}] * m["images"] + [{"type": "text", "text": m["content"]}]} for m in ms]
+    s = smol.render(messages=sm, add_generation_prompt=True).replace("<image>", "\0").replace("\0", split_image(2, 3))
+    out.append({"name": name + " (split 2x3)", "messages": ms, "add_generation_prompt": True,
+                "image_rows": 2, "image_cols": 3, "smolvlm2": s})
+
 print(json.dumps(out, ensure_ascii=False, indent=1))
