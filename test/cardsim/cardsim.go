@@ -113,6 +113,10 @@ func Build(ctx context.Context, outPath string) error {
 		os.Remove(tmp)
 		return fmt.Errorf("cardsim: %s %s: %w\n%s", cc[0], strings.Join(args, " "), err, out)
 	}
+	if err := os.Chmod(tmp, 0o755); err != nil {
+		os.Remove(tmp)
+		return fmt.Errorf("cardsim: %w", err)
+	}
 	if err := os.Rename(tmp, abs); err != nil {
 		return fmt.Errorf("cardsim: %w", err)
 	}
