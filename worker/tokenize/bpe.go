@@ -21,11 +21,9 @@ type BPE struct {
 	byteID  [256]int32 // id of the one-byte token, -1 if absent
 	unkID   int32      // -1: unknown symbols are dropped
 	ignoreM bool       // ignore_merges: whole words found in vocab win
-	// wordID maps the bytes of every model token to its id, so that a word
-	// that is one token skips the merge loop; whole[id] caches whether
-	// merging the token's own bytes gives back the token (0 unknown, 1 yes,
-	// 2 no), which is what makes the shortcut exact.
-	wordID   map[string]int32
+	// A word that is one vocabulary token skips the merge loop when
+	// whole[id] says that merging the token's own bytes gives back the
+	// token (0 not known yet, 1 yes, 2 no), which keeps the shortcut exact.
 	whole    []atomic.Uint32
 	nfc      bool
 	steps    []splitStep
