@@ -36,9 +36,9 @@ func (w *workerFlags) register(fs *flag.FlagSet) {
 	fs.DurationVar(&w.grace, "grace", 30*time.Second, "on stop, how long the running job may finish before it is handed back")
 }
 
-// workerConfig builds the worker's configuration and its handlers from the
-// model packages found.
-func (w *workerFlags) workerConfig(e *env, topo topology.Config) (worker.Config, error) {
+// workerConfig opens the card, loads the model packages found on it and
+// builds the worker's configuration. The caller closes the card.
+func (w *workerFlags) workerConfig(ctx context.Context, e *env, topo topology.Config) (worker.Config, *card, error) {
 	cfg := worker.Config{
 		Name:          w.name,
 		Card:          w.card,
@@ -49,15 +49,16 @@ func (w *workerFlags) workerConfig(e *env, topo topology.Config) (worker.Config,
 		Image:         map[string]worker.Handler[schema.ImageJob]{},
 		Logger:        e.log,
 	}
-	found, err := modelPackages(w.models)
+	c, err := openCard(ctx, e, w.lib, w.card)
 	if err != nil {
-		return cfg, err
+		return cfg, nil, err
 	}
-	if len(found) > 0 {
-		e.log.Warn("model packages found, but this build has no chat or image runtime yet: they are not served",
-			"models", found, "folder", w.models)
+	if err := c.load(ctx, w.models, &cfg); err != nil {
+		c.close()
+		return cfg, nil, err
 	}
-	return cfg, nil
+	cfg.StatusFunc = c.status
+	return cfg, c, nil
 }
 
 // modelPackages lists the sub-folders of dir (a missing dir is no packages).
@@ -125,10 +126,11 @@ func runUp(ctx context.Context, e *env, args []string) error {
 		return err
 	}
 	defer nc.Close()
-	cfg, err := wf.workerConfig(e, topology.Config{Prefix: *prefix, JobMaxAge: bf.jobMaxAge})
+	cfg, c, err := wf.workerConfig(ctx, e, topology.Config{Prefix: *prefix, JobMaxAge: bf.jobMaxAge})
 	if err != nil {
 		return err
 	}
+	defer c.close()
 	w, err := worker.New(nc, cfg)
 	if err != nil {
 		return err
@@ -165,10 +167,11 @@ func runWorker(ctx context.Context, e *env, args []string) error {
 	if err := parse(fs, args); err != nil {
 		return err
 	}
-	cfg, err := wf.workerConfig(e, cf.topology())
+	cfg, c, err := wf.workerConfig(ctx, e, cf.topology())
 	if err != nil {
 		return err
 	}
+	defer c.close()
 	nc, err := connect(ctx, cf.url, "kiln-worker", nats.MaxReconnects(-1))
 	if err != nil {
 		return err
