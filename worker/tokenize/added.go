@@ -3,13 +3,16 @@ package tokenize
 import (
 	"slices"
 	"strings"
+	"unicode"
+	"unicode/utf8"
 )
 
 // addedToken is a token matched as a whole in the text before
 // pre-tokenization (<|im_start|>, <think>, ...).
 type addedToken struct {
-	content string
-	id      int32
+	content        string
+	id             int32
+	lstrip, rstrip bool // the match swallows white space on that side
 }
 
 // addedMatcher finds added tokens in text, leftmost first and, among tokens
@@ -45,9 +48,11 @@ func newAddedMatcher(tokens []addedToken) addedMatcher {
 	return m
 }
 
-// next finds the first added token in s at or after i. It returns its span
-// and id, or (len(s), len(s), -1) if there is none.
-func (m *addedMatcher) next(s string, i int) (start, end int, id int32) {
+// next finds the first added token in s at or after from. It returns its
+// span, widened over white space for lstrip/rstrip tokens (never before
+// from), and its id, or (len(s), len(s), -1) if there is none.
+func (m *addedMatcher) next(s string, from int) (start, end int, id int32) {
+	i := from
 	if len(m.tokens) == 0 {
 		return len(s), len(s), -1
 	}
@@ -64,7 +69,22 @@ func (m *addedMatcher) next(s string, i int) (start, end int, id int32) {
 		}
 		for _, t := range m.byFirst[s[i]] {
 			if strings.HasPrefix(s[i:], t.content) {
-				return i, i + len(t.content), t.id
+				start, end = i, i+len(t.content)
+				for t.lstrip && start > from {
+					r, w := utf8.DecodeLastRuneInString(s[from:start])
+					if !unicode.IsSpace(r) {
+						break
+					}
+					start -= w
+				}
+				for t.rstrip && end < len(s) {
+					r, w := utf8.DecodeRuneInString(s[end:])
+					if !unicode.IsSpace(r) {
+						break
+					}
+					end += w
+				}
+				return start, end, t.id
 			}
 		}
 		i++

@@ -167,14 +167,33 @@ func Parse(data []byte) (*BPE, error) {
 		return nil, formatErr("model merges: %v", err)
 	}
 
-	// Added tokens.
+	// Added tokens. Hugging Face tokenizers does not take their ids from the
+	// file: a token already in the vocabulary keeps its id, the others are
+	// numbered on from the vocabulary in file order. Files it wrote agree;
+	// one that does not is refused rather than read with other ids.
 	var raw, normed []addedToken
+	hfIDs := map[string]int32{}
+	nextID := int32(len(vb.ents))
+	for _, t := range f.AddedTokens {
+		want, ok := b.vocab[t.Content]
+		if prev, dup := hfIDs[t.Content]; dup {
+			want, ok = prev, true
+		}
+		if !ok {
+			want = nextID
+		}
+		hfIDs[t.Content] = want
+		nextID = max(nextID, want+1)
+		if int32(*t.ID) != want {
+			return nil, formatErr("added token %q has id %d, but Hugging Face tokenizers gives it %d (added token ids must follow the vocabulary)", t.Content, *t.ID, want)
+		}
+	}
 	for _, t := range f.AddedTokens {
 		if t.Content == "" {
 			return nil, formatErr("added token %d has empty content", *t.ID)
 		}
-		if t.SingleWord || t.LStrip || t.RStrip {
-			return nil, formatErr("added token %q: single_word, lstrip and rstrip are not supported", t.Content)
+		if t.SingleWord {
+			return nil, formatErr("added token %q: single_word is not supported", t.Content)
 		}
 		id := int32(*t.ID)
 		// An added token with the text of a model token takes over that
@@ -182,7 +201,7 @@ func Parse(data []byte) (*BPE, error) {
 		b.vocab[t.Content] = id
 		b.pieces[id] = t.Content
 		b.special[id] = t.Special
-		at := addedToken{content: t.Content, id: id}
+		at := addedToken{content: t.Content, id: id, lstrip: t.LStrip, rstrip: t.RStrip}
 		if t.Normalized {
 			normed = append(normed, at)
 		} else {

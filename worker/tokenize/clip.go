@@ -147,7 +147,7 @@ func ParseCLIP(vocabJSON, mergesTxt []byte) (*CLIP, error) {
 	if c.merges, err = ml.resolve(c.vocab, &vb, maxID); err != nil {
 		return nil, formatErr("merges.txt: %v", err)
 	}
-	c.added = newAddedMatcher([]addedToken{{clipBOS, c.bos}, {clipEOS, c.eos}})
+	c.added = newAddedMatcher([]addedToken{{content: clipBOS, id: c.bos}, {content: clipEOS, id: c.eos}})
 	return c, nil
 }
 

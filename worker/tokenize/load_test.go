@@ -29,7 +29,7 @@ func tinyTokenizer(preTokenizer string) []byte {
 		"version":    "1.0",
 		"normalizer": map[string]any{"type": "NFC"},
 		"added_tokens": []any{map[string]any{
-			"id": 300, "content": "<|end|>", "single_word": false, "lstrip": false, "rstrip": false,
+			"id": 260, "content": "<|end|>", "single_word": false, "lstrip": false, "rstrip": false,
 			"normalized": false, "special": true,
 		}},
 		"pre_tokenizer": json.RawMessage(preTokenizer),
@@ -69,20 +69,20 @@ func TestTinyTokenizer(t *testing.T) {
 		}
 		got := tok.Encode("hello the<|end|> the")
 		// he ll o | Ġthe | <|end|> | Ġthe
-		want := []int{257, 259, 'o', 258, 300, 258}
+		want := []int{257, 259, 'o', 258, 260, 258}
 		if !slices.Equal(got, want) {
 			t.Errorf("%s: got %v want %v", pre, got, want)
 		}
 		if s := tok.Decode(got); s != "hello the<|end|> the" {
 			t.Errorf("decode %q", s)
 		}
-		if !tok.IsSpecial(300) || tok.IsSpecial(258) {
+		if !tok.IsSpecial(260) || tok.IsSpecial(258) {
 			t.Error("IsSpecial")
 		}
 		if id, ok := tok.TokenID("Ġthe"); !ok || id != 258 {
 			t.Errorf("TokenID = %d %v", id, ok)
 		}
-		if tok.VocabSize() != 301 {
+		if tok.VocabSize() != 261 {
 			t.Errorf("VocabSize %d", tok.VocabSize())
 		}
 	}
@@ -117,8 +117,9 @@ func TestLoadErrors(t *testing.T) {
 		{"no byte level", replace(`{"type":"ByteLevel","add_prefix_space":false,"trim_offsets":false,"use_regex":false}`, `{"type":"Digits"}`), "no ByteLevel step"},
 		{"bad regex", replace(`"Regex":"(?i:`, `"Regex":"((?i:`), "pre_tokenizer Split regex"},
 		{"lowercase normalizer", replace(`{"type":"NFC"}`, `{"type":"Lowercase"}`), `normalizer type "Lowercase" is not supported`},
-		{"added token lstrip", replace(`"lstrip":false`, `"lstrip":true`), "lstrip and rstrip are not supported"},
-		{"added token no id", replace(`"id":300,`, ``), "has no valid id"},
+		{"added token single word", replace(`"single_word":false`, `"single_word":true`), "single_word is not supported"},
+		{"added token no id", replace(`"id":260,`, ``), "has no valid id"},
+		{"added token id gap", replace(`"id":260,`, `"id":300,`), "Hugging Face tokenizers gives it 260"},
 		{"huge id", replace(`"ll":259`, `"ll":99999999`), "implausibly large"},
 		{"bad escape", replace(`"ll":259`, `"l\q":259`), "bad escape"},
 		{"deep nesting", strings.Replace(valid, `"version":"1.0"`, `"version":`+strings.Repeat("[", 2000)+strings.Repeat("]", 2000), 1), "nested too deeply"},
@@ -275,4 +276,21 @@ func mustGzip(b []byte) []byte {
 	zw.Write(b)
 	zw.Close()
 	return buf.Bytes()
+}
+
+// TestAddedTokenStrip checks lstrip/rstrip added tokens against the Rust
+// library: testdata/reference/strip_tokenizer.json is the tiny tokenizer
+// with <a> (lstrip), <b> (rstrip) and <c> (both) added, and strip_cases.json
+// its reference ids for 509 texts (testdata/reference/README.md).
+func TestAddedTokenStrip(t *testing.T) {
+	t.Parallel()
+	tok, err := Load("testdata/reference/strip_tokenizer.json")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range readCases(t, "testdata/reference/strip_cases.json") {
+		if got := tok.Encode(c.Text); !slices.Equal(got, c.IDs) {
+			t.Errorf("%q: got %v want %v", c.Text, got, c.IDs)
+		}
+	}
 }
