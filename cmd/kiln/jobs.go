@@ -29,6 +29,26 @@ func dial(cf *connFlags, e *env) (*nats.Conn, *client.Client, error) {
 	return nc, c, nil
 }
 
+// startJob is what chat and image do before submitting: connect, bound
+// ctx by timeout (0: none), and pick the model. done releases it all.
+func startJob(ctx context.Context, e *env, cf *connFlags, timeout time.Duration, kind, model string) (context.Context, *client.Client, string, func(), error) {
+	nc, c, err := dial(cf, e)
+	if err != nil {
+		return nil, nil, "", nil, err
+	}
+	cancel := func() {}
+	if timeout > 0 {
+		ctx, cancel = context.WithTimeout(ctx, timeout)
+	}
+	done := func() { cancel(); c.Close(); nc.Close() }
+	m, err := pickModel(ctx, c, kind, model)
+	if err != nil {
+		done()
+		return nil, nil, "", nil, err
+	}
+	return ctx, c, m, done, nil
+}
+
 // pickModel returns model, or the only live model of kind when model is "".
 func pickModel(ctx context.Context, c *client.Client, kind, model string) (string, error) {
 	if model != "" {
@@ -78,21 +98,11 @@ func runChat(ctx context.Context, e *env, args []string) error {
 		fs.Usage()
 		return errUsage
 	}
-	nc, c, err := dial(&cf, e)
+	ctx, c, m, done, err := startJob(ctx, e, &cf, *timeout, schema.KindChat, *model)
 	if err != nil {
 		return err
 	}
-	defer nc.Close()
-	defer c.Close()
-	if *timeout > 0 {
-		var cancel context.CancelFunc
-		ctx, cancel = context.WithTimeout(ctx, *timeout)
-		defer cancel()
-	}
-	m, err := pickModel(ctx, c, schema.KindChat, *model)
-	if err != nil {
-		return err
-	}
+	defer done()
 	job := &schema.ChatJob{JobHeader: schema.JobHeader{Model: m, Lane: *lane}, MaxTokens: *maxTokens, Think: *think}
 	if *system != "" {
 		job.Messages = append(job.Messages, schema.Message{Role: "system", Content: *system})
@@ -154,21 +164,11 @@ func runImage(ctx context.Context, e *env, args []string) error {
 		fs.Usage()
 		return errUsage
 	}
-	nc, c, err := dial(&cf, e)
+	ctx, c, m, done, err := startJob(ctx, e, &cf, *timeout, schema.KindImage, *model)
 	if err != nil {
 		return err
 	}
-	defer nc.Close()
-	defer c.Close()
-	if *timeout > 0 {
-		var cancel context.CancelFunc
-		ctx, cancel = context.WithTimeout(ctx, *timeout)
-		defer cancel()
-	}
-	m, err := pickModel(ctx, c, schema.KindImage, *model)
-	if err != nil {
-		return err
-	}
+	defer done()
 	job := &schema.ImageJob{JobHeader: schema.JobHeader{Model: m, Lane: *lane}, Prompt: prompt, Steps: *steps, Strength: *strength, Progress: true}
 	if *seed >= 0 {
 		s := uint64(*seed)
