@@ -222,7 +222,7 @@ func itoa(n int) string { return strconv.Itoa(n) }
 // against the regex itself run by regexp2.
 func FuzzQwenPretokenizer(f *testing.F) {
 	seedTexts(f, "testdata/qwen3/cases.json")
-	re, err := regexStep(qwenPattern)
+	re, err := regexStep(qwenPattern, true)
 	if err != nil {
 		f.Fatal(err)
 	}
@@ -246,7 +246,7 @@ const gpt2Pattern = `'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]
 // regexp2.
 func FuzzGPT2Pretokenizer(f *testing.F) {
 	seedTexts(f, "testdata/qwen3/cases.json")
-	re, err := regexStep(gpt2Pattern)
+	re, err := regexStep(gpt2Pattern, true)
 	if err != nil {
 		f.Fatal(err)
 	}

@@ -175,8 +175,15 @@ func parsePreTokenizer(raw json.RawMessage, steps []splitStep) (_ []splitStep, b
 	case "Digits":
 		return append(steps, splitStep{name: "digits", next: digitsNext(c.Individual)}), false, nil
 	case "Split":
-		if c.Behavior != "Isolated" || c.Invert {
-			return nil, false, formatErr("pre_tokenizer Split with behavior %q invert %v is not supported (only Isolated)", c.Behavior, c.Invert)
+		// Isolated: matches and the text between them are pieces. Removed
+		// with invert: only the matches are (gpt-4o, CLIP).
+		keepGaps := true
+		switch {
+		case c.Behavior == "Isolated" && !c.Invert:
+		case c.Behavior == "Removed" && c.Invert:
+			keepGaps = false
+		default:
+			return nil, false, formatErr("pre_tokenizer Split with behavior %q invert %v is not supported (only Isolated, or Removed with invert)", c.Behavior, c.Invert)
 		}
 		if c.Pattern == nil || (c.Pattern.Regex == nil && c.Pattern.String == nil) {
 			return nil, false, formatErr("pre_tokenizer Split has no pattern")
@@ -185,12 +192,15 @@ func parsePreTokenizer(raw json.RawMessage, steps []splitStep) (_ []splitStep, b
 			if *c.Pattern.String == "" {
 				return nil, false, formatErr("pre_tokenizer Split has an empty pattern")
 			}
+			if !keepGaps {
+				return nil, false, formatErr("pre_tokenizer Split with a String pattern and invert is not supported")
+			}
 			return append(steps, literalStep(*c.Pattern.String)), false, nil
 		}
-		if *c.Pattern.Regex == qwenPattern {
+		if *c.Pattern.Regex == qwenPattern && keepGaps {
 			return append(steps, splitStep{name: "qwen", next: qwenNext}), false, nil
 		}
-		st, err := regexStep(*c.Pattern.Regex)
+		st, err := regexStep(*c.Pattern.Regex, keepGaps)
 		if err != nil {
 			return nil, false, err
 		}

@@ -48,10 +48,11 @@ func literalStep(lit string) splitStep {
 const regexMatchTimeout = 2 * time.Second
 
 // regexStep compiles a Split regex that has no hand-written matcher with
-// regexp2 (which has the lookarounds RE2 lacks). Matches and the text
-// between them each become a piece (behavior Isolated). If a search fails
-// (timeout), the rest of the text stays one piece.
-func regexStep(pattern string) (splitStep, error) {
+// regexp2 (which has the lookarounds RE2 lacks). Matches and, with keepGaps,
+// the text between them each become a piece (behavior Isolated; without
+// keepGaps, Removed with invert). If a search fails (timeout), the rest of
+// the text stays one piece.
+func regexStep(pattern string, keepGaps bool) (splitStep, error) {
 	re, err := regexp2.Compile(pattern, regexp2.None)
 	if err != nil {
 		return splitStep{}, formatErr("pre_tokenizer Split regex %q: %v", pattern, err)
@@ -74,7 +75,7 @@ func regexStep(pattern string) (splitStep, error) {
 		m, err := re.FindRunesMatch(runes)
 		for err == nil && m != nil {
 			start, end := byteAt[m.Index], byteAt[m.Index+m.Length]
-			if start > last {
+			if start > last && keepGaps {
 				fn(s[last:start])
 			}
 			if end > start {
@@ -83,7 +84,7 @@ func regexStep(pattern string) (splitStep, error) {
 			last = end
 			m, err = re.FindNextMatch(m)
 		}
-		if last < len(s) {
+		if last < len(s) && (keepGaps || err != nil) {
 			fn(s[last:])
 		}
 	}}, nil

@@ -144,7 +144,8 @@ func (ml *mergeList) resolve(vocab map[string]int32, vb *vocabBuilder, maxID int
 }
 
 // byteLevelPieces maps every vocabulary token back to the bytes it stands
-// for, all in one arena. Ids up to maxID without a token get "".
+// for, all in one arena. Ids up to maxID without a token get "". A token
+// with characters outside the byte-level alphabet stands for its own text.
 func byteLevelPieces(vb *vocabBuilder, maxID int32) ([]string, error) {
 	out := make([]byte, 0, len(vb.arena))
 	set := make([]bool, maxID+1)
@@ -163,7 +164,11 @@ func byteLevelPieces(vb *vocabBuilder, maxID int32) ([]string, error) {
 		for i := 0; i < len(tok); {
 			r, w := utf8.DecodeRune(tok[i:])
 			if int(r) >= len(runeToByte) || runeToByte[r] < 0 {
-				return nil, fmt.Errorf("token %q is not in the byte-level alphabet", tok)
+				// Not in the alphabet (DeepSeek lists its special tokens in
+				// the vocab): the token stands for its own text, as in the
+				// Hugging Face ByteLevel decoder.
+				out = append(out[:start], tok...)
+				break
 			}
 			out = append(out, byte(runeToByte[r]))
 			i += w
