@@ -774,3 +774,42 @@ func TestWatchShowsHeartbeats(t *testing.T) {
 		t.Fatalf("watch: %v", err)
 	}
 }
+
+func TestLateEventsOfAnOlderAttemptAreDropped(t *testing.T) {
+	t.Parallel()
+	bb := setup(t, topology.Config{})
+	c := bb.client(t, client.WithoutWorkerCheck())
+	ctx := testCtx(t)
+	job := chatJob("nobody runs me", nil)
+	job.Model = "manual"
+	p, err := c.Submit(ctx, job)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// A worker that lost the job (attempt 1) is still streaming while attempt 2 runs elsewhere.
+	nc := brokertest.Connect(t, bb.b)
+	send := func(ev schema.Event) {
+		ev.JobID = p.ID
+		data, _ := schema.Msgpack.Marshal(&ev)
+		if err := nc.Publish(job.ReplyTo, data); err != nil {
+			t.Fatal(err)
+		}
+	}
+	send(schema.Event{Attempt: 1, Seq: 1, Type: schema.EventStarted, Worker: "old"})
+	send(schema.Event{Attempt: 1, Seq: 2, Type: schema.EventToken, Text: "a"})
+	send(schema.Event{Attempt: 2, Seq: 1, Type: schema.EventStarted, Worker: "new"})
+	send(schema.Event{Attempt: 1, Seq: 3, Type: schema.EventToken, Text: "LATE"})
+	send(schema.Event{Attempt: 2, Seq: 2, Type: schema.EventToken, Text: "b"})
+	send(schema.Event{Attempt: 2, Seq: 3, Type: schema.EventResult, Result: &schema.Result{JobID: p.ID, Status: schema.StatusOK, Text: "b", Attempt: 2}})
+	var seen []string
+	res, err := p.Wait(ctx, func(ev schema.Event) error {
+		seen = append(seen, fmt.Sprintf("%s#%d%s", ev.Type, ev.Attempt, ev.Text))
+		return nil
+	})
+	if err != nil || res.Text != "b" {
+		t.Fatalf("result %+v, %v", res, err)
+	}
+	if got := strings.Join(seen, " "); got != "started#1 token#1a started#2 token#2b result#2" {
+		t.Fatalf("events %s", got)
+	}
+}
