@@ -88,6 +88,21 @@ func TestTinyTokenizer(t *testing.T) {
 	}
 }
 
+// TestSplitRemovedInvert keeps only the regex matches, as gpt-4o's file asks:
+// the spaces disappear, so " the" is not "Ġthe".
+func TestSplitRemovedInvert(t *testing.T) {
+	t.Parallel()
+	tok, err := Parse(tinyTokenizer(`{"type":"Sequence","pretokenizers":[{"type":"Split","pattern":{"Regex":"\\w+|[^\\w\\s]+"},"behavior":"Removed","invert":true},{"type":"ByteLevel","add_prefix_space":false,"use_regex":false}]}`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := tok.Encode("hello  the!")
+	want := []int{257, 259, 'o', 't', 257, '!'}
+	if !slices.Equal(got, want) {
+		t.Fatalf("got %v want %v", got, want)
+	}
+}
+
 func TestLoadErrors(t *testing.T) {
 	t.Parallel()
 	valid := string(tinyTokenizer(qwenPreTokenizer))
@@ -115,6 +130,7 @@ func TestLoadErrors(t *testing.T) {
 		{"vocab not ints", replace(`"ll":259`, `"ll":"x"`), "want a non-negative integer"},
 		{"metaspace", replace(`"pre_tokenizer":{`, `"pre_tokenizer":{"type":"Metaspace"},"x":{`), `pre_tokenizer type "Metaspace" is not supported`},
 		{"no byte level", replace(`{"type":"ByteLevel","add_prefix_space":false,"trim_offsets":false,"use_regex":false}`, `{"type":"Digits"}`), "no ByteLevel step"},
+		{"split behavior", replace(`"behavior":"Isolated"`, `"behavior":"MergedWithPrevious"`), `Split with behavior "MergedWithPrevious" invert false is not supported`},
 		{"bad regex", replace(`"Regex":"(?i:`, `"Regex":"((?i:`), "pre_tokenizer Split regex"},
 		{"lowercase normalizer", replace(`{"type":"NFC"}`, `{"type":"Lowercase"}`), `normalizer type "Lowercase" is not supported`},
 		{"added token single word", replace(`"single_word":false`, `"single_word":true`), "single_word is not supported"},
