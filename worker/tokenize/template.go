@@ -42,11 +42,11 @@ type TemplateOptions struct {
 
 // Qwen3 chat tokens.
 const (
-	Qwen3IMStart  = "<|im_start|>"
-	Qwen3IMEnd    = "<|im_end|>"
-	Qwen3EndText  = "<|endoftext|>"
-	Qwen3ThinkOn  = "<think>"
-	Qwen3ThinkOff = "</think>"
+	Qwen3IMStart    = "<|im_start|>"
+	Qwen3IMEnd      = "<|im_end|>"
+	Qwen3EndText    = "<|endoftext|>"
+	Qwen3ThinkStart = "<think>"
+	Qwen3ThinkEnd   = "</think>"
 )
 
 // RenderQwen3 renders msgs with the chat template of the Qwen3 tokenizer
@@ -88,19 +88,19 @@ func RenderQwen3(msgs []Message, opts TemplateOptions) string {
 		case m.Role == "assistant":
 			content, reasoning := m.Content, m.Reasoning
 			if reasoning == "" {
-				if before, _, found := strings.Cut(content, Qwen3ThinkOff); found {
-					after := content[strings.LastIndex(content, Qwen3ThinkOff)+len(Qwen3ThinkOff):]
+				if before, _, found := strings.Cut(content, Qwen3ThinkEnd); found {
+					after := content[strings.LastIndex(content, Qwen3ThinkEnd)+len(Qwen3ThinkEnd):]
 					content = strings.TrimLeft(after, "\n")
 					before = strings.TrimRight(before, "\n")
-					if k := strings.LastIndex(before, Qwen3ThinkOn); k >= 0 {
-						before = before[k+len(Qwen3ThinkOn):]
+					if k := strings.LastIndex(before, Qwen3ThinkStart); k >= 0 {
+						before = before[k+len(Qwen3ThinkStart):]
 					}
 					reasoning = strings.TrimLeft(before, "\n")
 				}
 			}
 			sb.WriteString(Qwen3IMStart + m.Role + "\n")
 			if i > lastQuery && (i == len(msgs)-1 || reasoning != "") {
-				sb.WriteString(Qwen3ThinkOn + "\n" + strings.Trim(reasoning, "\n") + "\n" + Qwen3ThinkOff + "\n\n" + strings.TrimLeft(content, "\n"))
+				sb.WriteString(Qwen3ThinkStart + "\n" + strings.Trim(reasoning, "\n") + "\n" + Qwen3ThinkEnd + "\n\n" + strings.TrimLeft(content, "\n"))
 			} else {
 				sb.WriteString(content)
 			}
@@ -118,7 +118,7 @@ func RenderQwen3(msgs []Message, opts TemplateOptions) string {
 	if opts.AddGenerationPrompt {
 		sb.WriteString(Qwen3IMStart + "assistant\n")
 		if !opts.Think {
-			sb.WriteString(Qwen3ThinkOn + "\n\n" + Qwen3ThinkOff + "\n\n")
+			sb.WriteString(Qwen3ThinkStart + "\n\n" + Qwen3ThinkEnd + "\n\n")
 		}
 	}
 	return sb.String()
