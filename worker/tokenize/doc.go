@@ -15,12 +15,15 @@
 //     text first, longest match first; the rest is NFC-normalized, split by a
 //     hand-written matcher of the Qwen pre-tokenizer regex (with its \s+(?!\S)
 //     lookahead), mapped to the GPT-2 byte alphabet and merged by rank.
-//   - CLIP: NFC, whitespace runs to one space, lower case, split into letter
-//     runs, single digits and symbol runs, BPE with the "</w>" end-of-word
-//     suffix, <|startoftext|> and <|endoftext|> around, and the 77-token
-//     truncated and padded form the text encoder takes.
+//   - CLIP: NFC, lower case, split into letter runs, single digits and symbol
+//     runs (white space dropped), BPE with the "</w>" end-of-word suffix,
+//     <|startoftext|> and <|endoftext|> around, and the 77-token truncated and
+//     padded form the text encoder takes.
 //
-// Pre-tokenizer regexes without a hand-written matcher fall back to regexp2.
+// Pre-tokenizer regexes without a hand-written matcher run on regexp2, so
+// other byte-level BPE files load too (Llama 3, DeepSeek-V3 and GPT-4o were
+// checked against the reference). Files with components this package does
+// not implement are refused with an error that names them.
 //
 // # Engine package
 //
