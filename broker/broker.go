@@ -10,6 +10,8 @@ package broker
 
 import (
 	"context"
+	"crypto/rand"
+	"encoding/base64"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -17,6 +19,7 @@ import (
 	"strconv"
 	"time"
 
+	"github.com/nats-io/jwt/v2"
 	"github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
@@ -52,7 +55,12 @@ type Config struct {
 	// NoSync turns off the sync to disk before every acknowledgement. Only
 	// for benchmarks: with it, a power cut loses acknowledged jobs.
 	NoSync bool
-	// Topology is provisioned on start.
+	// Account is the account that holds kiln's streams when the config
+	// file defines accounts (default "KILN" when the file has it).
+	Account string
+	// Topology is provisioned on start. With Topology.Replicas 0 a
+	// clustered broker uses min(3, number of routes): cluster configs list
+	// every node in routes, itself included (see deploy/); a single server uses 1.
 	Topology topology.Config
 	// ReadyTimeout bounds the wait for the server to accept connections
 	// (default 10 s).
@@ -67,6 +75,10 @@ type Broker struct {
 	cfg Config
 	srv *server.Server
 	log *slog.Logger
+
+	// internalUser is the broker's own in-process user when the config
+	// file turns authorization on; "" otherwise.
+	internalUser, internalPass string
 }
 
 // New validates cfg and prepares a broker; Start runs it.
@@ -97,6 +109,9 @@ func (b *Broker) options() (*server.Options, error) {
 	}
 	opts.JetStream = true
 	opts.NoSigs = true
+	if err := b.addInternalUser(opts); err != nil {
+		return nil, err
+	}
 	if b.cfg.StoreDir != "" {
 		opts.StoreDir = b.cfg.StoreDir
 	}
@@ -150,6 +165,13 @@ func (b *Broker) Start(ctx context.Context) error {
 		return fmt.Errorf("broker: not ready for connections after %s (is %s:%d free?)", b.cfg.ReadyTimeout, opts.Host, opts.Port)
 	}
 	b.srv = srv
+	topo := b.cfg.Topology
+	if topo.Replicas == 0 {
+		topo.Replicas = 1
+		if srv.JetStreamIsClustered() {
+			topo.Replicas = min(3, max(len(opts.Routes), 1))
+		}
+	}
 	nc, err := b.Connect()
 	if err != nil {
 		b.Shutdown(ctx)
@@ -161,11 +183,12 @@ func (b *Broker) Start(ctx context.Context) error {
 		b.Shutdown(ctx)
 		return fmt.Errorf("broker: %w", err)
 	}
-	if err := topology.Provision(ctx, js, b.cfg.Topology); err != nil {
+	if err := topology.Provision(ctx, js, topo); err != nil {
 		b.Shutdown(ctx)
 		return fmt.Errorf("broker: %w", err)
 	}
-	b.log.Info("broker ready", "url", b.ClientURL(), "store", opts.StoreDir, "sync_always", opts.SyncAlways)
+	b.log.Info("broker ready", "url", b.ClientURL(), "store", opts.StoreDir, "sync_always", opts.SyncAlways,
+		"replicas", topo.Replicas, "clustered", srv.JetStreamIsClustered(), "auth", b.internalUser != "")
 	return nil
 }
 
@@ -180,12 +203,18 @@ func (b *Broker) ClientURL() string {
 // Server is the embedded server, for tests and diagnostics.
 func (b *Broker) Server() *server.Server { return b.srv }
 
-// Connect opens an in-process connection (no socket) to the broker.
+// Connect opens an in-process connection (no socket) to the broker. When
+// the config file turns authorization on, it connects as the broker's own
+// user: full rights in the kiln account, in-process connections only, with
+// a password made at start and never written down.
 func (b *Broker) Connect(opts ...nats.Option) (*nats.Conn, error) {
 	if b.srv == nil {
 		return nil, ErrNotStarted
 	}
 	opts = append([]nats.Option{nats.InProcessServer(b.srv), nats.Name("kiln-inprocess")}, opts...)
+	if b.internalUser != "" {
+		opts = append(opts, nats.UserInfo(b.internalUser, b.internalPass))
+	}
 	nc, err := nats.Connect("", opts...)
 	if err != nil {
 		return nil, fmt.Errorf("broker: in-process connection: %w", err)
@@ -213,6 +242,40 @@ func (b *Broker) Shutdown(ctx context.Context) error {
 		return ctx.Err()
 	}
 }
+
+// addInternalUser gives the broker a user of its own for its in-process
+// connections (provisioning, `kiln up`'s worker) when opts has users: with
+// authorization on, an in-process connection must authenticate too.
+func (b *Broker) addInternalUser(opts *server.Options) error {
+	if len(opts.Users) == 0 && len(opts.Nkeys) == 0 {
+		return nil
+	}
+	var acc *server.Account
+	want := b.cfg.Account
+	for _, a := range opts.Accounts {
+		if a.Name == want || (want == "" && a.Name == DefaultAccount) {
+			acc = a
+		}
+	}
+	if acc == nil && want != "" {
+		return fmt.Errorf("broker: account %q is not in the config file", want)
+	}
+	var secret [24]byte
+	if _, err := rand.Read(secret[:]); err != nil {
+		return fmt.Errorf("broker: %w", err)
+	}
+	b.internalUser, b.internalPass = "kiln-broker-internal", base64.RawURLEncoding.EncodeToString(secret[:])
+	opts.Users = append(opts.Users, &server.User{
+		Username:               b.internalUser,
+		Password:               b.internalPass,
+		Account:                acc,
+		AllowedConnectionTypes: map[string]struct{}{jwt.ConnectionTypeInProcess: {}},
+	})
+	return nil
+}
+
+// DefaultAccount is the account name `kiln broker init-auth` writes.
+const DefaultAccount = "KILN"
 
 // slogLogger adapts slog to nats-server's Logger. The server's notices (its
 // start banner) go to debug: kiln logs what matters itself.

@@ -116,7 +116,8 @@ func (w *Worker) Models() []schema.ModelInfo {
 	return ms
 }
 
-// Start provisions the topology and the worker's consumers, registers the
+// Start creates what is missing of the topology (topology.Ensure: it never
+// changes the broker's streams) and the worker's consumers, registers the
 // worker and starts taking jobs. It returns once the worker is running.
 func (w *Worker) Start(ctx context.Context) error {
 	err := ErrStopped
@@ -127,7 +128,7 @@ func (w *Worker) Start(ctx context.Context) error {
 func (w *Worker) start(ctx context.Context) error {
 	w.startedAt = time.Now()
 	top := w.cfg.Topology
-	if err := topology.Provision(ctx, w.js, top); err != nil {
+	if err := topology.Ensure(ctx, w.js, top); err != nil {
 		return fmt.Errorf("worker: %w", err)
 	}
 	var err error

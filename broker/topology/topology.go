@@ -25,7 +25,9 @@ type Config struct {
 	// its upper case (KILN_JOBS), bucket names its lower case (kiln_workers).
 	Prefix string
 	// Replicas of every stream and bucket: 1 on a single Pi, 3 on a
-	// cluster (default 1).
+	// cluster. 0 (the default) picks it at provisioning time: an existing
+	// KILN_JOBS keeps its replicas, a new topology gets as many as the
+	// JetStream cluster allows, up to 3 (1 on a single server).
 	Replicas int
 	// JobMaxAge is how long a job may wait in the queue (default 10 min).
 	JobMaxAge time.Duration
@@ -60,8 +62,8 @@ func (c Config) WithDefaults() Config {
 	if c.Prefix == "" {
 		c.Prefix = schema.DefaultPrefix
 	}
-	if c.Replicas <= 0 {
-		c.Replicas = 1
+	if c.Replicas < 0 {
+		c.Replicas = 0
 	}
 	if c.JobMaxAge <= 0 {
 		c.JobMaxAge = 10 * time.Minute
@@ -179,20 +181,134 @@ func (c Config) StreamConfigs() []jetstream.StreamConfig {
 	}
 }
 
-// Provision creates or updates the streams and buckets. It is idempotent. On
-// a cluster whose JetStream meta leader is not elected yet a request can go
-// unanswered, so each attempt has a short timeout and is retried until ctx ends.
+// Provision creates or updates the streams and buckets: the broker's (or an
+// operator's) view of the topology wins. It is idempotent. On a cluster
+// whose JetStream meta leader is not elected yet a request can go
+// unanswered, so each attempt has a short timeout and is retried until ctx
+// ends. With c.Replicas 0 the replicas are picked as its doc says.
 func Provision(ctx context.Context, js jetstream.JetStream, c Config) error {
+	return provision(ctx, js, c, true)
+}
+
+// Ensure creates the streams and buckets that are missing and leaves the
+// existing ones as they are: what a worker does at start, so that it never
+// overrides the broker's limits and needs no permission to change streams
+// once they exist.
+func Ensure(ctx context.Context, js jetstream.JetStream, c Config) error {
+	return provision(ctx, js, c, false)
+}
+
+func provision(ctx context.Context, js jetstream.JetStream, c Config, update bool) error {
 	c = c.WithDefaults()
+	if c.Replicas == 0 {
+		r, err := pickReplicas(ctx, js, c)
+		if err != nil {
+			return err
+		}
+		c.Replicas = r
+	}
 	for _, sc := range c.StreamConfigs() {
 		if err := retry(ctx, func(ctx context.Context) error {
+			if !update {
+				_, err := js.Stream(ctx, sc.Name)
+				if err == nil {
+					return nil
+				}
+				if !errors.Is(err, jetstream.ErrStreamNotFound) {
+					return err
+				}
+				_, err = js.CreateStream(ctx, sc)
+				if errors.Is(err, jetstream.ErrStreamNameAlreadyInUse) {
+					return nil // another worker was first
+				}
+				return err
+			}
 			_, err := js.CreateOrUpdateStream(ctx, sc)
 			return err
 		}); err != nil {
 			return fmt.Errorf("topology: stream %s: %w", sc.Name, err)
 		}
 	}
-	kvs := []jetstream.KeyValueConfig{
+	kvs := c.bucketConfigs()
+	for _, kc := range kvs {
+		if err := retry(ctx, func(ctx context.Context) error {
+			if !update {
+				_, err := js.KeyValue(ctx, kc.Bucket)
+				if err == nil {
+					return nil
+				}
+				if !errors.Is(err, jetstream.ErrBucketNotFound) {
+					return err
+				}
+				_, err = js.CreateKeyValue(ctx, kc)
+				if errors.Is(err, jetstream.ErrBucketExists) {
+					return nil
+				}
+				return err
+			}
+			_, err := js.CreateOrUpdateKeyValue(ctx, kc)
+			return err
+		}); err != nil {
+			return fmt.Errorf("topology: bucket %s: %w", kc.Bucket, err)
+		}
+	}
+	return nil
+}
+
+// pickReplicas returns the replicas of an existing jobs stream, or else the
+// most the JetStream cluster allows, up to 3. It asks the servers by
+// creating a probe stream (memory, no subjects) and deleting it: JetStream
+// tells a client nothing else about the cluster's size without the system
+// account.
+func pickReplicas(ctx context.Context, js jetstream.JetStream, c Config) (int, error) {
+	var replicas int
+	err := retry(ctx, func(ctx context.Context) error {
+		st, err := js.Stream(ctx, c.JobsStream())
+		if err == nil {
+			replicas = max(st.CachedInfo().Config.Replicas, 1)
+			return nil
+		}
+		if !errors.Is(err, jetstream.ErrStreamNotFound) {
+			return err
+		}
+		probe := c.JobsStream() + "_REPLICAS_PROBE"
+		for r := 3; r > 1; r-- {
+			_, err := js.CreateStream(ctx, jetstream.StreamConfig{Name: probe, Storage: jetstream.MemoryStorage,
+				Replicas: r, Subjects: []string{c.prefix() + ".replicas-probe"}, MaxMsgs: 1})
+			if err == nil || errors.Is(err, jetstream.ErrStreamNameAlreadyInUse) {
+				_ = js.DeleteStream(ctx, probe)
+				replicas = r
+				return nil
+			}
+			var apiErr *jetstream.APIError
+			if !errors.As(err, &apiErr) {
+				return err
+			}
+			switch apiErr.ErrorCode {
+			case errNoPeers, errInsufficientResources, errReplicasNotSupported:
+				// too many replicas for this cluster: try fewer
+			default:
+				return err
+			}
+		}
+		replicas = 1
+		return nil
+	})
+	if err != nil {
+		return 0, fmt.Errorf("topology: replicas: %w", err)
+	}
+	return replicas, nil
+}
+
+// JetStream error codes that answer "not that many replicas".
+const (
+	errNoPeers               jetstream.ErrorCode = 10005
+	errInsufficientResources jetstream.ErrorCode = 10023
+	errReplicasNotSupported  jetstream.ErrorCode = 10074
+)
+
+func (c Config) bucketConfigs() []jetstream.KeyValueConfig {
+	return []jetstream.KeyValueConfig{
 		{
 			Bucket:      c.WorkersBucket(),
 			Description: "kiln live worker registry: one heartbeat per worker",
@@ -210,15 +326,6 @@ func Provision(ctx context.Context, js jetstream.JetStream, c Config) error {
 			Replicas:    c.Replicas,
 		},
 	}
-	for _, kc := range kvs {
-		if err := retry(ctx, func(ctx context.Context) error {
-			_, err := js.CreateOrUpdateKeyValue(ctx, kc)
-			return err
-		}); err != nil {
-			return fmt.Errorf("topology: bucket %s: %w", kc.Bucket, err)
-		}
-	}
-	return nil
 }
 
 // ConsumerConfig is the durable pull consumer of one (kind, model, lane).
