@@ -258,7 +258,8 @@ func (c *Client) Submit(ctx context.Context, job schema.Job) (*Pending, error) {
 	m := &nats.Msg{Subject: c.subj.Job(kind, h.Model, h.Lane), Data: data, Header: nats.Header{}}
 	m.Header.Set(schema.HeaderContentType, c.codec.ContentType())
 	m.Header.Set(HeaderReplyTo, h.ReplyTo)
-	if _, err := c.js.PublishMsg(ctx, m, jetstream.WithMsgID(h.ID)); err != nil {
+	m.Header.Set(schema.HeaderClient, c.id)
+	if err := c.publish(ctx, m, h.ID); err != nil {
 		p.Close()
 		var apiErr *jetstream.APIError
 		if errors.As(err, &apiErr) && strings.Contains(apiErr.Description, "maximum") {
@@ -267,6 +268,45 @@ func (c *Client) Submit(ctx context.Context, job schema.Job) (*Pending, error) {
 		return nil, fmt.Errorf("kiln: publish job %s: %w", h.ID, err)
 	}
 	return p, nil
+}
+
+// publishAttempt bounds one attempt to publish a job: a publish that a
+// cluster loses while a stream leader fails over gets no ack, and waiting
+// for the caller's whole deadline would stall it.
+const publishAttempt = 3 * time.Second
+
+// publish publishes a job and waits for the stream's ack, retrying with
+// the same message id (deduplicated by the stream) while the broker is
+// unreachable or between leaders, until ctx ends.
+func (c *Client) publish(ctx context.Context, m *nats.Msg, id string) error {
+	backoff := 100 * time.Millisecond
+	for {
+		actx, cancel := context.WithTimeout(ctx, publishAttempt)
+		_, err := c.js.PublishMsg(actx, m, jetstream.WithMsgID(id))
+		cancel()
+		if err == nil || ctx.Err() != nil || !transient(err) {
+			return err
+		}
+		select {
+		case <-ctx.Done():
+			return err
+		case <-time.After(backoff):
+		}
+		backoff = min(2*backoff, time.Second)
+	}
+}
+
+// transient reports whether a publish error may go away by itself: no
+// ack in time, no server or stream leader answering, a reconnect.
+func transient(err error) bool {
+	var apiErr *jetstream.APIError
+	if errors.As(err, &apiErr) {
+		// 503 is also "maximum messages exceeded": a full queue is an answer.
+		return apiErr.Code == 503 && !strings.Contains(apiErr.Description, "maximum")
+	}
+	return errors.Is(err, context.DeadlineExceeded) || errors.Is(err, nats.ErrTimeout) ||
+		errors.Is(err, nats.ErrNoResponders) || errors.Is(err, jetstream.ErrNoStreamResponse) ||
+		errors.Is(err, nats.ErrConnectionReconnecting) || errors.Is(err, nats.ErrNoServers)
 }
 
 // HeaderReplyTo duplicates the reply subject in a header (see worker.HeaderReplyTo).
@@ -296,7 +336,8 @@ func (c *Client) Cancel(ctx context.Context, id string) error {
 	return c.nc.FlushWithContext(ctx)
 }
 
-// Result fetches the stored result of job id, or ErrNotFound.
+// Result fetches the stored result of job id, submitted by this client
+// (its id), or ErrNotFound.
 func (c *Client) Result(ctx context.Context, id string) (*schema.Result, error) {
 	if !schema.ValidToken(id) {
 		return nil, fmt.Errorf("%w: %q is not a job id", ErrInvalid, id)
@@ -305,19 +346,59 @@ func (c *Client) Result(ctx context.Context, id string) (*schema.Result, error) 
 	if err != nil {
 		return nil, err
 	}
-	raw, err := st.GetLastMsgForSubject(ctx, c.subj.Result(id))
+	raw, err := st.GetLastMsgForSubject(ctx, c.subj.ClientResult(id, c.id))
 	if errors.Is(err, jetstream.ErrMsgNotFound) {
 		return nil, ErrNotFound
 	}
 	if err != nil {
 		return nil, fmt.Errorf("kiln: result %s: %w", id, err)
 	}
-	codec, err := schema.CodecFor(raw.Header.Get(schema.HeaderContentType))
+	return decodeResult(id, raw.Header, raw.Data)
+}
+
+// AnyResult fetches the stored result of job id whoever submitted it: this
+// client, another one, or nobody (a job published by hand). It needs read
+// access to every result, which a controller's permissions do not give
+// (an operator's do); else it returns ErrNotFound or a permission error.
+func (c *Client) AnyResult(ctx context.Context, id string) (*schema.Result, error) {
+	res, err := c.Result(ctx, id)
+	if !errors.Is(err, ErrNotFound) {
+		return res, err
+	}
+	st, err := c.resultsStream(ctx)
+	if err != nil {
+		return nil, err
+	}
+	raw, err := st.GetLastMsgForSubject(ctx, c.subj.Result(id))
+	if err == nil {
+		return decodeResult(id, raw.Header, raw.Data)
+	}
+	if !errors.Is(err, jetstream.ErrMsgNotFound) {
+		return nil, fmt.Errorf("kiln: result %s: %w", id, err)
+	}
+	// Another client's: a wildcard last-by-subject get, which direct gets
+	// cannot express, through the stream API.
+	legacy, err := c.nc.JetStream(nats.Context(ctx))
+	if err != nil {
+		return nil, fmt.Errorf("kiln: result %s: %w", id, err)
+	}
+	msg, err := legacy.GetLastMsg(c.topo.ResultsStream(), c.subj.ClientResult(id, "*"), nats.Context(ctx))
+	if errors.Is(err, nats.ErrMsgNotFound) {
+		return nil, ErrNotFound
+	}
+	if err != nil {
+		return nil, fmt.Errorf("kiln: result %s: %w", id, err)
+	}
+	return decodeResult(id, msg.Header, msg.Data)
+}
+
+func decodeResult(id string, h nats.Header, data []byte) (*schema.Result, error) {
+	codec, err := schema.CodecFor(h.Get(schema.HeaderContentType))
 	if err != nil {
 		return nil, fmt.Errorf("kiln: result %s: %w", id, err)
 	}
 	var res schema.Result
-	if err := codec.Unmarshal(raw.Data, &res); err != nil {
+	if err := codec.Unmarshal(data, &res); err != nil {
 		return nil, fmt.Errorf("kiln: result %s: %w", id, err)
 	}
 	return &res, nil

@@ -40,8 +40,25 @@ func (s Subjects) Reply(client, job string) string {
 	return s.p() + ".reply." + client + "." + job
 }
 
-// Result is the subject a job's final result is kept on in KILN_RESULTS.
+// Result is the subject a job's final result is kept on in KILN_RESULTS
+// when the job names no client (published by hand, without HeaderClient).
 func (s Subjects) Result(job string) string { return s.p() + ".results." + job }
+
+// ClientResult is the subject of the result of a job that client submitted
+// (its HeaderClient): <prefix>.results.<job>.<client>, so that a broker
+// permission can let each client read its own results only. An empty client
+// gives Result(job).
+func (s Subjects) ClientResult(job, client string) string {
+	if client == "" {
+		return s.Result(job)
+	}
+	return s.p() + ".results." + job + "." + client
+}
+
+// HeaderClient names the client that submitted a job: the worker stores the
+// result under ClientResult(job, client). A value that is not a subject
+// token is ignored.
+const HeaderClient = "Kiln-Client"
 
 // Results is the wildcard that KILN_RESULTS captures.
 func (s Subjects) Results() string { return s.p() + ".results.>" }

@@ -24,6 +24,7 @@ type delivery struct {
 	fetched  time.Time
 	codec    schema.Codec
 	id       string // job id, "" until known
+	client   string // the submitting client (HeaderClient), "" when none
 	replyTo  string // "" until known
 	events   *eventStream
 }
@@ -74,6 +75,9 @@ func (w *Worker) process(rt *route, msg jetstream.Msg) {
 		d.id = id
 	}
 	d.replyTo = h.Get(HeaderReplyTo)
+	if c := h.Get(schema.HeaderClient); schema.ValidToken(c) {
+		d.client = c
+	}
 	codec, err := schema.CodecFor(h.Get(schema.HeaderContentType))
 	d.codec = codec
 	ctx := context.Background()
@@ -140,7 +144,7 @@ func runJob[T any, PT interface {
 	// its ack was lost: answer with that result, run nothing. (A first
 	// delivery cannot have one: the id is deduplicated at publish.)
 	if d.attempt > 1 {
-		if res := w.storedResult(ctx, d.id); res != nil {
+		if res := w.storedResult(ctx, d.id, d.client); res != nil {
 			log.Info("job already finished, re-sending its result")
 			_ = d.events.emit(schema.Event{Type: schema.EventResult, Result: res})
 			_ = d.msg.Ack()
@@ -283,11 +287,24 @@ func (w *Worker) finish(ctx context.Context, d *delivery, res *schema.Result, fa
 	if d.id != "" {
 		data, err := d.codec.Marshal(res)
 		if err == nil {
-			m := &nats.Msg{Subject: w.subj.Result(d.id), Data: data, Header: nats.Header{}}
+			m := &nats.Msg{Subject: w.subj.ClientResult(d.id, d.client), Data: data, Header: nats.Header{}}
 			m.Header.Set(schema.HeaderContentType, d.codec.ContentType())
 			pctx, cancel := context.WithTimeout(ctx, 5*time.Second)
-			_, err = w.js.PublishMsg(pctx, m)
+			// Only the first result of a job is stored: a delivery that
+			// overlapped another (a redelivery during a cluster failover)
+			// finds the first one's result and sends that instead.
+			_, err = w.js.PublishMsg(pctx, m, jetstream.WithExpectLastSequencePerSubject(0))
 			cancel()
+			var apiErr *jetstream.APIError
+			if errors.As(err, &apiErr) && (apiErr.ErrorCode == jetstream.JSErrCodeStreamWrongLastSequence ||
+				apiErr.ErrorCode == jetstream.JSErrCodeStreamWrongLastSequenceConstant) {
+				if first := w.storedResult(ctx, d.id, d.client); first != nil {
+					log.Info("job already finished by another delivery, sending its result")
+					_ = d.events.emit(schema.Event{Type: schema.EventResult, Result: first})
+					_ = d.msg.Ack()
+					return
+				}
+			}
 		}
 		if err != nil {
 			// Not stored: hand the job back rather than lose its result.
@@ -307,11 +324,12 @@ func (w *Worker) finish(ctx context.Context, d *delivery, res *schema.Result, fa
 	log.Info("job finished", "status", res.Status, "queue_ms", res.Usage.QueueMS, "total_ms", res.Usage.TotalMS)
 }
 
-// storedResult returns the result kept in KILN_RESULTS for id, or nil.
-func (w *Worker) storedResult(ctx context.Context, id string) *schema.Result {
+// storedResult returns the result kept in KILN_RESULTS for job id of
+// client, or nil.
+func (w *Worker) storedResult(ctx context.Context, id, client string) *schema.Result {
 	rctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 	defer cancel()
-	raw, err := w.results.GetLastMsgForSubject(rctx, w.subj.Result(id))
+	raw, err := w.results.GetLastMsgForSubject(rctx, w.subj.ClientResult(id, client))
 	if err != nil {
 		return nil
 	}

@@ -64,17 +64,21 @@ func (w *Worker) reap(ctx context.Context, adv maxDeliverAdvisory) {
 	if reply == "" {
 		reply = raw.Header.Get(HeaderReplyTo)
 	}
+	client := raw.Header.Get(schema.HeaderClient)
+	if !schema.ValidToken(client) {
+		client = ""
+	}
 	log := w.log.With("job", id, "deliveries", adv.Deliveries)
-	if schema.ValidToken(id) && w.storedResult(ctx, id) == nil {
+	if schema.ValidToken(id) && w.storedResult(ctx, id, client) == nil {
 		res := &schema.Result{JobID: id, Status: schema.StatusError, Worker: w.cfg.Name, Attempt: int(adv.Deliveries),
 			Error: schema.Errorf(schema.CodeFailed, "", "delivered %d times and no worker finished it (each worker that took it crashed, was killed or stopped)", adv.Deliveries)}
 		data, err := codec.Marshal(res)
 		if err != nil {
 			return
 		}
-		m := &nats.Msg{Subject: w.subj.Result(id), Data: data, Header: nats.Header{}}
+		m := &nats.Msg{Subject: w.subj.ClientResult(id, client), Data: data, Header: nats.Header{}}
 		m.Header.Set(schema.HeaderContentType, codec.ContentType())
-		if _, err := w.js.PublishMsg(ctx, m); err != nil {
+		if _, err := w.js.PublishMsg(ctx, m, jetstream.WithExpectLastSequencePerSubject(0)); err != nil {
 			log.Warn("reaper: could not store the result", "err", err)
 			return
 		}
