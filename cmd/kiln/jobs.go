@@ -17,11 +17,23 @@ import (
 
 // dial connects a client command to the broker, once.
 func dial(cf *connFlags, e *env) (*nats.Conn, *client.Client, error) {
-	nc, err := nats.Connect(cf.url, nats.Name("kiln-cli"), nats.Timeout(5*time.Second))
+	opts, err := cf.options()
+	if err != nil {
+		return nil, nil, err
+	}
+	opts = append(opts, nats.Name("kiln-cli"), nats.Timeout(5*time.Second), nats.MaxReconnects(-1), nats.ReconnectWait(time.Second))
+	nc, err := nats.Connect(cf.url, opts...)
+	if errors.Is(err, nats.ErrAuthorization) {
+		return nil, nil, fmt.Errorf("connect %s: %w (%w)", cf.url, err, errNoCreds)
+	}
 	if err != nil {
 		return nil, nil, fmt.Errorf("connect %s: %w (is kiln running? `make run` starts it; $%s sets the URL)", cf.url, err, envNATSURL)
 	}
-	c, err := client.New(nc, client.WithPrefix(cf.prefix))
+	copts := []client.Option{client.WithPrefix(cf.prefix)}
+	if cf.clientID != "" {
+		copts = append(copts, client.WithClientID(cf.clientID))
+	}
+	c, err := client.New(nc, copts...)
 	if err != nil {
 		nc.Close()
 		return nil, nil, err
@@ -246,7 +258,7 @@ func runResult(ctx context.Context, e *env, args []string) error {
 		return err
 	}
 	defer nc.Close()
-	res, err := c.Result(ctx, fs.Arg(0))
+	res, err := c.AnyResult(ctx, fs.Arg(0))
 	if errors.Is(err, client.ErrNotFound) {
 		return fmt.Errorf("no stored result for %s: unknown, still queued or running, or older than the results' max age", fs.Arg(0))
 	}

@@ -94,7 +94,8 @@ func (b *brokerFlags) start(ctx context.Context, e *env, prefix string) (*broker
 		Listen:     b.listen,
 		StoreDir:   data,
 		ConfigFile: b.config,
-		Topology:   topology.Config{Prefix: prefix, MaxQueuedJobs: b.queueMax, JobMaxAge: b.jobMaxAge},
+		Account:    b.account,
+		Topology:   topology.Config{Prefix: prefix, MaxQueuedJobs: b.queueMax, JobMaxAge: b.jobMaxAge, Replicas: b.replicas},
 		Logger:     e.log,
 	})
 	if err != nil {
@@ -142,7 +143,10 @@ func runUp(ctx context.Context, e *env, args []string) error {
 }
 
 func runBroker(ctx context.Context, e *env, args []string) error {
-	fs := newFlags(e, "broker", "")
+	if len(args) > 0 && args[0] == "init-auth" {
+		return runInitAuth(ctx, e, args[1:])
+	}
+	fs := newFlags(e, "broker", "[init-auth DIR]")
 	var bf brokerFlags
 	prefix := fs.String("prefix", getenv(envPrefix, schema.DefaultPrefix), "subject prefix ($"+envPrefix+")")
 	bf.register(fs)
@@ -172,7 +176,11 @@ func runWorker(ctx context.Context, e *env, args []string) error {
 		return err
 	}
 	defer c.close()
-	nc, err := connect(ctx, cf.url, "kiln-worker", nats.MaxReconnects(-1))
+	opts, err := cf.options()
+	if err != nil {
+		return err
+	}
+	nc, err := connect(ctx, cf.url, "kiln-worker", append(opts, nats.MaxReconnects(-1))...)
 	if err != nil {
 		return err
 	}
@@ -202,6 +210,9 @@ func connect(ctx context.Context, url, name string, opts ...nats.Option) (*nats.
 		nc, err := nats.Connect(url, opts...)
 		if err == nil {
 			return nc, nil
+		}
+		if errors.Is(err, nats.ErrAuthorization) {
+			return nil, fmt.Errorf("connect %s: %w (%w)", url, err, errNoCreds)
 		}
 		last = err
 		select {

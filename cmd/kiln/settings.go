@@ -3,6 +3,7 @@ package main
 import (
 	"flag"
 	"os"
+	"strconv"
 	"time"
 
 	"github.com/kiln-project/kiln/broker/topology"
@@ -20,6 +21,10 @@ const (
 	envModels    = "KILN_MODELS"     // folder of model packages, one sub-folder per model
 	envPrefix    = "KILN_PREFIX"     // subject prefix
 	envLogFormat = "KILN_LOG_FORMAT" // text or json (read in newLogger)
+	envNkey      = "KILN_NKEY"       // clients and workers: nkey seed file (kiln broker init-auth)
+	envClientID  = "KILN_CLIENT_ID"  // clients: the id broker permissions know this client by
+	envTLSCA     = "KILN_TLS_CA"     // clients and workers: CA file of the broker's TLS certificate
+	envReplicas  = "KILN_REPLICAS"   // kiln up / broker: stream replicas (default: from the cluster size)
 )
 
 const (
@@ -37,13 +42,19 @@ func getenv(name, def string) string {
 
 // connFlags are the flags of every command that talks to a broker.
 type connFlags struct {
-	url    string
-	prefix string
+	url      string
+	prefix   string
+	nkey     string
+	clientID string
+	tlsCA    string
 }
 
 func (c *connFlags) register(fs *flag.FlagSet) {
 	fs.StringVar(&c.url, "nats", getenv(envNATSURL, defaultNATSURL), "broker URL(s), comma-separated ($"+envNATSURL+")")
 	fs.StringVar(&c.prefix, "prefix", getenv(envPrefix, schema.DefaultPrefix), "subject prefix ($"+envPrefix+")")
+	fs.StringVar(&c.nkey, "nkey", getenv(envNkey, ""), "nkey seed file to log in with ($"+envNkey+")")
+	fs.StringVar(&c.clientID, "client-id", getenv(envClientID, ""), "client id: reply subjects, results, inbox ($"+envClientID+"; default random)")
+	fs.StringVar(&c.tlsCA, "tls-ca", getenv(envTLSCA, ""), "CA file that signed the broker's TLS certificate ($"+envTLSCA+"; tls:// URLs)")
 }
 
 func (c *connFlags) topology() topology.Config {
@@ -55,6 +66,8 @@ type brokerFlags struct {
 	listen, data, config string
 	queueMax             int64
 	jobMaxAge            time.Duration
+	replicas             int
+	account              string
 }
 
 func (b *brokerFlags) register(fs *flag.FlagSet) {
@@ -63,4 +76,7 @@ func (b *brokerFlags) register(fs *flag.FlagSet) {
 	fs.StringVar(&b.config, "config", getenv(envConfig, ""), "nats-server config file: accounts, TLS, cluster ($"+envConfig+")")
 	fs.Int64Var(&b.queueMax, "queue-max", 10000, "most jobs queued at once; more are refused at publish")
 	fs.DurationVar(&b.jobMaxAge, "job-max-age", 10*time.Minute, "how long a job may wait in the queue")
+	replicas, _ := strconv.Atoi(getenv(envReplicas, "0"))
+	fs.IntVar(&b.replicas, "replicas", replicas, "stream replicas ($"+envReplicas+"; 0: 1 on one server, min(3, routes) on a cluster)")
+	fs.StringVar(&b.account, "account", "", "account of kiln's streams when --config defines accounts (default KILN)")
 }
