@@ -61,13 +61,16 @@ func Load(path string) (*BPE, error) {
 
 // LoadDir loads the tokenizer of a model package folder: tokenizer.json or
 // tokenizer.json.gz, plus the special tokens and chat template of
-// tokenizer_config.json(.gz) when that file is present. It returns an error
-// wrapping ErrNotFound if there is no tokenizer.json.
+// tokenizer_config.json(.gz) when that file is present. If dir has no
+// tokenizer.json, the one subfolder whose name ends in "tokenizer" and holds
+// one is used (Axera's Qwen3 packages ship qwen3_tokenizer/). It returns an
+// error wrapping ErrNotFound if there is none, or more than one.
 func LoadDir(dir string) (*BPE, error) {
-	p, ok := findFile(dir, "tokenizer.json")
-	if !ok {
-		return nil, fmt.Errorf("%w: no tokenizer.json in %s", ErrNotFound, dir)
+	dir, err := findTokenizerDir(dir, "tokenizer.json")
+	if err != nil {
+		return nil, err
 	}
+	p, _ := findFile(dir, "tokenizer.json")
 	b, err := Load(p)
 	if err != nil {
 		return nil, err

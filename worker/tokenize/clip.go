@@ -36,9 +36,15 @@ type CLIP struct {
 	added     addedMatcher
 }
 
-// LoadCLIP reads vocab.json and merges.txt (each plain or .gz) from dir. It
-// returns an error wrapping ErrNotFound if either file is missing.
+// LoadCLIP reads vocab.json and merges.txt (each plain or .gz) from dir, or
+// from its one subfolder named like "tokenizer" that has them (the
+// tokenizer/ of a diffusers Stable Diffusion folder). It returns an error
+// wrapping ErrNotFound if either file is missing.
 func LoadCLIP(dir string) (*CLIP, error) {
+	dir, err := findTokenizerDir(dir, "vocab.json")
+	if err != nil {
+		return nil, err
+	}
 	vp, ok := findFile(dir, "vocab.json")
 	if !ok {
 		return nil, fmt.Errorf("%w: no vocab.json in %s", ErrNotFound, dir)

@@ -62,6 +62,33 @@ func findFile(dir string, names ...string) (string, bool) {
 	return "", false
 }
 
+// findTokenizerDir returns dir if it holds file (plain or .gz), else the
+// single subfolder of dir whose name ends in "tokenizer" and holds it.
+func findTokenizerDir(dir, file string) (string, error) {
+	if _, ok := findFile(dir, file); ok {
+		return dir, nil
+	}
+	entries, err := os.ReadDir(dir)
+	if err != nil {
+		return "", fmt.Errorf("%w: %s: %w", ErrNotFound, file, err)
+	}
+	var found []string
+	for _, e := range entries {
+		if e.IsDir() && strings.HasSuffix(strings.ToLower(e.Name()), "tokenizer") {
+			if _, ok := findFile(filepath.Join(dir, e.Name()), file); ok {
+				found = append(found, e.Name())
+			}
+		}
+	}
+	switch len(found) {
+	case 0:
+		return "", fmt.Errorf("%w: no %s in %s", ErrNotFound, file, dir)
+	case 1:
+		return filepath.Join(dir, found[0]), nil
+	}
+	return "", fmt.Errorf("%w: no %s in %s, and several tokenizer folders have one (%s): name one", ErrNotFound, file, dir, strings.Join(found, ", "))
+}
+
 // tokenizerFile is the part of a Hugging Face tokenizer.json that is read
 // with encoding/json; the model's vocab and merges, nearly all of the 11 MB
 // of a Qwen3 file, are read by jsonScanner.

@@ -181,14 +181,16 @@ func TestLoadFiles(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	plain := filepath.Join(dir, "plain")
-	if err := os.Mkdir(plain, 0o755); err != nil {
+	// An Axera-style package: the tokenizer in a qwen3_tokenizer/ subfolder.
+	pkg := filepath.Join(dir, "package")
+	plain := filepath.Join(pkg, "qwen3_tokenizer")
+	if err := os.MkdirAll(plain, 0o755); err != nil {
 		t.Fatal(err)
 	}
 	if err := os.WriteFile(filepath.Join(plain, "tokenizer.json"), raw, 0o644); err != nil {
 		t.Fatal(err)
 	}
-	tok, err := LoadDir(plain)
+	tok, err := LoadDir(pkg)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -202,9 +204,22 @@ func TestLoadFiles(t *testing.T) {
 		}
 	}
 
-	// CLIP from plain files.
-	clipDir := filepath.Join(dir, "clip")
-	if err := os.Mkdir(clipDir, 0o755); err != nil {
+	// A second tokenizer folder makes the choice ambiguous.
+	other := filepath.Join(pkg, "qwen2.5_tokenizer")
+	if err := os.MkdirAll(other, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Symlink(filepath.Join(plain, "tokenizer.json"), filepath.Join(other, "tokenizer.json")); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := LoadDir(pkg); !errors.Is(err, ErrNotFound) || !strings.Contains(err.Error(), "qwen2.5_tokenizer, qwen3_tokenizer") {
+		t.Fatalf("two tokenizer folders: %v", err)
+	}
+
+	// CLIP from plain files in the tokenizer/ folder of a diffusers layout.
+	sd := filepath.Join(dir, "sd15")
+	clipDir := filepath.Join(sd, "tokenizer")
+	if err := os.MkdirAll(clipDir, 0o755); err != nil {
 		t.Fatal(err)
 	}
 	for _, n := range []string{"vocab.json", "merges.txt"} {
@@ -216,7 +231,7 @@ func TestLoadFiles(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	c, err := LoadCLIP(clipDir)
+	c, err := LoadCLIP(sd)
 	if err != nil {
 		t.Fatal(err)
 	}
