@@ -39,16 +39,18 @@ type env struct {
 
 func commands() map[string]command {
 	return map[string]command{
-		"up":      {"embedded broker + one worker per card in one process (the single-Pi default)", runUp},
-		"broker":  {"the embedded broker alone", runBroker},
-		"worker":  {"one card's worker against any broker", runWorker},
-		"chat":    {"submit a chat job and stream the answer to stdout", runChat},
-		"image":   {"submit an image job, show progress, write the PNG", runImage},
-		"status":  {"the fleet: workers, state, temperatures, current job, queue depth", runStatus},
-		"events":  {"live tail of heartbeat, thermal and device events", runEvents},
-		"cancel":  {"cancel a queued or running job", runCancel},
-		"result":  {"fetch a job's stored result", runResult},
-		"version": {"print the version", runVersion},
+		"up":       {"embedded broker + one worker per card in one process (the single-Pi default)", runUp},
+		"broker":   {"the embedded broker alone", runBroker},
+		"worker":   {"one card's worker against any broker", runWorker},
+		"chat":     {"submit a chat job and stream the answer to stdout", runChat},
+		"image":    {"submit an image job, show progress, write the PNG", runImage},
+		"status":   {"the fleet: workers, state, temperatures, current job, queue depth", runStatus},
+		"events":   {"live tail of heartbeat, thermal and device events", runEvents},
+		"cancel":   {"cancel a queued or running job", runCancel},
+		"result":   {"fetch a job's stored result", runResult},
+		"card":     {"the card as the runtime sees it: info, inspect FILE", wrapCard},
+		"tokenize": {"token ids of text with a tokenizer (debugging, parity checks)", wrapTokenize},
+		"version":  {"print the version", runVersion},
 	}
 }
 
