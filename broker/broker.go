@@ -10,8 +10,6 @@ package broker
 
 import (
 	"context"
-	"crypto/rand"
-	"encoding/base64"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -23,6 +21,7 @@ import (
 	"github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
+	"github.com/nats-io/nkeys"
 
 	"github.com/kiln-project/kiln/broker/topology"
 )
@@ -76,9 +75,9 @@ type Broker struct {
 	srv *server.Server
 	log *slog.Logger
 
-	// internalUser is the broker's own in-process user when the config
-	// file turns authorization on; "" otherwise.
-	internalUser, internalPass string
+	// internal is the broker's own in-process user (an nkey made at
+	// start) when the config file turns authorization on; nil otherwise.
+	internal nkeys.KeyPair
 }
 
 // New validates cfg and prepares a broker; Start runs it.
@@ -188,7 +187,7 @@ func (b *Broker) Start(ctx context.Context) error {
 		return fmt.Errorf("broker: %w", err)
 	}
 	b.log.Info("broker ready", "url", b.ClientURL(), "store", opts.StoreDir, "sync_always", opts.SyncAlways,
-		"replicas", topo.Replicas, "clustered", srv.JetStreamIsClustered(), "auth", b.internalUser != "")
+		"replicas", topo.Replicas, "clustered", srv.JetStreamIsClustered(), "auth", b.internal != nil)
 	return nil
 }
 
@@ -205,15 +204,16 @@ func (b *Broker) Server() *server.Server { return b.srv }
 
 // Connect opens an in-process connection (no socket) to the broker. When
 // the config file turns authorization on, it connects as the broker's own
-// user: full rights in the kiln account, in-process connections only, with
-// a password made at start and never written down.
+// user: full rights in the kiln account, in-process connections only, an
+// nkey made at start and never written down.
 func (b *Broker) Connect(opts ...nats.Option) (*nats.Conn, error) {
 	if b.srv == nil {
 		return nil, ErrNotStarted
 	}
 	opts = append([]nats.Option{nats.InProcessServer(b.srv), nats.Name("kiln-inprocess")}, opts...)
-	if b.internalUser != "" {
-		opts = append(opts, nats.UserInfo(b.internalUser, b.internalPass))
+	if kp := b.internal; kp != nil {
+		pub, _ := kp.PublicKey()
+		opts = append(opts, nats.Nkey(pub, kp.Sign))
 	}
 	nc, err := nats.Connect("", opts...)
 	if err != nil {
@@ -260,14 +260,14 @@ func (b *Broker) addInternalUser(opts *server.Options) error {
 	if acc == nil && want != "" {
 		return fmt.Errorf("broker: account %q is not in the config file", want)
 	}
-	var secret [24]byte
-	if _, err := rand.Read(secret[:]); err != nil {
+	kp, err := nkeys.CreateUser()
+	if err != nil {
 		return fmt.Errorf("broker: %w", err)
 	}
-	b.internalUser, b.internalPass = "kiln-broker-internal", base64.RawURLEncoding.EncodeToString(secret[:])
-	opts.Users = append(opts.Users, &server.User{
-		Username:               b.internalUser,
-		Password:               b.internalPass,
+	pub, _ := kp.PublicKey()
+	b.internal = kp
+	opts.Nkeys = append(opts.Nkeys, &server.NkeyUser{
+		Nkey:                   pub,
 		Account:                acc,
 		AllowedConnectionTypes: map[string]struct{}{jwt.ConnectionTypeInProcess: {}},
 	})

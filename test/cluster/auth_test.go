@@ -1,0 +1,229 @@
+package cluster
+
+import (
+	"context"
+	"errors"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/kiln-project/kiln/client"
+	"github.com/kiln-project/kiln/schema"
+)
+
+// initAuth runs `kiln broker init-auth` into a new folder and copies
+// deploy/nats/single.conf beside it; it returns the folder.
+func initAuth(t *testing.T) string {
+	t.Helper()
+	dir := filepath.Join(t.TempDir(), "etc-kiln")
+	kiln(t, nil, "broker", "init-auth", "--controllers", "room-1,room-2", "--observers", "lobby", dir)
+	src, err := os.ReadFile(filepath.Join(repoRoot(t), "deploy", "nats", "single.conf"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(dir, "single.conf"), src, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return dir
+}
+
+// violations collects a connection's asynchronous permission errors.
+type violations struct {
+	mu   sync.Mutex
+	errs []string
+}
+
+func (v *violations) handler(_ *nats.Conn, _ *nats.Subscription, err error) {
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	v.errs = append(v.errs, err.Error())
+}
+
+// wait waits until a permission violation naming subject was reported.
+func (v *violations) wait(t *testing.T, what, subject string) {
+	t.Helper()
+	deadline := time.Now().Add(5 * time.Second)
+	for time.Now().Before(deadline) {
+		v.mu.Lock()
+		for _, e := range v.errs {
+			if strings.Contains(strings.ToLower(e), "permissions violation") && strings.Contains(e, subject) {
+				v.mu.Unlock()
+				return
+			}
+		}
+		v.mu.Unlock()
+		time.Sleep(20 * time.Millisecond)
+	}
+	t.Errorf("%s: no permissions violation for %s (errors seen: %v)", what, subject, v.errs)
+}
+
+// login connects as one of init-auth's identities, with its inbox.
+func login(t *testing.T, url, dir, id string, v *violations) *nats.Conn {
+	t.Helper()
+	seed, err := nats.NkeyOptionFromSeed(filepath.Join(dir, id+".nk"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	opts := []nats.Option{seed, nats.MaxReconnects(-1), nats.ReconnectWait(100 * time.Millisecond)}
+	if id != "worker" {
+		opts = append(opts, nats.CustomInboxPrefix("_INBOX."+id))
+	}
+	if v != nil {
+		opts = append(opts, nats.ErrorHandler(v.handler))
+	}
+	nc, err := nats.Connect(url, opts...)
+	if err != nil {
+		t.Fatalf("login as %s: %v", id, err)
+	}
+	t.Cleanup(nc.Close)
+	return nc
+}
+
+func TestPermissions(t *testing.T) {
+	t.Parallel()
+	dir := initAuth(t)
+	n := singleNode(t, "--config", filepath.Join(dir, "single.conf"))
+	startWorker(t, n.url, "w1", filepath.Join(dir, "worker.nk"), 10*time.Second)
+	ctx, cancel := context.WithTimeout(t.Context(), 60*time.Second)
+	defer cancel()
+
+	// Nobody gets in without credentials, nor with a key the broker does not know.
+	if _, err := nats.Connect(n.url); !errors.Is(err, nats.ErrAuthorization) {
+		t.Fatalf("unauthenticated connect: %v, want an authorization violation", err)
+	}
+
+	// room-1 submits and reads its own reply and result.
+	nc1 := login(t, n.url, dir, "room-1", nil)
+	room1, err := client.New(nc1, client.WithClientID("room-1"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer room1.Close()
+	waitServed(t, room1)
+
+	var v2 violations
+	nc2 := login(t, n.url, dir, "room-2", &v2)
+	spy, err := nc2.SubscribeSync("kiln.reply.room-1.>")
+	if err != nil {
+		t.Fatal(err)
+	}
+	v2.wait(t, "room-2 subscribing to room-1's replies", "kiln.reply.room-1.>")
+
+	res, err := room1.Chat(ctx, &schema.ChatJob{JobHeader: schema.JobHeader{Model: "echo"},
+		Messages: []schema.Message{{Role: "user", Content: "private words"}}}, nil)
+	if err != nil || res.Text != "echo: private words" {
+		t.Fatalf("room-1's job: %+v, %v", res, err)
+	}
+	if stored, err := room1.Result(ctx, res.JobID); err != nil || stored.Text != res.Text {
+		t.Fatalf("room-1 reading its own result: %+v, %v", stored, err)
+	}
+	if m, err := spy.NextMsg(300 * time.Millisecond); err == nil {
+		t.Fatalf("room-2 read room-1's reply %q", m.Data)
+	}
+
+	// room-2 cannot read room-1's stored result.
+	room2, err := client.New(nc2, client.WithClientID("room-2"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer room2.Close()
+	getSubj := "$JS.API.DIRECT.GET.KILN_RESULTS.kiln.results." + res.JobID + ".room-1"
+	if m, err := nc2.Request(getSubj, nil, 500*time.Millisecond); err == nil {
+		t.Fatalf("room-2 read room-1's result: %q", m.Data)
+	}
+	v2.wait(t, "room-2 reading room-1's result", getSubj)
+	if _, err := room2.Result(ctx, res.JobID); !errors.Is(err, client.ErrNotFound) {
+		t.Fatalf("room-2's lookup of room-1's job: %v, want ErrNotFound (its own results only)", err)
+	}
+
+	// room-2 cannot take jobs off the queue, nor make a consumer of its own.
+	if m, err := nc2.Request("$JS.API.CONSUMER.MSG.NEXT.KILN_JOBS.chat_echo_normal", []byte(`{"batch":1,"no_wait":true}`), 500*time.Millisecond); err == nil {
+		t.Fatalf("room-2 pulled from the job queue: %q", m.Header)
+	}
+	v2.wait(t, "room-2 pulling jobs", "$JS.API.CONSUMER.MSG.NEXT.KILN_JOBS.chat_echo_normal")
+	js2, _ := jetstream.New(nc2)
+	cctx, ccancel := context.WithTimeout(ctx, time.Second)
+	if _, err := js2.CreateConsumer(cctx, "KILN_JOBS", jetstream.ConsumerConfig{Name: "thief", FilterSubject: "kiln.jobs.chat.echo.high"}); err == nil {
+		t.Fatal("room-2 created a consumer on the job queue")
+	}
+	ccancel()
+
+	// room-2 cannot publish events: an observer watching them sees nothing from it.
+	ncObs := login(t, n.url, dir, "lobby", nil)
+	fake, err := ncObs.SubscribeSync("kiln.events.heartbeat.fake")
+	if err != nil {
+		t.Fatal(err)
+	}
+	real, err := ncObs.SubscribeSync("kiln.events.heartbeat.w1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := ncObs.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	if err := nc2.Publish("kiln.events.heartbeat.fake", []byte(`{"worker":"fake","state":"ready"}`)); err != nil {
+		t.Fatal(err)
+	}
+	v2.wait(t, "room-2 publishing an event", "kiln.events.heartbeat.fake")
+	if _, err := real.NextMsg(5 * time.Second); err != nil {
+		t.Fatalf("the observer does not see the worker's heartbeats: %v", err)
+	}
+	if m, err := fake.NextMsg(300 * time.Millisecond); err == nil {
+		t.Fatalf("a controller published an event: %q", m.Data)
+	}
+
+	// The observer reads the fleet but submits nothing.
+	obs, err := client.New(ncObs, client.WithClientID("lobby"), client.WithoutWorkerCheck())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer obs.Close()
+	if ws, err := obs.Workers(ctx); err != nil || len(ws) != 1 || ws[0].Worker != "w1" {
+		t.Fatalf("observer's view of the workers: %+v, %v", ws, err)
+	}
+	if q, err := obs.Queue(ctx); err != nil || len(q) == 0 {
+		t.Fatalf("observer's view of the queue: %+v, %v", q, err)
+	}
+	sctx, scancel := context.WithTimeout(ctx, 2*time.Second)
+	_, err = obs.Submit(sctx, &schema.ChatJob{JobHeader: schema.JobHeader{Model: "echo"},
+		Messages: []schema.Message{{Role: "user", Content: "x"}}})
+	scancel()
+	if err == nil {
+		t.Fatal("an observer submitted a job")
+	}
+
+	// The kiln commands log in with the files init-auth wrote.
+	out := kiln(t, []string{"KILN_NATS_URL=" + n.url}, "chat", "--nkey", filepath.Join(dir, "room-2.nk"),
+		"--client-id", "room-2", "--model", "echo", "hello from the cli")
+	if !strings.Contains(out, "echo: hello from the cli") {
+		t.Fatalf("kiln chat as room-2: %q", out)
+	}
+	out = kiln(t, []string{"KILN_NATS_URL=" + n.url, "KILN_NKEY=" + filepath.Join(dir, "lobby.nk"), "KILN_CLIENT_ID=lobby"}, "status")
+	if !strings.Contains(out, "w1") || !strings.Contains(out, "chat/echo") {
+		t.Fatalf("kiln status as the observer: %q", out)
+	}
+}
+
+// waitServed waits until a worker serving echo is registered.
+func waitServed(t *testing.T, c *client.Client) {
+	t.Helper()
+	deadline := time.Now().Add(30 * time.Second)
+	for time.Now().Before(deadline) {
+		ws, err := c.Workers(t.Context())
+		if err == nil {
+			for _, w := range ws {
+				if w.Serves(schema.KindChat, "echo") {
+					return
+				}
+			}
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	t.Fatal("no worker serving echo registered within 30 s")
+}
