@@ -1,0 +1,654 @@
+package sd
+
+import (
+	"context"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"image/png"
+	"log/slog"
+	"math"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/kiln-project/kiln/worker/axcl"
+	"github.com/kiln-project/kiln/worker/npu"
+	"github.com/kiln-project/kiln/worker/tokenize"
+)
+
+// Package files (research/sd-lcm.md §1).
+const (
+	TextEncoderDir = "text_encoder"
+	UNetFile       = "unet.axmodel"
+	VAEDecoderFile = "vae_decoder.axmodel"
+	VAEEncoderFile = "vae_encoder.axmodel"
+	TxtTimeFile    = "time_input_txt2img.npy"
+	ImgTimeFile    = "time_input_img2img.npy"
+)
+
+// Defaults of a request.
+const (
+	DefaultSteps    = 4
+	DefaultStrength = 0.5
+	textLen         = tokenize.CLIPContext
+)
+
+// Detect reports whether dir looks like an SD 1.5 LCM package: a UNet, a VAE
+// decoder, a text encoder folder and the txt2img time table.
+func Detect(dir string) bool {
+	for _, f := range []string{UNetFile, VAEDecoderFile, TxtTimeFile} {
+		if st, err := os.Stat(filepath.Join(dir, f)); err != nil || st.IsDir() {
+			return false
+		}
+	}
+	_, err := textEncoderPath(dir)
+	return err == nil
+}
+
+// textEncoderPath is the first .axmodel file in text_encoder/.
+func textEncoderPath(dir string) (string, error) {
+	entries, err := os.ReadDir(filepath.Join(dir, TextEncoderDir))
+	if err != nil {
+		return "", fmt.Errorf("sd: %w", err)
+	}
+	for _, e := range entries {
+		if !e.IsDir() && strings.HasSuffix(e.Name(), ".axmodel") {
+			return filepath.Join(dir, TextEncoderDir, e.Name()), nil
+		}
+	}
+	return "", fmt.Errorf("sd: no .axmodel file in %s", filepath.Join(dir, TextEncoderDir))
+}
+
+// Config configures Open. The zero value is usable.
+type Config struct {
+	// Name is the model's name in logs and errors (default the folder name).
+	Name string
+	// PNGLevel is the PNG compression (default png.BestSpeed: on a 512×512
+	// image it is several times faster than png.DefaultCompression for
+	// files about a tenth larger; see docs/sd.md).
+	PNGLevel png.CompressionLevel
+	// Images bound img2img init images.
+	Images ImageLimits
+	// Logger (default slog.Default()).
+	Logger *slog.Logger
+}
+
+// Request is one image to make.
+type Request struct {
+	// Prompt is the text; it is cut to 75 CLIP tokens.
+	Prompt string
+	// Seed fixes the noise: the same request gives the same PNG bytes.
+	// Only the low 32 bits count (torch's generator takes 32 bits).
+	Seed uint64
+	// Steps is the number of LCM steps, 0 for DefaultSteps; see
+	// Pipeline.Steps for what the package supports.
+	Steps int
+	// InitImage, a PNG or JPEG, makes an img2img request.
+	InitImage []byte
+	// Strength (img2img) is the share of the schedule that is run from the
+	// init image: int(steps·strength) steps from its tail; 0 means
+	// DefaultStrength (t = 499, 259 with 4 steps).
+	Strength float64
+}
+
+// Result is a finished image.
+type Result struct {
+	PNG       []byte
+	Width     int
+	Height    int
+	Tokens    int   // CLIP tokens of the prompt, with start and end
+	Timesteps []int // the UNet steps that ran
+	Timings   Timings
+}
+
+// Timings split a Generate call. Device is the time spent in calls to the
+// card (copies and executes); Host() is the rest.
+type Timings struct {
+	Total, Device                                              time.Duration
+	Tokenize, TextEncoder, VAEEncoder, UNet, VAEDecoder, Image time.Duration
+	FirstStep                                                  time.Duration // from the start to the end of the first UNet step
+}
+
+// Host is the time outside the card.
+func (t Timings) Host() time.Duration { return t.Total - t.Device }
+
+// Pipeline is an SD 1.5 LCM package resident on a card. Generate runs one
+// image at a time (callers queue on a mutex) and reuses every buffer.
+type Pipeline struct {
+	dev  *npu.Device
+	name string
+	cfg  Config
+	log  *slog.Logger
+	tok  *tokenize.CLIP
+
+	te, unet, dec, enc *npu.Model
+	ids                *npu.Buffer
+	idsBytes           []byte
+	idsWide            bool // int64 input_ids
+	teOut              *port
+	uSample, uTime     *port
+	uEHS, uOut         *port
+	decIn, decOut      *port
+	encIn, encOut      *port
+	h, w, H, W         int // latent and image size
+	tdim               int // time-embedding width
+	txtRows, imgRows   map[int][]float32
+	cmm                uint64
+
+	mu                 sync.Mutex
+	closed             bool
+	ehs, x, eps, noise []float32
+	x0, moments, pix   []float32
+	rng                noiseSource
+	png                *pngWriter
+}
+
+// Open loads the package in dir onto dev: the CLIP tokenizer, the time
+// tables, the text encoder, UNet, VAE decoder and (when present) VAE
+// encoder. Models are unloaded again if any part fails.
+func Open(ctx context.Context, dev *npu.Device, dir string, cfg Config) (_ *Pipeline, err error) {
+	if cfg.Name == "" {
+		cfg.Name = filepath.Base(dir)
+	}
+	if cfg.PNGLevel == 0 {
+		cfg.PNGLevel = png.BestSpeed
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.Default()
+	}
+	p := &Pipeline{dev: dev, name: cfg.Name, cfg: cfg, log: cfg.Logger}
+	tok, err := tokenize.LoadCLIP(dir)
+	if err != nil {
+		return nil, fmt.Errorf("sd: %s: CLIP tokenizer: %w", p.name, err)
+	}
+	p.tok = tok
+	tePath, err := textEncoderPath(dir)
+	if err != nil {
+		return nil, err
+	}
+	used0, err := dev.CMMUsed(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("sd: %s: %w", p.name, err)
+	}
+	defer func() {
+		if err != nil {
+			p.unload(context.WithoutCancel(ctx))
+		}
+	}()
+	load := func(path, name string) (*npu.Model, error) {
+		m, err := dev.LoadModel(ctx, path, &npu.LoadOptions{Name: p.name + "/" + name})
+		if err != nil {
+			return nil, fmt.Errorf("sd: %s: load %s: %w", p.name, name, err)
+		}
+		return m, nil
+	}
+	if p.te, err = load(tePath, "text_encoder"); err != nil {
+		return nil, err
+	}
+	if p.unet, err = load(filepath.Join(dir, UNetFile), "unet"); err != nil {
+		return nil, err
+	}
+	if p.dec, err = load(filepath.Join(dir, VAEDecoderFile), "vae_decoder"); err != nil {
+		return nil, err
+	}
+	if _, serr := os.Stat(filepath.Join(dir, VAEEncoderFile)); serr == nil {
+		if p.enc, err = load(filepath.Join(dir, VAEEncoderFile), "vae_encoder"); err != nil {
+			return nil, err
+		}
+	}
+	if err := p.bind(); err != nil {
+		return nil, err
+	}
+	if err := p.loadTimeTables(dir); err != nil {
+		return nil, err
+	}
+	if used1, err := dev.CMMUsed(ctx); err == nil && used1 > used0 {
+		p.cmm = used1 - used0
+	}
+	lat := 4 * p.h * p.w
+	p.ehs = make([]float32, p.uEHS.elems)
+	p.x, p.eps, p.noise, p.x0 = make([]float32, lat), make([]float32, lat), make([]float32, lat), make([]float32, lat)
+	p.pix = make([]float32, 3*p.H*p.W)
+	if p.enc != nil {
+		p.moments = make([]float32, 2*lat)
+	}
+	p.png = newPNGWriter(p.W, p.H, cfg.PNGLevel)
+	p.log.Info("sd package loaded", "model", p.name, "image", fmt.Sprintf("%dx%d", p.W, p.H),
+		"img2img", p.enc != nil, "cmm_mib", p.cmm>>20,
+		"dtypes", fmt.Sprintf("unet %s/%s/%s→%s, vae_decoder %s→%s", p.uSample.kind, p.uTime.kind, p.uEHS.kind, p.uOut.kind, p.decIn.kind, p.decOut.kind))
+	return p, nil
+}
+
+func dims(m *npu.Model, dir axcl.Direction, i int) []int {
+	g := m.Describe()
+	if len(g) == 0 {
+		return nil
+	}
+	l := g[0].Inputs
+	if dir != axcl.Input {
+		l = g[0].Outputs
+	}
+	if i >= len(l) {
+		return nil
+	}
+	return l[i].Dims
+}
+
+// bind finds every tensor by index and checks the shapes fit together.
+func (p *Pipeline) bind() error {
+	sd := dims(p.unet, axcl.Input, 0)
+	if len(sd) != 4 || sd[0] != 1 || sd[1] != 4 || sd[2] < 1 || sd[3] < 1 {
+		return fmt.Errorf("sd: %s: unet input 0 has dims %v, want [1 4 h w]", p.name, sd)
+	}
+	p.h, p.w = sd[2], sd[3]
+	od := dims(p.dec, axcl.Output, 0)
+	if len(od) != 4 || od[0] != 1 || od[1] != 3 || od[2] != 8*p.h || od[3] != 8*p.w {
+		return fmt.Errorf("sd: %s: vae_decoder output 0 has dims %v, want [1 3 %d %d]", p.name, od, 8*p.h, 8*p.w)
+	}
+	p.H, p.W = od[2], od[3]
+	td := dims(p.unet, axcl.Input, 1)
+	if len(td) == 0 {
+		return fmt.Errorf("sd: %s: unet has no time-embedding input (index 1)", p.name)
+	}
+	p.tdim = 1
+	for _, d := range td {
+		p.tdim *= d
+	}
+	lat := 4 * p.h * p.w
+	ehsLen := 0
+	if ed := dims(p.unet, axcl.Input, 2); len(ed) == 3 && ed[1] == textLen {
+		ehsLen = ed[1] * ed[2]
+	} else {
+		return fmt.Errorf("sd: %s: unet input 2 (encoder_hidden_states) has dims %v, want [1 %d F]", p.name, ed, textLen)
+	}
+	var err error
+	bindp := func(m *npu.Model, dir axcl.Direction, i, n int, dst **port) {
+		if err == nil {
+			*dst, err = bindPort(m, dir, i, n)
+		}
+	}
+	bindp(p.te, axcl.Output, 0, ehsLen, &p.teOut)
+	bindp(p.unet, axcl.Input, 0, lat, &p.uSample)
+	bindp(p.unet, axcl.Input, 1, p.tdim, &p.uTime)
+	bindp(p.unet, axcl.Input, 2, ehsLen, &p.uEHS)
+	bindp(p.unet, axcl.Output, 0, lat, &p.uOut)
+	bindp(p.dec, axcl.Input, 0, lat, &p.decIn)
+	bindp(p.dec, axcl.Output, 0, 3*p.H*p.W, &p.decOut)
+	if p.enc != nil {
+		bindp(p.enc, axcl.Input, 0, 3*p.H*p.W, &p.encIn)
+		bindp(p.enc, axcl.Output, 0, 2*lat, &p.encOut)
+	}
+	if err != nil {
+		return fmt.Errorf("%w (package %s)", err, p.name)
+	}
+	// input_ids: 77 int32 (the reference) or int64 (the ONNX original).
+	t := p.te.Describe()[0].Inputs
+	if len(t) == 0 {
+		return fmt.Errorf("sd: %s: text encoder has no input", p.name)
+	}
+	switch t[0].Size {
+	case 4 * textLen:
+	case 8 * textLen:
+		p.idsWide = true
+	default:
+		return fmt.Errorf("sd: %s: text encoder input_ids is %d bytes; %d int32 or int64 ids expected", p.name, t[0].Size, textLen)
+	}
+	if p.ids, err = p.te.BufferAt(0, axcl.Input, 0); err != nil {
+		return fmt.Errorf("sd: %s: text encoder input: %w", p.name, err)
+	}
+	p.idsBytes = make([]byte, t[0].Size)
+	return nil
+}
+
+// loadTimeTables reads the time-embedding rows: txt2img rows for
+// Timesteps, and img2img rows 0 and 1 for t = 499 and 259 when the package
+// has an encoder and the file (its rows 2 and 3 are zeros in the published
+// package and are not used).
+func (p *Pipeline) loadTimeTables(dir string) error {
+	read := func(name string) ([][]float32, error) {
+		b, err := os.ReadFile(filepath.Join(dir, name))
+		if err != nil {
+			return nil, fmt.Errorf("sd: %s: %w", p.name, err)
+		}
+		shape, v, err := ReadNPY(b)
+		if err != nil {
+			return nil, fmt.Errorf("%w (%s)", err, name)
+		}
+		if len(shape) != 2 || shape[1] != p.tdim || shape[0] < 2 {
+			return nil, fmt.Errorf("sd: %s: %s has shape %v, want (4, %d)", p.name, name, shape, p.tdim)
+		}
+		rows := make([][]float32, shape[0])
+		for i := range rows {
+			rows[i] = v[i*p.tdim : (i+1)*p.tdim]
+		}
+		return rows, nil
+	}
+	txt, err := read(TxtTimeFile)
+	if err != nil {
+		return err
+	}
+	if len(txt) < len(Timesteps) {
+		return fmt.Errorf("sd: %s: %s has %d rows, want %d", p.name, TxtTimeFile, len(txt), len(Timesteps))
+	}
+	p.txtRows = map[int][]float32{}
+	for i, t := range Timesteps {
+		p.txtRows[t] = txt[i]
+	}
+	p.imgRows = map[int][]float32{}
+	if p.enc != nil {
+		if _, err := os.Stat(filepath.Join(dir, ImgTimeFile)); err == nil {
+			img, err := read(ImgTimeFile)
+			if err != nil {
+				return err
+			}
+			p.imgRows[499], p.imgRows[259] = img[0], img[1]
+		}
+	}
+	return nil
+}
+
+// Size is the image size.
+func (p *Pipeline) Size() (w, h int) { return p.W, p.H }
+
+// Img2Img reports whether the package has a VAE encoder.
+func (p *Pipeline) Img2Img() bool { return p.enc != nil }
+
+// CMMBytes is the device memory the package took at Open.
+func (p *Pipeline) CMMBytes() uint64 { return p.cmm }
+
+// Steps lists the step counts the package supports (those whose LCM
+// timesteps all have a time-embedding row).
+func (p *Pipeline) Steps() []int { return SupportedSteps() }
+
+// plan is a checked request.
+type plan struct {
+	steps     []int
+	img2img   bool
+	seed      uint64
+	strength  float64
+	stepCount int
+}
+
+// Check validates req against the package without doing any work; the
+// error is a *RequestError. Generate checks again.
+func (p *Pipeline) Check(req *Request) error {
+	_, err := p.plan(req)
+	return err
+}
+
+func (p *Pipeline) plan(req *Request) (*plan, error) {
+	n := req.Steps
+	if n == 0 {
+		n = DefaultSteps
+	}
+	sched := Schedule(n)
+	if sched == nil {
+		return nil, &RequestError{Field: "steps", Err: ErrOutOfRange, Msg: fmt.Sprintf(
+			"%d steps are not supported by %s: use %s (0 means %d)", req.Steps, p.name, listInts(SupportedSteps()), DefaultSteps)}
+	}
+	pl := &plan{steps: sched, seed: req.Seed, stepCount: n}
+	if len(req.InitImage) == 0 {
+		if req.Strength != 0 {
+			return nil, &RequestError{Field: "strength", Err: ErrOutOfRange, Msg: "strength needs an init image"}
+		}
+		return pl, nil
+	}
+	if p.enc == nil {
+		return nil, &RequestError{Field: "init_image", Err: ErrUnsupported, Msg: fmt.Sprintf(
+			"%s has no VAE encoder (%s), so it cannot start from an init image", p.name, VAEEncoderFile)}
+	}
+	s := req.Strength
+	if s == 0 {
+		s = DefaultStrength
+	}
+	if !(s > 0 && s <= 1) {
+		return nil, &RequestError{Field: "strength", Err: ErrOutOfRange, Msg: fmt.Sprintf("%g is outside (0, 1]", req.Strength)}
+	}
+	k := min(int(float64(n)*s+1e-9), n)
+	if k < 1 {
+		return nil, &RequestError{Field: "strength", Err: ErrOutOfRange, Msg: fmt.Sprintf(
+			"%g with %d steps runs no step (int(steps×strength) = 0): use at least %g", s, n, 1/float64(n))}
+	}
+	pl.img2img, pl.strength, pl.steps = true, s, sched[n-k:]
+	return pl, nil
+}
+
+func listInts(v []int) string {
+	s := make([]string, len(v))
+	for i, x := range v {
+		s[i] = fmt.Sprint(x)
+	}
+	if len(s) > 1 {
+		return strings.Join(s[:len(s)-1], ", ") + " or " + s[len(s)-1]
+	}
+	return strings.Join(s, "")
+}
+
+// Generate makes one image. progress, when not nil, is called after every
+// UNet step with (step, steps); an error from it stops the run and is
+// returned. Cancelling ctx stops the run before the next step and returns
+// ctx's error. A request the package cannot serve fails with a
+// *RequestError before any device work.
+func (p *Pipeline) Generate(ctx context.Context, req *Request, progress func(step, steps int) error) (*Result, error) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.closed {
+		return nil, ErrClosed
+	}
+	start := time.Now()
+	pl, err := p.plan(req)
+	if err != nil {
+		return nil, err
+	}
+	res := &Result{Width: p.W, Height: p.H, Timesteps: pl.steps}
+	tm := &res.Timings
+	var dev time.Duration
+	do := func(what string, fn func(t *npu.Thread) error) error {
+		t0 := time.Now()
+		err := p.dev.Do(ctx, fn)
+		dev += time.Since(t0)
+		if err != nil {
+			return fmt.Errorf("sd: %s: %s: %w", p.name, what, err)
+		}
+		return nil
+	}
+	stage := func(d *time.Duration) func() {
+		t0 := time.Now()
+		return func() { *d += time.Since(t0) }
+	}
+
+	if pl.img2img {
+		end := stage(&tm.Image)
+		err := decodeInit(req.InitImage, p.W, p.H, p.cfg.Images, p.pix)
+		end()
+		if err != nil {
+			return nil, err
+		}
+	}
+
+	// Text encoder.
+	end := stage(&tm.Tokenize)
+	ids := p.tok.Encode77(req.Prompt)
+	res.Tokens = slices.Index(ids[1:], int32(p.tok.EOS())) + 2
+	for i, id := range ids {
+		if p.idsWide {
+			binary.LittleEndian.PutUint64(p.idsBytes[8*i:], uint64(int64(id)))
+		} else {
+			binary.LittleEndian.PutUint32(p.idsBytes[4*i:], uint32(id))
+		}
+	}
+	end()
+	end = stage(&tm.TextEncoder)
+	err = do("text encoder", func(t *npu.Thread) error {
+		if err := t.Write(p.ids, 0, p.idsBytes); err != nil {
+			return err
+		}
+		if err := t.Execute(p.te, 0); err != nil {
+			return err
+		}
+		return t.Read(p.teOut.bytes, p.teOut.buf, 0)
+	})
+	end()
+	if err != nil {
+		return nil, err
+	}
+	p.teOut.decode(p.ehs)
+	p.uEHS.encode(p.ehs)
+
+	p.rng.seed(pl.seed)
+	if pl.img2img {
+		end = stage(&tm.VAEEncoder)
+		p.encIn.encode(p.pix)
+		err = do("vae encoder", func(t *npu.Thread) error {
+			if err := t.Write(p.encIn.buf, 0, p.encIn.bytes); err != nil {
+				return err
+			}
+			if err := t.Execute(p.enc, 0); err != nil {
+				return err
+			}
+			return t.Read(p.encOut.bytes, p.encOut.buf, 0)
+		})
+		if err != nil {
+			end()
+			return nil, err
+		}
+		p.encOut.decode(p.moments)
+		p.samplePosterior()
+		p.rng.randn(p.noise)
+		addNoise(p.x, p.x0, p.noise, pl.steps[0])
+		end()
+	} else {
+		p.rng.randn(p.x)
+	}
+
+	// UNet loop.
+	rows := p.txtRows
+	for i, t := range pl.steps {
+		if err := ctx.Err(); err != nil {
+			return nil, err
+		}
+		end = stage(&tm.UNet)
+		row := rows[t]
+		if r, ok := p.imgRows[t]; ok && pl.img2img {
+			row = r
+		}
+		p.uSample.encode(p.x)
+		p.uTime.encode(row)
+		err := do(fmt.Sprintf("unet step %d (t=%d)", i+1, t), func(th *npu.Thread) error {
+			if err := th.Write(p.uSample.buf, 0, p.uSample.bytes); err != nil {
+				return err
+			}
+			if err := th.Write(p.uTime.buf, 0, p.uTime.bytes); err != nil {
+				return err
+			}
+			if i == 0 {
+				if err := th.Write(p.uEHS.buf, 0, p.uEHS.bytes); err != nil {
+					return err
+				}
+			}
+			if err := th.Execute(p.unet, 0); err != nil {
+				return err
+			}
+			return th.Read(p.uOut.bytes, p.uOut.buf, 0)
+		})
+		if err != nil {
+			end()
+			return nil, err
+		}
+		p.uOut.decode(p.eps)
+		last := i == len(pl.steps)-1
+		prev := t
+		if !last {
+			prev = pl.steps[i+1]
+			p.rng.randn(p.noise)
+		}
+		lcmStep(p.x, p.eps, p.noise, coefs(t, prev, last))
+		end()
+		if i == 0 {
+			tm.FirstStep = time.Since(start)
+		}
+		if progress != nil {
+			if err := progress(i+1, len(pl.steps)); err != nil {
+				return nil, err
+			}
+		}
+	}
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
+
+	// VAE decoder and PNG.
+	end = stage(&tm.VAEDecoder)
+	for i, v := range p.x {
+		p.x0[i] = v / LatentScale
+	}
+	p.decIn.encode(p.x0)
+	err = do("vae decoder", func(t *npu.Thread) error {
+		if err := t.Write(p.decIn.buf, 0, p.decIn.bytes); err != nil {
+			return err
+		}
+		if err := t.Execute(p.dec, 0); err != nil {
+			return err
+		}
+		return t.Read(p.decOut.bytes, p.decOut.buf, 0)
+	})
+	end()
+	if err != nil {
+		return nil, err
+	}
+	end = stage(&tm.Image)
+	p.decOut.decode(p.pix)
+	res.PNG, err = p.png.encode(p.pix)
+	end()
+	if err != nil {
+		return nil, err
+	}
+	tm.Device = dev
+	tm.Total = time.Since(start)
+	return res, nil
+}
+
+// samplePosterior draws the init latent from the encoder's moments:
+// z = mean + exp(0.5·clamp(logvar, −30, 20))·n, x0 = z·0.18215.
+func (p *Pipeline) samplePosterior() {
+	n := len(p.x0)
+	mean, logvar := p.moments[:n], p.moments[n:2*n]
+	p.rng.randn(p.noise)
+	for i := range p.x0 {
+		lv := min(max(logvar[i], -30), 20)
+		std := float32(math.Exp(float64(float32(0.5 * lv))))
+		z := mean[i] + float32(std*p.noise[i])
+		p.x0[i] = float32(z * LatentScale)
+	}
+}
+
+// Close unloads the models. Generate fails with ErrClosed afterwards.
+func (p *Pipeline) Close(ctx context.Context) error {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.closed {
+		return nil
+	}
+	p.closed = true
+	return p.unload(ctx)
+}
+
+func (p *Pipeline) unload(ctx context.Context) error {
+	var errs []error
+	for _, m := range []*npu.Model{p.enc, p.dec, p.unet, p.te} {
+		if m != nil {
+			if err := p.dev.Unload(ctx, m); err != nil && !errors.Is(err, npu.ErrStopped) {
+				errs = append(errs, err)
+			}
+		}
+	}
+	p.enc, p.dec, p.unet, p.te = nil, nil, nil, nil
+	if err := errors.Join(errs...); err != nil {
+		return fmt.Errorf("sd: %s: unload: %w", p.name, err)
+	}
+	return nil
+}
