@@ -1,0 +1,37 @@
+// Package llm runs the Axera LLM packages (Qwen3 0.6B/1.7B/4B, and the same
+// layout of Qwen2.5, Llama-style models and the text part of the VLMs) on an
+// AX650N card: the package loader, the device-resident KV cache, prefill in
+// 128-token chunks in the smallest shape group that fits, decode, sampling
+// and a host-memory cache of recently seen prompt prefixes.
+//
+// # On the card
+//
+// Every decoder layer is one model with a decode shape group (one token,
+// the whole context visible) and prefill shape groups (128 tokens, each
+// with its own history capacity). [Load] binds the tensors of every layer
+// and every group to buffers of its own: one K and one V cache per layer
+// (context × kv_dim bf16, rows at absolute positions), one indices and one
+// mask buffer shared by all layers, two hidden-state buffers the layers
+// ping-pong through, and one K_cache_out/V_cache_out pair whose rows are
+// copied device-to-device into the layer's cache at position × kv_dim
+// right after the layer ran. The hidden state stays on the card from the
+// embedding row to the post model; only the logits come back per token.
+// One token or one prompt chunk is one trip to the device thread
+// ([npu.Device.Do]); the decode loop allocates nothing.
+//
+// # Jobs
+//
+// [Model.Generate] runs one request from its token ids and streams the
+// sampled tokens to a callback. Every request starts from a clean state:
+// position 0, a mask that hides every cache row, no sampler history. The
+// only state carried between requests is the prefix cache: the K/V rows of
+// a prompt prefix the caller marks as cacheable (an installation's system
+// prompt) are copied to host memory after the prefill and copied back when
+// a later prompt starts with the same tokens, so only the new tokens are
+// prefilled. It is a bounded LRU keyed by token ids.
+//
+// # Engine package
+//
+// llm imports no NATS and no wire schema; the chat adapter in package
+// worker maps chat jobs to [Request] and back.
+package llm

@@ -1,0 +1,515 @@
+package llm
+
+import (
+	"context"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"math"
+	"time"
+
+	"github.com/kiln-project/kiln/worker/npu"
+)
+
+// Request is one generation.
+type Request struct {
+	// Prompt is the token ids of the whole prompt (chat template applied).
+	Prompt []int
+	// MaxTokens bounds the reply; 0 means up to the end of the context. A
+	// larger value than the context leaves is clamped: the reply then ends
+	// with FinishLength at the context end.
+	MaxTokens int
+	// Sampling picks each token.
+	Sampling Sampling
+	// StopIDs end the reply when sampled (they are not passed to the
+	// callback); nil means the model's StopIDs.
+	StopIDs []int
+	// CachePrefix is how many leading prompt tokens are worth keeping in
+	// the prefix cache (the rendered system prompt); 0 caches nothing.
+	CachePrefix int
+}
+
+// Token is one generated token.
+type Token struct {
+	ID    int
+	Index int // 0 for the first token of the reply
+}
+
+// Finish says why a reply ended.
+type Finish string
+
+const (
+	// FinishStop: a stop token was sampled or the callback returned ErrStop.
+	FinishStop Finish = "stop"
+	// FinishLength: MaxTokens or the end of the context was reached.
+	FinishLength Finish = "length"
+)
+
+// ErrStop, returned by the token callback, ends the reply with FinishStop
+// (a stop string was found).
+var ErrStop = errors.New("llm: stop requested")
+
+// ErrPromptTooLong is matched by a *LimitError.
+var ErrPromptTooLong = errors.New("llm: prompt too long")
+
+// LimitError refuses a prompt longer than the model's context allows.
+type LimitError struct {
+	Tokens  int // prompt tokens
+	Limit   int // the most the model takes
+	Context int // the model's context
+}
+
+func (e *LimitError) Error() string {
+	return fmt.Sprintf("llm: the prompt is %d tokens; the model's context holds %d tokens (prompt and reply), so a prompt may have at most %d",
+		e.Tokens, e.Context, e.Limit)
+}
+
+// Is matches ErrPromptTooLong.
+func (e *LimitError) Is(target error) bool { return target == ErrPromptTooLong }
+
+// PrefillStats counts the prefill work of a request.
+type PrefillStats struct {
+	// Chunks is the number of prefill group executes (per layer).
+	Chunks int
+	// Positions is the token positions the executed groups processed:
+	// Chunk per prefill execute (padding included), one per token that
+	// went through the decode group.
+	Positions int
+	// Columns is the attention width summed over those positions: a chunk
+	// in a group with history H counts Chunk × (H + Chunk), a decode-group
+	// token Context + 1. It is what the choice of group changes.
+	Columns int
+}
+
+// Result is the outcome of Generate.
+type Result struct {
+	PromptTokens     int
+	CompletionTokens int // stop tokens not included
+	// CachedTokens is how many prompt tokens came from the prefix cache.
+	CachedTokens int
+	Finish       Finish
+	Prefill      PrefillStats
+	// TTFT is from the start of Generate to the first token.
+	TTFT time.Duration
+	// Decode is from the first token to the last.
+	Decode time.Duration
+}
+
+// TokensPerSecond is the decode speed: tokens after the first over Decode.
+func (r *Result) TokensPerSecond() float64 {
+	if r.CompletionTokens < 2 || r.Decode <= 0 {
+		return 0
+	}
+	return float64(r.CompletionTokens-1) / r.Decode.Seconds()
+}
+
+// state is the per-request state and the host staging buffers, reused.
+type state struct {
+	pos       int // tokens in the KV cache
+	maskAt    int // the mask buffer holds the decode mask for this position; -1: it does not
+	tok       int // token of the decode step
+	logits    bool
+	chunkIn   []byte
+	chunkIdx  []byte
+	chunkMask []byte
+	chunkN    int
+	chunkH    int
+	chunkG    int
+	decIdx    [4]byte
+	decMask   []byte
+	raw       []byte // logits as read
+	history   []int
+	restore   *prefixEntry
+	restoreN  int
+	save      *prefixEntry
+	decodeFn  func(*npu.Thread) error
+	chunkFn   func(*npu.Thread) error
+	restoreFn func(*npu.Thread) error
+	saveFn    func(*npu.Thread) error
+}
+
+var (
+	maskHidden  = [2]byte{0x80, 0xC7} // bf16 −65536, little endian
+	maskVisible = [2]byte{0, 0}
+)
+
+func (st *state) init(s *Shape) {
+	maxH := 0
+	for _, g := range s.Prefill {
+		maxH = max(maxH, g.History)
+	}
+	st.chunkIn = make([]byte, s.Chunk*s.Hidden*2)
+	st.chunkIdx = make([]byte, s.Chunk*4)
+	st.chunkMask = make([]byte, s.Chunk*(maxH+s.Chunk)*2)
+	st.decMask = make([]byte, (s.Context+1)*2)
+	if s.PostFP32 {
+		st.raw = make([]byte, s.Vocab*4)
+	} else {
+		st.raw = make([]byte, s.Vocab*2)
+	}
+	st.history = make([]int, 0, s.Context)
+	st.maskAt = -1
+}
+
+func (m *Model) bindSteps() {
+	m.st.decodeFn = m.decodeStep
+	m.st.chunkFn = m.chunkStep
+	m.st.restoreFn = m.restoreStep
+	m.st.saveFn = m.saveStep
+}
+
+func (m *Model) embedRow(tok int) []byte {
+	n := m.shape.Hidden * 2
+	return m.embed[tok*n : (tok+1)*n]
+}
+
+// decodeStep runs token st.tok at position st.pos through the decode group
+// of every layer, appends its K/V rows, and with st.logits runs the post
+// model and reads the logits (device thread).
+func (m *Model) decodeStep(t *npu.Thread) error {
+	st, s := &m.st, &m.shape
+	p := st.pos
+	if err := t.Write(m.hid[0], 0, m.embedRow(st.tok)); err != nil {
+		return err
+	}
+	binary.LittleEndian.PutUint32(st.decIdx[:], uint32(p))
+	if err := t.Write(m.idx, 0, st.decIdx[:]); err != nil {
+		return err
+	}
+	if st.maskAt == p-1 && p > 0 {
+		if err := t.Write(m.mask, uint64(p-1)*2, maskVisible[:]); err != nil {
+			return err
+		}
+	} else {
+		for j := 0; j < s.Context; j++ {
+			if j < p {
+				copy(st.decMask[2*j:], maskVisible[:])
+			} else {
+				copy(st.decMask[2*j:], maskHidden[:])
+			}
+		}
+		copy(st.decMask[2*s.Context:], maskVisible[:])
+		if err := t.Write(m.mask, 0, st.decMask); err != nil {
+			return err
+		}
+	}
+	st.maskAt = p
+	row := uint64(s.KVDim * 2)
+	for i, l := range m.layers {
+		if err := t.Execute(l, s.Decode); err != nil {
+			return err
+		}
+		if err := t.Copy(m.kc[i], uint64(p)*row, m.kOut, 0, row); err != nil {
+			return err
+		}
+		if err := t.Copy(m.vc[i], uint64(p)*row, m.vOut, 0, row); err != nil {
+			return err
+		}
+	}
+	if !st.logits {
+		return nil
+	}
+	return m.postStep(t, 0)
+}
+
+// postStep runs the post model on row r of the last layer's output and
+// reads the logits.
+func (m *Model) postStep(t *npu.Thread, r int) error {
+	n := uint64(m.shape.Hidden * 2)
+	if err := t.Copy(m.postIn, 0, m.hid[len(m.layers)%2], uint64(r)*n, n); err != nil {
+		return err
+	}
+	if err := t.Execute(m.post, 0); err != nil {
+		return err
+	}
+	return t.Read(m.st.raw, m.pOut, 0)
+}
+
+// chunkStep runs the staged chunk (st.chunkN tokens at st.pos) through
+// prefill group st.chunkG of every layer (device thread).
+func (m *Model) chunkStep(t *npu.Thread) error {
+	st, s := &m.st, &m.shape
+	if err := t.Write(m.hid[0], 0, st.chunkIn); err != nil {
+		return err
+	}
+	if err := t.Write(m.idx, 0, st.chunkIdx); err != nil {
+		return err
+	}
+	if err := t.Write(m.mask, 0, st.chunkMask[:s.Chunk*(st.chunkH+s.Chunk)*2]); err != nil {
+		return err
+	}
+	st.maskAt = -1
+	row := uint64(s.KVDim * 2)
+	n := uint64(st.chunkN) * row
+	for i, l := range m.layers {
+		if err := t.Execute(l, st.chunkG); err != nil {
+			return err
+		}
+		if err := t.Copy(m.kc[i], uint64(st.pos)*row, m.kOut, 0, n); err != nil {
+			return err
+		}
+		if err := t.Copy(m.vc[i], uint64(st.pos)*row, m.vOut, 0, n); err != nil {
+			return err
+		}
+	}
+	if !st.logits {
+		return nil
+	}
+	return m.postStep(t, st.chunkN-1)
+}
+
+// stageChunk fills the host staging buffers for tokens at st.pos in a group
+// with history h: embedding rows (zero padded), absolute positions (0 for
+// padding), and the mask — row r sees the st.pos cached rows and the chunk's
+// rows up to itself; padding rows see nothing.
+func (m *Model) stageChunk(toks []int, h int) {
+	st, s := &m.st, &m.shape
+	n, d := len(toks), s.Hidden*2
+	for i, tok := range toks {
+		copy(st.chunkIn[i*d:(i+1)*d], m.embedRow(tok))
+	}
+	clear(st.chunkIn[n*d:])
+	for i := range s.Chunk {
+		v := uint32(0)
+		if i < n {
+			v = uint32(st.pos + i)
+		}
+		binary.LittleEndian.PutUint32(st.chunkIdx[4*i:], v)
+	}
+	cols := h + s.Chunk
+	mask := st.chunkMask[:s.Chunk*cols*2]
+	for r := range s.Chunk {
+		rowMask := mask[r*cols*2 : (r+1)*cols*2]
+		for c := range cols {
+			vis := r < n && (c < st.pos || c >= h && c-h <= r)
+			if vis {
+				copy(rowMask[2*c:], maskVisible[:])
+			} else {
+				copy(rowMask[2*c:], maskHidden[:])
+			}
+		}
+	}
+	st.chunkN, st.chunkH = n, h
+}
+
+// group is the smallest prefill group whose history holds start rows, or
+// false when none does.
+func (s *Shape) group(start int) (Group, bool) {
+	for _, g := range s.Prefill {
+		if g.History >= start && start+s.Chunk <= s.Context+1 {
+			return g, true
+		}
+	}
+	return Group{}, false
+}
+
+// PlanPrefill returns the work of prefilling n tokens after start cached
+// ones: 128-token chunks, each in the smallest group that fits its history;
+// tokens past the largest group go one by one through the decode group.
+func (s Shape) PlanPrefill(start, n int) PrefillStats {
+	var ps PrefillStats
+	for pos := start; pos < start+n; {
+		g, ok := s.group(pos)
+		if !ok {
+			rest := start + n - pos
+			ps.Positions += rest
+			ps.Columns += rest * (s.Context + 1)
+			break
+		}
+		ps.Chunks++
+		ps.Positions += s.Chunk
+		ps.Columns += s.Chunk * (g.History + s.Chunk)
+		pos += min(s.Chunk, start+n-pos)
+	}
+	return ps
+}
+
+func (m *Model) do(ctx context.Context, fn func(*npu.Thread) error) error {
+	return m.dev.Do(ctx, fn)
+}
+
+// prefill runs prompt[st.pos:] and leaves the last token's logits in st.raw.
+func (m *Model) prefill(ctx context.Context, prompt []int, ps *PrefillStats) error {
+	st, s := &m.st, &m.shape
+	for st.pos < len(prompt) {
+		if err := ctx.Err(); err != nil {
+			return err
+		}
+		g, ok := s.group(st.pos)
+		if !ok {
+			// Past the largest prefill group: the decode group, one token at a time.
+			st.tok = prompt[st.pos]
+			st.logits = st.pos == len(prompt)-1
+			if err := m.do(ctx, st.decodeFn); err != nil {
+				return fmt.Errorf("llm: prefill at position %d: %w", st.pos, err)
+			}
+			ps.Positions++
+			ps.Columns += s.Context + 1
+			st.pos++
+			continue
+		}
+		n := min(s.Chunk, len(prompt)-st.pos)
+		m.stageChunk(prompt[st.pos:st.pos+n], g.History)
+		st.chunkG = g.Index
+		st.logits = st.pos+n == len(prompt)
+		if err := m.do(ctx, st.chunkFn); err != nil {
+			return fmt.Errorf("llm: prefill chunk at position %d (group %d): %w", st.pos, g.Index, err)
+		}
+		ps.Chunks++
+		ps.Positions += s.Chunk
+		ps.Columns += s.Chunk * (g.History + s.Chunk)
+		st.pos += n
+	}
+	return nil
+}
+
+// loadLogits converts st.raw into the sampler's float32 logits.
+func (m *Model) loadLogits() {
+	lg, raw := m.samp.logits, m.st.raw
+	if m.shape.PostFP32 {
+		for i := range lg {
+			lg[i] = math.Float32frombits(binary.LittleEndian.Uint32(raw[4*i:]))
+		}
+		return
+	}
+	for i := range lg {
+		lg[i] = math.Float32frombits(uint32(raw[2*i])<<16 | uint32(raw[2*i+1])<<24)
+	}
+}
+
+// Logits runs prompt from a clean state and returns the logits after its
+// last token (prefix cache not used): what the first sampled token is
+// drawn from.
+func (m *Model) Logits(ctx context.Context, prompt []int) ([]float32, error) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if err := m.check(prompt); err != nil {
+		return nil, err
+	}
+	m.st.pos, m.st.maskAt = 0, -1
+	var ps PrefillStats
+	if err := m.prefill(ctx, prompt, &ps); err != nil {
+		return nil, err
+	}
+	m.loadLogits()
+	return append([]float32(nil), m.samp.logits...), nil
+}
+
+func (m *Model) check(prompt []int) error {
+	if m.closed {
+		return errors.New("llm: model closed")
+	}
+	if len(prompt) == 0 {
+		return errors.New("llm: empty prompt")
+	}
+	if len(prompt) > m.shape.MaxPrompt() {
+		return &LimitError{Tokens: len(prompt), Limit: m.shape.MaxPrompt(), Context: m.shape.Context}
+	}
+	for _, t := range prompt {
+		if t < 0 || t >= m.shape.Vocab {
+			return fmt.Errorf("llm: token id %d outside the vocabulary of %d", t, m.shape.Vocab)
+		}
+	}
+	return nil
+}
+
+// Generate runs req from a clean state and calls fn with every generated
+// token, in order, from the calling goroutine. It returns when a stop token
+// is sampled, fn returns ErrStop, MaxTokens or the end of the context is
+// reached (a nil error), fn returns another error (that error), or ctx ends
+// (ctx's error, checked before every token and prefill chunk). The Result
+// is filled in every case. A device error is returned wrapped; the next
+// request starts clean regardless.
+func (m *Model) Generate(ctx context.Context, req Request, fn func(Token) error) (*Result, error) {
+	start := time.Now()
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	res := &Result{PromptTokens: len(req.Prompt)}
+	if err := m.check(req.Prompt); err != nil {
+		return res, err
+	}
+	if err := req.Sampling.validate(); err != nil {
+		return res, err
+	}
+	stops := req.StopIDs
+	if stops == nil {
+		stops = m.tok.StopIDs()
+	}
+	st, s := &m.st, &m.shape
+	st.pos, st.maskAt, st.history = 0, -1, st.history[:0]
+	m.samp.reset(req.Sampling.Seed)
+	prompt := req.Prompt
+
+	// Prefix cache: restore the longest cached prefix (one token short of
+	// the prompt at most: the last prompt token must run for its logits).
+	if e, n := m.prefixes.lookup(prompt, len(prompt)-1); e != nil && n >= m.opts.MinPrefix {
+		st.restore, st.restoreN = e, n
+		err := m.do(ctx, st.restoreFn)
+		st.restore = nil
+		if err != nil {
+			return res, fmt.Errorf("llm: restore cached prefix: %w", err)
+		}
+		st.pos, res.CachedTokens = n, n
+	}
+	if err := m.prefill(ctx, prompt, &res.Prefill); err != nil {
+		return res, err
+	}
+	// Keep the marked prefix for later requests (its rows stay untouched
+	// by the decode below, so it is read back at the end).
+	save := min(req.CachePrefix, len(prompt))
+	defer func() {
+		if save >= m.opts.MinPrefix && res.CachedTokens < save && !m.prefixes.has(prompt[:save]) && m.dev.Err() == nil {
+			m.savePrefix(context.WithoutCancel(ctx), prompt[:save])
+		}
+	}()
+
+	limit := s.Context - len(prompt)
+	if req.MaxTokens > 0 {
+		limit = min(limit, req.MaxTokens)
+	}
+	var first time.Time
+	for {
+		m.loadLogits()
+		tok := m.samp.pick(&req.Sampling, st.history)
+		if isStop(tok, stops) {
+			res.Finish = FinishStop
+			break
+		}
+		if first.IsZero() {
+			first = time.Now()
+			res.TTFT = first.Sub(start)
+		}
+		res.CompletionTokens++
+		st.history = append(st.history, tok)
+		res.Decode = time.Since(first)
+		if err := fn(Token{ID: tok, Index: res.CompletionTokens - 1}); err != nil {
+			if errors.Is(err, ErrStop) {
+				res.Finish = FinishStop
+				break
+			}
+			return res, err
+		}
+		if res.CompletionTokens >= limit {
+			res.Finish = FinishLength
+			break
+		}
+		if err := ctx.Err(); err != nil {
+			return res, err
+		}
+		st.tok, st.logits = tok, true
+		if err := m.do(ctx, st.decodeFn); err != nil {
+			return res, fmt.Errorf("llm: decode at position %d: %w", st.pos, err)
+		}
+		st.pos++
+	}
+	return res, nil
+}
+
+func isStop(tok int, stops []int) bool {
+	for _, s := range stops {
+		if s == tok {
+			return true
+		}
+	}
+	return false
+}

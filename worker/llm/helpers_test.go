@@ -1,0 +1,118 @@
+package llm
+
+import (
+	"context"
+	"errors"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"sync"
+	"testing"
+
+	"github.com/ebitengine/purego"
+
+	"github.com/kiln-project/kiln/test/cardsim"
+	"github.com/kiln-project/kiln/worker/npu"
+)
+
+// TestMain keeps lifecycle logs out of test output (KILN_TEST_LOG=1 shows them).
+func TestMain(m *testing.M) {
+	if os.Getenv("KILN_TEST_LOG") == "" {
+		slog.SetDefault(slog.New(slog.DiscardHandler))
+	}
+	os.Exit(m.Run())
+}
+
+// testSpec is TinyQwen3 with two layers and a 639-token context whose
+// prefill groups (history 0, 128, 256, 384) end before it, so long prompts
+// also take the decode-group path.
+func testSpec() cardsim.LLMSpec {
+	s := cardsim.TinyQwen3()
+	s.Name = "qwen3-test"
+	s.Layers = 2
+	s.MaxCtx = 639
+	s.Histories = []int{0, 128, 256, 384}
+	s.TokenizerDir = "../tokenize/testdata/qwen3"
+	return s
+}
+
+var shared struct {
+	once sync.Once
+	dir  string
+	ref  *cardsim.Reference
+	err  error
+}
+
+// testPackage writes the test package once per test binary and returns its
+// folder and the cacheless reference.
+func testPackage(t testing.TB) (string, *cardsim.Reference) {
+	t.Helper()
+	shared.once.Do(func() {
+		dir, err := os.MkdirTemp("", "kiln-llm-test-")
+		if err != nil {
+			shared.err = err
+			return
+		}
+		shared.dir = filepath.Join(dir, "qwen3-test")
+		if shared.err = cardsim.WriteLLMPackage(shared.dir, testSpec()); shared.err != nil {
+			return
+		}
+		shared.ref, shared.err = cardsim.LoadReference(shared.dir)
+	})
+	if shared.err != nil {
+		t.Fatal(shared.err)
+	}
+	return shared.dir, shared.ref
+}
+
+// openDevice opens the simulated card; it is closed at cleanup.
+func openDevice(t testing.TB) *npu.Device {
+	t.Helper()
+	lib := cardsim.Library(t)
+	dev, err := npu.Open(context.Background(), npu.Config{Library: lib, SampleInterval: -1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if err := dev.Close(context.Background()); err != nil && !errors.Is(err, npu.ErrLost) {
+			t.Errorf("close device: %v", err)
+		}
+	})
+	return dev
+}
+
+// loadTest opens the card and loads the test package.
+func loadTest(t testing.TB, opts *Options) (*Model, *cardsim.Reference, *npu.Device) {
+	t.Helper()
+	dir, ref := testPackage(t)
+	dev := openDevice(t)
+	m, err := Load(context.Background(), dev, dir, opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if err := m.Close(context.Background()); err != nil {
+			t.Errorf("close model: %v", err)
+		}
+	})
+	return m, ref, dev
+}
+
+// setFaults replaces the simulator's fault plan for the test.
+func setFaults(t testing.TB, spec string) {
+	t.Helper()
+	h, err := purego.Dlopen(cardsim.Library(t), purego.RTLD_NOW|purego.RTLD_GLOBAL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var set func(string) int32
+	sym, err := purego.Dlsym(h, "kilnsim_set_faults")
+	if err != nil {
+		t.Fatal(err)
+	}
+	purego.RegisterFunc(&set, sym)
+	if set(spec) != 0 {
+		t.Fatalf("kilnsim_set_faults(%q) refused", spec)
+	}
+	t.Cleanup(func() { set("") })
+}

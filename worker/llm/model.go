@@ -1,0 +1,477 @@
+package llm
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"slices"
+	"sync"
+	"syscall"
+
+	"github.com/kiln-project/kiln/worker/axcl"
+	"github.com/kiln-project/kiln/worker/npu"
+	"github.com/kiln-project/kiln/worker/tokenize"
+)
+
+// Options adjust Load. The zero value means defaults.
+type Options struct {
+	// Logger (default slog.Default()).
+	Logger *slog.Logger
+	// PrefixCacheBytes bounds the host memory of the prefix cache
+	// (default 256 MiB; negative disables the cache).
+	PrefixCacheBytes int64
+	// PrefixCacheEntries bounds the number of cached prefixes (default 8).
+	PrefixCacheEntries int
+	// MinPrefix is the shortest prefix worth caching or restoring, in
+	// tokens (default 16).
+	MinPrefix int
+	// Progress, when set, is called after each model file is loaded.
+	Progress func(done, total int)
+}
+
+func (o Options) withDefaults() Options {
+	if o.Logger == nil {
+		o.Logger = slog.Default()
+	}
+	if o.PrefixCacheBytes == 0 {
+		o.PrefixCacheBytes = 256 << 20
+	}
+	if o.PrefixCacheEntries <= 0 {
+		o.PrefixCacheEntries = 8
+	}
+	if o.MinPrefix <= 0 {
+		o.MinPrefix = 16
+	}
+	return o
+}
+
+// Group is one prefill shape group: Chunk tokens that see History cached
+// rows.
+type Group struct {
+	Index   int // shape group index in the layer models
+	History int // cached rows the group can see (K_cache rows; 0: none)
+}
+
+// Shape is what the layer and post models' tensors say about the model.
+type Shape struct {
+	Layers  int
+	Hidden  int
+	KVDim   int // kv heads × head dim
+	Vocab   int // logits per token (post model output)
+	Context int // decode context: the mask of the decode group has Context+1 elements
+	Chunk   int // prefill chunk (128)
+	Decode  int // the decode shape group (one token)
+	// Prefill lists the prefill groups by growing history.
+	Prefill []Group
+	// PostFP32 is true when the post model writes fp32 logits (else bf16).
+	PostFP32 bool
+}
+
+// MaxPrompt is the longest prompt, in tokens: the context less one, so at
+// least one token can be generated.
+func (s Shape) MaxPrompt() int { return s.Context - 1 }
+
+// Model is an LLM package resident on the card. Generate runs one request
+// at a time; concurrent calls wait for each other.
+type Model struct {
+	dev   *npu.Device
+	pkg   *Package
+	tok   *tokenize.BPE
+	log   *slog.Logger
+	opts  Options
+	shape Shape
+
+	layers []*npu.Model
+	post   *npu.Model
+	kc, vc []*npu.Buffer // per layer: K and V cache, Context rows of KVDim bf16
+	hid    [2]*npu.Buffer
+	idx    *npu.Buffer // indices, shared by every layer
+	mask   *npu.Buffer // mask, shared by every layer
+	kOut   *npu.Buffer // K_cache_out, shared by every layer
+	vOut   *npu.Buffer // V_cache_out
+	postIn *npu.Buffer
+	pOut   *npu.Buffer
+	owned  []*npu.Buffer
+	embed  []byte // memory-mapped table
+	cmm    uint64 // CMM charged by Load
+
+	mu       sync.Mutex // one request at a time; guards everything below
+	closed   bool
+	st       state
+	samp     *sampler
+	prefixes *prefixCache
+}
+
+// Load reads the package in dir, loads its layers and post model onto the
+// card and prepares the device buffers. The shapes (context, chunk, prefill
+// groups, hidden and kv sizes, vocabulary) are derived from the models; a
+// missing or inconsistent file is an error wrapping ErrPackage.
+func Load(ctx context.Context, dev *npu.Device, dir string, opts *Options) (_ *Model, err error) {
+	var o Options
+	if opts != nil {
+		o = *opts
+	}
+	o = o.withDefaults()
+	pkg, err := ReadPackage(dir)
+	if err != nil {
+		return nil, err
+	}
+	tok, err := tokenize.LoadDir(pkg.Tokenizer)
+	if err != nil {
+		return nil, fmt.Errorf("%w: tokenizer of %s: %w", ErrPackage, dir, err)
+	}
+	info, err := dev.Inspect(ctx, pkg.Layers[0])
+	if err != nil {
+		return nil, fmt.Errorf("llm: inspect %s: %w", pkg.Layers[0], err)
+	}
+	shape, sizes, err := deriveShape(pkg.Layers[0], info.Groups)
+	if err != nil {
+		return nil, err
+	}
+	shape.Layers = len(pkg.Layers)
+	if pkg.Hidden > 0 && pkg.Hidden != shape.Hidden {
+		return nil, pkgErr("config.json says tokens_embed_size %d, %s takes hidden %d", pkg.Hidden, pkg.Layers[0], shape.Hidden)
+	}
+	m := &Model{dev: dev, pkg: pkg, tok: tok, log: o.Logger.With("model", pkg.Name), opts: o, shape: shape}
+	defer func() {
+		if err != nil {
+			m.release(context.WithoutCancel(ctx))
+		}
+	}()
+	used0, err := dev.CMMUsed(ctx)
+	if err != nil {
+		return nil, err
+	}
+	total := len(pkg.Layers) + 1
+	err = dev.Do(ctx, func(t *npu.Thread) error {
+		alloc := func(n uint64) (*npu.Buffer, error) {
+			b, err := t.Alloc(n)
+			if err != nil {
+				return nil, err
+			}
+			m.owned = append(m.owned, b)
+			return b, t.Fill(b, 0, n, 0)
+		}
+		var err error
+		for i := range m.hid {
+			if m.hid[i], err = alloc(max(sizes.input, sizes.output)); err != nil {
+				return err
+			}
+		}
+		for _, p := range []struct {
+			b **npu.Buffer
+			n uint64
+		}{{&m.idx, sizes.indices}, {&m.mask, sizes.mask}, {&m.kOut, sizes.kOut}, {&m.vOut, sizes.kOut}} {
+			if *p.b, err = alloc(p.n); err != nil {
+				return err
+			}
+		}
+		// Zeroed once: rows a request has not written are masked, and zeros
+		// (unlike whatever the CMM held) cannot turn a masked score into NaN.
+		for range pkg.Layers {
+			k, err := alloc(sizes.cache)
+			if err != nil {
+				return err
+			}
+			v, err := alloc(sizes.cache)
+			if err != nil {
+				return err
+			}
+			m.kc, m.vc = append(m.kc, k), append(m.vc, v)
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, fmt.Errorf("llm: %s: device buffers: %w", pkg.Name, err)
+	}
+	for i, path := range pkg.Layers {
+		lm, err := dev.LoadModel(ctx, path, &npu.LoadOptions{
+			Name: fmt.Sprintf("%s/l%d", pkg.Name, i),
+			Bind: map[npu.TensorRef]*npu.Buffer{
+				npu.In("input"): m.hid[i%2], npu.Out("output"): m.hid[(i+1)%2],
+				npu.In("indices"): m.idx, npu.In("mask"): m.mask,
+				npu.In("K_cache"): m.kc[i], npu.In("V_cache"): m.vc[i],
+				npu.Out("K_cache_out"): m.kOut, npu.Out("V_cache_out"): m.vOut,
+			},
+		})
+		if err != nil {
+			return nil, fmt.Errorf("llm: %s: layer %d: %w", pkg.Name, i, err)
+		}
+		m.layers = append(m.layers, lm)
+		if i > 0 && !sameShapes(info.Groups, lm.Describe()) {
+			return nil, pkgErr("%s has other tensor shapes than %s", path, pkg.Layers[0])
+		}
+		if o.Progress != nil {
+			o.Progress(i+1, total)
+		}
+	}
+	if m.post, err = dev.LoadModel(ctx, pkg.Post, &npu.LoadOptions{Name: pkg.Name + "/post"}); err != nil {
+		return nil, fmt.Errorf("llm: %s: post model: %w", pkg.Name, err)
+	}
+	if o.Progress != nil {
+		o.Progress(total, total)
+	}
+	if err := m.bindPost(); err != nil {
+		return nil, err
+	}
+	if pkg.Vocab > 0 && pkg.Vocab != m.shape.Vocab {
+		return nil, pkgErr("config.json says tokens_embed_num %d, %s writes %d logits", pkg.Vocab, pkg.Post, m.shape.Vocab)
+	}
+	if err := m.mapEmbed(); err != nil {
+		return nil, err
+	}
+	used1, err := dev.CMMUsed(ctx)
+	if err != nil {
+		return nil, err
+	}
+	m.cmm = used1 - min(used0, used1)
+	m.samp = newSampler(m.shape.Vocab)
+	m.prefixes = newPrefixCache(o.PrefixCacheBytes, o.PrefixCacheEntries)
+	m.st.init(&m.shape)
+	m.bindSteps()
+	m.log.Info("llm: model loaded", "layers", shape.Layers, "hidden", shape.Hidden, "kv_dim", shape.KVDim,
+		"context", shape.Context, "chunk", shape.Chunk, "prefill_histories", histories(shape.Prefill),
+		"vocab", m.shape.Vocab, "cmm_mib", m.cmm>>20)
+	return m, nil
+}
+
+func histories(gs []Group) []int {
+	var h []int
+	for _, g := range gs {
+		h = append(h, g.History)
+	}
+	return h
+}
+
+// bufferSizes are the largest sizes, over all groups, of the layer tensors.
+type bufferSizes struct {
+	input, output, indices, mask, cache, kOut uint64
+}
+
+func elems(t *axcl.Tensor) int {
+	n := 1
+	for _, d := range t.Dims {
+		n *= d
+	}
+	return n
+}
+
+func tensor(list []axcl.Tensor, name string) *axcl.Tensor {
+	for i := range list {
+		if list[i].Name == name {
+			return &list[i]
+		}
+	}
+	return nil
+}
+
+// deriveShape reads context, chunk, groups and sizes from a layer model's
+// shape groups (research/llm-runtime.md §2.4): the decode group is the one
+// whose indices hold one element.
+func deriveShape(path string, groups []axcl.ShapeGroup) (Shape, bufferSizes, error) {
+	var s Shape
+	var z bufferSizes
+	s.Decode = -1
+	type io struct{ in, idx, mask, k, v, ko, vo, out *axcl.Tensor }
+	get := func(g int) (io, error) {
+		sg := groups[g]
+		x := io{tensor(sg.Inputs, "input"), tensor(sg.Inputs, "indices"), tensor(sg.Inputs, "mask"),
+			tensor(sg.Inputs, "K_cache"), tensor(sg.Inputs, "V_cache"),
+			tensor(sg.Outputs, "K_cache_out"), tensor(sg.Outputs, "V_cache_out"), tensor(sg.Outputs, "output")}
+		for name, t := range map[string]*axcl.Tensor{"input": x.in, "indices": x.idx, "mask": x.mask, "K_cache": x.k,
+			"V_cache": x.v, "K_cache_out": x.ko, "V_cache_out": x.vo, "output": x.out} {
+			if t == nil {
+				return x, pkgErr("%s has no tensor %q: not an Axera LLM layer", path, name)
+			}
+		}
+		for _, t := range []*axcl.Tensor{x.in, x.mask, x.k, x.v, x.ko, x.vo, x.out} {
+			if t.DataType != axcl.TypeBF16 {
+				return x, pkgErr("%s: tensor %s is %s, kiln runs bf16 layers", path, t.Name, t.DataType)
+			}
+		}
+		if x.idx.DataType != axcl.TypeUint32 && x.idx.DataType != axcl.TypeInt32 {
+			return x, pkgErr("%s: indices are %s, want uint32", path, x.idx.DataType)
+		}
+		return x, nil
+	}
+	for g := range groups {
+		x, err := get(g)
+		if err != nil {
+			return s, z, err
+		}
+		z.input, z.output = max(z.input, x.in.Size), max(z.output, x.out.Size)
+		z.indices, z.mask = max(z.indices, x.idx.Size), max(z.mask, x.mask.Size)
+		z.cache, z.kOut = max(z.cache, x.k.Size, x.v.Size), max(z.kOut, x.ko.Size, x.vo.Size)
+		if elems(x.idx) == 1 {
+			if s.Decode >= 0 {
+				return s, z, pkgErr("%s has two decode shape groups (%d and %d)", path, s.Decode, g)
+			}
+			s.Decode = g
+			s.Hidden, s.KVDim, s.Context = elems(x.in), elems(x.ko), elems(x.mask)-1
+			if s.Context < 1 || elems(x.k) < s.Context*s.KVDim {
+				return s, z, pkgErr("%s: decode K_cache holds %d elements, context %d × kv_dim %d needs more", path, elems(x.k), s.Context, s.KVDim)
+			}
+		}
+	}
+	if s.Decode < 0 {
+		return s, z, pkgErr("%s has no decode shape group (one whose indices hold one element)", path)
+	}
+	for g := range groups {
+		if g == s.Decode {
+			continue
+		}
+		x, _ := get(g)
+		if len(x.idx.Dims) > 1 && x.idx.Dims[0] == 3 {
+			return s, z, pkgErr("%s uses 3-row (mRoPE) positions, which kiln does not build yet", path)
+		}
+		t := elems(x.idx)
+		if s.Chunk == 0 {
+			s.Chunk = t
+		}
+		if t != s.Chunk || elems(x.in) != t*s.Hidden || elems(x.ko) != t*s.KVDim || elems(x.out) != t*s.Hidden || elems(x.mask)%t != 0 {
+			return s, z, pkgErr("%s: prefill group %d does not fit chunk %d, hidden %d, kv_dim %d", path, g, s.Chunk, s.Hidden, s.KVDim)
+		}
+		h := elems(x.mask)/t - t
+		if h < 0 || h > s.Context-t+1 {
+			return s, z, pkgErr("%s: prefill group %d has history %d, outside context %d", path, g, h, s.Context)
+		}
+		s.Prefill = append(s.Prefill, Group{Index: g, History: h})
+	}
+	slices.SortStableFunc(s.Prefill, func(a, b Group) int { return a.History - b.History })
+	if z.cache < uint64(s.Context*s.KVDim*2) {
+		z.cache = uint64(s.Context * s.KVDim * 2)
+	}
+	return s, z, nil
+}
+
+func sameShapes(a, b []axcl.ShapeGroup) bool {
+	if len(a) != len(b) {
+		return false
+	}
+	same := func(x, y []axcl.Tensor) bool {
+		if len(x) != len(y) {
+			return false
+		}
+		for i := range x {
+			if x[i].Name != y[i].Name || x[i].Size != y[i].Size || x[i].DataType != y[i].DataType {
+				return false
+			}
+		}
+		return true
+	}
+	for g := range a {
+		if !same(a[g].Inputs, b[g].Inputs) || !same(a[g].Outputs, b[g].Outputs) {
+			return false
+		}
+	}
+	return true
+}
+
+func (m *Model) bindPost() error {
+	d := m.post.Describe()
+	if len(d) < 1 || len(d[0].Inputs) != 1 || len(d[0].Outputs) < 1 {
+		return pkgErr("%s: post model wants one input and an output", m.pkg.Post)
+	}
+	in, out := &d[0].Inputs[0], &d[0].Outputs[0]
+	if in.DataType != axcl.TypeBF16 || elems(in) != m.shape.Hidden {
+		return pkgErr("%s: post model input is %s × %d, want bf16 × hidden %d", m.pkg.Post, in.DataType, elems(in), m.shape.Hidden)
+	}
+	switch out.DataType {
+	case axcl.TypeBF16:
+	case axcl.TypeFP32:
+		m.shape.PostFP32 = true
+	default:
+		return pkgErr("%s: post model output is %s, want bf16 or fp32 logits", m.pkg.Post, out.DataType)
+	}
+	m.shape.Vocab = elems(out)
+	var err error
+	if m.postIn, err = m.post.BufferAt(0, axcl.Input, 0); err != nil {
+		return err
+	}
+	m.pOut, err = m.post.BufferAt(0, axcl.Output, 0)
+	return err
+}
+
+func (m *Model) mapEmbed() error {
+	f, err := os.Open(m.pkg.Embed)
+	if err != nil {
+		return pkgErr("%v", err)
+	}
+	defer f.Close()
+	st, err := f.Stat()
+	if err != nil {
+		return pkgErr("%v", err)
+	}
+	want := int64(m.shape.Vocab) * int64(m.shape.Hidden) * 2
+	if st.Size() != want {
+		return pkgErr("%s has %d bytes; vocab %d × hidden %d × 2 is %d", m.pkg.Embed, st.Size(), m.shape.Vocab, m.shape.Hidden, want)
+	}
+	b, err := syscall.Mmap(int(f.Fd()), 0, int(want), syscall.PROT_READ, syscall.MAP_SHARED)
+	if err != nil {
+		return fmt.Errorf("llm: map %s: %w", m.pkg.Embed, err)
+	}
+	m.embed = b
+	return nil
+}
+
+// Shape describes the model as the card runs it.
+func (m *Model) Shape() Shape { return m.shape }
+
+// Package is the package the model was loaded from.
+func (m *Model) Package() *Package { return m.pkg }
+
+// Tokenizer is the package's tokenizer.
+func (m *Model) Tokenizer() *tokenize.BPE { return m.tok }
+
+// Defaults are the sampling defaults of the package's post_config.json.
+func (m *Model) Defaults() Sampling { return m.pkg.Defaults }
+
+// CMMBytes is the card memory the model holds: weights, KV caches and IO
+// buffers.
+func (m *Model) CMMBytes() uint64 { return m.cmm }
+
+// StopIDs are the token ids that end a reply by default: the tokenizer's
+// end-of-turn and end-of-text tokens.
+func (m *Model) StopIDs() []int { return m.tok.StopIDs() }
+
+// Close unloads the models, frees the device buffers and unmaps the
+// embedding table. A running Generate finishes first.
+func (m *Model) Close(ctx context.Context) error {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if m.closed {
+		return nil
+	}
+	m.closed = true
+	return m.release(ctx)
+}
+
+func (m *Model) release(ctx context.Context) error {
+	var errs []error
+	if m.dev.Err() == nil {
+		errs = append(errs, m.dev.Do(ctx, func(t *npu.Thread) error {
+			var errs []error
+			if m.post != nil {
+				errs = append(errs, t.Unload(m.post))
+			}
+			for _, l := range m.layers {
+				errs = append(errs, t.Unload(l))
+			}
+			for _, b := range m.owned {
+				errs = append(errs, t.Free(b))
+			}
+			return errors.Join(errs...)
+		}))
+	}
+	m.post, m.layers, m.owned = nil, nil, nil
+	if m.embed != nil {
+		errs = append(errs, syscall.Munmap(m.embed))
+		m.embed = nil
+	}
+	if err := errors.Join(errs...); err != nil {
+		return fmt.Errorf("llm: close %s: %w", m.pkg.Name, err)
+	}
+	return nil
+}

@@ -1,0 +1,252 @@
+package llm
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"regexp"
+	"sort"
+	"strconv"
+	"strings"
+)
+
+// ErrPackage is matched by every error about a package folder: a missing,
+// unreadable or inconsistent file.
+var ErrPackage = errors.New("llm: bad model package")
+
+// EmbedFile is the name of the embedding table in Axera packages.
+const EmbedFile = "model.embed_tokens.weight.bfloat16.bin"
+
+// Package is a model package folder as found on disk, before anything is
+// loaded on the card: the files and the settings the vendor packages carry.
+type Package struct {
+	Dir string
+	// Name is config.json's model_name, else the folder name.
+	Name string
+	// Layers are the decoder layer files in layer order.
+	Layers []string
+	// Post is the post model (final norm + lm_head).
+	Post string
+	// Embed is the bf16 embedding table (vocab × hidden).
+	Embed string
+	// Vocab and Hidden are config.json's tokens_embed_num and
+	// tokens_embed_size, 0 when the package does not say (the mid-2025
+	// packages ship an empty config.json); Load takes them from the models.
+	Vocab, Hidden int
+	// Tokenizer is the folder of the tokenizer (tokenizer.json(.gz)).
+	Tokenizer string
+	// TokenizerType is config.json's tokenizer_type ("Qwen3", ...), "" if
+	// not given.
+	TokenizerType string
+	// Vision is the vision encoder model file, "" if the package has none.
+	Vision string
+	// Defaults are the sampling defaults of post_config.json.
+	Defaults Sampling
+}
+
+// packageConfig is the part of config.json (the 2026 axllm format) kiln reads.
+type packageConfig struct {
+	ModelName     string `json:"model_name"`
+	TokenizerType string `json:"tokenizer_type"`
+	Tokenizer     string `json:"url_tokenizer_model"`
+	Template      string `json:"template_filename_axmodel"`
+	Layers        int    `json:"axmodel_num"`
+	Post          string `json:"filename_post_axmodel"`
+	Embed         string `json:"filename_tokens_embed"`
+	EmbedNum      int    `json:"tokens_embed_num"`
+	EmbedSize     int    `json:"tokens_embed_size"`
+	PostConfig    string `json:"post_config_path"`
+	Vision        string `json:"filename_image_encoder_axmodel"`
+}
+
+// postConfig is post_config.json.
+type postConfig struct {
+	EnableTemperature       bool    `json:"enable_temperature"`
+	Temperature             float64 `json:"temperature"`
+	EnableRepetitionPenalty bool    `json:"enable_repetition_penalty"`
+	RepetitionPenalty       float64 `json:"repetition_penalty"`
+	PenaltyWindow           int     `json:"penalty_window"`
+	EnableTopP              bool    `json:"enable_top_p_sampling"`
+	TopP                    float64 `json:"top_p"`
+	EnableTopK              bool    `json:"enable_top_k_sampling"`
+	TopK                    int     `json:"top_k"`
+}
+
+func pkgErr(format string, args ...any) error {
+	return fmt.Errorf("%w: %s", ErrPackage, fmt.Sprintf(format, args...))
+}
+
+var layerFile = regexp.MustCompile(`^(.+)_p(\d+)_l(\d+)_together\.axmodel$`)
+
+// Detect reports whether dir looks like an LLM package: a config.json that
+// names layer files, or a folder holding <arch>_p<N>_l0_together.axmodel.
+func Detect(dir string) bool {
+	p, err := ReadPackage(dir)
+	return err == nil && len(p.Layers) > 0
+}
+
+// ReadPackage reads the package folder dir: config.json (the axllm format)
+// when it has content, else the files found by their vendor names
+// (<arch>_p128_l<i>_together.axmodel, <arch>_post.axmodel, the embedding
+// table, a *tokenizer folder); and post_config.json. Every file it names
+// must exist; an error wrapping ErrPackage says which one does not.
+func ReadPackage(dir string) (*Package, error) {
+	st, err := os.Stat(dir)
+	if err != nil {
+		return nil, pkgErr("%v", err)
+	}
+	if !st.IsDir() {
+		return nil, pkgErr("%s is not a folder", dir)
+	}
+	p := &Package{Dir: dir, Name: filepath.Base(dir)}
+	var cfg packageConfig
+	raw, err := os.ReadFile(filepath.Join(dir, "config.json"))
+	if err == nil && len(strings.TrimSpace(string(raw))) > 0 {
+		if err := json.Unmarshal(raw, &cfg); err != nil {
+			return nil, pkgErr("%s: %v", filepath.Join(dir, "config.json"), err)
+		}
+	}
+	if cfg.ModelName != "" {
+		p.Name = cfg.ModelName
+	}
+	p.TokenizerType = cfg.TokenizerType
+	p.Vocab, p.Hidden = cfg.EmbedNum, cfg.EmbedSize
+	if cfg.Template != "" {
+		if cfg.Layers < 1 {
+			return nil, pkgErr("%s: template_filename_axmodel without a positive axmodel_num", filepath.Join(dir, "config.json"))
+		}
+		if strings.Count(cfg.Template, "%d") != 1 {
+			return nil, pkgErr("%s: template_filename_axmodel %q must hold one %%d", filepath.Join(dir, "config.json"), cfg.Template)
+		}
+		for i := range cfg.Layers {
+			p.Layers = append(p.Layers, filepath.Join(dir, strings.Replace(cfg.Template, "%d", strconv.Itoa(i), 1)))
+		}
+		if cfg.Post == "" {
+			return nil, pkgErr("%s: no filename_post_axmodel", filepath.Join(dir, "config.json"))
+		}
+		p.Post = filepath.Join(dir, cfg.Post)
+		if cfg.Embed == "" {
+			cfg.Embed = filepath.Join(filepath.Dir(strings.Replace(cfg.Template, "%d", "0", 1)), EmbedFile)
+		}
+		p.Embed = filepath.Join(dir, cfg.Embed)
+	} else if err := discover(p); err != nil {
+		return nil, err
+	}
+	if cfg.Vision != "" {
+		p.Vision = filepath.Join(dir, cfg.Vision)
+	}
+	for _, f := range append(append([]string{p.Post, p.Embed}, p.Layers...), p.Vision) {
+		if f == "" {
+			continue
+		}
+		if st, err := os.Stat(f); err != nil || st.IsDir() {
+			return nil, pkgErr("model file %s is missing", f)
+		}
+	}
+	if p.Vocab > 0 && p.Hidden > 0 {
+		st, _ := os.Stat(p.Embed)
+		if want := int64(p.Vocab) * int64(p.Hidden) * 2; st.Size() != want {
+			return nil, pkgErr("%s has %d bytes; tokens_embed_num %d × tokens_embed_size %d × 2 is %d",
+				p.Embed, st.Size(), p.Vocab, p.Hidden, want)
+		}
+	}
+	p.Tokenizer = tokenizerDir(dir, cfg.Tokenizer)
+	postPath := filepath.Join(dir, "post_config.json")
+	if cfg.PostConfig != "" {
+		postPath = filepath.Join(dir, cfg.PostConfig)
+	}
+	p.Defaults = Sampling{TopP: 1}
+	if raw, err := os.ReadFile(postPath); err == nil {
+		var pc postConfig
+		if err := json.Unmarshal(raw, &pc); err != nil {
+			return nil, pkgErr("%s: %v", postPath, err)
+		}
+		p.Defaults = pc.sampling()
+	} else if cfg.PostConfig != "" {
+		return nil, pkgErr("post config %s is missing", postPath)
+	}
+	return p, nil
+}
+
+// sampling turns post_config.json into Sampling: a disabled setting is off.
+func (pc postConfig) sampling() Sampling {
+	s := Sampling{TopP: 1}
+	if pc.EnableTemperature && pc.Temperature > 0 {
+		s.Temperature = pc.Temperature
+	}
+	if pc.EnableRepetitionPenalty && pc.RepetitionPenalty > 0 {
+		s.RepetitionPenalty = pc.RepetitionPenalty
+		s.PenaltyWindow = pc.PenaltyWindow
+	}
+	if pc.EnableTopP && pc.TopP > 0 && pc.TopP <= 1 {
+		s.TopP = pc.TopP
+	}
+	// The vendor runner makes top-k and top-p exclusive; top-p wins.
+	if pc.EnableTopK && pc.TopK > 0 && !(pc.EnableTopP && s.TopP < 1) {
+		s.TopK = pc.TopK
+	}
+	return s
+}
+
+// discover finds the model files of a package without a config.json.
+func discover(p *Package) error {
+	var found []string
+	err := filepath.WalkDir(p.Dir, func(path string, d os.DirEntry, err error) error {
+		if err != nil {
+			return nil
+		}
+		if d.IsDir() && path != p.Dir && strings.Count(strings.TrimPrefix(path, p.Dir), string(filepath.Separator)) > 2 {
+			return filepath.SkipDir
+		}
+		if !d.IsDir() && layerFile.MatchString(d.Name()) {
+			if m := layerFile.FindStringSubmatch(d.Name()); m[3] == "0" {
+				found = append(found, path)
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		return pkgErr("%v", err)
+	}
+	if len(found) == 0 {
+		return pkgErr("%s has neither a config.json naming its models nor a *_p128_l0_together.axmodel", p.Dir)
+	}
+	if len(found) > 1 {
+		sort.Strings(found)
+		return pkgErr("%s holds several layer-0 models (%s); add a config.json that names one", p.Dir, strings.Join(found, ", "))
+	}
+	m := layerFile.FindStringSubmatch(filepath.Base(found[0]))
+	arch, chunk, mdir := m[1], m[2], filepath.Dir(found[0])
+	for i := 0; ; i++ {
+		f := filepath.Join(mdir, fmt.Sprintf("%s_p%s_l%d_together.axmodel", arch, chunk, i))
+		if _, err := os.Stat(f); err != nil {
+			break
+		}
+		p.Layers = append(p.Layers, f)
+	}
+	// The vendor names the Qwen3-VL text post model after its layers
+	// (qwen3_vl_text_post.axmodel); others are <arch>_post.axmodel.
+	p.Post = filepath.Join(mdir, arch+"_post.axmodel")
+	p.Embed = filepath.Join(mdir, EmbedFile)
+	return nil
+}
+
+// tokenizerDir finds the tokenizer folder: the one config.json names, else
+// dir itself when it holds tokenizer.json, else its *tokenizer subfolder.
+func tokenizerDir(dir, named string) string {
+	if named != "" && !strings.Contains(named, "://") {
+		p := filepath.Join(dir, named)
+		if st, err := os.Stat(p); err == nil && st.IsDir() {
+			return p
+		}
+		if _, err := os.Stat(p); err == nil {
+			return filepath.Dir(p)
+		}
+		if _, err := os.Stat(p + ".gz"); err == nil {
+			return filepath.Dir(p)
+		}
+	}
+	return dir
+}
