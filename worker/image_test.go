@@ -1,0 +1,379 @@
+package worker_test
+
+import (
+	"bytes"
+	"context"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"hash/crc32"
+	"image"
+	"image/color"
+	"image/png"
+	"os"
+	"path/filepath"
+	"slices"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/ebitengine/purego"
+
+	"github.com/kiln-project/kiln/broker/topology"
+	"github.com/kiln-project/kiln/client"
+	"github.com/kiln-project/kiln/schema"
+	"github.com/kiln-project/kiln/test/cardsim"
+	"github.com/kiln-project/kiln/worker"
+	"github.com/kiln-project/kiln/worker/npu"
+	"github.com/kiln-project/kiln/worker/sd"
+)
+
+// TestImageJobs runs image jobs end to end through the real queue: an
+// embedded broker, a worker serving the SD package on the simulated card
+// with the real image handler, and the client.
+func TestImageJobs(t *testing.T) {
+	lib := cardsim.Library(t)
+	simConfig := simConfigFunc(t, lib)
+	dev, err := npu.Open(t.Context(), npu.Config{Library: lib, Logger: quiet, SampleInterval: -1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = dev.Close(context.Background()) })
+	spec := cardsim.SD15LCM()
+	spec.TokenizerDir = "tokenize/testdata/clip"
+	dir := filepath.Join(t.TempDir(), "sd15-lcm")
+	if err := cardsim.WriteSDPackage(dir, spec); err != nil {
+		t.Fatal(err)
+	}
+	pipe, err := sd.Open(t.Context(), dev, dir, sd.Config{Name: "sd15-lcm", Logger: quiet})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = pipe.Close(context.Background()) })
+
+	// The chat model on the same card: the simulated Qwen3 layer (see
+	// layerChat). The handlers record when they run.
+	var mu sync.Mutex
+	var spans []span
+	record := func(kind string) func() {
+		s := span{kind: kind, start: time.Now()}
+		return func() {
+			s.end = time.Now()
+			mu.Lock()
+			spans = append(spans, s)
+			mu.Unlock()
+		}
+	}
+	chat := newLayerChat(t, dev, record)
+	img := worker.ImageHandler(pipe, quiet)
+	recorded := worker.HandlerFunc[schema.ImageJob](func(ctx context.Context, job *worker.Job[schema.ImageJob]) (*schema.Result, error) {
+		defer record("image")()
+		return img.Handle(ctx, job)
+	})
+
+	bb := setup(t, topology.Config{})
+	bb.worker(t, "card0", func(c *worker.Config) {
+		c.Chat = map[string]worker.Handler[schema.ChatJob]{"qwen3-layer": chat}
+		c.Image = map[string]worker.Handler[schema.ImageJob]{"sd15-lcm": recorded}
+	})
+	c := bb.client(t)
+	ctx := testCtx(t)
+	seed := func(s uint64) *uint64 { return &s }
+	job := func(prompt string, s uint64) *schema.ImageJob {
+		return &schema.ImageJob{JobHeader: schema.JobHeader{Model: "sd15-lcm"}, Prompt: prompt, Seed: seed(s), Progress: true}
+	}
+	run := func(j *schema.ImageJob) (*schema.Result, []schema.Event, error) {
+		var evs []schema.Event
+		res, err := c.Image(ctx, j, func(ev schema.Event) error {
+			evs = append(evs, ev)
+			return nil
+		})
+		return res, evs, err
+	}
+	progressSteps := func(evs []schema.Event, steps int) []int {
+		var got []int
+		for _, ev := range evs {
+			if ev.Type == schema.EventProgress {
+				if ev.Steps != steps {
+					t.Errorf("progress event says %d steps, want %d", ev.Steps, steps)
+				}
+				got = append(got, ev.Step)
+			}
+		}
+		return got
+	}
+
+	var fox []byte
+	t.Run("txt2img", func(t *testing.T) {
+		res, evs, err := run(job("a red fox", 7))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got := progressSteps(evs, 4); !slices.Equal(got, []int{1, 2, 3, 4}) {
+			t.Fatalf("progress steps %v", got)
+		}
+		if res.Status != schema.StatusOK || res.Mime != "image/png" || res.Usage.PromptTokens != 5 {
+			t.Fatalf("result %+v", res)
+		}
+		pngSize(t, res.Image, 512, 512)
+		fox = res.Image
+		stored, err := c.Result(ctx, res.JobID)
+		if err != nil || !bytes.Equal(stored.Image, res.Image) {
+			t.Fatalf("KILN_RESULTS holds another image (%v)", err)
+		}
+		again, _, err := run(job("a red fox", 7))
+		if err != nil || !bytes.Equal(again.Image, res.Image) {
+			t.Fatalf("the same seed gave other bytes (%v)", err)
+		}
+		other, _, err := run(job("a red fox", 8))
+		if err != nil || bytes.Equal(other.Image, res.Image) {
+			t.Fatalf("another seed gave the same bytes (%v)", err)
+		}
+	})
+
+	t.Run("img2img", func(t *testing.T) {
+		j := job("an oil painting", 3)
+		j.InitImage = gradientPNG(t, 640, 480)
+		res, evs, err := run(j)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got := progressSteps(evs, 2); !slices.Equal(got, []int{1, 2}) {
+			t.Fatalf("progress steps %v", got)
+		}
+		pngSize(t, res.Image, 512, 512)
+		if bytes.Equal(res.Image, fox) {
+			t.Fatal("img2img gave the txt2img image")
+		}
+	})
+
+	t.Run("invalid", func(t *testing.T) {
+		for _, c := range []struct {
+			name  string
+			mod   func(*schema.ImageJob)
+			code  schema.ErrorCode
+			field string
+		}{
+			{"steps", func(j *schema.ImageJob) { j.Steps = 3 }, schema.CodeOutOfRange, "steps"},
+			{"strength", func(j *schema.ImageJob) { j.InitImage, j.Strength = gradientPNG(t, 8, 8), 0.1 }, schema.CodeOutOfRange, "strength"},
+			{"not an image", func(j *schema.ImageJob) { j.InitImage = []byte("GIF? no, text") }, schema.CodeBadValue, "init_image"},
+			{"too large", func(j *schema.ImageJob) { j.InitImage = pngHeader(9000, 9000) }, schema.CodeOverLimit, "init_image"},
+			{"side ratio", func(j *schema.ImageJob) { j.InitImage = gradientPNG(t, 500, 100) }, schema.CodeOutOfRange, "init_image"},
+		} {
+			j := job("x", 1)
+			c.mod(j)
+			_, evs, err := run(j)
+			var je *client.JobError
+			if !errors.Is(err, client.ErrInvalid) || !errors.As(err, &je) || je.Result.Error.Code != c.code || je.Result.Error.Field != c.field {
+				t.Errorf("%s: %v", c.name, err)
+			}
+			if len(progressSteps(evs, 0)) != 0 {
+				t.Errorf("%s: progress events for a refused job", c.name)
+			}
+		}
+	})
+
+	t.Run("cancel between steps", func(t *testing.T) {
+		simConfig(t, "exec_us=300000", "exec_us=0") // 0.3 s per execute
+		p, err := c.Submit(ctx, job("a slow fox", 1))
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer p.Close()
+		var steps []int
+		res, err := p.Wait(ctx, func(ev schema.Event) error {
+			if ev.Type == schema.EventProgress {
+				steps = append(steps, ev.Step)
+				if ev.Step == 1 {
+					return c.Cancel(ctx, p.ID)
+				}
+			}
+			return nil
+		})
+		if !errors.Is(err, client.ErrCancelled) || res == nil || res.Status != schema.StatusCancelled || len(res.Image) != 0 {
+			t.Fatalf("result %+v, err %v", res, err)
+		}
+		if len(steps) == 0 || slices.Max(steps) >= 4 {
+			t.Fatalf("progress steps %v: the cancel did not stop the job between steps", steps)
+		}
+	})
+
+	t.Run("chat and image on one card", func(t *testing.T) {
+		chatJob := func() *schema.ChatJob { // a new job (and id) each time
+			return &schema.ChatJob{JobHeader: schema.JobHeader{Model: "qwen3-layer"},
+				Messages: []schema.Message{{Role: "user", Content: "hello card"}}}
+		}
+		alone, err := c.Chat(ctx, chatJob(), nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		simConfig(t, "exec_us=20000", "exec_us=0")
+		mu.Lock()
+		spans = nil
+		mu.Unlock()
+		var wg sync.WaitGroup
+		var imgRes, chatRes *schema.Result
+		var imgErr, chatErr error
+		wg.Add(2)
+		go func() { defer wg.Done(); imgRes, _, imgErr = run(job("a red fox", 7)) }()
+		go func() { defer wg.Done(); chatRes, chatErr = c.Chat(ctx, chatJob(), nil) }()
+		wg.Wait()
+		if imgErr != nil || chatErr != nil {
+			t.Fatalf("image: %v, chat: %v", imgErr, chatErr)
+		}
+		if !bytes.Equal(imgRes.Image, fox) {
+			t.Error("the image differs from the one made alone")
+		}
+		if chatRes.Text != alone.Text || chatRes.Text == "" {
+			t.Errorf("chat text %q, alone %q", chatRes.Text, alone.Text)
+		}
+		mu.Lock()
+		defer mu.Unlock()
+		if len(spans) != 2 {
+			t.Fatalf("%d handler runs", len(spans))
+		}
+		a, b := spans[0], spans[1]
+		if b.start.Before(a.end) {
+			t.Errorf("%s and %s ran at the same time", a.kind, b.kind)
+		}
+	})
+}
+
+type span struct {
+	kind       string
+	start, end time.Time
+}
+
+// simConfigFunc binds the simulator's kilnsim_config (not part of AXCL).
+func simConfigFunc(t *testing.T, lib string) func(t *testing.T, spec, undo string) {
+	h, err := purego.Dlopen(lib, purego.RTLD_NOW|purego.RTLD_GLOBAL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var config func(string) int32
+	sym, err := purego.Dlsym(h, "kilnsim_config")
+	if err != nil {
+		t.Fatal(err)
+	}
+	purego.RegisterFunc(&config, sym)
+	return func(t *testing.T, spec, undo string) {
+		if config(spec) != 0 {
+			t.Fatalf("kilnsim_config(%q) refused", spec)
+		}
+		t.Cleanup(func() { config(undo) })
+	}
+}
+
+// layerChat is a chat handler of this test (the LLM runtime is another
+// issue): it runs the simulated Qwen3 decoder layer on the same device, one
+// execute per byte of the last message, each at position 0 with only its own
+// key visible, and streams the first output value of each as a token.
+type layerChat struct {
+	dev    *npu.Device
+	spec   cardsim.LLMSpec
+	m      *npu.Model
+	record func(string) func()
+}
+
+func newLayerChat(t *testing.T, dev *npu.Device, record func(string) func()) *layerChat {
+	spec := cardsim.LLMSpec{Name: "tiny", Arch: "tiny", ModelDir: "tiny", Layers: 1, Hidden: 16, KVDim: 8, Vocab: 256,
+		MaxCtx: 63, Prefill: 16, Histories: []int{0}, Seed: 11, LayerWeightBytes: 1 << 20}
+	b, err := spec.LayerSpec(0).Marshal()
+	if err != nil {
+		t.Fatal(err)
+	}
+	path := filepath.Join(t.TempDir(), spec.LayerFile(0))
+	if err := os.WriteFile(path, b, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	m, err := dev.LoadModel(t.Context(), path, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = dev.Unload(context.Background(), m) })
+	return &layerChat{dev: dev, spec: spec, m: m, record: record}
+}
+
+func (l *layerChat) Handle(ctx context.Context, job *worker.Job[schema.ChatJob]) (*schema.Result, error) {
+	defer l.record("chat")()
+	msgs := job.Args.Messages
+	text := msgs[len(msgs)-1].Content
+	mask := make([]byte, 2*(l.spec.MaxCtx+1))
+	for c := 0; c < l.spec.MaxCtx; c++ {
+		binary.LittleEndian.PutUint16(mask[2*c:], 0xC780) // hidden
+	}
+	var out string
+	for i := 0; i < len(text); i++ {
+		if err := ctx.Err(); err != nil {
+			return &schema.Result{Text: out}, err
+		}
+		in := make([]byte, 2*l.spec.Hidden)
+		for k, v := range l.spec.EmbedRow(int(text[i])) {
+			binary.LittleEndian.PutUint16(in[2*k:], v)
+		}
+		res := make([]byte, 2*l.spec.Hidden)
+		err := l.dev.Do(ctx, func(th *npu.Thread) error {
+			for name, b := range map[string][]byte{"input": in, "indices": make([]byte, 4), "mask": mask} {
+				buf, err := l.m.Buffer(0, npu.In(name))
+				if err != nil {
+					return err
+				}
+				if err := th.Write(buf, 0, b); err != nil {
+					return err
+				}
+			}
+			if err := th.Execute(l.m, 0); err != nil {
+				return err
+			}
+			buf, err := l.m.Buffer(0, npu.Out("output"))
+			if err != nil {
+				return err
+			}
+			return th.Read(res, buf, 0)
+		})
+		if err != nil {
+			return nil, err
+		}
+		tok := fmt.Sprintf("%04x ", binary.LittleEndian.Uint16(res))
+		_ = job.Token(tok)
+		out += tok
+	}
+	return &schema.Result{Text: out, FinishReason: schema.FinishStop, Usage: schema.Usage{CompletionTokens: len(text)}}, nil
+}
+
+func pngSize(t *testing.T, b []byte, w, h int) {
+	t.Helper()
+	img, err := png.Decode(bytes.NewReader(b))
+	if err != nil {
+		t.Fatalf("not a PNG: %v", err)
+	}
+	if r := img.Bounds(); r.Dx() != w || r.Dy() != h {
+		t.Fatalf("PNG is %dx%d, want %dx%d", r.Dx(), r.Dy(), w, h)
+	}
+}
+
+func gradientPNG(t *testing.T, w, h int) []byte {
+	img := image.NewRGBA(image.Rect(0, 0, w, h))
+	for y := 0; y < h; y++ {
+		for x := 0; x < w; x++ {
+			img.Set(x, y, color.RGBA{uint8(x), uint8(y), uint8(x + y), 255})
+		}
+	}
+	var b bytes.Buffer
+	if err := png.Encode(&b, img); err != nil {
+		t.Fatal(err)
+	}
+	return b.Bytes()
+}
+
+// pngHeader is the start of a PNG that claims w×h pixels (no pixel data):
+// enough for the size check, which reads only the header.
+func pngHeader(w, h uint32) []byte {
+	b := []byte("\x89PNG\r\n\x1a\n")
+	ihdr := binary.BigEndian.AppendUint32([]byte("IHDR"), w)
+	ihdr = binary.BigEndian.AppendUint32(ihdr, h)
+	ihdr = append(ihdr, 8, 2, 0, 0, 0)
+	b = binary.BigEndian.AppendUint32(b, 13)
+	b = append(b, ihdr...)
+	return binary.BigEndian.AppendUint32(b, crc32.ChecksumIEEE(ihdr))
+}
