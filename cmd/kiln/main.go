@@ -133,14 +133,28 @@ func newFlags(e *env, name, args string) *flag.FlagSet {
 }
 
 // parse parses args, mapping flag errors to errUsage.
+// Flags may come after positional arguments (`kiln image "a red fox" -o
+// fox.png`); "--" ends the flags.
 func parse(fs *flag.FlagSet, args []string) error {
-	if err := fs.Parse(args); err != nil {
-		if errors.Is(err, flag.ErrHelp) {
-			return err
+	var pos []string
+	for {
+		if err := fs.Parse(args); err != nil {
+			if errors.Is(err, flag.ErrHelp) {
+				return err
+			}
+			return errUsage
 		}
-		return errUsage
+		if fs.NArg() == 0 {
+			break
+		}
+		if stop := len(args) - fs.NArg(); stop > 0 && args[stop-1] == "--" {
+			pos = append(pos, fs.Args()...)
+			break
+		}
+		pos = append(pos, fs.Arg(0))
+		args = fs.Args()[1:]
 	}
-	return nil
+	return fs.Parse(append([]string{"--"}, pos...))
 }
 
 // newLogger logs with tint on a terminal and JSON otherwise (journald, files);
