@@ -366,11 +366,9 @@ func (p *Pipeline) Steps() []int { return SupportedSteps() }
 
 // plan is a checked request.
 type plan struct {
-	steps     []int
-	img2img   bool
-	seed      uint64
-	strength  float64
-	stepCount int
+	steps   []int // the timesteps to run
+	img2img bool
+	seed    uint64
 }
 
 // Check validates req against the package without doing any work; the
@@ -390,7 +388,7 @@ func (p *Pipeline) plan(req *Request) (*plan, error) {
 		return nil, &RequestError{Field: "steps", Err: ErrOutOfRange, Msg: fmt.Sprintf(
 			"%d steps are not supported by %s: use %s (0 means %d)", req.Steps, p.name, listInts(SupportedSteps()), DefaultSteps)}
 	}
-	pl := &plan{steps: sched, seed: req.Seed, stepCount: n}
+	pl := &plan{steps: sched, seed: req.Seed}
 	if len(req.InitImage) == 0 {
 		if req.Strength != 0 {
 			return nil, &RequestError{Field: "strength", Err: ErrOutOfRange, Msg: "strength needs an init image"}
@@ -413,7 +411,7 @@ func (p *Pipeline) plan(req *Request) (*plan, error) {
 		return nil, &RequestError{Field: "strength", Err: ErrOutOfRange, Msg: fmt.Sprintf(
 			"%g with %d steps runs no step (int(steps×strength) = 0): use at least %g", s, n, 1/float64(n))}
 	}
-	pl.img2img, pl.strength, pl.steps = true, s, sched[n-k:]
+	pl.img2img, pl.steps = true, sched[n-k:]
 	return pl, nil
 }
 
@@ -447,11 +445,14 @@ func (p *Pipeline) Generate(ctx context.Context, req *Request, progress func(ste
 	res := &Result{Width: p.W, Height: p.H, Timesteps: pl.steps}
 	tm := &res.Timings
 	var dev time.Duration
-	do := func(what string, fn func(t *npu.Thread) error) error {
+	do := func(what string, step int, fn func(t *npu.Thread) error) error {
 		t0 := time.Now()
 		err := p.dev.Do(ctx, fn)
 		dev += time.Since(t0)
 		if err != nil {
+			if step > 0 {
+				what = fmt.Sprintf("%s step %d (t=%d)", what, step, pl.steps[step-1])
+			}
 			return fmt.Errorf("sd: %s: %s: %w", p.name, what, err)
 		}
 		return nil
@@ -483,7 +484,7 @@ func (p *Pipeline) Generate(ctx context.Context, req *Request, progress func(ste
 	}
 	end()
 	end = stage(&tm.TextEncoder)
-	err = do("text encoder", func(t *npu.Thread) error {
+	err = do("text encoder", 0, func(t *npu.Thread) error {
 		if err := t.Write(p.ids, 0, p.idsBytes); err != nil {
 			return err
 		}
@@ -503,7 +504,7 @@ func (p *Pipeline) Generate(ctx context.Context, req *Request, progress func(ste
 	if pl.img2img {
 		end = stage(&tm.VAEEncoder)
 		p.encIn.encode(p.pix)
-		err = do("vae encoder", func(t *npu.Thread) error {
+		err = do("vae encoder", 0, func(t *npu.Thread) error {
 			if err := t.Write(p.encIn.buf, 0, p.encIn.bytes); err != nil {
 				return err
 			}
@@ -538,7 +539,7 @@ func (p *Pipeline) Generate(ctx context.Context, req *Request, progress func(ste
 		}
 		p.uSample.encode(p.x)
 		p.uTime.encode(row)
-		err := do(fmt.Sprintf("unet step %d (t=%d)", i+1, t), func(th *npu.Thread) error {
+		err := do("unet", i+1, func(th *npu.Thread) error {
 			if err := th.Write(p.uSample.buf, 0, p.uSample.bytes); err != nil {
 				return err
 			}
@@ -587,7 +588,7 @@ func (p *Pipeline) Generate(ctx context.Context, req *Request, progress func(ste
 		p.x0[i] = v / LatentScale
 	}
 	p.decIn.encode(p.x0)
-	err = do("vae decoder", func(t *npu.Thread) error {
+	err = do("vae decoder", 0, func(t *npu.Thread) error {
 		if err := t.Write(p.decIn.buf, 0, p.decIn.bytes); err != nil {
 			return err
 		}
