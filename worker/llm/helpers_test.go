@@ -81,10 +81,35 @@ func openDevice(t testing.TB) *npu.Device {
 	return dev
 }
 
-// loadTest opens the card and loads the test package.
+var sharedModel struct {
+	once sync.Once
+	m    *Model
+	err  error
+}
+
+// loadTest returns the test package loaded on the simulated card: with nil
+// options one model shared by the tests of this binary (its prefix cache
+// emptied), else a model of its own.
 func loadTest(t testing.TB, opts *Options) (*Model, *cardsim.Reference, *npu.Device) {
 	t.Helper()
 	dir, ref := testPackage(t)
+	if opts == nil {
+		sharedModel.once.Do(func() {
+			var dev *npu.Device
+			dev, sharedModel.err = npu.Open(context.Background(), npu.Config{Library: cardsim.Library(t), SampleInterval: -1})
+			if sharedModel.err == nil {
+				sharedModel.m, sharedModel.err = Load(context.Background(), dev, dir, nil)
+			}
+		})
+		if sharedModel.err != nil {
+			t.Fatal(sharedModel.err)
+		}
+		m := sharedModel.m
+		m.mu.Lock()
+		m.prefixes = newPrefixCache(m.opts.PrefixCacheBytes, m.opts.PrefixCacheEntries)
+		m.mu.Unlock()
+		return m, ref, m.dev
+	}
 	dev := openDevice(t)
 	m, err := Load(context.Background(), dev, dir, opts)
 	if err != nil {

@@ -73,7 +73,7 @@ func TestCachedRuntimeMatchesReference(t *testing.T) {
 		t.Fatalf("prefill histories %v", got)
 	}
 	r := rand.New(rand.NewPCG(1, 2))
-	for _, n := range []int{1, 7, 127, 128, 129, 300, 511, 512, 530, s.MaxPrompt()} {
+	for _, n := range []int{1, 7, 127, 128, 129, 300, 512, 530, s.MaxPrompt()} {
 		prompt := randomPrompt(r, n)
 		got, err := m.Logits(bg, prompt)
 		if err != nil {
@@ -89,7 +89,10 @@ func TestCachedRuntimeMatchesReference(t *testing.T) {
 			}
 		}
 		k := min(3, s.Context-n)
-		toks, res := generate(t, m, greedy(prompt, 3))
+		if n > 256 {
+			k = min(2, k) // the reference recomputes the whole sequence per token
+		}
+		toks, res := generate(t, m, greedy(prompt, k))
 		wantToks, err := ref.Greedy(prompt, k)
 		if err != nil {
 			t.Fatal(err)

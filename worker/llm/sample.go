@@ -20,9 +20,10 @@ type Sampling struct {
 	// TopP keeps the smallest set of most likely tokens whose probability
 	// reaches p; 1 (or ≤ 0) keeps all.
 	TopP float64
-	// RepetitionPenalty > 1 makes tokens of the reply's last PenaltyWindow
-	// tokens less likely: positive logits are divided by it, negative ones
-	// multiplied (CTRL / Hugging Face). ≤ 1 means none.
+	// RepetitionPenalty makes tokens of the reply's last PenaltyWindow
+	// tokens less likely (above 1) or more likely (below 1): positive logits
+	// are divided by it, negative ones multiplied (CTRL / Hugging Face).
+	// 0 or 1 means none.
 	RepetitionPenalty float64
 	// PenaltyWindow is how many of the latest generated tokens the penalty
 	// looks at (default 64).
@@ -91,7 +92,7 @@ func argmax(lg []float32) int {
 // pick chooses the next token from sp.logits. history is the reply so far.
 func (sp *sampler) pick(s *Sampling, history []int) int {
 	lg := sp.logits
-	if s.RepetitionPenalty > 1 && len(history) > 0 {
+	if s.RepetitionPenalty > 0 && s.RepetitionPenalty != 1 && len(history) > 0 {
 		w := s.PenaltyWindow
 		if w <= 0 {
 			w = 64

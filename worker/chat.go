@@ -1,0 +1,195 @@
+package worker
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"math/rand/v2"
+	"strings"
+	"time"
+
+	"github.com/kiln-project/kiln/schema"
+	"github.com/kiln-project/kiln/worker/llm"
+	tok "github.com/kiln-project/kiln/worker/tokenize"
+)
+
+// ChatHandler serves chat jobs with an LLM resident on the card: it renders
+// the messages with the package's chat template, generates with the job's
+// sampling settings (the package's post_config.json for those it leaves
+// out; a random seed when it has none), streams the reply as token events of
+// whole UTF-8 characters, cuts it at the first stop string, and returns the
+// text with its token counts and timings.
+//
+// A prompt longer than the model's context allows is refused with
+// over_limit on "messages", naming the limit. max_tokens beyond what the
+// context leaves after the prompt is clamped: the reply then ends with
+// finish_reason "length" at the context end. Images are refused with
+// unsupported (this build has no vision path). A device error is transient
+// and the job is retried; a cancelled job returns the text so far.
+func ChatHandler(m *llm.Model, log *slog.Logger) Handler[schema.ChatJob] {
+	if log == nil {
+		log = slog.Default()
+	}
+	return &chatHandler{m: m, bpe: m.Tokenizer(), log: log, name: m.Package().Name, family: templateFamily(m.Package().TokenizerType)}
+}
+
+type chatHandler struct {
+	m      *llm.Model
+	bpe    *tok.BPE
+	log    *slog.Logger
+	name   string
+	family string // "qwen3", "chatml" or "smolvlm2"
+}
+
+// templateFamily picks the chat template from config.json's tokenizer_type.
+func templateFamily(tokenizerType string) string {
+	t := strings.ToLower(tokenizerType)
+	switch {
+	case strings.Contains(t, "smol"):
+		return "smolvlm2"
+	case t == "" || strings.HasPrefix(t, "qwen3"):
+		return "qwen3"
+	default:
+		return "chatml" // Qwen2.5 and other <|im_start|> models: no think block
+	}
+}
+
+// render turns the job's messages into the prompt text; with a leading
+// system message it also returns the text of the system turn alone, the
+// part worth keeping in the prefix cache.
+func (h *chatHandler) render(a *schema.ChatJob) (prompt, system string) {
+	msgs := make([]tok.Message, len(a.Messages))
+	for i, m := range a.Messages {
+		msgs[i] = tok.Message{Role: m.Role, Content: m.Content}
+	}
+	if h.family == "smolvlm2" {
+		return tok.RenderSmolVLM2(msgs, tok.TemplateOptions{AddGenerationPrompt: true}), ""
+	}
+	opts := tok.TemplateOptions{AddGenerationPrompt: true, Think: a.Think || h.family == "chatml"}
+	prompt = tok.RenderQwen3(msgs, opts)
+	if len(msgs) > 0 && msgs[0].Role == "system" {
+		system = tok.RenderQwen3(msgs[:1], tok.TemplateOptions{})
+	}
+	return prompt, system
+}
+
+// sampling maps the job's settings over the package defaults. The vendor
+// packages default to greedy (top_k 1); a job that asks for temperature,
+// top_p or top_k samples instead, from the package's temperature (1 when
+// it has none) and whatever the job sets.
+func (h *chatHandler) sampling(a *schema.ChatJob) llm.Sampling {
+	d := h.m.Defaults()
+	s := d
+	if (a.Temperature != nil || a.TopP != nil || a.TopK > 0) && d.Greedy() {
+		s = llm.Sampling{Temperature: d.Temperature, TopP: 1, RepetitionPenalty: d.RepetitionPenalty, PenaltyWindow: d.PenaltyWindow}
+		if s.Temperature <= 0 {
+			s.Temperature = 1
+		}
+	}
+	if a.Temperature != nil {
+		s.Temperature = *a.Temperature
+	}
+	if a.TopP != nil {
+		s.TopP = *a.TopP
+	}
+	if a.TopK > 0 {
+		s.TopK = a.TopK
+	}
+	if a.RepetitionPenalty != nil {
+		s.RepetitionPenalty = *a.RepetitionPenalty
+	}
+	if a.Seed != nil {
+		s.Seed = *a.Seed
+	} else {
+		s.Seed = rand.Uint64()
+	}
+	return s
+}
+
+func (h *chatHandler) Handle(ctx context.Context, job *Job[schema.ChatJob]) (*schema.Result, error) {
+	start := time.Now()
+	a := job.Args
+	for i, msg := range a.Messages {
+		if len(msg.Images) > 0 {
+			return nil, schema.Errorf(schema.CodeUnsupported, fmt.Sprintf("messages[%d].images", i),
+				"model %s takes text only in this build; send the message without images", h.name)
+		}
+	}
+	text, system := h.render(a)
+	ids := h.bpe.Encode(text)
+	shape := h.m.Shape()
+	if len(ids) > shape.MaxPrompt() {
+		return nil, schema.Errorf(schema.CodeOverLimit, "messages",
+			"the prompt is %d tokens; model %s holds %d tokens of prompt and reply, so a prompt may have at most %d",
+			len(ids), h.name, shape.Context, shape.MaxPrompt())
+	}
+	req := llm.Request{Prompt: ids, MaxTokens: a.MaxTokens, Sampling: h.sampling(a)}
+	if system != "" {
+		sys := h.bpe.Encode(system)
+		n := 0
+		for n < len(sys) && n < len(ids) && sys[n] == ids[n] {
+			n++
+		}
+		req.CachePrefix = n
+	}
+
+	detok := h.bpe.NewDetokenizer()
+	stop := llm.NewStopMatcher(a.Stop)
+	var out strings.Builder
+	var first time.Time
+	emit := func(s string) {
+		if s == "" {
+			return
+		}
+		if first.IsZero() {
+			first = time.Now()
+		}
+		out.WriteString(s)
+		if err := job.Token(s); err != nil {
+			h.log.Debug("token event not sent", "job", a.ID, "err", err)
+		}
+	}
+	res, err := h.m.Generate(ctx, req, func(t llm.Token) error {
+		piece, hit := stop.Feed(detok.Add(t.ID))
+		emit(piece)
+		if hit {
+			return llm.ErrStop
+		}
+		return nil
+	})
+	stopped := stop.Hit()
+	if !stopped {
+		emit(stop.Flush(detok.Flush()))
+	}
+	result := &schema.Result{Text: out.String()}
+	if res != nil {
+		result.Usage.PromptTokens = res.PromptTokens
+		result.Usage.CompletionTokens = res.CompletionTokens
+		result.Usage.TokensPerS = res.TokensPerSecond()
+		if !first.IsZero() {
+			result.Usage.TTFTMS = max(first.Sub(start).Milliseconds(), 1)
+		}
+	}
+	if err != nil {
+		if ctxErr := ctx.Err(); ctxErr != nil {
+			result.FinishReason = schema.FinishCancelled
+			return result, ctxErr
+		}
+		var le *llm.LimitError
+		if errors.As(err, &le) {
+			return nil, schema.Errorf(schema.CodeOverLimit, "messages", "the prompt is %d tokens; model %s holds %d tokens of prompt and reply, so a prompt may have at most %d",
+				le.Tokens, h.name, le.Context, le.Limit)
+		}
+		h.log.Warn("chat failed", "job", a.ID, "err", err)
+		return nil, fmt.Errorf("worker: chat on %s: %w", h.name, err)
+	}
+	result.FinishReason = schema.FinishStop
+	if res.Finish == llm.FinishLength {
+		result.FinishReason = schema.FinishLength
+	}
+	h.log.Info("chat generated", "job", a.ID, "prompt_tokens", res.PromptTokens, "cached_tokens", res.CachedTokens,
+		"prefill_chunks", res.Prefill.Chunks, "completion_tokens", res.CompletionTokens, "finish", res.Finish,
+		"ttft_ms", res.TTFT.Milliseconds(), "tokens_per_s", fmt.Sprintf("%.1f", res.TokensPerSecond()))
+	return result, nil
+}

@@ -1,0 +1,254 @@
+package worker_test
+
+import (
+	"context"
+	"errors"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"sync"
+	"testing"
+	"unicode/utf8"
+
+	"github.com/ebitengine/purego"
+
+	"github.com/kiln-project/kiln/broker/topology"
+	"github.com/kiln-project/kiln/client"
+	"github.com/kiln-project/kiln/schema"
+	"github.com/kiln-project/kiln/test/cardsim"
+	"github.com/kiln-project/kiln/worker"
+	"github.com/kiln-project/kiln/worker/llm"
+	"github.com/kiln-project/kiln/worker/npu"
+	"github.com/kiln-project/kiln/worker/tokenize"
+)
+
+const chatModel = "qwen3-sim"
+
+var chatPkg struct {
+	once sync.Once
+	dir  string
+	ref  *cardsim.Reference
+	err  error
+}
+
+// simChat opens the simulated card, loads a small Qwen3-shaped package
+// (two layers, context 639) and returns the model and the cacheless
+// reference. The simulator is shared by the process: tests using it do not
+// run in parallel with each other.
+func simChat(t *testing.T) (*llm.Model, *cardsim.Reference) {
+	t.Helper()
+	lib := cardsim.Library(t)
+	chatPkg.once.Do(func() {
+		dir, err := os.MkdirTemp("", "kiln-chat-test-")
+		if err != nil {
+			chatPkg.err = err
+			return
+		}
+		s := cardsim.TinyQwen3()
+		s.Name, s.Layers, s.MaxCtx, s.Histories = chatModel, 2, 639, []int{0, 128, 256, 384}
+		s.TokenizerDir = "tokenize/testdata/qwen3"
+		chatPkg.dir = filepath.Join(dir, chatModel)
+		if chatPkg.err = cardsim.WriteLLMPackage(chatPkg.dir, s); chatPkg.err == nil {
+			chatPkg.ref, chatPkg.err = cardsim.LoadReference(chatPkg.dir)
+		}
+	})
+	if chatPkg.err != nil {
+		t.Fatal(chatPkg.err)
+	}
+	dev, err := npu.Open(t.Context(), npu.Config{Library: lib, SampleInterval: -1, Logger: quiet})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { dev.Close(context.Background()) })
+	m, err := llm.Load(t.Context(), dev, chatPkg.dir, &llm.Options{Logger: quiet})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { m.Close(context.Background()) })
+	return m, chatPkg.ref
+}
+
+// simControl calls one of the simulator's control symbols.
+func simControl(t *testing.T, symbol, spec, undo string) {
+	t.Helper()
+	h, err := purego.Dlopen(cardsim.Library(t), purego.RTLD_NOW|purego.RTLD_GLOBAL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	sym, err := purego.Dlsym(h, symbol)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var fn func(string) int32
+	purego.RegisterFunc(&fn, sym)
+	if fn(spec) != 0 {
+		t.Fatalf("%s(%q) refused", symbol, spec)
+	}
+	t.Cleanup(func() { fn(undo) })
+}
+
+// chatWorker starts a broker and a worker serving m's chat handler.
+func chatWorker(t *testing.T, m *llm.Model) *client.Client {
+	t.Helper()
+	bb := setup(t, topology.Config{})
+	bb.worker(t, "card0", func(c *worker.Config) {
+		c.Chat = map[string]worker.Handler[schema.ChatJob]{chatModel: worker.ChatHandler(m, quiet)}
+		c.Image = nil
+	})
+	return bb.client(t)
+}
+
+func simJob(msgs ...schema.Message) *schema.ChatJob {
+	return &schema.ChatJob{JobHeader: schema.JobHeader{Model: chatModel}, Messages: msgs}
+}
+
+// expected is the greedy reply the reference gives for the job's rendered
+// prompt: ids up to (not including) a stop id, at most n.
+func expected(t *testing.T, m *llm.Model, ref *cardsim.Reference, msgs []tokenize.Message, n int) (prompt []int, reply []int) {
+	t.Helper()
+	prompt = m.Tokenizer().Encode(tokenize.RenderQwen3(msgs, tokenize.TemplateOptions{AddGenerationPrompt: true}))
+	out, err := ref.Greedy(prompt, n)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if i := slices.IndexFunc(out, func(id int) bool { return slices.Contains(m.StopIDs(), id) }); i >= 0 {
+		out = out[:i]
+	}
+	return prompt, out
+}
+
+// TestChatStreamsOnSimulatedCard: a chat job through the real queue runs the
+// LLM on the simulated card; the streamed token events are whole UTF-8
+// characters that add up to the result, which is the reference's greedy
+// reply (the package's default).
+func TestChatStreamsOnSimulatedCard(t *testing.T) {
+	m, ref := simChat(t)
+	c := chatWorker(t, m)
+	system := "You are the kiln of an art installation. Answer visitors in one short, warm sentence about fire, clay and patience."
+	job := simJob(schema.Message{Role: "system", Content: system}, schema.Message{Role: "user", Content: "hi"})
+	job.MaxTokens = 12
+	var streamed []string
+	res, err := c.Chat(testCtx(t), job, func(ev schema.Event) error {
+		if ev.Type == schema.EventToken {
+			if ev.Text == "" || !utf8.ValidString(ev.Text) {
+				t.Errorf("token event %q is not whole UTF-8 characters", ev.Text)
+			}
+			streamed = append(streamed, ev.Text)
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	prompt, reply := expected(t, m, ref, []tokenize.Message{{Role: "system", Content: system}, {Role: "user", Content: "hi"}}, 12)
+	want := m.Tokenizer().Decode(reply)
+	if res.Text != want || strings.Join(streamed, "") != want {
+		t.Fatalf("result %q, streamed %q, reference %q", res.Text, strings.Join(streamed, ""), want)
+	}
+	if res.Usage.PromptTokens != len(prompt) || res.Usage.CompletionTokens != len(reply) || res.Usage.TTFTMS <= 0 {
+		t.Fatalf("usage %+v, prompt %d tokens, reply %d", res.Usage, len(prompt), len(reply))
+	}
+	if len(reply) == 12 && res.FinishReason != schema.FinishLength {
+		t.Fatalf("finish %q after max_tokens", res.FinishReason)
+	}
+	// The same job again restores the system prompt from the prefix cache
+	// and gives the same reply.
+	again, err := c.Chat(testCtx(t), job, nil)
+	if err != nil || again.Text != res.Text {
+		t.Fatalf("second run %q (%v), first %q", again.Text, err, res.Text)
+	}
+	if n, _ := m.PrefixCache(); n != 1 {
+		t.Fatalf("%d prefixes cached, want the system prompt", n)
+	}
+}
+
+// TestChatRefusals: a prompt too long for the context is over_limit on
+// messages naming the limit; images are unsupported.
+func TestChatRefusals(t *testing.T) {
+	m, _ := simChat(t)
+	c := chatWorker(t, m)
+	_, err := c.Chat(testCtx(t), simJob(schema.Message{Role: "user", Content: strings.Repeat("kiln fire ", 400)}), nil)
+	var je *client.JobError
+	if !errors.Is(err, client.ErrInvalid) || !errors.As(err, &je) {
+		t.Fatalf("err = %v, want invalid", err)
+	}
+	if e := je.Result.Error; e.Code != schema.CodeOverLimit || e.Field != "messages" || !strings.Contains(e.Message, "at most 638") {
+		t.Fatalf("error %+v", e)
+	}
+	_, err = c.Chat(testCtx(t), simJob(schema.Message{Role: "user", Content: "what is this?", Images: [][]byte{{1, 2, 3}}}), nil)
+	if !errors.As(err, &je) || je.Result.Error.Code != schema.CodeUnsupported || je.Result.Error.Field != "messages[0].images" {
+		t.Fatalf("image job: %v", err)
+	}
+}
+
+// TestChatStopStringCutsReply: the reply ends just before the first stop
+// string, which is never streamed.
+func TestChatStopStringCutsReply(t *testing.T) {
+	m, ref := simChat(t)
+	c := chatWorker(t, m)
+	_, reply := expected(t, m, ref, []tokenize.Message{{Role: "user", Content: "tell me"}}, 16)
+	full := []rune(m.Tokenizer().Decode(reply))
+	if len(full) < 6 {
+		t.Skipf("reference reply %q too short to cut", string(full))
+	}
+	stop := string(full[3:5])
+	job := simJob(schema.Message{Role: "user", Content: "tell me"})
+	job.Stop, job.MaxTokens = []string{stop}, 16
+	var streamed strings.Builder
+	res, err := c.Chat(testCtx(t), job, func(ev schema.Event) error {
+		streamed.WriteString(ev.Text)
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := string(full)[:strings.Index(string(full), stop)]
+	if res.Text != want || streamed.String() != want || res.FinishReason != schema.FinishStop {
+		t.Fatalf("text %q, streamed %q (%s), want %q", res.Text, streamed.String(), res.FinishReason, want)
+	}
+}
+
+// TestChatCancelAndFault: cancel stops generation within a token or two of
+// the request (the cancel travels through the broker); a device fault
+// mid-job is a transient failure, retried to the same reply.
+func TestChatCancelAndFault(t *testing.T) {
+	m, ref := simChat(t)
+	c := chatWorker(t, m)
+	ctx := testCtx(t)
+
+	simControl(t, "kilnsim_config", "exec_us=15000", "exec_us=0") // ~45 ms a token
+	p, err := c.Submit(ctx, simJob(schema.Message{Role: "user", Content: "go on"}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	tokens := 0
+	res, err := p.Wait(ctx, func(ev schema.Event) error {
+		if ev.Type == schema.EventToken {
+			if tokens++; tokens == 3 {
+				return c.Cancel(ctx, p.ID)
+			}
+		}
+		return nil
+	})
+	if !errors.Is(err, client.ErrCancelled) || res.Status != schema.StatusCancelled {
+		t.Fatalf("cancel: %v, %+v", err, res)
+	}
+	if n := res.Usage.CompletionTokens; n < 3 || n > 5 {
+		t.Fatalf("generated %d tokens after cancelling at 3", n)
+	}
+	simControl(t, "kilnsim_config", "exec_us=0", "exec_us=0")
+
+	// Executes 1–3 are the prefill (2 layers + post); the 8th fails mid-reply.
+	simControl(t, "kilnsim_set_faults", "fail_execute=8", "")
+	job := simJob(schema.Message{Role: "user", Content: "again"})
+	job.MaxTokens = 6
+	res, err = c.Chat(ctx, job, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, reply := expected(t, m, ref, []tokenize.Message{{Role: "user", Content: "again"}}, 6)
+	if res.Attempt != 2 || res.Text != m.Tokenizer().Decode(reply) {
+		t.Fatalf("after a fault: attempt %d, text %q, want attempt 2 and %q", res.Attempt, res.Text, m.Tokenizer().Decode(reply))
+	}
+}
