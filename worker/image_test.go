@@ -5,12 +5,10 @@ import (
 	"context"
 	"encoding/binary"
 	"errors"
-	"fmt"
 	"hash/crc32"
 	"image"
 	"image/color"
 	"image/png"
-	"os"
 	"path/filepath"
 	"slices"
 	"sync"
@@ -24,8 +22,10 @@ import (
 	"github.com/kiln-project/kiln/schema"
 	"github.com/kiln-project/kiln/test/cardsim"
 	"github.com/kiln-project/kiln/worker"
+	"github.com/kiln-project/kiln/worker/llm"
 	"github.com/kiln-project/kiln/worker/npu"
 	"github.com/kiln-project/kiln/worker/sd"
+	"github.com/kiln-project/kiln/worker/tokenize"
 )
 
 // TestImageJobs runs image jobs end to end through the real queue: an
@@ -51,8 +51,8 @@ func TestImageJobs(t *testing.T) {
 	}
 	t.Cleanup(func() { _ = pipe.Close(context.Background()) })
 
-	// The chat model on the same card: the simulated Qwen3 layer (see
-	// layerChat). The handlers record when they run.
+	// A chat model on the same card (the LLM runtime on a small simulated
+	// Qwen3 package). The handlers record when they run.
 	var mu sync.Mutex
 	var spans []span
 	record := func(kind string) func() {
@@ -64,7 +64,27 @@ func TestImageJobs(t *testing.T) {
 			mu.Unlock()
 		}
 	}
-	chat := newLayerChat(t, dev, record)
+	ls := cardsim.TinyQwen3()
+	ls.Name, ls.Layers, ls.MaxCtx, ls.Histories = "qwen3-sim", 2, 639, []int{0, 128}
+	ls.TokenizerDir = "tokenize/testdata/qwen3"
+	llmDir := filepath.Join(t.TempDir(), ls.Name)
+	if err := cardsim.WriteLLMPackage(llmDir, ls); err != nil {
+		t.Fatal(err)
+	}
+	ref, err := cardsim.LoadReference(llmDir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	lm, err := llm.Load(t.Context(), dev, llmDir, &llm.Options{Logger: quiet})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = lm.Close(context.Background()) })
+	chatH := worker.ChatHandler(lm, quiet)
+	chat := worker.HandlerFunc[schema.ChatJob](func(ctx context.Context, job *worker.Job[schema.ChatJob]) (*schema.Result, error) {
+		defer record("chat")()
+		return chatH.Handle(ctx, job)
+	})
 	img := worker.ImageHandler(pipe, quiet)
 	recorded := worker.HandlerFunc[schema.ImageJob](func(ctx context.Context, job *worker.Job[schema.ImageJob]) (*schema.Result, error) {
 		defer record("image")()
@@ -73,7 +93,7 @@ func TestImageJobs(t *testing.T) {
 
 	bb := setup(t, topology.Config{})
 	bb.worker(t, "card0", func(c *worker.Config) {
-		c.Chat = map[string]worker.Handler[schema.ChatJob]{"qwen3-layer": chat}
+		c.Chat = map[string]worker.Handler[schema.ChatJob]{"qwen3-sim": chat}
 		c.Image = map[string]worker.Handler[schema.ImageJob]{"sd15-lcm": recorded}
 	})
 	c := bb.client(t)
@@ -200,13 +220,11 @@ func TestImageJobs(t *testing.T) {
 
 	t.Run("chat and image on one card", func(t *testing.T) {
 		chatJob := func() *schema.ChatJob { // a new job (and id) each time
-			return &schema.ChatJob{JobHeader: schema.JobHeader{Model: "qwen3-layer"},
+			return &schema.ChatJob{JobHeader: schema.JobHeader{Model: "qwen3-sim"}, MaxTokens: 8,
 				Messages: []schema.Message{{Role: "user", Content: "hello card"}}}
 		}
-		alone, err := c.Chat(ctx, chatJob(), nil)
-		if err != nil {
-			t.Fatal(err)
-		}
+		_, reply := expected(t, lm, ref, []tokenize.Message{{Role: "user", Content: "hello card"}}, 8)
+		want := lm.Tokenizer().Decode(reply)
 		simConfig(t, "exec_us=20000", "exec_us=0")
 		mu.Lock()
 		spans = nil
@@ -224,8 +242,8 @@ func TestImageJobs(t *testing.T) {
 		if !bytes.Equal(imgRes.Image, fox) {
 			t.Error("the image differs from the one made alone")
 		}
-		if chatRes.Text != alone.Text || chatRes.Text == "" {
-			t.Errorf("chat text %q, alone %q", chatRes.Text, alone.Text)
+		if chatRes.Text != want || len(reply) == 0 {
+			t.Errorf("chat reply %q, the reference's greedy reply %q", chatRes.Text, want)
 		}
 		mu.Lock()
 		defer mu.Unlock()
@@ -262,83 +280,6 @@ func simConfigFunc(t *testing.T, lib string) func(t *testing.T, spec, undo strin
 		}
 		t.Cleanup(func() { config(undo) })
 	}
-}
-
-// layerChat is a chat handler of this test (the LLM runtime is another
-// issue): it runs the simulated Qwen3 decoder layer on the same device, one
-// execute per byte of the last message, each at position 0 with only its own
-// key visible, and streams the first output value of each as a token.
-type layerChat struct {
-	dev    *npu.Device
-	spec   cardsim.LLMSpec
-	m      *npu.Model
-	record func(string) func()
-}
-
-func newLayerChat(t *testing.T, dev *npu.Device, record func(string) func()) *layerChat {
-	spec := cardsim.LLMSpec{Name: "tiny", Arch: "tiny", ModelDir: "tiny", Layers: 1, Hidden: 16, KVDim: 8, Vocab: 256,
-		MaxCtx: 63, Prefill: 16, Histories: []int{0}, Seed: 11, LayerWeightBytes: 1 << 20}
-	b, err := spec.LayerSpec(0).Marshal()
-	if err != nil {
-		t.Fatal(err)
-	}
-	path := filepath.Join(t.TempDir(), spec.LayerFile(0))
-	if err := os.WriteFile(path, b, 0o644); err != nil {
-		t.Fatal(err)
-	}
-	m, err := dev.LoadModel(t.Context(), path, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = dev.Unload(context.Background(), m) })
-	return &layerChat{dev: dev, spec: spec, m: m, record: record}
-}
-
-func (l *layerChat) Handle(ctx context.Context, job *worker.Job[schema.ChatJob]) (*schema.Result, error) {
-	defer l.record("chat")()
-	msgs := job.Args.Messages
-	text := msgs[len(msgs)-1].Content
-	mask := make([]byte, 2*(l.spec.MaxCtx+1))
-	for c := 0; c < l.spec.MaxCtx; c++ {
-		binary.LittleEndian.PutUint16(mask[2*c:], 0xC780) // hidden
-	}
-	var out string
-	for i := 0; i < len(text); i++ {
-		if err := ctx.Err(); err != nil {
-			return &schema.Result{Text: out}, err
-		}
-		in := make([]byte, 2*l.spec.Hidden)
-		for k, v := range l.spec.EmbedRow(int(text[i])) {
-			binary.LittleEndian.PutUint16(in[2*k:], v)
-		}
-		res := make([]byte, 2*l.spec.Hidden)
-		err := l.dev.Do(ctx, func(th *npu.Thread) error {
-			for name, b := range map[string][]byte{"input": in, "indices": make([]byte, 4), "mask": mask} {
-				buf, err := l.m.Buffer(0, npu.In(name))
-				if err != nil {
-					return err
-				}
-				if err := th.Write(buf, 0, b); err != nil {
-					return err
-				}
-			}
-			if err := th.Execute(l.m, 0); err != nil {
-				return err
-			}
-			buf, err := l.m.Buffer(0, npu.Out("output"))
-			if err != nil {
-				return err
-			}
-			return th.Read(res, buf, 0)
-		})
-		if err != nil {
-			return nil, err
-		}
-		tok := fmt.Sprintf("%04x ", binary.LittleEndian.Uint16(res))
-		_ = job.Token(tok)
-		out += tok
-	}
-	return &schema.Result{Text: out, FinishReason: schema.FinishStop, Usage: schema.Usage{CompletionTokens: len(text)}}, nil
 }
 
 func pngSize(t *testing.T, b []byte, w, h int) {
