@@ -1,12 +1,35 @@
 package main
 
-// NOTE to the engineer taking issue 5 (LLM runtime): your brief's last line
-// "$(RULES)" stands for the shared rules in /tmp/rules2.md — read them now
-// (git: commit only your own paths; deadline 21:35 UTC report; 2 shared cores;
-// no go mod tidy). Remove this note when you replace the stub.
+import (
+	"context"
+	"log/slog"
 
-// llmRuntime serves chat model packages (Qwen3 family) on the card. The LLM
-// runtime is not in this build yet, so it recognises no package.
+	"github.com/kiln-project/kiln/worker"
+	"github.com/kiln-project/kiln/worker/llm"
+	"github.com/kiln-project/kiln/worker/npu"
+)
+
+// llmRuntime serves chat model packages (the Axera LLM layout: Qwen3,
+// Qwen2.5, Llama-style, the text part of the VLMs) on the card.
 func llmRuntime() modelRuntime {
-	return modelRuntime{name: "llm", detect: func(string) bool { return false }}
+	return modelRuntime{name: "llm", detect: llm.Detect, open: openLLM}
+}
+
+func openLLM(ctx context.Context, dev *npu.Device, model, dir string, log *slog.Logger) (*servedModel, error) {
+	m, err := llm.Load(ctx, dev, dir, &llm.Options{
+		Logger: log, // Load adds the package's model name
+		Progress: func(done, total int) {
+			if done == total || done%8 == 0 {
+				log.Info("loading chat model", "model", model, "loaded", done, "of", total)
+			}
+		},
+	})
+	if err != nil {
+		return nil, err
+	}
+	return &servedModel{
+		chat:   worker.ChatHandler(m, log.With("model", model)),
+		cmmMiB: int((m.CMMBytes() + 1<<20 - 1) >> 20),
+		close:  m.Close,
+	}, nil
 }

@@ -81,10 +81,19 @@ func pkgErr(format string, args ...any) error {
 var layerFile = regexp.MustCompile(`^(.+)_p(\d+)_l(\d+)_together\.axmodel$`)
 
 // Detect reports whether dir looks like an LLM package: a config.json that
-// names layer files, or a folder holding <arch>_p<N>_l0_together.axmodel.
+// names layer files (template_filename_axmodel), or a folder holding an
+// <arch>_p<N>_l0_together.axmodel. It does not check the rest: ReadPackage
+// and Load say what is missing.
 func Detect(dir string) bool {
-	p, err := ReadPackage(dir)
-	return err == nil && len(p.Layers) > 0
+	if raw, err := os.ReadFile(filepath.Join(dir, "config.json")); err == nil && len(strings.TrimSpace(string(raw))) > 0 {
+		var cfg packageConfig
+		if json.Unmarshal(raw, &cfg) == nil && cfg.Template != "" {
+			return true
+		}
+	}
+	p := &Package{Dir: dir}
+	err := discover(p)
+	return err == nil || strings.Contains(err.Error(), "several layer-0 models")
 }
 
 // ReadPackage reads the package folder dir: config.json (the axllm format)
