@@ -239,11 +239,13 @@ func (c *Client) Submit(ctx context.Context, job schema.Job) (*Pending, error) {
 		return nil, fmt.Errorf("%w: %w", ErrInvalid, verr)
 	}
 	if !c.skipWorkerCheck {
-		reg, err := c.workers(ctx)
+		rctx, cancel := context.WithTimeout(ctx, requestTimeout)
+		defer cancel()
+		reg, err := c.workers(rctx)
 		if err != nil {
 			return nil, err
 		}
-		if !reg.serves(kind, h.Model) && !c.servedNow(ctx, kind, h.Model) {
+		if !reg.serves(kind, h.Model) && !c.servedNow(rctx, kind, h.Model) {
 			return nil, fmt.Errorf("%w has %s model %q resident (kiln status shows the fleet)", ErrNoWorker, kind, h.Model)
 		}
 	}
@@ -269,6 +271,10 @@ func (c *Client) Submit(ctx context.Context, job schema.Job) (*Pending, error) {
 	}
 	return p, nil
 }
+
+// requestTimeout bounds the client's own requests to the broker (registry,
+// stored results) made on behalf of a call with a longer deadline.
+const requestTimeout = 5 * time.Second
 
 // publishAttempt bounds one attempt to publish a job: a publish that a
 // cluster loses while a stream leader fails over gets no ack, and waiting
@@ -304,7 +310,7 @@ func transient(err error) bool {
 		// 503 is also "maximum messages exceeded": a full queue is an answer.
 		return apiErr.Code == 503 && !strings.Contains(apiErr.Description, "maximum")
 	}
-	return errors.Is(err, context.DeadlineExceeded) || errors.Is(err, nats.ErrTimeout) ||
+	return errors.Is(err, context.DeadlineExceeded) || errors.Is(err, jetstream.ErrNoHeartbeat) || errors.Is(err, nats.ErrTimeout) ||
 		errors.Is(err, nats.ErrNoResponders) || errors.Is(err, jetstream.ErrNoStreamResponse) ||
 		errors.Is(err, nats.ErrConnectionReconnecting) || errors.Is(err, nats.ErrNoServers)
 }

@@ -97,11 +97,14 @@ func (r *registry) serves(kind, model string) bool {
 }
 
 // servedNow reads the registry afresh: the watch may lag a worker that
-// has just started. Entries expire by themselves after three heartbeats.
+// has just started, or have missed updates while a cluster failed over.
+// Entries expire by themselves after three heartbeats. When the registry
+// cannot be read it answers true: better a queued job than a false "no
+// live worker".
 func (c *Client) servedNow(ctx context.Context, kind, model string) bool {
 	ws, err := c.Workers(ctx)
 	if err != nil {
-		return false
+		return true
 	}
 	for _, hb := range ws {
 		if hb.Serves(kind, model) && hb.State != schema.StateUnhealthy && hb.State != schema.StateStopping {

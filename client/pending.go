@@ -70,12 +70,16 @@ func (p *Pending) Events(ctx context.Context) iter.Seq2[schema.Event, error] {
 				yield(schema.Event{}, ctx.Err())
 				return
 			case <-poll.C:
-				res, err := p.c.Result(ctx, p.ID)
+				// Bounded: a request lost while a cluster fails over must
+				// not stall the events that keep arriving meanwhile.
+				rctx, cancel := context.WithTimeout(ctx, requestTimeout)
+				res, err := p.c.Result(rctx, p.ID)
+				cancel()
 				if err == nil {
 					yield(schema.Event{JobID: p.ID, Attempt: res.Attempt, Type: schema.EventResult, Result: res}, nil)
 					return
 				}
-				if !errors.Is(err, ErrNotFound) && ctx.Err() == nil {
+				if !errors.Is(err, ErrNotFound) && !transient(err) && ctx.Err() == nil {
 					yield(schema.Event{}, err)
 					return
 				}

@@ -154,7 +154,11 @@ func TestClusterFailoverLosesNothing(t *testing.T) {
 	}
 	// Mid-run: kill -9 the stream leader, then worker w1 while it runs a job.
 	for range 10 {
-		<-started
+		select {
+		case <-started:
+		case <-ctx.Done():
+			t.Fatal("fewer than 10 jobs started")
+		}
 	}
 	leader := streamInfo(t, ctx, js, "KILN_JOBS").Cluster.Leader
 	var killed *node
@@ -168,9 +172,11 @@ func TestClusterFailoverLosesNothing(t *testing.T) {
 	}
 	killed.p.kill()
 	t.Logf("killed the KILN_JOBS leader %s", leader)
-	for w := range started {
-		if w == "w1" {
-			break
+	for w := ""; w != "w1"; {
+		select {
+		case w = <-started:
+		case <-ctx.Done():
+			t.Fatal("worker w1 started no job after the leader was killed")
 		}
 	}
 	w1.kill()

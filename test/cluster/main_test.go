@@ -179,12 +179,23 @@ func start(t *testing.T, cmd *exec.Cmd, name, ready string) *proc {
 	go func() {
 		sc := bufio.NewScanner(stderr)
 		sc.Buffer(make([]byte, 64<<10), 1<<20)
+		var logf *os.File
+		if dir := os.Getenv("KILN_CLUSTER_LOGDIR"); dir != "" { // debugging: every line kept
+			logf, _ = os.Create(filepath.Join(dir, strings.ReplaceAll(name, " ", "-")+".log"))
+			defer logf.Close()
+		}
 		for sc.Scan() {
 			line := sc.Text()
+			if logf != nil {
+				fmt.Fprintln(logf, line)
+			}
 			p.mu.Lock()
-			p.tail = append(p.tail, line)
-			if len(p.tail) > 30 {
-				p.tail = p.tail[1:]
+			// A route to a killed node fails every second: not worth keeping.
+			if !strings.Contains(line, "Error trying to connect to route") {
+				p.tail = append(p.tail, line)
+				if len(p.tail) > 40 {
+					p.tail = p.tail[1:]
+				}
 			}
 			p.mu.Unlock()
 			if ready != "" && strings.Contains(line, ready) {
