@@ -6,8 +6,11 @@ import (
 	"errors"
 	"fmt"
 	"math"
+	"syscall"
 	"time"
+	"unsafe"
 
+	"github.com/kiln-project/kiln/worker/axcl"
 	"github.com/kiln-project/kiln/worker/npu"
 )
 
@@ -115,9 +118,8 @@ type state struct {
 	chunkN    int
 	chunkH    int
 	chunkG    int
-	decIdx    [4]byte
 	decMask   []byte
-	raw       []byte // logits as read
+	raw       []byte // logits as read: memory-mapped, outside the Go heap
 	history   []int
 	restore   *prefixEntry
 	restoreN  int
@@ -133,7 +135,7 @@ var (
 	maskVisible = [2]byte{0, 0}
 )
 
-func (st *state) init(s *Shape) {
+func (st *state) init(s *Shape) error {
 	maxH := 0
 	for _, g := range s.Prefill {
 		maxH = max(maxH, g.History)
@@ -142,13 +144,20 @@ func (st *state) init(s *Shape) {
 	st.chunkIdx = make([]byte, s.Chunk*4)
 	st.chunkMask = make([]byte, s.Chunk*(maxH+s.Chunk)*2)
 	st.decMask = make([]byte, (s.Context+1)*2)
+	n := s.Vocab * 2
 	if s.PostFP32 {
-		st.raw = make([]byte, s.Vocab*4)
-	} else {
-		st.raw = make([]byte, s.Vocab*2)
+		n = s.Vocab * 4
 	}
+	// Outside the Go heap, so the runtime's memcpy can take its address
+	// without the binding copying or pinning anything.
+	raw, err := syscall.Mmap(-1, 0, n, syscall.PROT_READ|syscall.PROT_WRITE, syscall.MAP_ANON|syscall.MAP_PRIVATE)
+	if err != nil {
+		return fmt.Errorf("llm: logits buffer: %w", err)
+	}
+	st.raw = raw
 	st.history = make([]int, 0, s.Context)
 	st.maskAt = -1
+	return nil
 }
 
 func (m *Model) bindSteps() {
@@ -165,19 +174,26 @@ func (m *Model) embedRow(tok int) []byte {
 
 // decodeStep runs token st.tok at position st.pos through the decode group
 // of every layer, appends its K/V rows, and with st.logits runs the post
-// model and reads the logits (device thread).
+// model and reads the logits (device thread). It allocates nothing: the
+// embedding row and the logits move between the card and memory outside
+// the Go heap (the mapped table, the mapped logits buffer) through the
+// runtime's memcpy, and the position and the mask element are copied on
+// the card from tables made at load.
 func (m *Model) decodeStep(t *npu.Thread) error {
 	st, s := &m.st, &m.shape
 	p := st.pos
-	if err := t.Write(m.hid[0], 0, m.embedRow(st.tok)); err != nil {
+	if p >= s.Context || st.tok < 0 || st.tok >= s.Vocab {
+		return fmt.Errorf("llm: decode token %d at position %d: outside vocabulary %d or context %d", st.tok, p, s.Vocab, s.Context)
+	}
+	row := m.embedRow(st.tok)
+	if err := t.Runtime().Memcpy(uintptr(m.hid[0].Ptr()), uintptr(unsafe.Pointer(&row[0])), uint64(len(row)), axcl.HostToDevice); err != nil {
 		return err
 	}
-	binary.LittleEndian.PutUint32(st.decIdx[:], uint32(p))
-	if err := t.Write(m.idx, 0, st.decIdx[:]); err != nil {
+	if err := t.Copy(m.idx, 0, m.posTab, uint64(p)*4, 4); err != nil {
 		return err
 	}
 	if st.maskAt == p-1 && p > 0 {
-		if err := t.Write(m.mask, uint64(p-1)*2, maskVisible[:]); err != nil {
+		if err := t.Copy(m.mask, uint64(p-1)*2, m.zero, 0, 2); err != nil {
 			return err
 		}
 	} else {
@@ -194,15 +210,15 @@ func (m *Model) decodeStep(t *npu.Thread) error {
 		}
 	}
 	st.maskAt = p
-	row := uint64(s.KVDim * 2)
+	kv := uint64(s.KVDim * 2)
 	for i, l := range m.layers {
 		if err := t.Execute(l, s.Decode); err != nil {
 			return err
 		}
-		if err := t.Copy(m.kc[i], uint64(p)*row, m.kOut, 0, row); err != nil {
+		if err := t.Copy(m.kc[i], uint64(p)*kv, m.kOut, 0, kv); err != nil {
 			return err
 		}
-		if err := t.Copy(m.vc[i], uint64(p)*row, m.vOut, 0, row); err != nil {
+		if err := t.Copy(m.vc[i], uint64(p)*kv, m.vOut, 0, kv); err != nil {
 			return err
 		}
 	}
@@ -222,7 +238,8 @@ func (m *Model) postStep(t *npu.Thread, r int) error {
 	if err := t.Execute(m.post, 0); err != nil {
 		return err
 	}
-	return t.Read(m.st.raw, m.pOut, 0)
+	raw := m.st.raw
+	return t.Runtime().Memcpy(uintptr(unsafe.Pointer(&raw[0])), uintptr(m.pOut.Ptr()), uint64(len(raw)), axcl.DeviceToHost)
 }
 
 // chunkStep runs the staged chunk (st.chunkN tokens at st.pos) through

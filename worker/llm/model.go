@@ -2,6 +2,7 @@ package llm
 
 import (
 	"context"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -93,6 +94,8 @@ type Model struct {
 	vOut   *npu.Buffer // V_cache_out
 	postIn *npu.Buffer
 	pOut   *npu.Buffer
+	posTab *npu.Buffer // uint32 positions 0..Context-1: the decode indices, copied on the card
+	zero   *npu.Buffer // a visible (0) mask element, copied on the card
 	owned  []*npu.Buffer
 	embed  []byte // memory-mapped table
 	cmm    uint64 // CMM charged by Load
@@ -163,10 +166,18 @@ func Load(ctx context.Context, dev *npu.Device, dir string, opts *Options) (_ *M
 		for _, p := range []struct {
 			b **npu.Buffer
 			n uint64
-		}{{&m.idx, sizes.indices}, {&m.mask, sizes.mask}, {&m.kOut, sizes.kOut}, {&m.vOut, sizes.kOut}} {
+		}{{&m.idx, sizes.indices}, {&m.mask, sizes.mask}, {&m.kOut, sizes.kOut}, {&m.vOut, sizes.kOut},
+			{&m.posTab, uint64(shape.Context) * 4}, {&m.zero, 16}} {
 			if *p.b, err = alloc(p.n); err != nil {
 				return err
 			}
+		}
+		pos := make([]byte, shape.Context*4)
+		for i := range shape.Context {
+			binary.LittleEndian.PutUint32(pos[4*i:], uint32(i))
+		}
+		if err := t.Write(m.posTab, 0, pos); err != nil {
+			return err
 		}
 		// Zeroed once: rows a request has not written are masked, and zeros
 		// (unlike whatever the CMM held) cannot turn a masked score into NaN.
@@ -229,7 +240,9 @@ func Load(ctx context.Context, dev *npu.Device, dir string, opts *Options) (_ *M
 	m.cmm = used1 - min(used0, used1)
 	m.samp = newSampler(m.shape.Vocab)
 	m.prefixes = newPrefixCache(o.PrefixCacheBytes, o.PrefixCacheEntries)
-	m.st.init(&m.shape)
+	if err := m.st.init(&m.shape); err != nil {
+		return nil, err
+	}
 	m.bindSteps()
 	m.log.Info("llm: model loaded", "layers", shape.Layers, "hidden", shape.Hidden, "kv_dim", shape.KVDim,
 		"context", shape.Context, "chunk", shape.Chunk, "prefill_histories", histories(shape.Prefill),
@@ -469,6 +482,10 @@ func (m *Model) release(ctx context.Context) error {
 	if m.embed != nil {
 		errs = append(errs, syscall.Munmap(m.embed))
 		m.embed = nil
+	}
+	if m.st.raw != nil {
+		errs = append(errs, syscall.Munmap(m.st.raw))
+		m.st.raw = nil
 	}
 	if err := errors.Join(errs...); err != nil {
 		return fmt.Errorf("llm: close %s: %w", m.pkg.Name, err)

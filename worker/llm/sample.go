@@ -81,9 +81,10 @@ func argmax(lg []float32) int {
 	if best == len(lg) {
 		return 0
 	}
-	for v := best + 1; v < len(lg); v++ {
-		if lg[v] > lg[best] {
-			best = v
+	bv, base := lg[best], best+1
+	for v, x := range lg[base:] {
+		if x > bv {
+			best, bv = base+v, x
 		}
 	}
 	return best
@@ -128,10 +129,17 @@ func (sp *sampler) pick(s *Sampling, history []int) int {
 	if s.TopK > 0 && s.TopK < len(cand) {
 		cand = topK(cand, lg, s.TopK)
 	}
-	// Softmax over the candidates (unnormalised: the draw scales by the sum).
+	// Softmax over the candidates (unnormalised: the draw scales by the
+	// sum). A token more than 50 temperatures below the best has a weight
+	// under e^-50 ≈ 2e-22 of it; all of them together stay below the
+	// resolution of the draw, so they get weight 0 without an exp.
 	var sum float64
+	floor := -50 * float32(s.Temperature)
 	for _, v := range cand {
-		p := float32(math.Exp(float64((lg[v] - mx) * inv)))
+		var p float32
+		if d := lg[v] - mx; d > floor {
+			p = float32(math.Exp(float64(d * inv)))
+		}
 		sp.probs[v] = p
 		sum += float64(p)
 	}

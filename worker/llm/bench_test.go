@@ -1,0 +1,184 @@
+package llm
+
+import (
+	"context"
+	"math/rand/v2"
+	"path/filepath"
+	"slices"
+	"testing"
+
+	"github.com/ebitengine/purego"
+
+	"github.com/kiln-project/kiln/test/cardsim"
+)
+
+// npuMSPerToken is what the card needs per decoded Qwen3-4B token
+// (research/llm-runtime.md §8: 3.65 tok/s on the M.2 card).
+const npuMSPerToken = 274.0
+
+// simConfig calls kilnsim_config (the setting holds until the next axclInit).
+func simConfig(tb testing.TB, spec, undo string) {
+	tb.Helper()
+	h, err := purego.Dlopen(cardsim.Library(tb), purego.RTLD_NOW|purego.RTLD_GLOBAL)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	sym, err := purego.Dlsym(h, "kilnsim_config")
+	if err != nil {
+		tb.Fatal(err)
+	}
+	var fn func(string) int32
+	purego.RegisterFunc(&fn, sym)
+	if fn(spec) != 0 {
+		tb.Fatalf("kilnsim_config(%q) refused", spec)
+	}
+	tb.Cleanup(func() { fn(undo) })
+}
+
+// load4B loads the full Qwen3-4B shapes (36 layers, hidden 2560, kv_dim
+// 1024, context 2559) on the no-compute simulator.
+func load4B(b *testing.B) *Model {
+	b.Helper()
+	dir := filepath.Join(b.TempDir(), "qwen3-4b")
+	s := cardsim.Qwen3_4B()
+	s.TokenizerDir = "../tokenize/testdata/qwen3"
+	if err := cardsim.WriteLLMPackage(dir, s); err != nil {
+		b.Fatal(err)
+	}
+	dev := openDevice(b)
+	simConfig(b, "nocompute=1", "nocompute=0")
+	m, err := Load(context.Background(), dev, dir, nil)
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(func() { m.Close(context.Background()) })
+	return m
+}
+
+// BenchmarkDecodeQwen3_4B is the host's work per decoded token for the
+// full Qwen3-4B shape on the no-compute simulator (shapes, copies and
+// validation, no arithmetic): one trip to the device thread with the
+// embedding row, position and mask writes, 36 executes and 72 D2D K/V row
+// copies, the post model, the 300 KB logits read, the bf16→fp32 conversion
+// and a greedy pick. "host_%" is that time against the ~274 ms the NPU
+// needs per token.
+func BenchmarkDecodeQwen3_4B(b *testing.B) {
+	m := load4B(b)
+	st := &m.st
+	ctx := context.Background()
+	greedy := Sampling{}
+	st.pos, st.maskAt = 0, -1
+	tok := 1
+	b.ReportAllocs()
+	for b.Loop() {
+		if st.pos >= m.shape.Context-1 {
+			st.pos = 0
+		}
+		st.tok, st.logits = tok, true
+		if err := m.do(ctx, st.decodeFn); err != nil {
+			b.Fatal(err)
+		}
+		st.pos++
+		m.loadLogits()
+		tok = m.samp.pick(&greedy, nil)
+	}
+	b.ReportMetric(float64(b.Elapsed().Nanoseconds())/float64(b.N)/1e6/npuMSPerToken*100, "host_%")
+}
+
+// BenchmarkSampleQwen3 is the sampling of one token from 151,936 logits.
+func BenchmarkSampleQwen3(b *testing.B) {
+	r := rand.New(rand.NewPCG(1, 2))
+	sp := newSampler(151936)
+	logits := make([]float32, len(sp.logits))
+	for i := range logits {
+		logits[i] = float32(r.NormFloat64() * 3)
+	}
+	history := []int{1, 2, 3, 4, 5, 6, 7, 8}
+	for _, c := range []struct {
+		name string
+		s    Sampling
+	}{
+		{"greedy", Sampling{}},
+		{"top_k_40", Sampling{Temperature: 0.7, TopK: 40}},
+		{"top_p_0.9", Sampling{Temperature: 0.7, TopP: 0.9}},
+		{"temperature_penalty", Sampling{Temperature: 0.7, RepetitionPenalty: 1.1}},
+	} {
+		b.Run(c.name, func(b *testing.B) {
+			b.ReportAllocs()
+			for b.Loop() {
+				copy(sp.logits, logits)
+				sp.pick(&c.s, history)
+			}
+		})
+	}
+}
+
+// qwen3_4BShape is the shape Load derives from the Qwen3-4B package.
+func qwen3_4BShape() Shape {
+	s := Shape{Layers: 36, Hidden: 2560, KVDim: 1024, Vocab: 151936, Context: 2559, Chunk: 128}
+	for i, h := range []int{0, 256, 512, 1024, 1536, 2048} {
+		s.Prefill = append(s.Prefill, Group{Index: i + 1, History: h})
+	}
+	return s
+}
+
+// vendorPlan is the mid-2025 vendor runner's rule: every chunk of a call in
+// the largest prefill group.
+func vendorPlan(s Shape, start, n int) PrefillStats {
+	chunks := (n + s.Chunk - 1) / s.Chunk
+	h := s.Prefill[len(s.Prefill)-1].History
+	return PrefillStats{Chunks: chunks, Positions: chunks * s.Chunk, Columns: chunks * s.Chunk * (h + s.Chunk)}
+}
+
+// TestPrefillWorkQwen3_4B: a 500-token system prompt and a 20-token
+// question on the Qwen3-4B shape, cold, with the system prompt from the
+// prefix cache, and under the vendor rule. The goal is at least 5× less
+// work on a hit.
+func TestPrefillWorkQwen3_4B(t *testing.T) {
+	s := qwen3_4BShape()
+	cold, hit := s.PlanPrefill(0, 520), s.PlanPrefill(500, 20)
+	vendor := vendorPlan(s, 0, 520)
+	t.Logf("cold %+v, hit %+v, vendor %+v", cold, hit, vendor)
+	if cold != (PrefillStats{Chunks: 5, Positions: 640, Columns: 128 * (128 + 384 + 384 + 640 + 640)}) {
+		t.Fatalf("cold plan %+v", cold)
+	}
+	if hit != (PrefillStats{Chunks: 1, Positions: 128, Columns: 128 * 640}) {
+		t.Fatalf("hit plan %+v", hit)
+	}
+	if hit.Positions*5 > cold.Positions || hit.Columns*5 > vendor.Columns {
+		t.Fatalf("a hit is not 5× less work: cold %+v, hit %+v, vendor %+v", cold, hit, vendor)
+	}
+}
+
+// BenchmarkPrefillQwen3_4B runs that request through Generate on the
+// no-compute simulator, cold and with the system prompt restored from the
+// prefix cache: the host time of the prefill (and one token), and the work
+// counted in executed group positions and attention columns.
+func BenchmarkPrefillQwen3_4B(b *testing.B) {
+	m := load4B(b)
+	r := rand.New(rand.NewPCG(3, 4))
+	system := randomPrompt(r, 500)
+	prompt := slices.Concat(system, randomPrompt(r, 20))
+	run := func(b *testing.B, cache int) {
+		var res *Result
+		var err error
+		b.ReportAllocs()
+		for b.Loop() {
+			res, err = m.Generate(context.Background(), Request{Prompt: prompt, MaxTokens: 1, CachePrefix: cache, StopIDs: []int{}}, func(Token) error { return nil })
+			if err != nil {
+				b.Fatal(err)
+			}
+		}
+		b.ReportMetric(float64(res.Prefill.Positions), "positions")
+		b.ReportMetric(float64(res.Prefill.Columns), "columns")
+		b.ReportMetric(float64(res.CachedTokens), "cached")
+	}
+	b.Run("cold", func(b *testing.B) { run(b, 0) })
+	// One request fills the cache; every later one restores the prefix.
+	if _, err := m.Generate(context.Background(), Request{Prompt: prompt, MaxTokens: 1, CachePrefix: 500, StopIDs: []int{}}, func(Token) error { return nil }); err != nil {
+		b.Fatal(err)
+	}
+	b.Run("hit", func(b *testing.B) { run(b, 500) })
+	v := vendorPlan(m.shape, 0, 520)
+	b.Logf("vendor rule for the cold request: %+v", v)
+}
