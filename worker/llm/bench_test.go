@@ -79,8 +79,7 @@ func BenchmarkDecodeQwen3_4B(b *testing.B) {
 			b.Fatal(err)
 		}
 		st.pos++
-		m.loadLogits()
-		tok = m.samp.pick(&greedy, nil)
+		tok = m.next(&greedy)
 	}
 	b.ReportMetric(float64(b.Elapsed().Nanoseconds())/float64(b.N)/1e6/npuMSPerToken*100, "host_%")
 }

@@ -394,6 +394,37 @@ func (m *Model) loadLogits() {
 	}
 }
 
+// next picks the next token from the logits in st.raw. Greedy without a
+// repetition penalty reads the bf16 logits as they came from the card;
+// everything else converts them to float32 first.
+func (m *Model) next(s *Sampling) int {
+	if s.Greedy() && (s.RepetitionPenalty == 0 || s.RepetitionPenalty == 1) && !m.shape.PostFP32 {
+		return argmaxBF16(m.st.raw[:2*m.shape.Vocab])
+	}
+	m.loadLogits()
+	return m.samp.pick(s, m.st.history)
+}
+
+// argmaxBF16 is argmax over little-endian bf16 values (lowest id on ties,
+// NaN never wins): the bits map to integers in the order of the values.
+func argmaxBF16(raw []byte) int {
+	best, bestKey := -1, -1
+	for i := 0; i+1 < len(raw); i += 2 {
+		u := uint16(raw[i]) | uint16(raw[i+1])<<8
+		if u == 0x8000 {
+			u = 0 // -0 ties with +0
+		}
+		key := int(u | 0x8000)
+		if u&0x8000 != 0 {
+			key = int(^u)
+		}
+		if key > bestKey && u&0x7fff <= 0x7f80 {
+			best, bestKey = i/2, key
+		}
+	}
+	return max(best, 0)
+}
+
 // Logits runs prompt from a clean state and returns the logits after its
 // last token (prefix cache not used): what the first sampled token is
 // drawn from.
@@ -486,8 +517,7 @@ func (m *Model) Generate(ctx context.Context, req Request, fn func(Token) error)
 	}
 	var first time.Time
 	for {
-		m.loadLogits()
-		tok := m.samp.pick(&req.Sampling, st.history)
+		tok := m.next(&req.Sampling)
 		if isStop(tok, stops) {
 			res.Finish = FinishStop
 			break

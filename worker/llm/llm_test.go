@@ -48,6 +48,7 @@ func sameLogits(t *testing.T, m *Model, ref *cardsim.Reference, prompt []int) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	m.loadLogits()
 	for i, w := range want {
 		if m.samp.logits[i] != w {
 			t.Fatalf("prompt of %d: logit %d = %v, reference %v", len(prompt), i, m.samp.logits[i], w)

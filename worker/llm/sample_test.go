@@ -102,3 +102,23 @@ func TestDecodeAllocatesNothingPerToken(t *testing.T) {
 		t.Fatalf("%v allocations for 4 tokens, %v for 64", short, long)
 	}
 }
+
+func TestArgmaxBF16MatchesFloatArgmax(t *testing.T) {
+	r := rand.New(rand.NewPCG(4, 4))
+	for range 200 {
+		n := 1 + r.IntN(50)
+		raw := make([]byte, 2*n)
+		lg := make([]float32, n)
+		for i := range n {
+			u := uint16(r.Uint32())
+			if r.IntN(4) == 0 {
+				u = uint16(r.IntN(3)) | uint16(r.IntN(2))<<15 // ±0 and tiny values, ties
+			}
+			raw[2*i], raw[2*i+1] = byte(u), byte(u>>8)
+			lg[i] = math.Float32frombits(uint32(u) << 16)
+		}
+		if got, want := argmaxBF16(raw), argmax(lg); got != want {
+			t.Fatalf("argmaxBF16 %d (%v), argmax %d (%v)", got, lg[got], want, lg[want])
+		}
+	}
+}
