@@ -252,3 +252,33 @@ func TestChatCancelAndFault(t *testing.T) {
 		t.Fatalf("after a fault: attempt %d, text %q, want attempt 2 and %q", res.Attempt, res.Text, m.Tokenizer().Decode(reply))
 	}
 }
+
+// TestChatMaxTokensClampedToContext: max_tokens past what the context
+// leaves after the prompt is clamped; the reply ends with "length" at the
+// context end.
+func TestChatMaxTokensClampedToContext(t *testing.T) {
+	m, _ := simChat(t)
+	c := chatWorker(t, m)
+	content := ""
+	var n int
+	for r := 300; r > 0; r-- {
+		content = strings.Repeat("kiln fire ", r)
+		n = len(m.Tokenizer().Encode(tokenize.RenderQwen3([]tokenize.Message{{Role: "user", Content: content}}, tokenize.TemplateOptions{AddGenerationPrompt: true})))
+		if n <= 630 {
+			break
+		}
+	}
+	job := simJob(schema.Message{Role: "user", Content: content})
+	job.MaxTokens = 100
+	job.Stop = nil
+	res, err := c.Chat(testCtx(t), job, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if res.Usage.PromptTokens != n || res.Usage.PromptTokens+res.Usage.CompletionTokens > 639 {
+		t.Fatalf("prompt %d (want %d) + reply %d tokens in a 639-token context", res.Usage.PromptTokens, n, res.Usage.CompletionTokens)
+	}
+	if res.FinishReason != schema.FinishLength || res.Usage.PromptTokens+res.Usage.CompletionTokens != 639 {
+		t.Fatalf("%q after %d+%d tokens, want length at the context end", res.FinishReason, res.Usage.PromptTokens, res.Usage.CompletionTokens)
+	}
+}
