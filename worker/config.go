@@ -10,6 +10,7 @@ import (
 
 	"github.com/kiln-project/kiln/broker/topology"
 	"github.com/kiln-project/kiln/schema"
+	"github.com/kiln-project/kiln/worker/thermal"
 )
 
 // Config configures a Worker. The zero value of a field means its default.
@@ -41,6 +42,21 @@ type Config struct {
 	// StatusFunc, when set, adds card status (temperatures, CMM, governor)
 	// to each heartbeat.
 	StatusFunc func(*schema.Heartbeat)
+	// Thermal, when set, runs the thermal governor (DESIGN §8) on these
+	// sources and thresholds: hot stops fetching after the running job,
+	// critical hands the running job back to the queue. nil: governor off.
+	Thermal *thermal.MonitorConfig
+	// Device, when set, is reset (models reloaded) after a handler's error
+	// that it reports as a device fault; a lost card stops the worker.
+	Device Device
+	// MaxFaults device faults in a row, without a job done in between,
+	// make the worker unhealthy: it stops taking jobs (default 3).
+	MaxFaults int
+	// ResetDelays is the back-off before each reset of a run of faults
+	// (default 1 s, 5 s, 15 s).
+	ResetDelays []time.Duration
+	// ResetTimeout bounds one card reset with its model loads (default 10 min).
+	ResetTimeout time.Duration
 	// Logger (default slog.Default()).
 	Logger *slog.Logger
 }
@@ -59,6 +75,15 @@ func (c Config) withDefaults() Config {
 	}
 	if len(c.RetryDelays) == 0 {
 		c.RetryDelays = []time.Duration{time.Second, 2 * time.Second, 5 * time.Second, 10 * time.Second}
+	}
+	if c.MaxFaults <= 0 {
+		c.MaxFaults = 3
+	}
+	if len(c.ResetDelays) == 0 {
+		c.ResetDelays = []time.Duration{time.Second, 5 * time.Second, 15 * time.Second}
+	}
+	if c.ResetTimeout <= 0 {
+		c.ResetTimeout = 10 * time.Minute
 	}
 	if c.Logger == nil {
 		c.Logger = slog.Default()

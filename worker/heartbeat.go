@@ -35,6 +35,7 @@ func (w *Worker) Status() schema.Heartbeat {
 		IntervalMS: w.cfg.Topology.HeartbeatInterval.Milliseconds(),
 		Time:       time.Now().UTC(),
 	}
+	w.governorStatus(&hb)
 	if w.cfg.StatusFunc != nil {
 		w.cfg.StatusFunc(&hb)
 	}

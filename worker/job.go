@@ -188,7 +188,9 @@ func runJob[T any, PT interface {
 	var verr *schema.Error
 	var perr *permanentError
 	switch {
-	case errors.Is(cause, ErrShutdown), errors.Is(cause, ErrPaused):
+	case herr != nil && (errors.Is(cause, ErrShutdown) || errors.Is(cause, ErrPaused)):
+		// (A handler that finished before it saw the cancel has a result:
+		// it is kept below, so the job never runs to completion twice.)
 		log.Info("handing job back to the queue", "why", cause)
 		if err := d.msg.Nak(); err != nil {
 			log.Warn("nak failed; the job comes back after the ack wait", "err", err)
@@ -210,12 +212,14 @@ func runJob[T any, PT interface {
 		res.Status, res.Error = schema.StatusError, schema.Errorf(schema.CodeFailed, "", "%v", herr)
 		w.finish(ctx, d, res, herr, log)
 	case d.attempt >= w.cfg.Topology.MaxDeliver:
+		w.noteFault(herr)
 		res.Status = schema.StatusError
 		res.Error = schema.Errorf(schema.CodeFailed, "", "failed on all %d deliveries, last: %v", d.attempt, herr)
 		w.finish(ctx, d, res, herr, log)
 	default:
 		delay := w.cfg.RetryDelays[min(d.attempt, len(w.cfg.RetryDelays))-1]
 		log.Warn("job failed, retrying", "err", herr, "delay", delay)
+		w.noteFault(herr)
 		w.jobsFailed.Add(1)
 		if err := d.msg.NakWithDelay(delay); err != nil {
 			log.Warn("nak failed; the job comes back after the ack wait", "err", err)
@@ -281,6 +285,7 @@ func (w *Worker) finish(ctx context.Context, d *delivery, res *schema.Result, fa
 	res.Usage.QueueMS = queueMS(d)
 	if res.Status == schema.StatusOK {
 		w.jobsOK.Add(1)
+		w.jobSucceeded()
 	} else {
 		w.jobsFailed.Add(1)
 	}

@@ -11,6 +11,7 @@ import (
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
+	"github.com/nats-io/nats.go/micro"
 
 	"github.com/kiln-project/kiln/broker/topology"
 	"github.com/kiln-project/kiln/schema"
@@ -56,6 +57,9 @@ type Worker struct {
 	cancelled map[string]time.Time // ids cancelled (kiln_cancel mirror), pruned after JobMaxAge
 
 	jobsOK, jobsFailed atomic.Int64
+
+	hw  health        // thermal governor, device faults (governor.go, faults.go)
+	svc micro.Service // NATS micro registration (micro.go)
 }
 
 type runningJob struct {
@@ -84,7 +88,7 @@ func New(nc *nats.Conn, cfg Config) (*Worker, error) {
 	if err != nil {
 		return nil, fmt.Errorf("worker: %w", err)
 	}
-	return &Worker{
+	w := &Worker{
 		cfg:       cfg,
 		nc:        nc,
 		js:        js,
@@ -98,7 +102,9 @@ func New(nc *nats.Conn, cfg Config) (*Worker, error) {
 		stopped:   make(chan struct{}),
 		state:     schema.StateLoading,
 		cancelled: map[string]time.Time{},
-	}, nil
+	}
+	w.hw.init()
+	return w, nil
 }
 
 // Name is the worker's name.
@@ -178,6 +184,12 @@ func (w *Worker) start(ctx context.Context) error {
 	if err := w.nc.FlushWithContext(fctx); err != nil {
 		return fmt.Errorf("worker: %w", err)
 	}
+	if err := w.startGovernor(ctx); err != nil {
+		return fmt.Errorf("worker: %w", err)
+	}
+	if err := w.startMicro(); err != nil {
+		w.log.Warn("not registered as a NATS micro service", "err", err)
+	}
 	w.setState(schema.StateReady)
 	w.heartbeat(ctx)
 	go w.heartbeatLoop()
@@ -195,12 +207,18 @@ func (w *Worker) start(ctx context.Context) error {
 
 // Run starts the worker, serves until ctx ends, then stops gracefully: the
 // running job gets ShutdownGrace to finish before it is handed back to the
-// queue. It returns nil after a clean stop.
+// queue. It returns nil after a clean stop, and an error matching
+// ErrCardLost after stopping because the card was lost.
 func (w *Worker) Run(ctx context.Context) error {
 	if err := w.Start(ctx); err != nil {
 		return err
 	}
-	<-ctx.Done()
+	select {
+	case <-ctx.Done():
+	case <-w.hw.fatal:
+		_ = w.StopAndCancel(context.Background())
+		return w.Err()
+	}
 	sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), w.cfg.ShutdownGrace)
 	defer cancel()
 	if err := w.Stop(sctx); err != nil && !errors.Is(err, context.DeadlineExceeded) {
@@ -250,6 +268,12 @@ func (w *Worker) finishStop() {
 		return
 	}
 	<-w.loopDone
+	if m := w.hw.monitor; m != nil {
+		m.Stop()
+	}
+	if w.svc != nil {
+		_ = w.svc.Stop()
+	}
 	close(w.hbStop)
 	<-w.hbDone
 	for _, s := range w.subs {
@@ -379,6 +403,23 @@ func (w *Worker) loop() {
 		if w.stopping() {
 			return
 		}
+		if wait := w.gate(); wait != nil {
+			// Paused (governor), resetting or unhealthy: fetch nothing.
+			select {
+			case <-w.stopFetch:
+				return
+			case <-wait:
+			case <-timer.C:
+			}
+			if w.Err() != nil {
+				return // the card is lost: Run stops the worker
+			}
+			timer.Reset(w.cfg.PollInterval)
+			for _, rt := range w.routes {
+				rt.pending = true
+			}
+			continue
+		}
 		w.drainWake()
 		if msg, rt := w.next(); msg != nil {
 			// The delivery says how many more wait behind it.
@@ -387,6 +428,7 @@ func (w *Worker) loop() {
 				rt.pending = meta.NumPending > 0
 			}
 			w.process(rt, msg)
+			w.handleFault()
 			continue
 		}
 		timer.Reset(w.cfg.PollInterval)

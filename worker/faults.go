@@ -1,0 +1,153 @@
+package worker
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/kiln-project/kiln/schema"
+)
+
+// Device is the card a worker's handlers run on, as far as fault handling
+// needs it. cmd/kiln's card implements it over worker/npu.
+type Device interface {
+	// Fault reports whether a handler's transient error came from the card
+	// (an execute error, a lost device), so that the card must be reset.
+	Fault(err error) bool
+	// Lost returns a non-nil error once the card is gone for good: the
+	// worker hands back its job and exits with that error, so the service
+	// manager restarts the process.
+	Lost() error
+	// Reset re-opens the card and reloads the models it serves. The
+	// handlers in Config keep working afterwards.
+	Reset(ctx context.Context) error
+}
+
+// ErrCardLost is matched by the error of a worker that stopped because its
+// card was lost.
+var ErrCardLost = errors.New("worker: card lost")
+
+// Device event types on kiln.events.device.<worker>.
+const (
+	DeviceFault       = "fault"        // a job failed on the card; the job was handed back
+	DeviceReset       = "reset"        // resetting the card and reloading its models
+	DeviceResetFailed = "reset_failed" // the reset did not bring the card back
+	DeviceReady       = "ready"        // the card is back, models loaded, taking jobs
+	DeviceUnhealthy   = "unhealthy"    // too many faults in a row: no more jobs
+	DeviceLost        = "lost"         // the card is gone: the worker exits
+)
+
+// noteFault records a device fault seen by the running job; the loop
+// handles it once the job is handed back (handleFault).
+func (w *Worker) noteFault(err error) bool {
+	if w.cfg.Device == nil || !w.cfg.Device.Fault(err) {
+		return false
+	}
+	w.hw.mu.Lock()
+	w.hw.fault = err
+	w.hw.mu.Unlock()
+	return true
+}
+
+// jobSucceeded clears the run of consecutive faults.
+func (w *Worker) jobSucceeded() {
+	w.hw.mu.Lock()
+	w.hw.faults = 0
+	w.hw.mu.Unlock()
+}
+
+// handleFault runs on the loop after a job that hit a device fault: it
+// resets the card with back-off until it works again, MaxFaults faults in
+// a row (without a job done in between) make the worker unhealthy, and a
+// lost card makes it exit. Heartbeats say "loading" meanwhile.
+func (w *Worker) handleFault() {
+	w.hw.mu.Lock()
+	ferr := w.hw.fault
+	w.hw.fault = nil
+	w.hw.mu.Unlock()
+	if ferr == nil {
+		return
+	}
+	w.deviceEvent(DeviceFault, ferr.Error())
+	for {
+		if err := w.cfg.Device.Lost(); err != nil {
+			w.fail(err)
+			return
+		}
+		w.hw.mu.Lock()
+		w.hw.faults++
+		n := w.hw.faults
+		if n >= w.cfg.MaxFaults {
+			w.hw.unhealthy = true
+			w.hw.notify()
+			w.hw.mu.Unlock()
+			msg := fmt.Sprintf("%d device faults in a row, last: %v; taking no more jobs (restart the worker)", n, ferr)
+			w.log.Error("worker unhealthy", "faults", n, "err", ferr)
+			w.deviceEvent(DeviceUnhealthy, msg)
+			return
+		}
+		w.hw.resetting = true
+		w.hw.mu.Unlock()
+
+		delay := w.cfg.ResetDelays[min(n, len(w.cfg.ResetDelays))-1]
+		w.log.Warn("device fault: resetting the card", "err", ferr, "fault", n, "delay", delay)
+		t := time.NewTimer(delay)
+		select {
+		case <-w.stopFetch:
+			t.Stop()
+			w.endReset()
+			return
+		case <-t.C:
+		}
+		w.deviceEvent(DeviceReset, fmt.Sprintf("reset %d after: %v", n, ferr))
+		ctx, cancel := context.WithTimeout(context.Background(), w.cfg.ResetTimeout)
+		err := w.cfg.Device.Reset(ctx)
+		cancel()
+		if err == nil {
+			w.endReset()
+			w.deviceEvent(DeviceReady, "card reset, models reloaded")
+			w.log.Info("card reset, models reloaded")
+			return
+		}
+		ferr = err
+		w.log.Warn("card reset failed", "err", err)
+		w.deviceEvent(DeviceResetFailed, err.Error())
+	}
+}
+
+func (w *Worker) endReset() {
+	w.hw.mu.Lock()
+	w.hw.resetting = false
+	w.hw.notify()
+	w.hw.mu.Unlock()
+}
+
+// fail stops the worker for good: the card is lost. Run returns the error.
+func (w *Worker) fail(err error) {
+	w.hw.fatalOnce.Do(func() {
+		w.hw.fatalErr = fmt.Errorf("%w: %w", ErrCardLost, err)
+		w.log.Error("card lost: the worker stops; restart the process", "err", err)
+		w.deviceEvent(DeviceLost, err.Error())
+		close(w.hw.fatal)
+	})
+}
+
+// Failed is closed when the worker must exit because its card was lost;
+// Err then says why. Run returns that error after stopping.
+func (w *Worker) Failed() <-chan struct{} { return w.hw.fatal }
+
+// Err is nil unless the worker failed (Failed is closed).
+func (w *Worker) Err() error {
+	select {
+	case <-w.hw.fatal:
+		return w.hw.fatalErr
+	default:
+		return nil
+	}
+}
+
+func (w *Worker) deviceEvent(typ, msg string) {
+	ev := schema.DeviceEvent{Worker: w.cfg.Name, Type: typ, Message: msg, Time: time.Now().UTC()}
+	w.publishEvent(w.subj.Device(w.cfg.Name), &ev)
+}
