@@ -47,6 +47,11 @@ type Config struct {
 	// (accounts, TLS, cluster routes, leaf nodes...). kiln forces
 	// JetStream on; values given here override the file's.
 	ConfigFile string
+	// Leaf runs the server as a leaf node of a central broker (the config
+	// file's leafnodes remotes): JetStream stays off here, so JetStream
+	// requests travel to the hub that holds the queue, and nothing is
+	// provisioned. StoreDir is not needed.
+	Leaf bool
 	// ServerName names the server (default: nats-server picks one).
 	ServerName string
 	// MaxPayload bounds one message (default 8 MiB).
@@ -91,7 +96,7 @@ func New(cfg Config) (*Broker, error) {
 	if cfg.ReadyTimeout <= 0 {
 		cfg.ReadyTimeout = 10 * time.Second
 	}
-	if cfg.StoreDir == "" && cfg.ConfigFile == "" {
+	if cfg.StoreDir == "" && cfg.ConfigFile == "" && !cfg.Leaf {
 		return nil, errors.New("broker: StoreDir is required (KILN_DATA or --data)")
 	}
 	return &Broker{cfg: cfg, log: cfg.Logger.With("component", "broker")}, nil
@@ -106,7 +111,7 @@ func (b *Broker) options() (*server.Options, error) {
 		}
 		opts = o
 	}
-	opts.JetStream = true
+	opts.JetStream = !b.cfg.Leaf
 	opts.NoSigs = true
 	if err := b.addInternalUser(opts); err != nil {
 		return nil, err
@@ -164,6 +169,10 @@ func (b *Broker) Start(ctx context.Context) error {
 		return fmt.Errorf("broker: not ready for connections after %s (is %s:%d free?)", b.cfg.ReadyTimeout, opts.Host, opts.Port)
 	}
 	b.srv = srv
+	if b.cfg.Leaf {
+		b.log.Info("broker ready", "url", b.ClientURL(), "leaf", true, "auth", b.internal != nil)
+		return nil
+	}
 	topo := b.cfg.Topology
 	if topo.Replicas == 0 {
 		topo.Replicas = 1

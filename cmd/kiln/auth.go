@@ -66,6 +66,7 @@ func runInitAuth(_ context.Context, e *env, args []string) error {
 	prefix := fs.String("prefix", getenv(envPrefix, schema.DefaultPrefix), "subject prefix ($"+envPrefix+")")
 	account := fs.String("account", broker.DefaultAccount, "account that holds kiln's streams")
 	force := fs.Bool("force", false, "overwrite existing files")
+	hub := fs.String("hub", "HUB:7422", "host:port of the hub's leaf node listener, for leaf-remote.conf")
 	if err := parse(fs, args); err != nil {
 		return err
 	}
@@ -93,7 +94,7 @@ func runInitAuth(_ context.Context, e *env, args []string) error {
 		}
 		seen[id.name] = true
 	}
-	set, err := newAuthSet(topology.Config{Prefix: *prefix}.WithDefaults(), *account, ids)
+	set, err := newAuthSet(topology.Config{Prefix: *prefix}.WithDefaults(), *account, *hub, ids)
 	if err != nil {
 		return err
 	}
@@ -115,6 +116,7 @@ func runInitAuth(_ context.Context, e *env, args []string) error {
 type authSet struct {
 	topo    topology.Config
 	account string
+	hub     string
 	users   []authUser
 	leafPwd string
 }
@@ -125,8 +127,8 @@ type authUser struct {
 	public string
 }
 
-func newAuthSet(topo topology.Config, account string, ids []identity) (*authSet, error) {
-	s := &authSet{topo: topo, account: account}
+func newAuthSet(topo topology.Config, account, hub string, ids []identity) (*authSet, error) {
+	s := &authSet{topo: topo, account: account, hub: hub}
 	for _, id := range ids {
 		kp, err := nkeys.CreateUser()
 		if err != nil {
@@ -220,8 +222,8 @@ func (s *authSet) leafAuthConf() string {
 }
 
 func (s *authSet) leafRemoteConf() string {
-	return fmt.Sprintf("# Include inside a leaf Pi's leafnodes { } block; replace HUB with the hub's address.\n"+
-		"remotes: [\n  { url: \"nats-leaf://leaf:%s@HUB:7422\", account: %s }\n]\n", s.leafPwd, s.account)
+	return fmt.Sprintf("# Include inside a leaf Pi's leafnodes { } block (deploy/nats/leaf.conf does).\n"+
+		"remotes: [\n  { url: \"nats-leaf://leaf:%s@%s\", account: %s }\n]\n", s.leafPwd, s.hub, s.account)
 }
 
 func confList(l []string) string {

@@ -95,6 +95,7 @@ func (b *brokerFlags) start(ctx context.Context, e *env, prefix string) (*broker
 		StoreDir:   data,
 		ConfigFile: b.config,
 		Account:    b.account,
+		Leaf:       b.leaf,
 		Topology:   topology.Config{Prefix: prefix, MaxQueuedJobs: b.queueMax, JobMaxAge: b.jobMaxAge, Replicas: b.replicas},
 		Logger:     e.log,
 	})

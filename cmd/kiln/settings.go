@@ -25,6 +25,7 @@ const (
 	envClientID  = "KILN_CLIENT_ID"  // clients: the id broker permissions know this client by
 	envTLSCA     = "KILN_TLS_CA"     // clients and workers: CA file of the broker's TLS certificate
 	envReplicas  = "KILN_REPLICAS"   // kiln up / broker: stream replicas (default: from the cluster size)
+	envLeaf      = "KILN_LEAF"       // kiln broker: 1 = a leaf node of a central broker
 )
 
 const (
@@ -68,6 +69,7 @@ type brokerFlags struct {
 	jobMaxAge            time.Duration
 	replicas             int
 	account              string
+	leaf                 bool
 }
 
 func (b *brokerFlags) register(fs *flag.FlagSet) {
@@ -79,4 +81,5 @@ func (b *brokerFlags) register(fs *flag.FlagSet) {
 	replicas, _ := strconv.Atoi(getenv(envReplicas, "0"))
 	fs.IntVar(&b.replicas, "replicas", replicas, "stream replicas ($"+envReplicas+"; 0: 1 on one server, min(3, routes) on a cluster)")
 	fs.StringVar(&b.account, "account", "", "account of kiln's streams when --config defines accounts (default KILN)")
+	fs.BoolVar(&b.leaf, "leaf", getenv(envLeaf, "") == "1", "leaf node of a central broker (--config with leafnodes remotes): no JetStream here ($"+envLeaf+"=1)")
 }

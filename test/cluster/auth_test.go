@@ -3,6 +3,7 @@ package cluster
 import (
 	"context"
 	"errors"
+	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
@@ -226,4 +227,45 @@ func waitServed(t *testing.T, c *client.Client) {
 		time.Sleep(50 * time.Millisecond)
 	}
 	t.Fatal("no worker serving echo registered within 30 s")
+}
+
+// TestLeafNodeJoinsHub runs a worker on a leaf Pi (`kiln broker --leaf` with
+// deploy/nats/leaf.conf) that joined a hub (deploy/nats/hub.conf): a
+// controller on the hub gets its job done by the worker behind the leaf.
+func TestLeafNodeJoinsHub(t *testing.T) {
+	t.Parallel()
+	leafPort := freePort(t)
+	dir := filepath.Join(t.TempDir(), "etc-kiln")
+	kiln(t, nil, "broker", "init-auth", "--controllers", "room-1", "--hub", fmt.Sprintf("127.0.0.1:%d", leafPort), dir)
+	for _, f := range []string{"hub.conf", "leaf.conf"} {
+		src, err := os.ReadFile(filepath.Join(repoRoot(t), "deploy", "nats", f))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(filepath.Join(dir, f), src, 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	hub := &node{name: "hub", port: freePort(t), args: []string{"--config", filepath.Join(dir, "hub.conf"), "--data", t.TempDir()},
+		env: []string{fmt.Sprintf("KILN_LEAF_LISTEN=127.0.0.1:%d", leafPort)}}
+	hub.url = fmt.Sprintf("nats://127.0.0.1:%d", hub.port)
+	hub.start(t)
+	leaf := &node{name: "leaf", port: freePort(t), args: []string{"--config", filepath.Join(dir, "leaf.conf")}, env: []string{"KILN_LEAF=1"}}
+	leaf.url = fmt.Sprintf("nats://127.0.0.1:%d", leaf.port)
+	leaf.start(t)
+	startWorker(t, leaf.url, "behind-leaf", filepath.Join(dir, "worker.nk"), 10*time.Second)
+
+	c, err := client.New(login(t, hub.url, dir, "room-1", nil), client.WithClientID("room-1"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	waitServed(t, c)
+	ctx, cancel := context.WithTimeout(t.Context(), 30*time.Second)
+	defer cancel()
+	res, err := c.Chat(ctx, &schema.ChatJob{JobHeader: schema.JobHeader{Model: "echo"},
+		Messages: []schema.Message{{Role: "user", Content: "across the leaf"}}}, nil)
+	if err != nil || res.Text != "echo: across the leaf" || res.Worker != "behind-leaf" {
+		t.Fatalf("job through the leaf: %+v, %v", res, err)
+	}
 }

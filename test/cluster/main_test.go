@@ -12,6 +12,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	mrand "math/rand/v2"
 	"net"
 	"os"
 	"os/exec"
@@ -139,7 +140,7 @@ func (p *proc) wait(t *testing.T) {
 	select {
 	case <-p.ready:
 	case <-p.done:
-		t.Fatalf("%s exited before it was ready:\n%s", p.name, p.lastLines())
+		t.Fatalf("%s exited before it was ready (%v):\n%s", p.name, p.cmd.ProcessState, p.lastLines())
 	case <-time.After(40 * time.Second):
 		t.Fatalf("%s not ready after 40 s:\n%s", p.name, p.lastLines())
 	}
@@ -215,16 +216,34 @@ func start(t *testing.T, cmd *exec.Cmd, name, ready string) *proc {
 	return p
 }
 
-// freePort reserves a loopback port: listen on :0, close.
+// freePort reserves a loopback port below the kernel's ephemeral range
+// (which starts at 32768): a port from "listen on :0" could be handed to
+// some outgoing connection as its source port before the broker binds it.
 func freePort(t *testing.T) int {
 	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
+	portsMu.Lock()
+	defer portsMu.Unlock()
+	for range 100 {
+		port := 20000 + mrand.IntN(12000)
+		if portsGiven[port] {
+			continue
+		}
+		portsGiven[port] = true
+		l, err := net.Listen("tcp", fmt.Sprintf("127.0.0.1:%d", port))
+		if err != nil {
+			continue
+		}
+		l.Close()
+		return port
 	}
-	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port
+	t.Fatal("no free port in 20000-32000")
+	return 0
 }
+
+var (
+	portsMu    sync.Mutex
+	portsGiven = map[int]bool{} // never hand out a port twice
+)
 
 // node is one `kiln broker` process and how to start it again.
 type node struct {
