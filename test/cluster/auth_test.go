@@ -20,7 +20,7 @@ import (
 
 // initAuth runs `kiln broker init-auth` into a new folder and copies
 // deploy/nats/single.conf beside it; it returns the folder.
-func initAuth(t *testing.T) string {
+func initAuth(t testing.TB) string {
 	t.Helper()
 	dir := filepath.Join(t.TempDir(), "etc-kiln")
 	kiln(t, nil, "broker", "init-auth", "--controllers", "room-1,room-2", "--observers", "lobby", dir)
@@ -65,7 +65,7 @@ func (v *violations) wait(t *testing.T, what, subject string) {
 }
 
 // login connects as one of init-auth's identities, with its inbox.
-func login(t *testing.T, url, dir, id string, v *violations) *nats.Conn {
+func login(t testing.TB, url, dir, id string, v *violations) *nats.Conn {
 	t.Helper()
 	seed, err := nats.NkeyOptionFromSeed(filepath.Join(dir, id+".nk"))
 	if err != nil {
@@ -212,7 +212,7 @@ func TestPermissions(t *testing.T) {
 }
 
 // waitServed waits until a worker serving echo is registered.
-func waitServed(t *testing.T, c *client.Client) {
+func waitServed(t testing.TB, c *client.Client) {
 	t.Helper()
 	deadline := time.Now().Add(30 * time.Second)
 	for time.Now().Before(deadline) {

@@ -241,7 +241,7 @@ func streamInfo(t *testing.T, ctx context.Context, js jetstream.JetStream, name 
 }
 
 // waitServedBy waits until n workers serving echo are registered.
-func waitServedBy(t *testing.T, c *client.Client, n int) {
+func waitServedBy(t testing.TB, c *client.Client, n int) {
 	t.Helper()
 	deadline := time.Now().Add(30 * time.Second)
 	for time.Now().Before(deadline) {

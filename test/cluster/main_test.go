@@ -135,7 +135,7 @@ func (p *proc) lastLines() string {
 
 // wait returns once the process is ready; it fails the test if it exits
 // first or takes more than 40 s.
-func (p *proc) wait(t *testing.T) {
+func (p *proc) wait(t testing.TB) {
 	t.Helper()
 	select {
 	case <-p.ready:
@@ -147,7 +147,7 @@ func (p *proc) wait(t *testing.T) {
 }
 
 // peakRSS is the process's peak resident memory (VmHWM) in bytes.
-func (p *proc) peakRSS(t *testing.T) int64 {
+func (p *proc) peakRSS(t testing.TB) int64 {
 	t.Helper()
 	data, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", p.pid()))
 	if err != nil {
@@ -165,7 +165,7 @@ func (p *proc) peakRSS(t *testing.T) int64 {
 
 // start runs cmd without waiting; p.ready closes at the first stderr line
 // that contains ready ("" never).
-func start(t *testing.T, cmd *exec.Cmd, name, ready string) *proc {
+func start(t testing.TB, cmd *exec.Cmd, name, ready string) *proc {
 	t.Helper()
 	stderr, err := cmd.StderrPipe()
 	if err != nil {
@@ -219,7 +219,7 @@ func start(t *testing.T, cmd *exec.Cmd, name, ready string) *proc {
 // freePort reserves a loopback port below the kernel's ephemeral range
 // (which starts at 32768): a port from "listen on :0" could be handed to
 // some outgoing connection as its source port before the broker binds it.
-func freePort(t *testing.T) int {
+func freePort(t testing.TB) int {
 	t.Helper()
 	portsMu.Lock()
 	defer portsMu.Unlock()
@@ -256,7 +256,7 @@ type node struct {
 }
 
 // kiln runs a kiln sub-command to completion.
-func kiln(t *testing.T, env []string, args ...string) string {
+func kiln(t testing.TB, env []string, args ...string) string {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(t.Context(), 30*time.Second)
 	defer cancel()
@@ -270,20 +270,20 @@ func kiln(t *testing.T, env []string, args ...string) string {
 }
 
 // start starts (or restarts) n and waits until it has provisioned.
-func (n *node) start(t *testing.T) {
+func (n *node) start(t testing.TB) {
 	t.Helper()
 	n.launch(t)
 	n.p.wait(t)
 }
 
-func (n *node) launch(t *testing.T) {
+func (n *node) launch(t testing.TB) {
 	cmd := exec.Command(kilnBin, append([]string{"broker", "--listen", fmt.Sprintf("127.0.0.1:%d", n.port)}, n.args...)...)
 	cmd.Env = append(os.Environ(), append([]string{"KILN_LOG_FORMAT=json"}, n.env...)...)
 	n.p = start(t, cmd, "broker "+n.name, "broker ready")
 }
 
 // singleNode is a `kiln broker` on its own; extra are more flags.
-func singleNode(t *testing.T, extra ...string) *node {
+func singleNode(t testing.TB, extra ...string) *node {
 	t.Helper()
 	n := &node{name: "single", port: freePort(t), args: append([]string{"--data", t.TempDir()}, extra...)}
 	n.url = fmt.Sprintf("nats://127.0.0.1:%d", n.port)
@@ -294,7 +294,7 @@ func singleNode(t *testing.T, extra ...string) *node {
 // startCluster starts three `kiln broker` processes configured by
 // deploy/nats/cluster.conf (including authDir/auth.conf, from `kiln broker
 // init-auth`) on loopback ports, and waits until each has provisioned.
-func startCluster(t *testing.T, authDir string, extra ...string) []*node {
+func startCluster(t testing.TB, authDir string, extra ...string) []*node {
 	t.Helper()
 	conf := filepath.Join(authDir, "cluster.conf")
 	src, err := os.ReadFile(filepath.Join(repoRoot(t), "deploy", "nats", "cluster.conf"))
@@ -335,7 +335,7 @@ func urls(nodes []*node) string {
 
 // startWorker starts an echo worker process on urls; nkey is its seed file
 // ("" for none). It returns once the process runs (not yet registered).
-func startWorker(t *testing.T, urls, name, nkey string, ackWait time.Duration) *proc {
+func startWorker(t testing.TB, urls, name, nkey string, ackWait time.Duration) *proc {
 	t.Helper()
 	cmd := exec.Command(os.Args[0], "-test.run=^$")
 	cmd.Env = append(os.Environ(), envRole+"=worker", envURL+"="+urls, envName+"="+name,
@@ -343,7 +343,7 @@ func startWorker(t *testing.T, urls, name, nkey string, ackWait time.Duration) *
 	return start(t, cmd, "worker "+name, "")
 }
 
-func repoRoot(t *testing.T) string {
+func repoRoot(t testing.TB) string {
 	_, file, _, ok := runtime.Caller(0)
 	if !ok {
 		t.Fatal("no caller")
