@@ -4,6 +4,8 @@ import (
 	"context"
 	"errors"
 	"math/rand/v2"
+	"os"
+	"path/filepath"
 	"slices"
 	"testing"
 
@@ -328,6 +330,19 @@ func TestPackageWithoutConfig(t *testing.T) {
 	}
 	if !Detect(dir) || Detect(t.TempDir()) {
 		t.Fatal("Detect is wrong")
+	}
+	// The Qwen3 packages ship two tokenizer folders; the one named after the
+	// architecture is the model's.
+	for _, sub := range []string{"qwen2.5_tokenizer", "qwen3_tokenizer"} {
+		if err := os.MkdirAll(filepath.Join(dir, sub), 0o755); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(filepath.Join(dir, sub, "tokenizer.json"), []byte("{}"), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if p, err := ReadPackage(dir); err != nil || filepath.Base(p.Tokenizer) != "qwen3_tokenizer" {
+		t.Fatalf("tokenizer folder %v (%v)", p, err)
 	}
 	// A missing layer file is named.
 	if err := removeFile(p.Layers[1]); err != nil {

@@ -161,7 +161,11 @@ func ReadPackage(dir string) (*Package, error) {
 				p.Embed, st.Size(), p.Vocab, p.Hidden, want)
 		}
 	}
-	p.Tokenizer = tokenizerDir(dir, cfg.Tokenizer)
+	arch := ""
+	if m := layerFile.FindStringSubmatch(filepath.Base(p.Layers[0])); m != nil {
+		arch = m[1]
+	}
+	p.Tokenizer = tokenizerDir(dir, cfg.Tokenizer, arch)
 	postPath := filepath.Join(dir, "post_config.json")
 	if cfg.PostConfig != "" {
 		postPath = filepath.Join(dir, cfg.PostConfig)
@@ -242,20 +246,31 @@ func discover(p *Package) error {
 	return nil
 }
 
-// tokenizerDir finds the tokenizer folder: the one config.json names, else
-// dir itself when it holds tokenizer.json, else its *tokenizer subfolder.
-func tokenizerDir(dir, named string) string {
+// tokenizerDir finds the tokenizer folder: the one config.json names (when
+// it is a tokenizer.json or a folder holding one), else <arch>_tokenizer
+// (the Qwen3 packages also ship a qwen2.5_tokenizer for the chat template of
+// their Python helper), else dir itself (tokenize.LoadDir then looks for
+// tokenizer.json there or in its one *tokenizer subfolder).
+func tokenizerDir(dir, named, arch string) string {
+	has := func(d string) bool {
+		for _, f := range []string{"tokenizer.json", "tokenizer.json.gz"} {
+			if _, err := os.Stat(filepath.Join(d, f)); err == nil {
+				return true
+			}
+		}
+		return false
+	}
 	if named != "" && !strings.Contains(named, "://") {
 		p := filepath.Join(dir, named)
-		if st, err := os.Stat(p); err == nil && st.IsDir() {
+		if st, err := os.Stat(p); err == nil && st.IsDir() && has(p) {
 			return p
 		}
-		if _, err := os.Stat(p); err == nil {
+		if has(filepath.Dir(p)) && strings.HasPrefix(filepath.Base(p), "tokenizer.json") {
 			return filepath.Dir(p)
 		}
-		if _, err := os.Stat(p + ".gz"); err == nil {
-			return filepath.Dir(p)
-		}
+	}
+	if arch != "" && has(filepath.Join(dir, arch+"_tokenizer")) {
+		return filepath.Join(dir, arch+"_tokenizer")
 	}
 	return dir
 }
