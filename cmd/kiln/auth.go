@@ -67,6 +67,7 @@ func runInitAuth(_ context.Context, e *env, args []string) error {
 	account := fs.String("account", broker.DefaultAccount, "account that holds kiln's streams")
 	force := fs.Bool("force", false, "overwrite existing files")
 	hub := fs.String("hub", "HUB:7422", "host:port of the hub's leaf node listener, for leaf-remote.conf")
+	seedDir := fs.String("seed-dir", "", "folder the seed files are in at run time, for the .env files (default DIR)")
 	if err := parse(fs, args); err != nil {
 		return err
 	}
@@ -98,7 +99,7 @@ func runInitAuth(_ context.Context, e *env, args []string) error {
 	if err != nil {
 		return err
 	}
-	written, err := set.write(dir, *force)
+	written, err := set.write(dir, *seedDir, *force)
 	if err != nil {
 		return err
 	}
@@ -147,12 +148,16 @@ func newAuthSet(topo topology.Config, account, hub string, ids []identity) (*aut
 }
 
 // write writes auth.conf, leaf-auth.conf, leaf-remote.conf and per
-// identity <id>.nk (the seed, 0600) and <id>.env.
-func (s *authSet) write(dir string, force bool) ([]string, error) {
+// identity <id>.nk (the seed, 0600) and <id>.env (naming the seed in
+// seedDir, where it is at run time).
+func (s *authSet) write(dir, seedDir string, force bool) ([]string, error) {
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return nil, err
 	}
-	abs, err := filepath.Abs(dir)
+	if seedDir == "" {
+		seedDir = dir
+	}
+	abs, err := filepath.Abs(seedDir)
 	if err != nil {
 		return nil, err
 	}

@@ -1,0 +1,96 @@
+package cluster
+
+import (
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+)
+
+// envFile reads KEY=VALUE lines, mapping the installed paths (/etc/kiln,
+// /var/lib/kiln) into root.
+func envFile(t *testing.T, root, name string) map[string]string {
+	t.Helper()
+	data, err := os.ReadFile(filepath.Join(root, "etc", "kiln", name))
+	if err != nil {
+		t.Fatal(err)
+	}
+	env := map[string]string{}
+	for _, line := range strings.Split(string(data), "\n") {
+		k, v, ok := strings.Cut(line, "=")
+		if !ok || strings.HasPrefix(k, "#") {
+			continue
+		}
+		for _, dir := range []string{"/etc/kiln", "/var/lib/kiln"} {
+			if strings.HasPrefix(v, dir) {
+				v = root + v
+			}
+		}
+		env[k] = v
+	}
+	return env
+}
+
+// TestInstallSinglePi installs with deploy/install.sh into a folder (as on
+// a Pi, without systemctl), then runs what the units run with the
+// environment files the script wrote: the broker, a worker with its seed,
+// and `kiln chat` as the controller init-auth made.
+func TestInstallSinglePi(t *testing.T) {
+	t.Parallel()
+	root := t.TempDir()
+	cmd := exec.Command(filepath.Join(repoRoot(t), "deploy", "install.sh"), "--binary", kilnBin, "--role", "single", "--cards", "2", "--root", root)
+	out, err := cmd.CombinedOutput()
+	if err != nil {
+		t.Fatalf("install.sh: %v\n%s", err, out)
+	}
+	for _, f := range []string{"usr/local/bin/kiln", "etc/systemd/system/kiln-broker.service", "etc/systemd/system/kiln-worker@.service",
+		"etc/kiln/single.conf", "etc/kiln/auth.conf", "etc/kiln/broker.env", "etc/kiln/worker.env", "etc/kiln/worker.nk", "etc/kiln/controller-1.nk"} {
+		if _, err := os.Stat(filepath.Join(root, f)); err != nil {
+			t.Errorf("install.sh did not write %s", f)
+		}
+	}
+	if fi, err := os.Stat(filepath.Join(root, "etc/kiln/worker.nk")); err != nil || fi.Mode().Perm()&0o077 != 0 {
+		t.Fatalf("the worker's seed is readable by others: %v %v", fi.Mode(), err)
+	}
+	if !strings.Contains(string(out), "systemctl daemon-reload && systemctl enable --now kiln-broker.service kiln-worker@0.service kiln-worker@1.service") {
+		t.Errorf("install.sh output does not say how to start the units:\n%s", out)
+	}
+	if sa, err := exec.LookPath("systemd-analyze"); err == nil {
+		for _, unit := range []string{"kiln-broker.service", "kiln-worker@.service"} {
+			// The only complaint allowed: the binary is not at /usr/local/bin on this machine.
+			vout, _ := exec.Command(sa, "verify", filepath.Join(root, "etc/systemd/system", unit)).CombinedOutput()
+			for _, line := range strings.Split(strings.TrimSpace(string(vout)), "\n") {
+				if line != "" && !strings.Contains(line, "/usr/local/bin/kiln") {
+					t.Errorf("systemd-analyze verify %s: %s", unit, line)
+				}
+			}
+		}
+	}
+
+	// What kiln-broker.service runs, with broker.env (the port moved off 4222).
+	be := envFile(t, root, "broker.env")
+	n := &node{name: "installed", port: freePort(t)}
+	n.url = fmt.Sprintf("nats://127.0.0.1:%d", n.port)
+	n.env = []string{"KILN_CONFIG=" + be["KILN_CONFIG"], "KILN_DATA=" + be["KILN_DATA"]}
+	n.start(t)
+	// What kiln-worker@0.service runs with worker.env: here the echo worker.
+	we := envFile(t, root, "worker.env")
+	startWorker(t, n.url, "card0", we["KILN_NKEY"], 10*time.Second)
+	ce := envFile(t, root, "controller-1.env")
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		cmd := exec.CommandContext(t.Context(), filepath.Join(root, "usr/local/bin/kiln"), "chat", "--model", "echo", "installed and running")
+		cmd.Env = append(os.Environ(), "KILN_NATS_URL="+n.url, "KILN_NKEY="+ce["KILN_NKEY"], "KILN_CLIENT_ID="+ce["KILN_CLIENT_ID"])
+		out, err := cmd.CombinedOutput()
+		if err == nil && strings.Contains(string(out), "echo: installed and running") {
+			return
+		}
+		if time.Now().After(deadline) { // the worker may not have registered yet
+			t.Fatalf("kiln chat as controller-1: %v\n%s", err, out)
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+}
