@@ -465,11 +465,14 @@ func (m *Model) check(prompt []int) error {
 // token, in order, from the calling goroutine. It returns when a stop token
 // is sampled, fn returns ErrStop, MaxTokens or the end of the context is
 // reached (a nil error), fn returns another error (that error), or ctx ends
-// (ctx's error, checked before every token and prefill chunk). The Result
-// is filled in every case. A device error is returned wrapped; the next
+// (ctx's error, checked before every token and prefill chunk); fn may be
+// nil. The Result is filled in every case. A device error is returned wrapped; the next
 // request starts clean regardless.
 func (m *Model) Generate(ctx context.Context, req Request, fn func(Token) error) (*Result, error) {
 	start := time.Now()
+	if fn == nil {
+		fn = func(Token) error { return nil }
+	}
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	res := &Result{PromptTokens: len(req.Prompt)}

@@ -78,6 +78,9 @@ func pkgErr(format string, args ...any) error {
 	return fmt.Errorf("%w: %s", ErrPackage, fmt.Sprintf(format, args...))
 }
 
+// maxLayers bounds axmodel_num (the largest vendor package has 36).
+const maxLayers = 1024
+
 var layerFile = regexp.MustCompile(`^(.+)_p(\d+)_l(\d+)_together\.axmodel$`)
 
 // Detect reports whether dir looks like an LLM package: a config.json that
@@ -111,7 +114,10 @@ func ReadPackage(dir string) (*Package, error) {
 	}
 	p := &Package{Dir: dir, Name: filepath.Base(dir)}
 	var cfg packageConfig
-	raw, err := os.ReadFile(filepath.Join(dir, "config.json"))
+	raw, err := readSmall(filepath.Join(dir, "config.json"))
+	if err != nil && !errors.Is(err, os.ErrNotExist) {
+		return nil, pkgErr("%v", err)
+	}
 	if err == nil && len(strings.TrimSpace(string(raw))) > 0 {
 		if err := json.Unmarshal(raw, &cfg); err != nil {
 			return nil, pkgErr("%s: %v", filepath.Join(dir, "config.json"), err)
@@ -123,8 +129,8 @@ func ReadPackage(dir string) (*Package, error) {
 	p.TokenizerType = cfg.TokenizerType
 	p.Vocab, p.Hidden = cfg.EmbedNum, cfg.EmbedSize
 	if cfg.Template != "" {
-		if cfg.Layers < 1 {
-			return nil, pkgErr("%s: template_filename_axmodel without a positive axmodel_num", filepath.Join(dir, "config.json"))
+		if cfg.Layers < 1 || cfg.Layers > maxLayers {
+			return nil, pkgErr("%s: axmodel_num %d is not a layer count (1..%d)", filepath.Join(dir, "config.json"), cfg.Layers, maxLayers)
 		}
 		if strings.Count(cfg.Template, "%d") != 1 {
 			return nil, pkgErr("%s: template_filename_axmodel %q must hold one %%d", filepath.Join(dir, "config.json"), cfg.Template)
@@ -171,16 +177,29 @@ func ReadPackage(dir string) (*Package, error) {
 		postPath = filepath.Join(dir, cfg.PostConfig)
 	}
 	p.Defaults = Sampling{TopP: 1}
-	if raw, err := os.ReadFile(postPath); err == nil {
+	if raw, err := readSmall(postPath); err == nil {
 		var pc postConfig
 		if err := json.Unmarshal(raw, &pc); err != nil {
 			return nil, pkgErr("%s: %v", postPath, err)
 		}
 		p.Defaults = pc.sampling()
-	} else if cfg.PostConfig != "" {
-		return nil, pkgErr("post config %s is missing", postPath)
+	} else if cfg.PostConfig != "" || !errors.Is(err, os.ErrNotExist) {
+		return nil, pkgErr("post config %s: %v", postPath, err)
 	}
 	return p, nil
+}
+
+// readSmall reads a regular file of at most 1 MiB (the JSON files of a
+// package are a few hundred bytes).
+func readSmall(path string) ([]byte, error) {
+	st, err := os.Stat(path)
+	if err != nil {
+		return nil, err
+	}
+	if !st.Mode().IsRegular() || st.Size() > 1<<20 {
+		return nil, fmt.Errorf("%s is not a regular file of at most 1 MiB", path)
+	}
+	return os.ReadFile(path)
 }
 
 // sampling turns post_config.json into Sampling: a disabled setting is off.
@@ -232,7 +251,7 @@ func discover(p *Package) error {
 	}
 	m := layerFile.FindStringSubmatch(filepath.Base(found[0]))
 	arch, chunk, mdir := m[1], m[2], filepath.Dir(found[0])
-	for i := 0; ; i++ {
+	for i := 0; i < maxLayers; i++ {
 		f := filepath.Join(mdir, fmt.Sprintf("%s_p%s_l%d_together.axmodel", arch, chunk, i))
 		if _, err := os.Stat(f); err != nil {
 			break
