@@ -2,10 +2,18 @@ package main
 
 import (
 	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
 	"crypto/rand"
+	"crypto/x509"
+	"crypto/x509/pkix"
 	"encoding/base64"
+	"encoding/pem"
 	"errors"
 	"fmt"
+	"maps"
+	"math/big"
+	"net"
 	"os"
 	"path/filepath"
 	"sort"
@@ -68,6 +76,7 @@ func runInitAuth(_ context.Context, e *env, args []string) error {
 	force := fs.Bool("force", false, "overwrite existing files")
 	hub := fs.String("hub", "HUB:7422", "host:port of the hub's leaf node listener, for leaf-remote.conf")
 	seedDir := fs.String("seed-dir", "", "folder the seed files are in at run time, for the .env files (default DIR)")
+	tlsHosts := fs.String("tls", "", "also make a CA and a server certificate for these host names/IPs, comma-separated (tls.conf)")
 	if err := parse(fs, args); err != nil {
 		return err
 	}
@@ -99,6 +108,13 @@ func runInitAuth(_ context.Context, e *env, args []string) error {
 	if err != nil {
 		return err
 	}
+	if *tlsHosts != "" {
+		for _, h := range strings.Split(*tlsHosts, ",") {
+			if h = strings.TrimSpace(h); h != "" {
+				set.tlsHosts = append(set.tlsHosts, h)
+			}
+		}
+	}
 	written, err := set.write(dir, *seedDir, *force)
 	if err != nil {
 		return err
@@ -115,11 +131,12 @@ func runInitAuth(_ context.Context, e *env, args []string) error {
 // authSet is a generated set of users: the server's include file and each
 // identity's seed.
 type authSet struct {
-	topo    topology.Config
-	account string
-	hub     string
-	users   []authUser
-	leafPwd string
+	topo     topology.Config
+	account  string
+	hub      string
+	tlsHosts []string
+	users    []authUser
+	leafPwd  string
 }
 
 type authUser struct {
@@ -165,6 +182,13 @@ func (s *authSet) write(dir, seedDir string, force bool) ([]string, error) {
 		"auth.conf":        []byte(s.serverConf()),
 		"leaf-auth.conf":   []byte(s.leafAuthConf()),
 		"leaf-remote.conf": []byte(s.leafRemoteConf()),
+	}
+	if len(s.tlsHosts) > 0 {
+		tf, err := tlsFiles(s.tlsHosts, abs)
+		if err != nil {
+			return nil, err
+		}
+		maps.Copy(files, tf)
 	}
 	for _, u := range s.users {
 		files[u.name+".nk"] = append(append([]byte{}, u.seed...), '\n')
@@ -302,3 +326,67 @@ func (s *authSet) permissions(id identity) (pub, sub []string) {
 
 // errNoCreds is what a refused connection gets as a hint.
 var errNoCreds = errors.New("the broker wants credentials: --nkey/$KILN_NKEY (from `kiln broker init-auth`)")
+
+// tlsFiles makes a CA and a server certificate for hosts (names or IP
+// addresses) and returns ca.pem, server-cert.pem, server-key.pem and the
+// nats-server include tls.conf naming them in seedDir.
+func tlsFiles(hosts []string, seedDir string) (map[string][]byte, error) {
+	caKey, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		return nil, err
+	}
+	now := time.Now()
+	serial := func() *big.Int {
+		n, _ := rand.Int(rand.Reader, new(big.Int).Lsh(big.NewInt(1), 126))
+		return n
+	}
+	ca := &x509.Certificate{
+		SerialNumber:          serial(),
+		Subject:               pkix.Name{CommonName: "kiln broker CA"},
+		NotBefore:             now.Add(-time.Hour),
+		NotAfter:              now.AddDate(10, 0, 0),
+		KeyUsage:              x509.KeyUsageCertSign | x509.KeyUsageCRLSign,
+		BasicConstraintsValid: true,
+		IsCA:                  true,
+	}
+	caDER, err := x509.CreateCertificate(rand.Reader, ca, ca, &caKey.PublicKey, caKey)
+	if err != nil {
+		return nil, fmt.Errorf("tls: CA: %w", err)
+	}
+	srvKey, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		return nil, err
+	}
+	srv := &x509.Certificate{
+		SerialNumber: serial(),
+		Subject:      pkix.Name{CommonName: hosts[0]},
+		NotBefore:    now.Add(-time.Hour),
+		NotAfter:     now.AddDate(10, 0, 0),
+		KeyUsage:     x509.KeyUsageDigitalSignature,
+		ExtKeyUsage:  []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth, x509.ExtKeyUsageClientAuth},
+	}
+	for _, h := range hosts {
+		if ip := net.ParseIP(h); ip != nil {
+			srv.IPAddresses = append(srv.IPAddresses, ip)
+		} else {
+			srv.DNSNames = append(srv.DNSNames, h)
+		}
+	}
+	srvDER, err := x509.CreateCertificate(rand.Reader, srv, ca, &srvKey.PublicKey, caKey)
+	if err != nil {
+		return nil, fmt.Errorf("tls: server certificate: %w", err)
+	}
+	keyDER, err := x509.MarshalECPrivateKey(srvKey)
+	if err != nil {
+		return nil, err
+	}
+	return map[string][]byte{
+		"ca.pem":          pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: caDER}),
+		"server-cert.pem": pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: srvDER}),
+		"server-key.pem":  pem.EncodeToMemory(&pem.Block{Type: "EC PRIVATE KEY", Bytes: keyDER}),
+		"tls.conf": []byte(fmt.Sprintf("# Client connections over TLS (`kiln broker init-auth --tls`): include it in\n"+
+			"# the broker's config; clients use tls:// URLs and --tls-ca %s.\n"+
+			"tls {\n  cert_file: %q\n  key_file: %q\n  timeout: 5\n}\n",
+			filepath.Join(seedDir, "ca.pem"), filepath.Join(seedDir, "server-cert.pem"), filepath.Join(seedDir, "server-key.pem"))),
+	}, nil
+}

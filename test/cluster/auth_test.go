@@ -269,3 +269,46 @@ func TestLeafNodeJoinsHub(t *testing.T) {
 		t.Fatalf("job through the leaf: %+v, %v", res, err)
 	}
 }
+
+// TestTLS runs the broker with the certificate `kiln broker init-auth --tls`
+// made: plain connections are refused, tls:// with the CA works for the
+// worker and for `kiln chat`.
+func TestTLS(t *testing.T) {
+	t.Parallel()
+	dir := filepath.Join(t.TempDir(), "etc-kiln")
+	kiln(t, nil, "broker", "init-auth", "--controllers", "room-1", "--tls", "127.0.0.1,localhost", dir)
+	src, err := os.ReadFile(filepath.Join(repoRoot(t), "deploy", "nats", "single.conf"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	conf := filepath.Join(dir, "single-tls.conf")
+	if err := os.WriteFile(conf, append(src, "include tls.conf\n"...), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	n := &node{name: "tls", port: freePort(t), args: []string{"--config", conf, "--data", t.TempDir()}}
+	n.start(t)
+	url := fmt.Sprintf("tls://127.0.0.1:%d", n.port)
+	ca := filepath.Join(dir, "ca.pem")
+	seed, _ := nats.NkeyOptionFromSeed(filepath.Join(dir, "room-1.nk"))
+	if nc, err := nats.Connect(fmt.Sprintf("nats://127.0.0.1:%d", n.port), seed, nats.Timeout(2*time.Second)); err == nil {
+		nc.Close()
+		t.Fatal("a connection without TLS was accepted")
+	}
+	if nc, err := nats.Connect(url, seed, nats.Timeout(2*time.Second)); err == nil {
+		nc.Close()
+		t.Fatal("a TLS connection that does not know the CA was accepted")
+	}
+	startWorker(t, url, "w-tls", filepath.Join(dir, "worker.nk"), 10*time.Second, envTLSCA+"="+ca)
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		out, err := kilnTry(t, []string{"KILN_NATS_URL=" + url, "KILN_TLS_CA=" + ca, "KILN_NKEY=" + filepath.Join(dir, "room-1.nk"),
+			"KILN_CLIENT_ID=room-1"}, "chat", "--model", "echo", "over tls")
+		if err == nil && strings.Contains(out, "echo: over tls") {
+			return
+		}
+		if time.Now().After(deadline) { // the worker may not have registered yet
+			t.Fatalf("kiln chat over TLS: %v\n%s", err, out)
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+}

@@ -41,6 +41,7 @@ const (
 	envName    = "KILN_CLUSTER_NAME"    // worker name
 	envNkey    = "KILN_CLUSTER_NKEY"    // seed file, "" for none
 	envAckWait = "KILN_CLUSTER_ACKWAIT" // topology ack wait
+	envTLSCA   = "KILN_CLUSTER_TLSCA"   // CA file of the broker's certificate, "" for none
 )
 
 // kilnBin is the kiln binary TestMain builds.
@@ -82,6 +83,9 @@ func childWorker() int {
 			return 1
 		}
 		opts = append(opts, o)
+	}
+	if ca := os.Getenv(envTLSCA); ca != "" {
+		opts = append(opts, nats.RootCAs(ca))
 	}
 	nc, err := nats.Connect(os.Getenv(envURL), opts...)
 	if err != nil {
@@ -255,6 +259,17 @@ type node struct {
 	p    *proc
 }
 
+// kilnTry runs a kiln sub-command to completion and returns its output.
+func kilnTry(t testing.TB, env []string, args ...string) (string, error) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(t.Context(), 30*time.Second)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, kilnBin, args...)
+	cmd.Env = append(os.Environ(), env...)
+	out, err := cmd.CombinedOutput()
+	return string(out), err
+}
+
 // kiln runs a kiln sub-command to completion.
 func kiln(t testing.TB, env []string, args ...string) string {
 	t.Helper()
@@ -334,12 +349,14 @@ func urls(nodes []*node) string {
 }
 
 // startWorker starts an echo worker process on urls; nkey is its seed file
-// ("" for none). It returns once the process runs (not yet registered).
-func startWorker(t testing.TB, urls, name, nkey string, ackWait time.Duration) *proc {
+// ("" for none), env more of its environment. It returns once the process
+// runs (not yet registered).
+func startWorker(t testing.TB, urls, name, nkey string, ackWait time.Duration, env ...string) *proc {
 	t.Helper()
 	cmd := exec.Command(os.Args[0], "-test.run=^$")
 	cmd.Env = append(os.Environ(), envRole+"=worker", envURL+"="+urls, envName+"="+name,
 		envNkey+"="+nkey, envAckWait+"="+ackWait.String())
+	cmd.Env = append(cmd.Env, env...)
 	return start(t, cmd, "worker "+name, "")
 }
 
