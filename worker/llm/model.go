@@ -387,7 +387,10 @@ func (m *Model) bindPost() error {
 	if len(d) < 1 || len(d[0].Inputs) != 1 || len(d[0].Outputs) < 1 {
 		return pkgErr("%s: post model wants one input and an output", m.pkg.Post)
 	}
-	in, out := &d[0].Inputs[0], &d[0].Outputs[0]
+	in, out := &d[0].Inputs[0], tensor(d[0].Outputs, "output")
+	if out == nil {
+		out = &d[0].Outputs[0]
+	}
 	if in.DataType != axcl.TypeBF16 || elems(in) != m.shape.Hidden {
 		return pkgErr("%s: post model input is %s × %d, want bf16 × hidden %d", m.pkg.Post, in.DataType, elems(in), m.shape.Hidden)
 	}
@@ -403,7 +406,7 @@ func (m *Model) bindPost() error {
 	if m.postIn, err = m.post.BufferAt(0, axcl.Input, 0); err != nil {
 		return err
 	}
-	m.pOut, err = m.post.BufferAt(0, axcl.Output, 0)
+	m.pOut, err = m.post.BufferAt(0, axcl.Output, out.Index)
 	return err
 }
 

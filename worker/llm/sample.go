@@ -138,7 +138,7 @@ func (sp *sampler) pick(s *Sampling, history []int) int {
 	for _, v := range cand {
 		var p float32
 		if d := lg[v] - mx; d > floor {
-			p = float32(math.Exp(float64(d * inv)))
+			p = exp32(d * inv)
 		}
 		sp.probs[v] = p
 		sum += float64(p)
@@ -246,4 +246,31 @@ func (sp *sampler) nucleus(cand []int32, sum, p float64) ([]int32, float64) {
 		}
 	}
 	return head, acc
+}
+
+// exp32 is e^x for x ≤ 0 to about 2e-7 relative error: 2^(x·log2 e) split
+// into an integer power (exponent bits) and a degree-6 polynomial of the
+// fraction. Four times faster than math.Exp, which matters once per
+// vocabulary entry and token.
+func exp32(x float32) float32 {
+	if !(x > -87) {
+		return 0
+	}
+	if x > 88 {
+		x = 88
+	}
+	t := x * 1.442695041
+	n := int32(t)
+	if float32(n) > t {
+		n--
+	}
+	f := t - float32(n)
+	p := float32(1.535336188e-4)
+	p = p*f + 1.339887440e-3
+	p = p*f + 9.618437357e-3
+	p = p*f + 5.550332471e-2
+	p = p*f + 2.402264791e-1
+	p = p*f + 6.931472028e-1
+	p = p*f + 1
+	return p * math.Float32frombits(uint32(n+127)<<23)
 }

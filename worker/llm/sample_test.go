@@ -122,3 +122,18 @@ func TestArgmaxBF16MatchesFloatArgmax(t *testing.T) {
 		}
 	}
 }
+
+func TestExp32(t *testing.T) {
+	for x := float32(-90); x <= 1; x += 0.001 {
+		got, want := float64(exp32(x)), math.Exp(float64(x))
+		if x <= -87 {
+			if got != 0 {
+				t.Fatalf("exp32(%v) = %v, want 0", x, got)
+			}
+			continue
+		}
+		if math.Abs(got-want) > 1e-5*want {
+			t.Fatalf("exp32(%v) = %v, math.Exp %v", x, got, want)
+		}
+	}
+}
