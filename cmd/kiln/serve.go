@@ -26,6 +26,7 @@ type workerFlags struct {
 	models string
 	lib    string
 	grace  time.Duration
+	temp   thermalFlags
 }
 
 func (w *workerFlags) register(fs *flag.FlagSet) {
@@ -34,6 +35,7 @@ func (w *workerFlags) register(fs *flag.FlagSet) {
 	fs.StringVar(&w.models, "models", getenv(envModels, defaultModels), "folder of model packages, one sub-folder per model ($"+envModels+")")
 	fs.StringVar(&w.lib, "lib", getenv(envAXCLLib, ""), "path of libaxcl_rt.so ($"+envAXCLLib+"; default /usr/lib/axcl/libaxcl_rt.so)")
 	fs.DurationVar(&w.grace, "grace", 30*time.Second, "on stop, how long the running job may finish before it is handed back")
+	w.temp.register(fs)
 }
 
 // workerConfig opens the card, loads the model packages found on it and
@@ -58,6 +60,13 @@ func (w *workerFlags) workerConfig(ctx context.Context, e *env, topo topology.Co
 		return cfg, nil, err
 	}
 	cfg.StatusFunc = c.status
+	if cfg.Thermal, err = w.temp.config(c); err != nil {
+		c.close()
+		return cfg, nil, err
+	}
+	if c.dev != nil {
+		cfg.Device = c
+	}
 	return cfg, c, nil
 }
 

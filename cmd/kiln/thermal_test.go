@@ -1,0 +1,115 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/ebitengine/purego"
+
+	"github.com/kiln-project/kiln/test/cardsim"
+)
+
+// kiln up on the simulated card: an injected execute failure resets the
+// card and reloads the chat package (the chat still answers), kiln status
+// shows the governor and both temperatures, and a lost card makes kiln up
+// exit non-zero so that systemd restarts it.
+func TestUpResetsCardAndExitsWhenLost(t *testing.T) {
+	lib := cardsim.Library(t)
+	h, err := purego.Dlopen(lib, purego.RTLD_NOW|purego.RTLD_GLOBAL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var setFaults func(string) int32
+	sym, err := purego.Dlsym(h, "kilnsim_set_faults")
+	if err != nil {
+		t.Fatal(err)
+	}
+	purego.RegisterFunc(&setFaults, sym)
+	t.Cleanup(func() { setFaults("") })
+
+	models := t.TempDir()
+	spec := cardsim.TinyQwen3()
+	spec.Layers = 2
+	spec.TokenizerDir = "../../worker/tokenize/testdata/qwen3"
+	if err := cardsim.WriteLLMPackage(filepath.Join(models, "qwen3-tiny"), spec); err != nil {
+		t.Fatal(err)
+	}
+	zone := filepath.Join(t.TempDir(), "temp")
+	if err := os.WriteFile(zone, []byte("61500\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	addr := freeAddr(t)
+	url := "nats://" + addr
+	ctx, cancel := context.WithCancel(t.Context())
+	defer cancel()
+	var wg sync.WaitGroup
+	wg.Add(1)
+	upCode := -1
+	var upErr string
+	go func() {
+		defer wg.Done()
+		upCode, _, upErr = kiln(t, ctx, "up", "--listen", addr, "--data", t.TempDir(), "--models", models, "--lib", lib,
+			"--name", "shelf-card0", "--grace", "1s", "--soc-zone", zone, "--thermal-interval", "50ms")
+	}()
+	type status struct {
+		Workers []struct {
+			State     string
+			CardTempC float64 `json:"card_temp_c"`
+			SoCTempC  float64 `json:"soc_temp_c"`
+			Governor  struct{ State string }
+		}
+	}
+	var st status
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		code, out, _ := kiln(t, t.Context(), "status", "--json", "--nats", url)
+		if code == 0 && json.Unmarshal([]byte(out), &st) == nil && len(st.Workers) == 1 && st.Workers[0].State == "ready" {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the worker never became ready: %q", out)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	if w := st.Workers[0]; w.Governor.State != "ok" || w.SoCTempC != 61.5 || w.CardTempC <= 0 {
+		t.Fatalf("status %+v: want governor ok, SoC 61.5 °C and a card temperature", w)
+	}
+	code, out, _ := kiln(t, t.Context(), "status", "--nats", url)
+	if code != 0 || !strings.Contains(out, "61.5") || !strings.Contains(out, "ok") {
+		t.Fatalf("kiln status: %d %q", code, out)
+	}
+
+	if setFaults("fail_execute=3") != 0 {
+		t.Fatal("fault plan refused")
+	}
+	code, out, stderr := kiln(t, t.Context(), "chat", "--nats", url, "--json", "--max-tokens", "5", "hi")
+	var res struct {
+		Status  string
+		Attempt int
+	}
+	if code != 0 || json.Unmarshal([]byte(out), &res) != nil || res.Status != "ok" || res.Attempt != 2 {
+		t.Fatalf("chat across a card reset: %d %q %q", code, out, stderr)
+	}
+
+	if setFaults("lose_device=1") != 0 {
+		t.Fatal("fault plan refused")
+	}
+	cctx, ccancel := context.WithCancel(t.Context())
+	chatDone := make(chan struct{})
+	go func() {
+		defer close(chatDone)
+		kiln(t, cctx, "chat", "--nats", url, "--max-tokens", "5", "hi")
+	}()
+	wg.Wait() // kiln up exits on its own
+	ccancel()
+	<-chatDone
+	if upCode != 1 || !strings.Contains(upErr, "card lost") {
+		t.Fatalf("kiln up after losing its card: exit %d, stderr %q", upCode, upErr)
+	}
+}
