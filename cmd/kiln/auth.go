@@ -236,8 +236,12 @@ func (s *authSet) serverConf() string {
 		pub, sub := s.permissions(u.identity)
 		fmt.Fprintf(&b, "      # %s %s\n      {\n        nkey: %s\n", u.role, u.name, u.public)
 		if pub != nil {
-			fmt.Fprintf(&b, "        permissions: {\n          publish: { allow: %s }\n          subscribe: { allow: %s }\n        }\n",
-				confList(pub), confList(sub))
+			fmt.Fprintf(&b, "        permissions: {\n          publish: { allow: %s }\n          subscribe: { allow: %s }\n", confList(pub), confList(sub))
+			if u.role == roleWorker {
+				// answers to the requests it serves (`nats micro`): the requester's inbox, once
+				b.WriteString("          allow_responses: true\n")
+			}
+			b.WriteString("        }\n")
 		}
 		b.WriteString("      }\n")
 	}
@@ -312,6 +316,7 @@ func (s *authSet) permissions(id identity) (pub, sub []string) {
 		sub = []string{
 			p + ".wake.>", p + ".cancel.*", "_INBOX.>",
 			"$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES." + jobs + ".*",
+			"$SRV.>", // the NATS micro-service framework: `nats micro ls` finds the workers
 		}
 	case roleObserver:
 		pub = []string{"$JS.API.INFO", "$JS.API.STREAM.INFO." + jobs, "$JS.API.CONSUMER.LIST." + jobs, "$JS.FC.>"}

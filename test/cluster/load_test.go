@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/kiln-project/kiln/client"
 )
@@ -103,7 +104,30 @@ func TestLoadBoundedQueue(t *testing.T) {
 			t.Errorf("%s reached %d MiB of memory for %d queued jobs (bound %d MiB)", p.name, rss>>20, queueMax, memoryBound>>20)
 		}
 	}
+	// The workers (default topology) left the broker's queue bound alone.
+	nc, err := nats.Connect(n.url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nc.Close()
+	js, _ := jetstream.New(nc)
+	if info := streamInfoSingle(t, ctx, js, "KILN_JOBS"); info.Config.MaxMsgs != queueMax {
+		t.Fatalf("KILN_JOBS MaxMsgs %d after the workers started, want the broker's %d", info.Config.MaxMsgs, queueMax)
+	}
 	if byWorker != queueMax {
 		t.Fatalf("%d results, want %d", byWorker, queueMax)
 	}
+}
+
+func streamInfoSingle(t *testing.T, ctx context.Context, js jetstream.JetStream, name string) *jetstream.StreamInfo {
+	t.Helper()
+	st, err := js.Stream(ctx, name)
+	if err != nil {
+		t.Fatal(err)
+	}
+	info, err := st.Info(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return info
 }
