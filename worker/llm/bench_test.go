@@ -150,34 +150,45 @@ func TestPrefillWorkQwen3_4B(t *testing.T) {
 }
 
 // BenchmarkPrefillQwen3_4B runs that request through Generate on the
-// no-compute simulator, cold and with the system prompt restored from the
-// prefix cache: the host time of the prefill (and one token), and the work
-// counted in executed group positions and attention columns.
+// no-compute simulator: cold (nothing reused), with the system prompt's rows
+// still on the card from the previous request (a new question each time),
+// and with them restored from the host prefix cache (the card's rows
+// dropped before each request). It reports the host time of the prefill
+// and first token, and the work in executed group positions and attention
+// columns.
 func BenchmarkPrefillQwen3_4B(b *testing.B) {
 	m := load4B(b)
 	r := rand.New(rand.NewPCG(3, 4))
 	system := randomPrompt(r, 500)
-	prompt := slices.Concat(system, randomPrompt(r, 20))
-	run := func(b *testing.B, cache int) {
+	var prompts [][]int
+	for range 8 {
+		prompts = append(prompts, slices.Concat(system, randomPrompt(r, 20)))
+	}
+	run := func(b *testing.B, cache int, before func()) {
 		var res *Result
 		var err error
 		b.ReportAllocs()
+		i := 0
 		for b.Loop() {
-			res, err = m.Generate(context.Background(), Request{Prompt: prompt, MaxTokens: 1, CachePrefix: cache, StopIDs: []int{}}, func(Token) error { return nil })
+			before()
+			i++
+			res, err = m.Generate(context.Background(), Request{Prompt: prompts[i%len(prompts)], MaxTokens: 1, CachePrefix: cache, StopIDs: []int{}}, nil)
 			if err != nil {
 				b.Fatal(err)
 			}
 		}
 		b.ReportMetric(float64(res.Prefill.Positions), "positions")
 		b.ReportMetric(float64(res.Prefill.Columns), "columns")
-		b.ReportMetric(float64(res.CachedTokens), "cached")
+		b.ReportMetric(float64(res.CachedTokens), "kept")
+		b.ReportMetric(float64(res.RestoredTokens), "restored")
 	}
-	b.Run("cold", func(b *testing.B) { run(b, 0) })
-	// One request fills the cache; every later one restores the prefix.
-	if _, err := m.Generate(context.Background(), Request{Prompt: prompt, MaxTokens: 1, CachePrefix: 500, StopIDs: []int{}}, func(Token) error { return nil }); err != nil {
+	dropRows := func() { m.st.resident = m.st.resident[:0] }
+	b.Run("cold", func(b *testing.B) { run(b, 0, dropRows) })
+	// One request fills the host cache.
+	if _, err := m.Generate(context.Background(), Request{Prompt: prompts[0], MaxTokens: 1, CachePrefix: 500, StopIDs: []int{}}, nil); err != nil {
 		b.Fatal(err)
 	}
-	b.Run("hit", func(b *testing.B) { run(b, 500) })
-	v := vendorPlan(m.shape, 0, 520)
-	b.Logf("vendor rule for the cold request: %+v", v)
+	b.Run("hit_card", func(b *testing.B) { run(b, 500, func() {}) })
+	b.Run("hit_host", func(b *testing.B) { run(b, 500, dropRows) })
+	b.Logf("vendor rule for the cold request: %+v", vendorPlan(m.shape, 0, 520))
 }

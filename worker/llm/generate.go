@@ -88,8 +88,14 @@ type PrefillStats struct {
 type Result struct {
 	PromptTokens     int
 	CompletionTokens int // stop tokens not included
-	// CachedTokens is how many prompt tokens came from the prefix cache.
+	// CachedTokens is how many prompt tokens were not prefilled: their K/V
+	// rows were still on the card from the previous request (same tokens at
+	// the same positions, so the same rows) or came back from the prefix
+	// cache.
 	CachedTokens int
+	// RestoredTokens is how many of those were copied from the host
+	// prefix cache.
+	RestoredTokens int
 	Finish       Finish
 	Prefill      PrefillStats
 	// TTFT is from the start of Generate to the first token.
@@ -121,6 +127,7 @@ type state struct {
 	decMask   []byte
 	raw       []byte // logits as read: memory-mapped, outside the Go heap
 	history   []int
+	resident  []int // tokens whose K/V rows 0..len-1 on the card are valid
 	restore   *prefixEntry
 	restoreN  int
 	save      *prefixEntry
@@ -156,6 +163,7 @@ func (st *state) init(s *Shape) error {
 	}
 	st.raw = raw
 	st.history = make([]int, 0, s.Context)
+	st.resident = make([]int, 0, s.Context)
 	st.maskAt = -1
 	return nil
 }
@@ -346,6 +354,7 @@ func (m *Model) do(ctx context.Context, fn func(*npu.Thread) error) error {
 }
 
 // prefill runs prompt[st.pos:] and leaves the last token's logits in st.raw.
+// st.resident holds prompt[:st.pos] on entry and the prompt on success.
 func (m *Model) prefill(ctx context.Context, prompt []int, ps *PrefillStats) error {
 	st, s := &m.st, &m.shape
 	for st.pos < len(prompt) {
@@ -358,10 +367,12 @@ func (m *Model) prefill(ctx context.Context, prompt []int, ps *PrefillStats) err
 			st.tok = prompt[st.pos]
 			st.logits = st.pos == len(prompt)-1
 			if err := m.do(ctx, st.decodeFn); err != nil {
+				st.resident = st.resident[:0]
 				return fmt.Errorf("llm: prefill at position %d: %w", st.pos, err)
 			}
 			ps.Positions++
 			ps.Columns += s.Context + 1
+			st.resident = append(st.resident, st.tok)
 			st.pos++
 			continue
 		}
@@ -370,11 +381,13 @@ func (m *Model) prefill(ctx context.Context, prompt []int, ps *PrefillStats) err
 		st.chunkG = g.Index
 		st.logits = st.pos+n == len(prompt)
 		if err := m.do(ctx, st.chunkFn); err != nil {
+			st.resident = st.resident[:0]
 			return fmt.Errorf("llm: prefill chunk at position %d (group %d): %w", st.pos, g.Index, err)
 		}
 		ps.Chunks++
 		ps.Positions += s.Chunk
 		ps.Columns += s.Chunk * (g.History + s.Chunk)
+		st.resident = append(st.resident, prompt[st.pos:st.pos+n]...)
 		st.pos += n
 	}
 	return nil
@@ -425,16 +438,16 @@ func argmaxBF16(raw []byte) int {
 	return max(best, 0)
 }
 
-// Logits runs prompt from a clean state and returns the logits after its
-// last token (prefix cache not used): what the first sampled token is
-// drawn from.
+// Logits runs the whole prompt from position 0 (no rows reused, prefix
+// cache not used) and returns the logits after its last token: what the
+// first sampled token is drawn from.
 func (m *Model) Logits(ctx context.Context, prompt []int) ([]float32, error) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	if err := m.check(prompt); err != nil {
 		return nil, err
 	}
-	m.st.pos, m.st.maskAt = 0, -1
+	m.st.pos, m.st.maskAt, m.st.resident = 0, -1, m.st.resident[:0]
 	var ps PrefillStats
 	if err := m.prefill(ctx, prompt, &ps); err != nil {
 		return nil, err
@@ -491,17 +504,25 @@ func (m *Model) Generate(ctx context.Context, req Request, fn func(Token) error)
 	m.samp.reset(req.Sampling.Seed)
 	prompt := req.Prompt
 
-	// Prefix cache: restore the longest cached prefix (one token short of
-	// the prompt at most: the last prompt token must run for its logits).
-	if e, n := m.prefixes.lookup(prompt, len(prompt)-1); e != nil && n >= m.opts.MinPrefix {
+	// Rows to keep: the longest common prefix with the tokens whose rows are
+	// on the card, or a longer one from the prefix cache, restored — one
+	// token short of the prompt at most (the last prompt token must run for
+	// its logits). Everything past them is masked: the request sees only
+	// what it computes itself.
+	keep := commonPrefix(st.resident, prompt, len(prompt)-1)
+	if e, n := m.prefixes.lookup(prompt, len(prompt)-1); e != nil && n >= m.opts.MinPrefix && n > keep {
 		st.restore, st.restoreN = e, n
 		err := m.do(ctx, st.restoreFn)
 		st.restore = nil
 		if err != nil {
+			st.resident = st.resident[:0]
 			return res, fmt.Errorf("llm: restore cached prefix: %w", err)
 		}
-		st.pos, res.CachedTokens = n, n
+		st.resident = append(st.resident[:0], prompt[:n]...)
+		keep, res.RestoredTokens = n, n
 	}
+	st.resident = st.resident[:keep]
+	st.pos, res.CachedTokens = keep, keep
 	if err := m.prefill(ctx, prompt, &res.Prefill); err != nil {
 		return res, err
 	}
@@ -509,7 +530,7 @@ func (m *Model) Generate(ctx context.Context, req Request, fn func(Token) error)
 	// by the decode below, so it is read back at the end).
 	save := min(req.CachePrefix, len(prompt))
 	defer func() {
-		if save >= m.opts.MinPrefix && res.CachedTokens < save && !m.prefixes.has(prompt[:save]) && m.dev.Err() == nil {
+		if save >= m.opts.MinPrefix && !m.prefixes.has(prompt[:save]) && m.dev.Err() == nil {
 			m.savePrefix(context.WithoutCancel(ctx), prompt[:save])
 		}
 	}()
@@ -548,11 +569,22 @@ func (m *Model) Generate(ctx context.Context, req Request, fn func(Token) error)
 		}
 		st.tok, st.logits = tok, true
 		if err := m.do(ctx, st.decodeFn); err != nil {
+			st.resident = st.resident[:0]
 			return res, fmt.Errorf("llm: decode at position %d: %w", st.pos, err)
 		}
+		st.resident = append(st.resident, tok)
 		st.pos++
 	}
 	return res, nil
+}
+
+// commonPrefix is the length of the common prefix of a and b, at most limit.
+func commonPrefix(a, b []int, limit int) int {
+	n := 0
+	for n < len(a) && n < len(b) && n < limit && a[n] == b[n] {
+		n++
+	}
+	return n
 }
 
 func isStop(tok int, stops []int) bool {

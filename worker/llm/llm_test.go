@@ -106,7 +106,12 @@ func TestCachedRuntimeMatchesReference(t *testing.T) {
 		if res.Finish != FinishLength || res.PromptTokens != n {
 			t.Fatalf("prompt of %d: result %+v", n, res)
 		}
-		if want := s.PlanPrefill(0, n); res.Prefill != want {
+		// Logits left the prompt's rows on the card: all but the last token
+		// are kept, and the last runs alone in the group that fits.
+		if res.CachedTokens != n-1 || res.RestoredTokens != 0 {
+			t.Fatalf("prompt of %d: kept %d rows (restored %d), want %d", n, res.CachedTokens, res.RestoredTokens, n-1)
+		}
+		if want := s.PlanPrefill(n-1, 1); res.Prefill != want {
 			t.Fatalf("prompt of %d: prefill %+v, plan %+v", n, res.Prefill, want)
 		}
 	}
@@ -174,9 +179,17 @@ func TestPrefixCacheHitMatchesMiss(t *testing.T) {
 	if n, _ := m.PrefixCache(); n != 1 {
 		t.Fatalf("%d prefixes cached, want 1", n)
 	}
+	// The same prompt again: the rows are still on the card.
+	again, ares := generate(t, m, Request{Prompt: p1, MaxTokens: 5, StopIDs: []int{}, CachePrefix: len(system)})
+	if ares.CachedTokens != len(p1)-1 || ares.RestoredTokens != 0 || !slices.Equal(again, miss) {
+		t.Fatalf("same prompt: kept %d rows (restored %d), tokens %v, first %v", ares.CachedTokens, ares.RestoredTokens, again, miss)
+	}
+	// After another prompt overwrote them, the system prompt comes back
+	// from host memory.
+	generate(t, m, greedy(randomPrompt(r, 340), 2))
 	hit, hres := generate(t, m, Request{Prompt: p1, MaxTokens: 5, StopIDs: []int{}, CachePrefix: len(system)})
-	if hres.CachedTokens != len(system) {
-		t.Fatalf("second request restored %d tokens, want %d", hres.CachedTokens, len(system))
+	if hres.CachedTokens != len(system) || hres.RestoredTokens != len(system) {
+		t.Fatalf("after another prompt: kept %d rows, restored %d, want %d", hres.CachedTokens, hres.RestoredTokens, len(system))
 	}
 	if !slices.Equal(hit, miss) {
 		t.Fatalf("hit %v, miss %v", hit, miss)
@@ -188,15 +201,28 @@ func TestPrefixCacheHitMatchesMiss(t *testing.T) {
 	if hres.Prefill.Positions >= mres.Prefill.Positions || hres.Prefill != m.Shape().PlanPrefill(300, 20) {
 		t.Fatalf("prefill work: miss %+v, hit %+v", mres.Prefill, hres.Prefill)
 	}
-	// Another question after the same system prompt: a hit too, with the
-	// logits after the prompt bit-identical to the reference's.
+	if n, _ := m.PrefixCache(); n != 1 {
+		t.Fatalf("%d prefixes cached, want 1", n)
+	}
+	// Another question after the same system prompt, the rows restored
+	// from host memory: the logits after the prompt are bit-identical to
+	// the reference's.
+	generate(t, m, greedy(randomPrompt(r, 30), 1))
 	got, res := generate(t, m, Request{Prompt: p2, MaxTokens: 1, StopIDs: []int{}, CachePrefix: len(system)})
 	sameLogits(t, m, ref, p2)
 	want, _ = ref.Greedy(p2, 1)
-	if res.CachedTokens != len(system) || !slices.Equal(got, want) {
-		t.Fatalf("second question: restored %d, tokens %v, reference %v", res.CachedTokens, got, want)
+	if res.RestoredTokens != len(system) || !slices.Equal(got, want) {
+		t.Fatalf("second question: restored %d, tokens %v, reference %v", res.RestoredTokens, got, want)
+	}
+	// And with the rows still on the card from the first question.
+	generate(t, m, Request{Prompt: p1, MaxTokens: 1, StopIDs: []int{}})
+	got, res = generate(t, m, Request{Prompt: p2, MaxTokens: 1, StopIDs: []int{}, CachePrefix: len(system)})
+	sameLogits(t, m, ref, p2)
+	if res.CachedTokens != len(system) || res.RestoredTokens != 0 || !slices.Equal(got, want) {
+		t.Fatalf("second question on the card: kept %d, restored %d, tokens %v, reference %v", res.CachedTokens, res.RestoredTokens, got, want)
 	}
 	// A prompt that is the cached prefix itself: all but its last token restored.
+	generate(t, m, greedy(randomPrompt(r, 30), 1))
 	got, res = generate(t, m, greedy(system, 1))
 	sameLogits(t, m, ref, system)
 	want, _ = ref.Greedy(system, 1)
