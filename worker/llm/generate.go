@@ -96,8 +96,8 @@ type Result struct {
 	// RestoredTokens is how many of those were copied from the host
 	// prefix cache.
 	RestoredTokens int
-	Finish       Finish
-	Prefill      PrefillStats
+	Finish         Finish
+	Prefill        PrefillStats
 	// TTFT is from the start of Generate to the first token.
 	TTFT time.Duration
 	// Decode is from the first token to the last.
