@@ -188,7 +188,7 @@ func (h *chatHandler) Handle(ctx context.Context, job *Job[schema.ChatJob]) (*sc
 	if res.Finish == llm.FinishLength {
 		result.FinishReason = schema.FinishLength
 	}
-	h.log.Info("chat generated", "job", a.ID, "prompt_tokens", res.PromptTokens, "cached_tokens", res.CachedTokens,
+	h.log.Info("chat generated", "job", a.ID, "prompt_tokens", res.PromptTokens, "cached_tokens", res.CachedTokens, "restored_tokens", res.RestoredTokens,
 		"prefill_chunks", res.Prefill.Chunks, "completion_tokens", res.CompletionTokens, "finish", res.Finish,
 		"ttft_ms", res.TTFT.Milliseconds(), "tokens_per_s", fmt.Sprintf("%.1f", res.TokensPerSecond()))
 	return result, nil
