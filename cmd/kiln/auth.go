@@ -316,10 +316,11 @@ func (s *authSet) permissions(id identity) (pub, sub []string) {
 		sub = []string{
 			p + ".wake.>", p + ".cancel.*", "_INBOX.>",
 			"$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES." + jobs + ".*",
-			"$SRV.>", // the NATS micro-service framework: `nats micro ls` finds the workers
+			"$SRV.>", p + ".status.*", // the NATS micro-service framework: `nats micro ls`, status requests
 		}
 	case roleObserver:
-		pub = []string{"$JS.API.INFO", "$JS.API.STREAM.INFO." + jobs, "$JS.API.CONSUMER.LIST." + jobs, "$JS.FC.>"}
+		pub = []string{"$JS.API.INFO", "$JS.API.STREAM.INFO." + jobs, "$JS.API.CONSUMER.LIST." + jobs, "$JS.FC.>",
+			"$SRV.>", p + ".status.*"}
 		pub = append(pub, readKV(workersKV)...)
 		pub = append(pub, readKV(events)...)
 		sub = []string{p + ".events.>", inbox}

@@ -191,6 +191,9 @@ func TestPermissions(t *testing.T) {
 	if q, err := obs.Queue(ctx); err != nil || len(q) == 0 {
 		t.Fatalf("observer's view of the queue: %+v, %v", q, err)
 	}
+	if m, err := ncObs.Request("kiln.status.w1", nil, 5*time.Second); err != nil || !strings.Contains(string(m.Data), "w1") {
+		t.Fatalf("observer asking worker w1 for its status: %v", err)
+	}
 	sctx, scancel := context.WithTimeout(ctx, 2*time.Second)
 	_, err = obs.Submit(sctx, &schema.ChatJob{JobHeader: schema.JobHeader{Model: "echo"},
 		Messages: []schema.Message{{Role: "user", Content: "x"}}})
