@@ -158,8 +158,7 @@ func (h *chatHandler) Handle(ctx context.Context, job *Job[schema.ChatJob]) (*sc
 		}
 		return nil
 	})
-	stopped := stop.Hit()
-	if !stopped {
+	if err == nil && !stop.Hit() {
 		emit(stop.Flush(detok.Flush()))
 	}
 	result := &schema.Result{Text: out.String()}
@@ -182,6 +181,9 @@ func (h *chatHandler) Handle(ctx context.Context, job *Job[schema.ChatJob]) (*sc
 				le.Tokens, h.name, le.Context, le.Limit)
 		}
 		h.log.Warn("chat failed", "job", a.ID, "err", err)
+		if errors.Is(err, llm.ErrTokenRange) {
+			return nil, Permanent(fmt.Errorf("worker: chat on %s: %w", h.name, err)) // the package, not the card
+		}
 		return nil, fmt.Errorf("worker: chat on %s: %w", h.name, err)
 	}
 	result.FinishReason = schema.FinishStop

@@ -52,6 +52,10 @@ const (
 // (a stop string was found).
 var ErrStop = errors.New("llm: stop requested")
 
+// ErrTokenRange: a prompt token id outside the model's vocabulary (a
+// tokenizer that does not belong to the model).
+var ErrTokenRange = errors.New("llm: token id outside the vocabulary")
+
 // ErrPromptTooLong is matched by a *LimitError.
 var ErrPromptTooLong = errors.New("llm: prompt too long")
 
@@ -468,7 +472,7 @@ func (m *Model) check(prompt []int) error {
 	}
 	for _, t := range prompt {
 		if t < 0 || t >= m.shape.Vocab {
-			return fmt.Errorf("llm: token id %d outside the vocabulary of %d", t, m.shape.Vocab)
+			return fmt.Errorf("%w: %d is not below %d", ErrTokenRange, t, m.shape.Vocab)
 		}
 	}
 	return nil
