@@ -4,6 +4,9 @@
 // processes (this test binary re-executed with the echo handlers), kill -9
 // of stream leaders and workers, broker permissions from `kiln broker
 // init-auth`, and a bounded queue under load.
+//
+// KILN_CLUSTER_LOGDIR=DIR keeps every child process's full stderr in DIR
+// (with KILN_DEBUG=1 the brokers log their Raft elections too).
 package cluster
 
 import (
