@@ -106,7 +106,7 @@ func (w *Worker) gate() (wait <-chan struct{}) {
 		}
 	}
 	if m := w.hw.monitor; m != nil {
-		m.Check(context.Background())
+		m.Admit(context.Background())
 	}
 	w.hw.mu.Lock()
 	defer w.hw.mu.Unlock()

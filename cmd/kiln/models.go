@@ -271,6 +271,23 @@ func (c *card) status(hb *schema.Heartbeat) {
 	hb.CMMUsedMiB = int((p.TotalCMMKiB - p.FreeCMMKiB) / 1024)
 }
 
+// tempNow samples the card's Tj afresh on the device thread (between
+// model calls): the governor asks only when the card is near its pause
+// threshold, before starting a job.
+func (c *card) tempNow(ctx context.Context) (float64, error) {
+	c.mu.RLock()
+	dev := c.dev
+	c.mu.RUnlock()
+	if dev == nil {
+		return 0, errors.New("no card")
+	}
+	p, err := dev.Refresh(ctx)
+	if err != nil {
+		return 0, err
+	}
+	return float64(p.TemperatureMilliC) / 1000, nil
+}
+
 // close unloads the models and closes the device.
 func (c *card) close() {
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
@@ -342,7 +359,7 @@ func (t *thermalFlags) config(c *card) (*thermal.MonitorConfig, error) {
 	}
 	mc := &thermal.MonitorConfig{Limits: &lim, Interval: t.interval, Logger: c.log}
 	if c.dev != nil {
-		mc.Card = c.temp
+		mc.Card, mc.CardNow = c.temp, c.tempNow
 	}
 	if t.zone != "" {
 		mc.SoC = thermal.ZoneSource(t.zone)

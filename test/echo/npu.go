@@ -124,6 +124,16 @@ func (c *Card) Temp(ctx context.Context) (float64, error) {
 	return float64(p.TemperatureMilliC) / 1000, nil
 }
 
+// TempNow samples the card's Tj afresh on the device thread (a
+// thermal.Source for MonitorConfig.CardNow).
+func (c *Card) TempNow(ctx context.Context) (float64, error) {
+	p, err := c.Device().Refresh(ctx)
+	if err != nil {
+		return 0, err
+	}
+	return float64(p.TemperatureMilliC) / 1000, nil
+}
+
 // Fault implements worker.Device: runtime errors and a lost device.
 func (c *Card) Fault(err error) bool {
 	var ae *axcl.Error

@@ -183,3 +183,28 @@ func TestMonitor(t *testing.T) {
 		t.Fatalf("snapshot %s %+v", st, r)
 	}
 }
+
+// Near the pause threshold Admit reads the card afresh (CardNow) instead
+// of the cached sample; far from it, and in Check, the cached one.
+func TestMonitorAdmitReadsFreshNearPause(t *testing.T) {
+	cached, fresh := 60.0, 81.0
+	freshReads := 0
+	m, err := NewMonitor(MonitorConfig{
+		Card:    func(context.Context) (float64, error) { return cached, nil },
+		CardNow: func(context.Context) (float64, error) { freshReads++; return fresh, nil },
+	}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	if st := m.Admit(ctx); st != OK || freshReads != 0 {
+		t.Fatalf("far from pause: %s after %d fresh reads, want ok after none", st, freshReads)
+	}
+	cached = 78 // within 3 °C of pause: the cached sample may be old
+	if st := m.Check(ctx); st != OK || freshReads != 0 {
+		t.Fatalf("Check: %s after %d fresh reads", st, freshReads)
+	}
+	if st := m.Admit(ctx); st != Hot || freshReads != 1 {
+		t.Fatalf("near pause: Admit %s after %d fresh reads, want hot after one", st, freshReads)
+	}
+}

@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
+	"math"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -17,6 +18,13 @@ type MonitorConfig struct {
 	Card Source
 	// SoC reads the host SoC; nil leaves it out.
 	SoC Source
+	// CardNow, when set, samples the card afresh (Card may return a cached
+	// sample). Admit uses it instead of Card once the card is within
+	// FreshMarginC of its pause threshold, so that the decision to start a
+	// job near the threshold does not rest on an old sample.
+	CardNow Source
+	// FreshMarginC is that margin (default 3 °C).
+	FreshMarginC float64
 	// Interval between samples (default 2 s).
 	Interval time.Duration
 	// Logger (default slog.Default()).
@@ -48,6 +56,9 @@ func NewMonitor(cfg MonitorConfig, onChange func(Transition)) (*Monitor, error) 
 	if cfg.Limits == nil {
 		d := DefaultConfig()
 		cfg.Limits = &d
+	}
+	if cfg.FreshMarginC <= 0 {
+		cfg.FreshMarginC = 3
 	}
 	if cfg.Interval <= 0 {
 		cfg.Interval = 2 * time.Second
@@ -104,10 +115,20 @@ func (m *Monitor) Stop() {
 
 // Check samples the sources now, updates the governor and reports a
 // transition, and returns the state.
-func (m *Monitor) Check(ctx context.Context) State {
+func (m *Monitor) Check(ctx context.Context) State { return m.check(ctx, false) }
+
+// Admit is Check before starting a job: near the card's pause threshold it
+// reads the card through CardNow.
+func (m *Monitor) Admit(ctx context.Context) State { return m.check(ctx, true) }
+
+func (m *Monitor) check(ctx context.Context, admit bool) State {
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	r := Reading{CardC: m.read(ctx, "card", m.cfg.Card), SoCC: m.read(ctx, "soc", m.cfg.SoC)}
+	card := m.cfg.Card
+	if admit && m.cfg.CardNow != nil && !math.IsNaN(m.last.CardC) && m.last.CardC >= m.cfg.Limits.Card.PauseC-m.cfg.FreshMarginC {
+		card = m.cfg.CardNow
+	}
+	r := Reading{CardC: m.read(ctx, "card", card), SoCC: m.read(ctx, "soc", m.cfg.SoC)}
 	m.last = r
 	if t, ok := m.gov.Update(r); ok {
 		m.log.Info("thermal governor", "from", t.From, "to", t.To, "card_c", fmt.Sprintf("%.1f", r.CardC),
