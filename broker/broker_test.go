@@ -6,6 +6,7 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
@@ -146,5 +147,40 @@ func TestStoreDirIsRequired(t *testing.T) {
 	t.Parallel()
 	if _, err := broker.New(broker.Config{}); err == nil {
 		t.Fatal("a broker without a store folder was accepted")
+	}
+}
+
+func TestEnsureCreatesWhatIsMissingAndChangesNothing(t *testing.T) {
+	t.Parallel()
+	b := brokertest.Run(t, &brokertest.Options{Topology: topology.Config{MaxQueuedJobs: 77}})
+	js, _ := jetstream.New(brokertest.Connect(t, b))
+	// A worker's view (default limits) leaves the broker's alone.
+	if err := topology.Ensure(ctx(t), js, topology.Config{}); err != nil {
+		t.Fatal(err)
+	}
+	st, err := js.Stream(ctx(t), "KILN_JOBS")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c := st.CachedInfo().Config; c.MaxMsgs != 77 || c.Replicas != 1 {
+		t.Fatalf("KILN_JOBS after Ensure: max msgs %d, replicas %d; want 77, 1", c.MaxMsgs, c.Replicas)
+	}
+	// A topology nobody provisioned is created, with the replicas a single
+	// server allows (found by probing), and the probe is gone.
+	art := topology.Config{Prefix: "art"}
+	if err := topology.Ensure(ctx(t), js, art); err != nil {
+		t.Fatal(err)
+	}
+	names := map[string]int{}
+	for info := range js.ListStreams(ctx(t)).Info() {
+		names[info.Config.Name] = info.Config.Replicas
+	}
+	if names["ART_JOBS"] != 1 || names["ART_RESULTS"] != 1 || names["KV_art_workers"] != 1 {
+		t.Fatalf("streams after Ensure of prefix art: %v", names)
+	}
+	for n := range names {
+		if strings.Contains(n, "PROBE") {
+			t.Fatalf("the replicas probe %s was left behind", n)
+		}
 	}
 }

@@ -12,6 +12,7 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
+	"github.com/kiln-project/kiln/broker/topology"
 	"github.com/kiln-project/kiln/client"
 	"github.com/kiln-project/kiln/schema"
 )
@@ -98,6 +99,13 @@ func TestClusterFailoverLosesNothing(t *testing.T) {
 	js, _ := jetstream.New(login(t, all, dir, "admin", nil)) // the test's own look at the streams
 	if info := streamInfo(t, ctx, js, "KILN_JOBS"); info.Config.Replicas != 3 {
 		t.Fatalf("KILN_JOBS has %d replicas on a 3-node cluster, want 3", info.Config.Replicas)
+	}
+	// Against an external cluster, topology finds the size by itself.
+	if err := topology.Ensure(ctx, js, topology.Config{Prefix: "art"}); err != nil {
+		t.Fatal(err)
+	}
+	if info := streamInfo(t, ctx, js, "ART_JOBS"); info.Config.Replicas != 3 {
+		t.Fatalf("ART_JOBS provisioned with %d replicas on a 3-node cluster, want 3", info.Config.Replicas)
 	}
 	// Every result event the client gets, by job: "exactly one final result".
 	var mu sync.Mutex
