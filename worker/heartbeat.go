@@ -2,6 +2,7 @@ package worker
 
 import (
 	"context"
+	"math"
 	"os"
 	"time"
 
@@ -30,6 +31,7 @@ func (w *Worker) Status() schema.Heartbeat {
 		CurrentJob: current,
 		JobsOK:     w.jobsOK.Load(),
 		JobsFailed: w.jobsFailed.Load(),
+		TokensPerS: math.Float64frombits(w.tokensPerS.Load()),
 		UptimeS:    int64(time.Since(w.startedAt).Seconds()),
 		Governor:   schema.GovernorStatus{State: "off"},
 		IntervalMS: w.cfg.Topology.HeartbeatInterval.Milliseconds(),
@@ -40,6 +42,19 @@ func (w *Worker) Status() schema.Heartbeat {
 		w.cfg.StatusFunc(&hb)
 	}
 	return hb
+}
+
+// noteRate keeps the token rate of a finished job for heartbeats: the
+// handler's own figure, else completion tokens over the run time.
+func (w *Worker) noteRate(res *schema.Result) {
+	u := res.Usage
+	rate := u.TokensPerS
+	if rate == 0 && u.CompletionTokens > 0 && u.TotalMS > 0 {
+		rate = float64(u.CompletionTokens) * 1000 / float64(u.TotalMS)
+	}
+	if rate > 0 {
+		w.tokensPerS.Store(math.Float64bits(math.Round(rate*10) / 10))
+	}
 }
 
 // heartbeat publishes the status on the heartbeat subject (kept in

@@ -286,6 +286,7 @@ func (w *Worker) finish(ctx context.Context, d *delivery, res *schema.Result, fa
 	if res.Status == schema.StatusOK {
 		w.jobsOK.Add(1)
 		w.jobSucceeded()
+		w.noteRate(res)
 	} else {
 		w.jobsFailed.Add(1)
 	}

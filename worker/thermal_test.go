@@ -311,8 +311,8 @@ func TestCriticalHandsRunningJobToAnotherWorker(t *testing.T) {
 	if st.State != schema.StatePaused || st.Governor.State != "critical" || st.JobsOK != 0 || st.SoCTempC != 90 {
 		t.Fatalf("critical worker status %+v", st)
 	}
-	if cool.Status().JobsOK != 1 {
-		t.Fatalf("cool worker did %d jobs", cool.Status().JobsOK)
+	if st := cool.Status(); st.JobsOK != 1 || st.TokensPerS <= 0 || st.TokensPerS > 1000/30.0 {
+		t.Fatalf("cool worker: %d jobs at %.1f tokens/s; want 1 job at a rate under one token per 30 ms", st.JobsOK, st.TokensPerS)
 	}
 	// Exactly one result stored.
 	js, _ := nc.JetStream()

@@ -57,6 +57,7 @@ type Worker struct {
 	cancelled map[string]time.Time // ids cancelled (kiln_cancel mirror), pruned after JobMaxAge
 
 	jobsOK, jobsFailed atomic.Int64
+	tokensPerS         atomic.Uint64 // float64 bits: decode rate of the last chat job done
 
 	hw  health        // thermal governor, device faults (governor.go, faults.go)
 	svc micro.Service // NATS micro registration (micro.go)
