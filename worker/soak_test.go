@@ -35,7 +35,8 @@ import (
 // (device sampling 0.5 s for 5 s, governor 0.2 s for 2 s); a job is 35
 // tokens of 10 ms on the NPU (0.35 s, a 3.5 s chat reply at real speed).
 // KILN_SOAK_JOBS, KILN_SOAK_TOKENS, KILN_SOAK_EXEC_US and
-// KILN_SOAK_SAMPLE_MS change the load.
+// KILN_SOAK_SAMPLE_MS change the load; KILN_SOAK_NO_FRESH=1 turns off the
+// fresh card sample near the pause threshold (MonitorConfig.CardNow).
 func TestThermalSoak(t *testing.T) {
 	if os.Getenv("KILN_SOAK") == "" {
 		t.Skip("set KILN_SOAK=1 to run the thermal soak benchmark")
