@@ -128,6 +128,19 @@ func TestPermissions(t *testing.T) {
 		t.Fatalf("room-2 read room-1's reply %q", m.Data)
 	}
 
+	// room-1 may cancel its jobs.
+	p, err := room1.Submit(ctx, echoJob("slow", 50, 50))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := room1.Cancel(ctx, p.ID); err != nil {
+		t.Fatalf("room-1 cancelling its job: %v", err)
+	}
+	if _, err := p.Wait(ctx, nil); !errors.Is(err, client.ErrCancelled) {
+		t.Fatalf("room-1's cancelled job: %v, want ErrCancelled", err)
+	}
+	p.Close()
+
 	// room-2 cannot read room-1's stored result.
 	room2, err := client.New(nc2, client.WithClientID("room-2"))
 	if err != nil {
@@ -156,7 +169,8 @@ func TestPermissions(t *testing.T) {
 	ccancel()
 
 	// room-2 cannot publish events: an observer watching them sees nothing from it.
-	ncObs := login(t, n.url, dir, "lobby", nil)
+	var vObs violations
+	ncObs := login(t, n.url, dir, "lobby", &vObs)
 	fake, err := ncObs.SubscribeSync("kiln.events.heartbeat.fake")
 	if err != nil {
 		t.Fatal(err)
@@ -191,6 +205,18 @@ func TestPermissions(t *testing.T) {
 	if q, err := obs.Queue(ctx); err != nil || len(q) == 0 {
 		t.Fatalf("observer's view of the queue: %+v, %v", q, err)
 	}
+	wctx, wcancel := context.WithTimeout(ctx, 10*time.Second)
+	errSeen := errors.New("seen")
+	err = obs.Watch(wctx, time.Minute, func(ev client.FleetEvent) error {
+		if ev.Heartbeat != nil && ev.Heartbeat.Worker == "w1" {
+			return errSeen
+		}
+		return nil
+	})
+	wcancel()
+	if !errors.Is(err, errSeen) {
+		t.Fatalf("observer watching the events: %v", err)
+	}
 	if m, err := ncObs.Request("kiln.status.w1", nil, 5*time.Second); err != nil || !strings.Contains(string(m.Data), "w1") {
 		t.Fatalf("observer asking worker w1 for its status: %v", err)
 	}
@@ -201,6 +227,7 @@ func TestPermissions(t *testing.T) {
 	if err == nil {
 		t.Fatal("an observer submitted a job")
 	}
+	vObs.wait(t, "the observer submitting a job", "kiln.jobs.chat.echo.normal")
 
 	// The kiln commands log in with the files init-auth wrote.
 	out := kiln(t, []string{"KILN_NATS_URL=" + n.url}, "chat", "--nkey", filepath.Join(dir, "room-2.nk"),

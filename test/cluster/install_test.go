@@ -94,3 +94,49 @@ func TestInstallSinglePi(t *testing.T) {
 		time.Sleep(200 * time.Millisecond)
 	}
 }
+
+// TestInstallClusterNodes installs the three nodes of a cluster as the
+// walk-through does: the first makes the credentials, the others refuse to
+// start without a copy of them, then each gets its own node name and the
+// same three routes.
+func TestInstallClusterNodes(t *testing.T) {
+	t.Parallel()
+	script := filepath.Join(repoRoot(t), "deploy", "install.sh")
+	install := func(root, node string) ([]byte, error) {
+		return exec.Command(script, "--binary", kilnBin, "--role", "cluster", "--node", node,
+			"--peers", "pi1.local,pi2.local,pi3.local", "--cards", "1", "--root", root).CombinedOutput()
+	}
+	pi1 := t.TempDir()
+	if out, err := install(pi1, "pi1"); err != nil {
+		t.Fatalf("install on pi1: %v\n%s", err, out)
+	}
+	pi2 := t.TempDir()
+	if out, err := install(pi2, "pi2"); err == nil || !strings.Contains(string(out), "copy its /etc/kiln here") {
+		t.Fatalf("install on pi2 without pi1's credentials: %v\n%s", err, out)
+	}
+	if out, err := exec.Command("cp", "-a", filepath.Join(pi1, "etc", "kiln"), filepath.Join(pi2, "etc")).CombinedOutput(); err != nil {
+		t.Fatalf("copying /etc/kiln: %v %s", err, out)
+	}
+	if err := os.Remove(filepath.Join(pi2, "etc", "kiln", "broker.env")); err != nil { // pi1's node name
+		t.Fatal(err)
+	}
+	if out, err := install(pi2, "pi2"); err != nil {
+		t.Fatalf("install on pi2: %v\n%s", err, out)
+	}
+	for node, root := range map[string]string{"pi1": pi1, "pi2": pi2} {
+		be := envFile(t, root, "broker.env")
+		if be["KILN_NODE"] != node || be["KILN_ROUTE_1"] != "nats-route://pi1.local:6222" || be["KILN_ROUTE_3"] != "nats-route://pi3.local:6222" ||
+			be["KILN_CONFIG"] != root+"/etc/kiln/cluster.conf" {
+			t.Errorf("%s broker.env: %v", node, be)
+		}
+		we := envFile(t, root, "worker.env")
+		if !strings.Contains(we["KILN_NATS_URL"], "nats://pi2.local:4222") {
+			t.Errorf("%s worker.env: %v", node, we)
+		}
+	}
+	a1, _ := os.ReadFile(filepath.Join(pi1, "etc", "kiln", "auth.conf"))
+	a2, _ := os.ReadFile(filepath.Join(pi2, "etc", "kiln", "auth.conf"))
+	if len(a1) == 0 || string(a1) != string(a2) {
+		t.Error("the nodes do not share one auth.conf")
+	}
+}
