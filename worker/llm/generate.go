@@ -30,6 +30,10 @@ type Request struct {
 	// CachePrefix is how many leading prompt tokens are worth keeping in
 	// the prefix cache (the rendered system prompt); 0 caches nothing.
 	CachePrefix int
+	// Images are the request's images in prompt order, each Width × Height
+	// × 3 bytes (RGB) for the model's Vision; the prompt holds Tokens
+	// placeholder ids for each, whose rows the encoder's output replaces.
+	Images [][]byte
 }
 
 // Token is one generated token.
@@ -131,7 +135,10 @@ type state struct {
 	decMask   []byte
 	raw       []byte // logits as read: memory-mapped, outside the Go heap
 	history   []int
-	resident  []int // tokens whose K/V rows 0..len-1 on the card are valid
+	resident  []int  // tokens whose K/V rows 0..len-1 on the card are valid
+	row       []byte // embedding row of the decode step when it is not the token's (an image row)
+	runs      []int  // prompt positions where each image's rows start
+	imgRows   []byte // the images' rows, bf16
 	restore   *prefixEntry
 	restoreN  int
 	save      *prefixEntry
@@ -197,9 +204,15 @@ func (m *Model) decodeStep(t *npu.Thread) error {
 	if p >= s.Context || st.tok < 0 || st.tok >= s.Vocab {
 		return fmt.Errorf("llm: decode token %d at position %d: outside vocabulary %d or context %d", st.tok, p, s.Vocab, s.Context)
 	}
-	row := m.embedRow(st.tok)
-	if err := t.Runtime().Memcpy(uintptr(m.hid[0].Ptr()), uintptr(unsafe.Pointer(&row[0])), uint64(len(row)), axcl.HostToDevice); err != nil {
-		return err
+	if st.row != nil {
+		if err := t.Write(m.hid[0], 0, st.row); err != nil {
+			return err
+		}
+	} else {
+		row := m.embedRow(st.tok)
+		if err := t.Runtime().Memcpy(uintptr(m.hid[0].Ptr()), uintptr(unsafe.Pointer(&row[0])), uint64(len(row)), axcl.HostToDevice); err != nil {
+			return err
+		}
 	}
 	if err := t.Copy(m.idx, 0, m.posTab, uint64(p)*4, 4); err != nil {
 		return err
@@ -295,7 +308,11 @@ func (m *Model) stageChunk(toks []int, h int) {
 	st, s := &m.st, &m.shape
 	n, d := len(toks), s.Hidden*2
 	for i, tok := range toks {
-		copy(st.chunkIn[i*d:(i+1)*d], m.embedRow(tok))
+		row := m.imageRow(st.pos + i)
+		if row == nil {
+			row = m.embedRow(tok)
+		}
+		copy(st.chunkIn[i*d:(i+1)*d], row)
 	}
 	clear(st.chunkIn[n*d:])
 	for i := range s.Chunk {
@@ -368,9 +385,11 @@ func (m *Model) prefill(ctx context.Context, prompt []int, ps *PrefillStats) err
 		g, ok := s.group(st.pos)
 		if !ok {
 			// Past the largest prefill group: the decode group, one token at a time.
-			st.tok = prompt[st.pos]
+			st.tok, st.row = prompt[st.pos], m.imageRow(st.pos)
 			st.logits = st.pos == len(prompt)-1
-			if err := m.do(ctx, st.decodeFn); err != nil {
+			err := m.do(ctx, st.decodeFn)
+			st.row = nil
+			if err != nil {
 				st.resident = st.resident[:0]
 				return fmt.Errorf("llm: prefill at position %d: %w", st.pos, err)
 			}
@@ -451,7 +470,7 @@ func (m *Model) Logits(ctx context.Context, prompt []int) ([]float32, error) {
 	if err := m.check(prompt); err != nil {
 		return nil, err
 	}
-	m.st.pos, m.st.maskAt, m.st.resident = 0, -1, m.st.resident[:0]
+	m.st.pos, m.st.maskAt, m.st.resident, m.st.runs = 0, -1, m.st.resident[:0], m.st.runs[:0]
 	var ps PrefillStats
 	if err := m.prefill(ctx, prompt, &ps); err != nil {
 		return nil, err
@@ -513,8 +532,20 @@ func (m *Model) Generate(ctx context.Context, req Request, fn func(Token) error)
 	// token short of the prompt at most (the last prompt token must run for
 	// its logits). Everything past them is masked: the request sees only
 	// what it computes itself.
-	keep := commonPrefix(st.resident, prompt, len(prompt)-1)
-	if e, n := m.prefixes.lookup(prompt, len(prompt)-1); e != nil && n >= m.opts.MinPrefix && n > keep {
+	// Rows at and past an image placeholder depend on the image, not only
+	// on the token ids: they are never kept or cached.
+	firstImage, err := m.prepareImages(ctx, &req)
+	if err != nil {
+		st.runs = st.runs[:0]
+		return res, err
+	}
+	defer func() {
+		st.resident = st.resident[:min(len(st.resident), firstImage)]
+		st.runs = st.runs[:0]
+	}()
+	reusable := min(len(prompt)-1, firstImage)
+	keep := commonPrefix(st.resident, prompt, reusable)
+	if e, n := m.prefixes.lookup(prompt, reusable); e != nil && n >= m.opts.MinPrefix && n > keep {
 		st.restore, st.restoreN = e, n
 		err := m.do(ctx, st.restoreFn)
 		st.restore = nil
@@ -532,7 +563,7 @@ func (m *Model) Generate(ctx context.Context, req Request, fn func(Token) error)
 	}
 	// Keep the marked prefix for later requests (its rows stay untouched
 	// by the decode below, so it is read back at the end).
-	save := min(req.CachePrefix, len(prompt))
+	save := min(req.CachePrefix, len(prompt), firstImage)
 	defer func() {
 		if save >= m.opts.MinPrefix && !m.prefixes.has(prompt[:save]) && m.dev.Err() == nil {
 			m.savePrefix(context.WithoutCancel(ctx), prompt[:save])

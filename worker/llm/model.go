@@ -97,8 +97,9 @@ type Model struct {
 	posTab *npu.Buffer // uint32 positions 0..Context-1: the decode indices, copied on the card
 	zero   *npu.Buffer // a visible (0) mask element, copied on the card
 	owned  []*npu.Buffer
-	embed  []byte // memory-mapped table
-	cmm    uint64 // CMM charged by Load
+	vision *visionModel // nil: text only
+	embed  []byte       // memory-mapped table
+	cmm    uint64       // CMM charged by Load
 
 	mu       sync.Mutex // one request at a time; guards everything below
 	closed   bool
@@ -225,6 +226,9 @@ func Load(ctx context.Context, dev *npu.Device, dir string, opts *Options) (_ *M
 		o.Progress(total, total)
 	}
 	if err := m.bindPost(); err != nil {
+		return nil, err
+	}
+	if err := m.loadVision(ctx); err != nil {
 		return nil, err
 	}
 	if pkg.Vocab > 0 && pkg.Vocab != m.shape.Vocab {
@@ -472,6 +476,9 @@ func (m *Model) release(ctx context.Context) error {
 			if m.post != nil {
 				errs = append(errs, t.Unload(m.post))
 			}
+			if m.vision != nil {
+				errs = append(errs, t.Unload(m.vision.model))
+			}
 			for _, l := range m.layers {
 				errs = append(errs, t.Unload(l))
 			}
@@ -481,7 +488,7 @@ func (m *Model) release(ctx context.Context) error {
 			return errors.Join(errs...)
 		}))
 	}
-	m.post, m.layers, m.owned = nil, nil, nil
+	m.post, m.layers, m.owned, m.vision = nil, nil, nil, nil
 	if m.embed != nil {
 		errs = append(errs, syscall.Munmap(m.embed))
 		m.embed = nil

@@ -42,6 +42,14 @@ type Package struct {
 	TokenizerType string
 	// Vision is the vision encoder model file, "" if the package has none.
 	Vision string
+	// ImageTokenID is the placeholder token whose prompt rows the vision
+	// encoder's output replaces (config.json vision_image_token_id), 0 if
+	// not given.
+	ImageTokenID int
+	// VisionInput is how the encoder takes an image (vision_input):
+	// "nhwc_uint8" (RGB bytes, normalised inside the model) is the one kiln
+	// builds.
+	VisionInput string
 	// Defaults are the sampling defaults of post_config.json.
 	Defaults Sampling
 }
@@ -59,6 +67,8 @@ type packageConfig struct {
 	EmbedSize     int    `json:"tokens_embed_size"`
 	PostConfig    string `json:"post_config_path"`
 	Vision        string `json:"filename_image_encoder_axmodel"`
+	ImageTokenID  int    `json:"vision_image_token_id"`
+	VisionInput   string `json:"vision_input"`
 }
 
 // postConfig is post_config.json.
@@ -151,6 +161,7 @@ func ReadPackage(dir string) (*Package, error) {
 	}
 	if cfg.Vision != "" {
 		p.Vision = filepath.Join(dir, cfg.Vision)
+		p.ImageTokenID, p.VisionInput = cfg.ImageTokenID, cfg.VisionInput
 	}
 	for _, f := range append(append([]string{p.Post, p.Embed}, p.Layers...), p.Vision) {
 		if f == "" {
