@@ -1,10 +1,15 @@
 package worker
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
+	"image"
+	_ "image/jpeg" // chat images
+	_ "image/png"
 	"log/slog"
+	"math"
 	"math/rand/v2"
 	"strings"
 	"time"
@@ -24,9 +29,12 @@ import (
 // A prompt longer than the model's context allows is refused with
 // over_limit on "messages", naming the limit. max_tokens beyond what the
 // context leaves after the prompt is clamped: the reply then ends with
-// finish_reason "length" at the context end. Images are refused with
-// unsupported (this build has no vision path). A device error is transient
-// and the job is retried; a cancelled job returns the text so far.
+// finish_reason "length" at the context end. Images (PNG or JPEG) go to
+// the package's vision encoder, scaled to its input size, with the
+// placeholder tokens it replaces in the message; a model without one
+// refuses them with unsupported, an undecodable image is bad_value. A
+// device error is transient and the job is retried; a cancelled job returns
+// the text so far.
 func ChatHandler(m *llm.Model, log *slog.Logger) Handler[schema.ChatJob] {
 	if log == nil {
 		log = slog.Default()
@@ -60,11 +68,15 @@ func templateFamily(tokenizerType string) string {
 // part worth keeping in the prefix cache.
 func (h *chatHandler) render(a *schema.ChatJob) (prompt, system string) {
 	msgs := make([]tok.Message, len(a.Messages))
+	v, _ := h.m.Vision()
 	for i, m := range a.Messages {
-		msgs[i] = tok.Message{Role: m.Role, Content: m.Content}
+		msgs[i] = tok.Message{Role: m.Role, Content: m.Content, Images: len(m.Images)}
+		if len(m.Images) > 0 && h.family != "smolvlm2" {
+			msgs[i].Content = strings.Repeat(h.imageText(v), len(m.Images)) + m.Content
+		}
 	}
 	if h.family == "smolvlm2" {
-		return tok.RenderSmolVLM2(msgs, tok.TemplateOptions{AddGenerationPrompt: true}), ""
+		return tok.RenderSmolVLM2(msgs, tok.TemplateOptions{AddGenerationPrompt: true, ImageTokens: v.Tokens}), ""
 	}
 	opts := tok.TemplateOptions{AddGenerationPrompt: true, Think: a.Think || h.family == "chatml"}
 	prompt = tok.RenderQwen3(msgs, opts)
@@ -72,6 +84,84 @@ func (h *chatHandler) render(a *schema.ChatJob) (prompt, system string) {
 		system = tok.RenderQwen3(msgs[:1], tok.TemplateOptions{})
 	}
 	return prompt, system
+}
+
+// imageText is one image's placeholder text in a Qwen-style prompt:
+// <|vision_start|>, the placeholder token Tokens times, <|vision_end|> (the
+// markers when the tokenizer has them).
+func (h *chatHandler) imageText(v llm.Vision) string {
+	pad, _ := h.bpe.TokenBytes(v.ImageTokenID)
+	var sb strings.Builder
+	if _, ok := h.bpe.TokenID("<|vision_start|>"); ok {
+		sb.WriteString("<|vision_start|>")
+	}
+	sb.WriteString(strings.Repeat(string(pad), v.Tokens))
+	if _, ok := h.bpe.TokenID("<|vision_end|>"); ok {
+		sb.WriteString("<|vision_end|>")
+	}
+	return sb.String()
+}
+
+// maxImagePixels bounds a decoded image (a small file can declare a huge one).
+const maxImagePixels = 40 << 20
+
+// images decodes the job's images (PNG or JPEG) and scales each to the
+// encoder's size, in prompt order. A model without a vision encoder refuses
+// them.
+func (h *chatHandler) images(a *schema.ChatJob) ([][]byte, *schema.Error) {
+	v, ok := h.m.Vision()
+	var out [][]byte
+	for i, msg := range a.Messages {
+		for k, b := range msg.Images {
+			field := fmt.Sprintf("messages[%d].images[%d]", i, k)
+			if !ok {
+				return nil, schema.Errorf(schema.CodeUnsupported, fmt.Sprintf("messages[%d].images", i),
+					"model %s takes text only; send the message without images", h.name)
+			}
+			cfg, _, err := image.DecodeConfig(bytes.NewReader(b))
+			if err != nil {
+				return nil, schema.Errorf(schema.CodeBadValue, field, "not a PNG or JPEG image: %v", err)
+			}
+			if cfg.Width*cfg.Height > maxImagePixels {
+				return nil, schema.Errorf(schema.CodeOverLimit, field, "%d×%d pixels, at most %d allowed", cfg.Width, cfg.Height, maxImagePixels)
+			}
+			img, _, err := image.Decode(bytes.NewReader(b))
+			if err != nil {
+				return nil, schema.Errorf(schema.CodeBadValue, field, "not a PNG or JPEG image: %v", err)
+			}
+			out = append(out, resizeRGB(img, v.Width, v.Height))
+		}
+	}
+	return out, nil
+}
+
+// resizeRGB scales img to w×h with bilinear sampling (pixel centres
+// aligned) and returns its RGB bytes, row by row.
+func resizeRGB(img image.Image, w, h int) []byte {
+	b := img.Bounds()
+	sw, sh := b.Dx(), b.Dy()
+	out := make([]byte, 0, w*h*3)
+	at := func(x, y int) [3]float64 {
+		r, g, bl, _ := img.At(b.Min.X+min(max(x, 0), sw-1), b.Min.Y+min(max(y, 0), sh-1)).RGBA()
+		return [3]float64{float64(r >> 8), float64(g >> 8), float64(bl >> 8)}
+	}
+	for y := range h {
+		fy := (float64(y)+0.5)*float64(sh)/float64(h) - 0.5
+		y0 := int(math.Floor(fy))
+		ty := fy - float64(y0)
+		for x := range w {
+			fx := (float64(x)+0.5)*float64(sw)/float64(w) - 0.5
+			x0 := int(math.Floor(fx))
+			tx := fx - float64(x0)
+			p00, p10, p01, p11 := at(x0, y0), at(x0+1, y0), at(x0, y0+1), at(x0+1, y0+1)
+			for c := range 3 {
+				top := p00[c]*(1-tx) + p10[c]*tx
+				bot := p01[c]*(1-tx) + p11[c]*tx
+				out = append(out, byte(math.Round(top*(1-ty)+bot*ty)))
+			}
+		}
+	}
+	return out
 }
 
 // sampling maps the job's settings over the package defaults. The vendor
@@ -110,11 +200,9 @@ func (h *chatHandler) sampling(a *schema.ChatJob) llm.Sampling {
 func (h *chatHandler) Handle(ctx context.Context, job *Job[schema.ChatJob]) (*schema.Result, error) {
 	start := time.Now()
 	a := job.Args
-	for i, msg := range a.Messages {
-		if len(msg.Images) > 0 {
-			return nil, schema.Errorf(schema.CodeUnsupported, fmt.Sprintf("messages[%d].images", i),
-				"model %s takes text only in this build; send the message without images", h.name)
-		}
+	images, verr := h.images(a)
+	if verr != nil {
+		return nil, verr
 	}
 	text, system := h.render(a)
 	ids := h.bpe.Encode(text)
@@ -124,7 +212,7 @@ func (h *chatHandler) Handle(ctx context.Context, job *Job[schema.ChatJob]) (*sc
 			"the prompt is %d tokens; model %s holds %d tokens of prompt and reply, so a prompt may have at most %d",
 			len(ids), h.name, shape.Context, shape.MaxPrompt())
 	}
-	req := llm.Request{Prompt: ids, MaxTokens: a.MaxTokens, Sampling: h.sampling(a)}
+	req := llm.Request{Prompt: ids, MaxTokens: a.MaxTokens, Sampling: h.sampling(a), Images: images}
 	if system != "" {
 		sys := h.bpe.Encode(system)
 		n := 0
@@ -174,6 +262,9 @@ func (h *chatHandler) Handle(ctx context.Context, job *Job[schema.ChatJob]) (*sc
 		if ctxErr := ctx.Err(); ctxErr != nil {
 			result.FinishReason = schema.FinishCancelled
 			return result, ctxErr
+		}
+		if errors.Is(err, llm.ErrImage) {
+			return nil, schema.Errorf(schema.CodeBadValue, "messages", "%v", err)
 		}
 		var le *llm.LimitError
 		if errors.As(err, &le) {

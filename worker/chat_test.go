@@ -1,8 +1,12 @@
 package worker_test
 
 import (
+	"bytes"
 	"context"
 	"errors"
+	"image"
+	"image/color"
+	"image/png"
 	"os"
 	"path/filepath"
 	"slices"
@@ -25,48 +29,64 @@ import (
 
 const chatModel = "qwen3-sim"
 
-var chatPkg struct {
+type simPackage struct {
 	once sync.Once
 	dir  string
 	ref  *cardsim.Reference
 	err  error
 }
 
+var chatPkg, visionPkg simPackage
+
 // simChat opens the simulated card, loads a small Qwen3-shaped package
 // (two layers, context 639) and returns the model and the cacheless
 // reference. The simulator is shared by the process: tests using it do not
 // run in parallel with each other.
 func simChat(t *testing.T) (*llm.Model, *cardsim.Reference) {
+	return simLoad(t, &chatPkg, false)
+}
+
+// simChatVision is simChat with a small simulated vision encoder (64×48 RGB
+// in, 16 rows per image).
+func simChatVision(t *testing.T) *llm.Model {
+	m, _ := simLoad(t, &visionPkg, true)
+	return m
+}
+
+func simLoad(t *testing.T, pkg *simPackage, vision bool) (*llm.Model, *cardsim.Reference) {
 	t.Helper()
 	lib := cardsim.Library(t)
-	chatPkg.once.Do(func() {
+	pkg.once.Do(func() {
 		dir, err := os.MkdirTemp("", "kiln-chat-test-")
 		if err != nil {
-			chatPkg.err = err
+			pkg.err = err
 			return
 		}
 		s := cardsim.TinyQwen3()
 		s.Name, s.Layers, s.MaxCtx, s.Histories = chatModel, 2, 639, []int{0, 128, 256, 384}
 		s.TokenizerDir = "tokenize/testdata/qwen3"
-		chatPkg.dir = filepath.Join(dir, chatModel)
-		if chatPkg.err = cardsim.WriteLLMPackage(chatPkg.dir, s); chatPkg.err == nil {
-			chatPkg.ref, chatPkg.err = cardsim.LoadReference(chatPkg.dir)
+		if vision {
+			s.Vision = &cardsim.VisionSpec{File: "vision_model.axmodel", Width: 64, Height: 48, Grid: 4, WeightBytes: 1 << 20, ImageTokenID: 151655}
+		}
+		pkg.dir = filepath.Join(dir, chatModel)
+		if pkg.err = cardsim.WriteLLMPackage(pkg.dir, s); pkg.err == nil {
+			pkg.ref, pkg.err = cardsim.LoadReference(pkg.dir)
 		}
 	})
-	if chatPkg.err != nil {
-		t.Fatal(chatPkg.err)
+	if pkg.err != nil {
+		t.Fatal(pkg.err)
 	}
 	dev, err := npu.Open(t.Context(), npu.Config{Library: lib, SampleInterval: -1, Logger: quiet})
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { dev.Close(context.Background()) })
-	m, err := llm.Load(t.Context(), dev, chatPkg.dir, &llm.Options{Logger: quiet})
+	m, err := llm.Load(t.Context(), dev, pkg.dir, &llm.Options{Logger: quiet})
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { m.Close(context.Background()) })
-	return m, chatPkg.ref
+	return m, pkg.ref
 }
 
 // simControl calls one of the simulator's control symbols.
@@ -280,5 +300,56 @@ func TestChatMaxTokensClampedToContext(t *testing.T) {
 	}
 	if res.FinishReason != schema.FinishLength || res.Usage.PromptTokens+res.Usage.CompletionTokens != 639 {
 		t.Fatalf("%q after %d+%d tokens, want length at the context end", res.FinishReason, res.Usage.PromptTokens, res.Usage.CompletionTokens)
+	}
+}
+
+func pngOf(t *testing.T, w, h int, fill func(x, y int) color.RGBA) []byte {
+	t.Helper()
+	img := image.NewRGBA(image.Rect(0, 0, w, h))
+	for y := range h {
+		for x := range w {
+			img.SetRGBA(x, y, fill(x, y))
+		}
+	}
+	var buf bytes.Buffer
+	if err := png.Encode(&buf, img); err != nil {
+		t.Fatal(err)
+	}
+	return buf.Bytes()
+}
+
+// TestChatWithImages: on a package with a vision encoder, a PNG goes to the
+// encoder and changes the reply; the same image gives the same reply; an
+// undecodable image is bad_value.
+func TestChatWithImages(t *testing.T) {
+	m := simChatVision(t)
+	c := chatWorker(t, m)
+	ask := func(img []byte) (*schema.Result, error) {
+		job := simJob(schema.Message{Role: "user", Content: "what do you see?", Images: [][]byte{img}})
+		job.MaxTokens = 8
+		return c.Chat(testCtx(t), job, nil)
+	}
+	dark := pngOf(t, 200, 120, func(x, y int) color.RGBA { return color.RGBA{uint8(x / 10), 0, uint8(y / 10), 255} })
+	light := pngOf(t, 90, 90, func(x, y int) color.RGBA { return color.RGBA{255, 255 - uint8(x), 200, 255} })
+	a, err := ask(dark)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, err := ask(light)
+	if err != nil {
+		t.Fatal(err)
+	}
+	again, err := ask(dark)
+	if err != nil {
+		t.Fatal(err)
+	}
+	v, _ := m.Vision()
+	if a.Usage.PromptTokens < v.Tokens || a.Text != again.Text || a.Text == b.Text {
+		t.Fatalf("dark %q (%d prompt tokens), light %q, dark again %q", a.Text, a.Usage.PromptTokens, b.Text, again.Text)
+	}
+	_, err = ask([]byte("GIF89a not really"))
+	var je *client.JobError
+	if !errors.As(err, &je) || je.Result.Error.Code != schema.CodeBadValue || je.Result.Error.Field != "messages[0].images[0]" {
+		t.Fatalf("garbage image: %v", err)
 	}
 }
