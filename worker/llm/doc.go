@@ -23,12 +23,21 @@
 //
 // [Model.Generate] runs one request from its token ids and streams the
 // sampled tokens to a callback. Every request starts from a clean state:
-// position 0, a mask that hides every cache row, no sampler history. The
-// only state carried between requests is the prefix cache: the K/V rows of
-// a prompt prefix the caller marks as cacheable (an installation's system
-// prompt) are copied to host memory after the prefill and copied back when
-// a later prompt starts with the same tokens, so only the new tokens are
-// prefilled. It is a bounded LRU keyed by token ids.
+// a mask that hides every cache row it did not compute or take over, no
+// sampler history. Taken over are the rows of the longest common prefix
+// with the tokens still on the card from the previous request (the same
+// tokens at the same positions give the same rows), or, when longer, rows
+// from the prefix cache: the K/V rows of a prompt prefix the caller marks
+// as cacheable (an installation's system prompt) are copied to host memory
+// after the request and copied back when a later prompt starts with the
+// same tokens, so only the new tokens are prefilled. It is a bounded LRU
+// keyed by token ids.
+//
+// # Images
+//
+// A package whose vision encoder takes NHWC uint8 images ([Vision]) gets
+// each request image encoded on the card; the encoder's rows replace the
+// prompt rows of the placeholder tokens before the prefill.
 //
 // # Engine package
 //
