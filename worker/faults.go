@@ -24,6 +24,14 @@ type Device interface {
 	Reset(ctx context.Context) error
 }
 
+// Loader is optionally implemented by a Device whose models load after
+// the worker has started: the worker then registers at once, heartbeats
+// "loading" and fetches nothing until Load returns. A Load error stops the
+// worker (Run returns it).
+type Loader interface {
+	Load(ctx context.Context) error
+}
+
 // ErrCardLost is matched by the error of a worker that stopped because its
 // card was lost.
 var ErrCardLost = errors.New("worker: card lost")
@@ -36,7 +44,30 @@ const (
 	DeviceReady       = "ready"        // the card is back, models loaded, taking jobs
 	DeviceUnhealthy   = "unhealthy"    // too many faults in a row: no more jobs
 	DeviceLost        = "lost"         // the card is gone: the worker exits
+	DeviceLoadFailed  = "load_failed"  // the models could not be loaded at start: the worker exits
 )
+
+// startLoading loads the device's models in the background (Loader).
+func (w *Worker) startLoading(ctx context.Context) {
+	l, ok := w.cfg.Device.(Loader)
+	if !ok {
+		return
+	}
+	w.hw.mu.Lock()
+	w.hw.resetting = true
+	w.hw.mu.Unlock()
+	ctx = context.WithoutCancel(ctx)
+	go func() {
+		start := time.Now()
+		if err := l.Load(ctx); err != nil {
+			w.deviceEvent(DeviceLoadFailed, err.Error())
+			w.die(fmt.Errorf("worker: load models: %w", err))
+			return
+		}
+		w.endReset()
+		w.deviceEvent(DeviceReady, fmt.Sprintf("models loaded in %v", time.Since(start).Round(time.Millisecond)))
+	}()
+}
 
 // noteFault records a device fault seen by the running job; the loop
 // handles it once the job is handed back (handleFault).
@@ -129,6 +160,15 @@ func (w *Worker) fail(err error) {
 		w.hw.fatalErr = fmt.Errorf("%w: %w", ErrCardLost, err)
 		w.log.Error("card lost: the worker stops; restart the process", "err", err)
 		w.deviceEvent(DeviceLost, err.Error())
+		close(w.hw.fatal)
+	})
+}
+
+// die stops the worker with err (Run returns it).
+func (w *Worker) die(err error) {
+	w.hw.fatalOnce.Do(func() {
+		w.hw.fatalErr = err
+		w.log.Error("the worker stops", "err", err)
 		close(w.hw.fatal)
 	})
 }

@@ -530,3 +530,66 @@ func TestMicroServiceRegistration(t *testing.T) {
 		t.Fatalf("STATS: %s, %v", m.Data, err)
 	}
 }
+
+// loadingCard is the echo card whose models "load" after the worker has
+// started, until the test lets them.
+type loadingCard struct {
+	*echo.Card
+	release chan struct{}
+	err     error
+}
+
+func (c *loadingCard) Load(ctx context.Context) error {
+	select {
+	case <-c.release:
+		return c.err
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+// A worker whose card loads its models after start registers at once,
+// heartbeats "loading" and fetches nothing until the load is done; a
+// failed load stops it with the error.
+func TestWorkerHeartbeatsWhileLoading(t *testing.T) {
+	s := loadSim(t)
+	card := &loadingCard{Card: s.card(t), release: make(chan struct{})}
+	bb := setup(t, topology.Config{})
+	nc := brokertest.Connect(t, bb.b)
+	beats := collect[schema.Heartbeat](t, nc, "kiln.events.heartbeat.load1")
+	w := bb.worker(t, "load1", func(c *worker.Config) {
+		c.Chat = map[string]worker.Handler[schema.ChatJob]{model: card.Chat()}
+		c.Device = card
+	})
+	c := bb.client(t)
+	ctx := testCtx(t)
+	p, err := c.Submit(ctx, chatJob("after loading", nil))
+	if err != nil {
+		t.Fatal(err)
+	}
+	beats.waitFor(t, "two heartbeats", func(h []schema.Heartbeat) bool { return len(h) >= 2 })
+	for _, hb := range beats.all() {
+		if hb.State != schema.StateLoading || hb.CurrentJob != "" || !hb.Serves(schema.KindChat, model) {
+			t.Fatalf("heartbeat while loading: %+v", hb)
+		}
+	}
+	if st := w.Status(); st.JobsOK != 0 {
+		t.Fatalf("a job ran before the models loaded: %+v", st)
+	}
+	close(card.release)
+	res, err := p.Wait(ctx, nil)
+	if err != nil || res.Worker != "load1" || res.Text != "echo: after loading" {
+		t.Fatalf("result %+v, %v", res, err)
+	}
+
+	bad := &loadingCard{Card: card.Card, release: make(chan struct{}), err: errors.New("package broken")}
+	close(bad.release)
+	w2, err := worker.New(brokertest.Connect(t, bb.b), worker.Config{Name: "load2", Topology: bb.topo, Logger: quiet, Device: bad,
+		Chat: map[string]worker.Handler[schema.ChatJob]{model: card.Chat()}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := w2.Run(ctx); err == nil || !strings.Contains(err.Error(), "package broken") {
+		t.Fatalf("Run after a failed load = %v", err)
+	}
+}

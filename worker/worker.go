@@ -188,6 +188,7 @@ func (w *Worker) start(ctx context.Context) error {
 	if err := w.startGovernor(ctx); err != nil {
 		return fmt.Errorf("worker: %w", err)
 	}
+	w.startLoading(ctx)
 	if err := w.startMicro(); err != nil {
 		w.log.Warn("not registered as a NATS micro service", "err", err)
 	}

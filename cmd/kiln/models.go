@@ -24,6 +24,8 @@ import (
 type modelRuntime struct {
 	// name says which runtime it is in logs ("llm", "sd").
 	name string
+	// kind is the kind of job its packages serve (schema.KindChat, KindImage).
+	kind string
 	// detect reports whether the package folder is one this runtime serves.
 	detect func(dir string) bool
 	// open loads the package onto the card.
@@ -39,7 +41,11 @@ type servedModel struct {
 }
 
 // modelRuntimes lists the runtimes in the order they are asked.
-func modelRuntimes() []modelRuntime { return []modelRuntime{llmRuntime(), sdRuntime()} }
+func modelRuntimes() []modelRuntime {
+	llm, sd := llmRuntime(), sdRuntime()
+	llm.kind, sd.kind = schema.KindChat, schema.KindImage
+	return []modelRuntime{llm, sd}
+}
 
 // card is what a worker process holds of its card: the device (nil without
 // a card runtime) and the models loaded on it. It is the worker's
@@ -92,45 +98,84 @@ func (c *card) openDevice(ctx context.Context) (*npu.Device, error) {
 	return dev, nil
 }
 
-// load loads every package in dir that a runtime recognises and puts its
-// handlers into cfg.
-func (c *card) load(ctx context.Context, dir string, cfg *worker.Config) error {
+// load finds every package in dir that a runtime recognises and puts its
+// handler into cfg. The packages load onto the card once the worker has
+// started (Load, called by the worker: it registers and heartbeats
+// "loading" meanwhile).
+func (c *card) load(_ context.Context, dir string, cfg *worker.Config) error {
 	c.dir = dir
 	names, err := modelPackages(dir)
 	if err != nil {
 		return err
 	}
 	for _, name := range names {
-		path := filepath.Join(dir, name)
-		var rt *modelRuntime
-		for _, r := range modelRuntimes() {
-			if r.detect(path) {
-				rt = &r
-				break
-			}
-		}
+		rt := runtimeFor(filepath.Join(dir, name))
 		if rt == nil {
-			c.log.Warn("model package not served: no runtime in this build recognises it", "model", name, "folder", path)
+			c.log.Warn("model package not served: no runtime in this build recognises it", "model", name, "folder", filepath.Join(dir, name))
 			continue
 		}
 		if c.dev == nil {
 			c.log.Warn("model package not served: no card", "model", name, "runtime", rt.name)
 			continue
 		}
-		m, err := c.loadModel(ctx, c.dev, rt, name, path)
-		if err != nil {
-			return err
-		}
-		c.models[name] = m
 		c.order = append(c.order, name)
-		if m.chat != nil {
+		switch rt.kind {
+		case schema.KindChat:
 			cfg.Chat[name] = chatOn(c, name)
-		}
-		if m.image != nil {
+		case schema.KindImage:
 			cfg.Image[name] = imageOn(c, name)
 		}
 	}
 	return nil
+}
+
+func runtimeFor(path string) *modelRuntime {
+	for _, r := range modelRuntimes() {
+		if r.detect(path) {
+			return &r
+		}
+	}
+	return nil
+}
+
+// Load implements worker.Loader: it loads the packages found by load onto
+// the card.
+func (c *card) Load(ctx context.Context) error {
+	c.mu.RLock()
+	dev := c.dev
+	c.mu.RUnlock()
+	models, err := c.loadAll(ctx, dev)
+	if err != nil {
+		return err
+	}
+	c.mu.Lock()
+	c.models = models
+	c.mu.Unlock()
+	return nil
+}
+
+// loadAll loads every package of c.order onto dev; on an error it unloads
+// what it loaded.
+func (c *card) loadAll(ctx context.Context, dev *npu.Device) (map[string]*servedModel, error) {
+	models := map[string]*servedModel{}
+	for _, name := range c.order {
+		path := filepath.Join(c.dir, name)
+		var m *servedModel
+		err := fmt.Errorf("model %s: no runtime recognises %s any more", name, path)
+		if rt := runtimeFor(path); rt != nil {
+			m, err = c.loadModel(ctx, dev, rt, name, path)
+		}
+		if err != nil {
+			for _, m := range models {
+				if m.close != nil {
+					_ = m.close(ctx)
+				}
+			}
+			return nil, err
+		}
+		models[name] = m
+	}
+	return models, nil
 }
 
 func (c *card) loadModel(ctx context.Context, dev *npu.Device, rt *modelRuntime, name, path string) (*servedModel, error) {
@@ -151,7 +196,7 @@ func chatOn(c *card, name string) worker.Handler[schema.ChatJob] {
 		defer c.mu.RUnlock()
 		m := c.models[name]
 		if m == nil || m.chat == nil {
-			return nil, fmt.Errorf("model %s is not loaded (card reset failed)", name)
+			return nil, fmt.Errorf("model %s is not loaded on the card", name)
 		}
 		return m.chat.Handle(ctx, job)
 	})
@@ -164,7 +209,7 @@ func imageOn(c *card, name string) worker.Handler[schema.ImageJob] {
 		defer c.mu.RUnlock()
 		m := c.models[name]
 		if m == nil || m.image == nil {
-			return nil, fmt.Errorf("model %s is not loaded (card reset failed)", name)
+			return nil, fmt.Errorf("model %s is not loaded on the card", name)
 		}
 		return m.image.Handle(ctx, job)
 	})
@@ -197,36 +242,28 @@ func (c *card) Lost() error {
 }
 
 // Reset implements worker.Device: unload the models, close the device,
-// open it again and load the same packages.
+// open it again and load the same packages. The lock is held only to swap
+// the device and models, so heartbeats (status, temperatures) go on while
+// the packages load; no job runs meanwhile (the worker does not fetch).
 func (c *card) Reset(ctx context.Context) error {
 	c.mu.Lock()
-	defer c.mu.Unlock()
 	c.unloadLocked(ctx)
-	c.models = map[string]*servedModel{}
+	c.dev, c.models = nil, map[string]*servedModel{}
+	c.mu.Unlock()
 	dev, err := c.openDevice(ctx)
 	if err != nil {
-		c.dev = nil
 		return err
 	}
-	c.dev = dev
-	for _, name := range c.order {
-		path := filepath.Join(c.dir, name)
-		var rt *modelRuntime
-		for _, r := range modelRuntimes() {
-			if r.detect(path) {
-				rt = &r
-				break
-			}
+	models, err := c.loadAll(ctx, dev)
+	if err != nil {
+		if cerr := dev.Close(ctx); cerr != nil {
+			c.log.Warn("close card", "err", cerr)
 		}
-		if rt == nil {
-			return fmt.Errorf("model %s: no runtime recognises %s any more", name, path)
-		}
-		m, err := c.loadModel(ctx, dev, rt, name, path)
-		if err != nil {
-			return err
-		}
-		c.models[name] = m
+		return err
 	}
+	c.mu.Lock()
+	c.dev, c.models = dev, models
+	c.mu.Unlock()
 	return nil
 }
 
