@@ -303,7 +303,7 @@ func (s *authSet) permissions(id identity) (pub, sub []string) {
 		sub = []string{p + ".reply." + id.name + ".>", inbox}
 	case roleWorker:
 		pub = []string{
-			p + ".reply.>", p + ".results.>", p + ".events.>",
+			p + ".reply.>", "_INBOX.>", p + ".results.>", p + ".events.>",
 			"$KV." + t.WorkersBucket() + ".*",
 			"$JS.API.INFO", "$JS.API.STREAM.INFO.*",
 			"$JS.API.CONSUMER.CREATE." + jobs + ".>", "$JS.API.CONSUMER.INFO." + jobs + ".>",
