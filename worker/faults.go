@@ -56,10 +56,14 @@ func (w *Worker) startLoading(ctx context.Context) {
 	w.hw.mu.Lock()
 	w.hw.resetting = true
 	w.hw.mu.Unlock()
-	ctx = context.WithoutCancel(ctx)
+	ctx, cancel := w.untilStop(context.WithoutCancel(ctx))
 	go func() {
+		defer cancel()
 		start := time.Now()
 		if err := l.Load(ctx); err != nil {
+			if w.stopping() {
+				return // stopped while loading
+			}
 			w.deviceEvent(DeviceLoadFailed, err.Error())
 			w.die(fmt.Errorf("worker: load models: %w", err))
 			return
@@ -133,8 +137,14 @@ func (w *Worker) handleFault() {
 		}
 		w.deviceEvent(DeviceReset, fmt.Sprintf("reset %d after: %v", n, ferr))
 		ctx, cancel := context.WithTimeout(context.Background(), w.cfg.ResetTimeout)
+		ctx, stop := w.untilStop(ctx)
 		err := w.cfg.Device.Reset(ctx)
+		stop()
 		cancel()
+		if w.stopping() {
+			w.endReset()
+			return
+		}
 		if err == nil {
 			w.endReset()
 			w.deviceEvent(DeviceReady, "card reset, models reloaded")
@@ -145,6 +155,19 @@ func (w *Worker) handleFault() {
 		w.log.Warn("card reset failed", "err", err)
 		w.deviceEvent(DeviceResetFailed, err.Error())
 	}
+}
+
+// untilStop returns ctx, also cancelled when the worker stops fetching.
+func (w *Worker) untilStop(ctx context.Context) (context.Context, context.CancelFunc) {
+	ctx, cancel := context.WithCancel(ctx)
+	go func() {
+		select {
+		case <-w.stopFetch:
+			cancel()
+		case <-ctx.Done():
+		}
+	}()
+	return ctx, cancel
 }
 
 func (w *Worker) endReset() {
