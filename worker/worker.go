@@ -1,10 +1,12 @@
 package worker
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
 	"log/slog"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -120,6 +122,9 @@ func (w *Worker) Models() []schema.ModelInfo {
 	for m := range w.cfg.Image {
 		ms = append(ms, schema.ModelInfo{Name: m, Kind: schema.KindImage})
 	}
+	slices.SortFunc(ms, func(a, b schema.ModelInfo) int {
+		return cmp.Or(cmp.Compare(a.Kind, b.Kind), cmp.Compare(a.Name, b.Name))
+	})
 	return ms
 }
 
