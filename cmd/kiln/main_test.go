@@ -6,7 +6,6 @@ import (
 	"encoding/json"
 	"net"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -30,6 +29,86 @@ func freeAddr(t *testing.T) string {
 	return l.Addr().String()
 }
 
+// upProcess is `kiln up` running in-process for a test, on a free port.
+type upProcess struct {
+	url    string
+	cancel context.CancelFunc
+	done   chan struct{}
+	code   int
+	stderr string
+}
+
+// startUp runs `kiln up --listen <free port> --data <temp> --grace 1s` plus
+// args, stopped at test end. An exit other than 0 after the stop fails the
+// test unless the test waited for the exit itself.
+func startUp(t *testing.T, args ...string) *upProcess {
+	t.Helper()
+	addr := freeAddr(t)
+	ctx, cancel := context.WithCancel(t.Context())
+	u := &upProcess{url: "nats://" + addr, cancel: cancel, done: make(chan struct{}), code: -1}
+	args = append([]string{"up", "--listen", addr, "--data", t.TempDir(), "--grace", "1s"}, args...)
+	go func() {
+		defer close(u.done)
+		u.code, _, u.stderr = kiln(t, ctx, args...)
+	}()
+	t.Cleanup(func() {
+		select {
+		case <-u.done:
+			return // the test saw it exit
+		default:
+		}
+		cancel()
+		<-u.done
+		if u.code != 0 {
+			t.Errorf("kiln up exited %d after its context ended, want 0: %s", u.code, u.stderr)
+		}
+	})
+	return u
+}
+
+// wait waits for kiln up to exit by itself and returns its code and stderr.
+func (u *upProcess) wait() (int, string) {
+	<-u.done
+	return u.code, u.stderr
+}
+
+// fleetStatus is what the tests read of `kiln status --json`.
+type fleetStatus struct {
+	Workers []struct {
+		Worker    string
+		State     string
+		CardTempC float64 `json:"card_temp_c"`
+		SoCTempC  float64 `json:"soc_temp_c"`
+		Governor  struct{ State string }
+		Models    []struct{ Name, Kind string }
+	}
+	Queue []any
+}
+
+// waitStatus polls `kiln status --json` until ok says so, or 30 s pass.
+func waitStatus(t *testing.T, url string, ok func(*fleetStatus) bool) fleetStatus {
+	t.Helper()
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		var st fleetStatus
+		code, out, _ := kiln(t, t.Context(), "status", "--json", "--nats", url)
+		if code == 0 && json.Unmarshal([]byte(out), &st) == nil && ok(&st) {
+			return st
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("kiln status never showed what the test waits for: %d %q", code, out)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}
+
+// oneReadyWorker is a waitStatus condition: one worker, ready, serving n models.
+func oneReadyWorker(n int) func(*fleetStatus) bool {
+	return func(st *fleetStatus) bool {
+		return len(st.Workers) == 1 && st.Workers[0].State == "ready" && len(st.Workers[0].Models) == n
+	}
+}
+
 func TestUsageAndUnknownCommand(t *testing.T) {
 	if code, out, _ := kiln(t, t.Context(), "help"); code != 0 || !strings.Contains(out, "chat") || !strings.Contains(out, "KILN_NATS_URL") {
 		t.Fatalf("help: %d %q", code, out)
@@ -46,41 +125,9 @@ func TestUsageAndUnknownCommand(t *testing.T) {
 }
 
 func TestUpServesTheQueueCommands(t *testing.T) {
-	addr := freeAddr(t)
-	url := "nats://" + addr
-	ctx, cancel := context.WithCancel(t.Context())
-	var wg sync.WaitGroup
-	wg.Add(1)
-	upCode := -1
-	go func() {
-		defer wg.Done()
-		upCode, _, _ = kiln(t, ctx, "up", "--listen", addr, "--data", t.TempDir(), "--models", t.TempDir(), "--name", "shelf-card0", "--grace", "1s")
-	}()
-	defer func() {
-		cancel()
-		wg.Wait()
-		if upCode != 0 {
-			t.Errorf("kiln up exited %d after its context ended, want 0", upCode)
-		}
-	}()
-	// Wait for the worker to register.
-	deadline := time.Now().Add(20 * time.Second)
-	var status struct {
-		Workers []struct {
-			Worker, State string
-		}
-		Queue []any
-	}
-	for {
-		code, out, _ := kiln(t, t.Context(), "status", "--json", "--nats", url)
-		if code == 0 && json.Unmarshal([]byte(out), &status) == nil && len(status.Workers) == 1 {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("kiln status never showed the worker: %d %q", code, out)
-		}
-		time.Sleep(100 * time.Millisecond)
-	}
+	u := startUp(t, "--models", t.TempDir(), "--name", "shelf-card0")
+	url := u.url
+	status := waitStatus(t, url, oneReadyWorker(0))
 	if status.Workers[0].Worker != "shelf-card0" || status.Workers[0].State != "ready" {
 		t.Fatalf("status %+v", status)
 	}

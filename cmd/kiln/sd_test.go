@@ -2,15 +2,11 @@ package main
 
 import (
 	"bytes"
-	"context"
-	"encoding/json"
 	"image/png"
 	"os"
 	"path/filepath"
 	"strings"
-	"sync"
 	"testing"
-	"time"
 
 	"github.com/kiln-project/kiln/test/cardsim"
 )
@@ -26,45 +22,10 @@ func TestUpServesImages(t *testing.T) {
 	if err := cardsim.WriteSDPackage(filepath.Join(models, "sd15-lcm"), spec); err != nil {
 		t.Fatal(err)
 	}
-	addr := freeAddr(t)
-	url := "nats://" + addr
-	ctx, cancel := context.WithCancel(t.Context())
-	var wg sync.WaitGroup
-	wg.Add(1)
-	upCode := -1
-	var upErr string
-	go func() {
-		defer wg.Done()
-		upCode, _, upErr = kiln(t, ctx, "up", "--listen", addr, "--data", t.TempDir(), "--models", models, "--lib", lib,
-			"--name", "shelf-card0", "--grace", "1s")
-	}()
-	defer func() {
-		cancel()
-		wg.Wait()
-		if upCode != 0 {
-			t.Errorf("kiln up exited %d: %s", upCode, upErr)
-		}
-	}()
-	deadline := time.Now().Add(30 * time.Second)
-	for {
-		code, out, _ := kiln(t, t.Context(), "status", "--json", "--nats", url)
-		var status struct {
-			Workers []struct {
-				State  string
-				Models []struct{ Name, Kind string }
-			}
-		}
-		if code == 0 && json.Unmarshal([]byte(out), &status) == nil && len(status.Workers) == 1 &&
-			status.Workers[0].State == "ready" && len(status.Workers[0].Models) == 1 {
-			if m := status.Workers[0].Models[0]; m.Name != "sd15-lcm" || m.Kind != "image" {
-				t.Fatalf("served model %+v", m)
-			}
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("the worker never served sd15-lcm: %q", out)
-		}
-		time.Sleep(100 * time.Millisecond)
+	url := startUp(t, "--models", models, "--lib", lib, "--name", "shelf-card0").url
+	st := waitStatus(t, url, oneReadyWorker(1))
+	if m := st.Workers[0].Models[0]; m.Name != "sd15-lcm" || m.Kind != "image" {
+		t.Fatalf("served model %+v", m)
 	}
 
 	dir := t.TempDir()

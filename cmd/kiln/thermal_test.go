@@ -6,9 +6,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
-	"sync"
 	"testing"
-	"time"
 
 	"github.com/ebitengine/purego"
 
@@ -44,39 +42,9 @@ func TestUpResetsCardAndExitsWhenLost(t *testing.T) {
 	if err := os.WriteFile(zone, []byte("61500\n"), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	addr := freeAddr(t)
-	url := "nats://" + addr
-	ctx, cancel := context.WithCancel(t.Context())
-	defer cancel()
-	var wg sync.WaitGroup
-	wg.Add(1)
-	upCode := -1
-	var upErr string
-	go func() {
-		defer wg.Done()
-		upCode, _, upErr = kiln(t, ctx, "up", "--listen", addr, "--data", t.TempDir(), "--models", models, "--lib", lib,
-			"--name", "shelf-card0", "--grace", "1s", "--soc-zone", zone, "--thermal-interval", "50ms")
-	}()
-	type status struct {
-		Workers []struct {
-			State     string
-			CardTempC float64 `json:"card_temp_c"`
-			SoCTempC  float64 `json:"soc_temp_c"`
-			Governor  struct{ State string }
-		}
-	}
-	var st status
-	deadline := time.Now().Add(30 * time.Second)
-	for {
-		code, out, _ := kiln(t, t.Context(), "status", "--json", "--nats", url)
-		if code == 0 && json.Unmarshal([]byte(out), &st) == nil && len(st.Workers) == 1 && st.Workers[0].State == "ready" {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("the worker never became ready: %q", out)
-		}
-		time.Sleep(100 * time.Millisecond)
-	}
+	u := startUp(t, "--models", models, "--lib", lib, "--name", "shelf-card0", "--soc-zone", zone, "--thermal-interval", "50ms")
+	url := u.url
+	st := waitStatus(t, url, oneReadyWorker(1))
 	if w := st.Workers[0]; w.Governor.State != "ok" || w.SoCTempC != 61.5 || w.CardTempC <= 0 {
 		t.Fatalf("status %+v: want governor ok, SoC 61.5 °C and a card temperature", w)
 	}
@@ -106,7 +74,7 @@ func TestUpResetsCardAndExitsWhenLost(t *testing.T) {
 		defer close(chatDone)
 		kiln(t, cctx, "chat", "--nats", url, "--max-tokens", "5", "hi")
 	}()
-	wg.Wait() // kiln up exits on its own
+	upCode, upErr := u.wait() // kiln up exits on its own
 	ccancel()
 	<-chatDone
 	if upCode != 1 || !strings.Contains(upErr, "card lost") {
