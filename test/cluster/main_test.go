@@ -19,7 +19,6 @@ import (
 	"net"
 	"os"
 	"os/exec"
-	"os/signal"
 	"path/filepath"
 	"runtime"
 	"strconv"
@@ -32,7 +31,6 @@ import (
 	"github.com/nats-io/nats.go"
 
 	"github.com/kiln-project/kiln/broker/topology"
-	"github.com/kiln-project/kiln/schema"
 	"github.com/kiln-project/kiln/test/echo"
 	"github.com/kiln-project/kiln/worker"
 )
@@ -75,8 +73,6 @@ func TestMain(m *testing.M) {
 // childWorker serves the echo model until SIGTERM, reconnecting across
 // node loss like `kiln worker`.
 func childWorker() int {
-	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, os.Interrupt)
-	defer stop()
 	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
 	opts := []nats.Option{nats.MaxReconnects(-1), nats.ReconnectWait(100 * time.Millisecond), nats.Name("worker")}
 	if seed := os.Getenv(envNkey); seed != "" {
@@ -97,22 +93,12 @@ func childWorker() int {
 	}
 	defer nc.Close()
 	ack, _ := time.ParseDuration(os.Getenv(envAckWait))
-	w, err := worker.New(nc, worker.Config{
+	return echo.RunWorker(nc, worker.Config{
 		Name:          os.Getenv(envName),
 		Topology:      topology.Config{AckWait: ack, HeartbeatInterval: time.Second},
-		Chat:          map[string]worker.Handler[schema.ChatJob]{"echo": echo.Chat},
 		ShutdownGrace: 5 * time.Second,
 		Logger:        log,
 	})
-	if err != nil {
-		log.Error("worker", "err", err)
-		return 1
-	}
-	if err := w.Run(ctx); err != nil {
-		log.Error("worker", "err", err)
-		return 1
-	}
-	return 0
 }
 
 // proc is a child process, killed at test end.

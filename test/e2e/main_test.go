@@ -7,13 +7,10 @@ import (
 	"context"
 	"fmt"
 	"io"
-	"log/slog"
 	"os"
 	"os/exec"
-	"os/signal"
 	"strconv"
 	"strings"
-	"syscall"
 	"testing"
 	"time"
 
@@ -53,32 +50,14 @@ func childTopology() topology.Config {
 
 // childWorker serves the echo model until SIGTERM, like `kiln worker`.
 func childWorker() int {
-	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, os.Interrupt)
-	defer stop()
-	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
 	nc, err := nats.Connect(os.Getenv(envURL))
 	if err != nil {
-		log.Error("connect", "err", err)
+		fmt.Fprintln(os.Stderr, err)
 		return 1
 	}
 	defer nc.Close()
 	grace, _ := time.ParseDuration(os.Getenv(envGrace))
-	w, err := worker.New(nc, worker.Config{
-		Name:          os.Getenv(envName),
-		Topology:      childTopology(),
-		Chat:          map[string]worker.Handler[schema.ChatJob]{"echo": echo.Chat},
-		ShutdownGrace: grace,
-		Logger:        log,
-	})
-	if err != nil {
-		log.Error("worker", "err", err)
-		return 1
-	}
-	if err := w.Run(ctx); err != nil {
-		log.Error("worker", "err", err)
-		return 1
-	}
-	return 0
+	return echo.RunWorker(nc, worker.Config{Name: os.Getenv(envName), Topology: childTopology(), ShutdownGrace: grace})
 }
 
 // childClient runs KILN_E2E_JOBS chat jobs one after another and checks

@@ -17,10 +17,15 @@ import (
 	"image"
 	"image/color"
 	"image/png"
+	"log/slog"
 	"os"
+	"os/signal"
 	"strconv"
 	"strings"
+	"syscall"
 	"time"
+
+	"github.com/nats-io/nats.go"
 
 	"github.com/kiln-project/kiln/schema"
 	"github.com/kiln-project/kiln/worker"
@@ -129,4 +134,27 @@ func wait(ctx context.Context, md map[string]string) error {
 	case <-t.C:
 		return nil
 	}
+}
+
+// RunWorker serves Chat as model "echo" with cfg on nc until SIGTERM or
+// SIGINT, as the worker child process of a cross-process test does, and
+// returns the process's exit code: 0 after a clean stop.
+func RunWorker(nc *nats.Conn, cfg worker.Config) int {
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, os.Interrupt)
+	defer stop()
+	if cfg.Logger == nil {
+		cfg.Logger = slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
+	}
+	if cfg.Chat == nil {
+		cfg.Chat = map[string]worker.Handler[schema.ChatJob]{"echo": Chat}
+	}
+	w, err := worker.New(nc, cfg)
+	if err == nil {
+		err = w.Run(ctx)
+	}
+	if err != nil {
+		cfg.Logger.Error("worker", "err", err)
+		return 1
+	}
+	return 0
 }
