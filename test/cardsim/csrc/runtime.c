@@ -479,7 +479,9 @@ EXPORT axclError axclrtGetDeviceList(axclrtDeviceList *l) {
     return 0;
 }
 
-EXPORT axclError axclrtSetDevice(int32_t id) {
+/* bind_new_ctx activates device id, creates a context on it (implicit: the
+ * default context of SetDevice) and binds both to the calling thread. */
+static axclError bind_new_ctx(int32_t id, int implicit, simctx **out) {
     pthread_mutex_lock(&g_mu);
     axclError r = 0;
     simdev *d = g_inited ? find_dev(id) : NULL;
@@ -487,18 +489,21 @@ EXPORT axclError axclrtSetDevice(int32_t id) {
     else if (!d) r = sim_fail(E_DEVICE_INVALID_ID, "device id %d is not in the device list (ids are PCIe bus numbers)", id);
     else if (d->lost) r = sim_fail(E_DEVICE_LOST, "device %d is lost; reset it", id);
     else {
-        simctx *c = new_ctx(d, 1);
+        simctx *c = new_ctx(d, implicit);
         if (!c) r = sim_fail(E_DEVICE_FAIL, "out of host memory");
         else {
             d->refcnt++;
             t_dev = d;
             t_ctx = c;
             t_ctx_serial = c->serial;
+            if (out) *out = c;
         }
     }
     pthread_mutex_unlock(&g_mu);
     return r;
 }
+
+EXPORT axclError axclrtSetDevice(int32_t id) { return bind_new_ctx(id, 1, NULL); }
 
 EXPORT axclError axclrtResetDevice(int32_t id) {
     pthread_mutex_lock(&g_mu);
@@ -612,24 +617,9 @@ EXPORT axclError axclrtGetDeviceProperties(int32_t id, axclrtDeviceProperties *p
 
 EXPORT axclError axclrtCreateContext(void **ctx, int32_t id) {
     if (!ctx) return sim_fail(E_CONTEXT_NULL, "null context out-param");
-    pthread_mutex_lock(&g_mu);
-    axclError r = 0;
-    simdev *d = g_inited ? find_dev(id) : NULL;
-    if (!g_inited) r = sim_fail(E_DEVICE_FAIL, "axclInit has not been called");
-    else if (!d) r = sim_fail(E_DEVICE_INVALID_ID, "device id %d is not in the device list (ids are PCIe bus numbers)", id);
-    else if (d->lost) r = sim_fail(E_DEVICE_LOST, "device %d is lost; reset it", id);
-    else {
-        simctx *c = new_ctx(d, 0);
-        if (!c) r = sim_fail(E_DEVICE_FAIL, "out of host memory");
-        else {
-            d->refcnt++;
-            t_dev = d;
-            t_ctx = c;
-            t_ctx_serial = c->serial;
-            *ctx = c;
-        }
-    }
-    pthread_mutex_unlock(&g_mu);
+    simctx *c = NULL;
+    axclError r = bind_new_ctx(id, 0, &c);
+    if (r == 0) *ctx = c;
     return r;
 }
 
