@@ -115,9 +115,14 @@ func BenchmarkCoreRequestReply(b *testing.B) {
 }
 
 // BenchmarkThroughput: jobs/s through the queue with 64 submitters and 4
-// workers (cards) taking no-op jobs, every write synced to disk.
+// workers (cards) taking no-op jobs, with every write synced to disk and without.
 func BenchmarkThroughput(b *testing.B) {
-	_, c := benchWorkers(b, 4, false)
+	b.Run("sync=always", func(b *testing.B) { benchThroughput(b, false) })
+	b.Run("sync=off", func(b *testing.B) { benchThroughput(b, true) })
+}
+
+func benchThroughput(b *testing.B, noSync bool) {
+	_, c := benchWorkers(b, 4, noSync)
 	ctx := b.Context()
 	jobs := make(chan struct{}, b.N)
 	for range b.N {
