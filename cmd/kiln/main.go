@@ -118,7 +118,8 @@ func usage(w io.Writer, cmds map[string]command) {
 		fmt.Fprintf(w, "  %-9s %s\n", n, cmds[n].summary)
 	}
 	fmt.Fprintln(w, "\n`kiln <command> -h` shows a command's flags. Environment: KILN_NATS_URL, KILN_LISTEN, KILN_DATA,")
-	fmt.Fprintln(w, "KILN_CONFIG, KILN_AXCL_LIB, KILN_MODELS, KILN_PREFIX, KILN_LOG_FORMAT (each also a flag).")
+	fmt.Fprintln(w, "KILN_CONFIG, KILN_AXCL_LIB, KILN_MODELS, KILN_PREFIX, KILN_LOG_FORMAT, KILN_NKEY, KILN_CLIENT_ID,")
+	fmt.Fprintln(w, "KILN_TLS_CA, KILN_GOVERNOR, KILN_CARD_TEMP, KILN_SOC_TEMP, KILN_SOC_ZONE (each also a flag; docs/DESIGN.md §6).")
 }
 
 // newFlags returns a flag set that reports errors instead of exiting.
