@@ -165,38 +165,13 @@ func (s *jsonScanner) integer() (int32, error) {
 
 // objectStringInt reads {"key": int, ...}, calling fn for each pair.
 func (s *jsonScanner) objectStringInt(fn func(key []byte, v int32) error) error {
-	if err := s.expect('{'); err != nil {
-		return err
-	}
-	if s.peek() == '}' {
-		s.i++
-		return nil
-	}
-	for {
-		k, err := s.str()
-		if err != nil {
-			return err
-		}
-		if err := s.expect(':'); err != nil {
-			return err
-		}
+	return s.objectKeys(func(k []byte) error {
 		v, err := s.integer()
 		if err != nil {
 			return err
 		}
-		if err := fn(k, v); err != nil {
-			return err
-		}
-		switch s.peek() {
-		case ',':
-			s.i++
-		case '}':
-			s.i++
-			return nil
-		default:
-			return s.errorf("want ',' or '}'")
-		}
-	}
+		return fn(k, v)
+	})
 }
 
 // merges reads the merges array in either form, ["a b", ...] or
@@ -366,6 +341,13 @@ func (s *jsonScanner) skip(depth int) error {
 // objectFields walks a JSON object and calls fn with each key and the
 // scanner positioned at its value; fn must consume the value.
 func (s *jsonScanner) objectFields(fn func(key string) error) error {
+	return s.objectKeys(func(k []byte) error { return fn(string(k)) })
+}
+
+// objectKeys walks a JSON object and calls fn with each key (valid only
+// during the call) and the scanner positioned at its value; fn must
+// consume the value.
+func (s *jsonScanner) objectKeys(fn func(key []byte) error) error {
 	if err := s.expect('{'); err != nil {
 		return err
 	}
@@ -378,11 +360,10 @@ func (s *jsonScanner) objectFields(fn func(key string) error) error {
 		if err != nil {
 			return err
 		}
-		key := string(k)
 		if err := s.expect(':'); err != nil {
 			return err
 		}
-		if err := fn(key); err != nil {
+		if err := fn(k); err != nil {
 			return err
 		}
 		switch s.peek() {
