@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"flag"
 	"fmt"
 	"os"
 	"strings"
@@ -217,18 +218,24 @@ func runImage(ctx context.Context, e *env, args []string) error {
 	return nil
 }
 
+// dialForJob parses the flags and the one JOB_ID argument of cancel and
+// result, then connects.
+func dialForJob(e *env, fs *flag.FlagSet, cf *connFlags, args []string) (*nats.Conn, *client.Client, error) {
+	if err := parse(fs, args); err != nil {
+		return nil, nil, err
+	}
+	if fs.NArg() != 1 {
+		fs.Usage()
+		return nil, nil, errUsage
+	}
+	return dial(cf, e)
+}
+
 func runCancel(ctx context.Context, e *env, args []string) error {
 	fs := newFlags(e, "cancel", "JOB_ID")
 	var cf connFlags
 	cf.register(fs)
-	if err := parse(fs, args); err != nil {
-		return err
-	}
-	if fs.NArg() != 1 {
-		fs.Usage()
-		return errUsage
-	}
-	nc, c, err := dial(&cf, e)
+	nc, c, err := dialForJob(e, fs, &cf, args)
 	if err != nil {
 		return err
 	}
@@ -246,14 +253,7 @@ func runResult(ctx context.Context, e *env, args []string) error {
 	cf.register(fs)
 	out := fs.String("o", "", "write the result's image to this file")
 	asJSON := fs.Bool("json", false, "print the result as JSON")
-	if err := parse(fs, args); err != nil {
-		return err
-	}
-	if fs.NArg() != 1 {
-		fs.Usage()
-		return errUsage
-	}
-	nc, c, err := dial(&cf, e)
+	nc, c, err := dialForJob(e, fs, &cf, args)
 	if err != nil {
 		return err
 	}
