@@ -9,9 +9,6 @@ import (
 	"github.com/vmihailenco/msgpack/v5"
 )
 
-// HeaderContentType is the NATS header that names a message's codec.
-const HeaderContentType = "Content-Type"
-
 // Content types kiln speaks.
 const (
 	ContentMsgpack = "application/msgpack"

@@ -55,11 +55,6 @@ func (s Subjects) ClientResult(job, client string) string {
 	return s.p() + ".results." + job + "." + client
 }
 
-// HeaderClient names the client that submitted a job: the worker stores the
-// result under ClientResult(job, client). A value that is not a subject
-// token is ignored.
-const HeaderClient = "Kiln-Client"
-
 // Results is the wildcard that KILN_RESULTS captures.
 func (s Subjects) Results() string { return s.p() + ".results.>" }
 
