@@ -4,6 +4,9 @@
 // and the same for the embedded broker and for an external nats-server or
 // cluster. It imports nats.go only, never nats-server, so workers and
 // clients can use it against any broker.
+//
+// It also turns schema values into the messages that travel on that layout
+// (NewMsg, Publish): encoded with their codec, with the Content-Type header.
 package topology
 
 import (
@@ -57,6 +60,21 @@ type Config struct {
 	MaxDeliver int
 }
 
+// Defaults of Config: WithDefaults puts them in the fields left zero.
+const (
+	DefaultJobMaxAge         = 10 * time.Minute
+	DefaultMaxQueuedJobs     = 10000
+	DefaultDuplicateWindow   = 2 * time.Minute
+	DefaultMaxMsgSize        = 8 << 20 // bytes
+	DefaultResultMaxAge      = time.Hour
+	DefaultResultMaxBytes    = 512 << 20
+	DefaultEventMaxAge       = 24 * time.Hour
+	DefaultEventMaxBytes     = 256 << 20
+	DefaultHeartbeatInterval = 5 * time.Second
+	DefaultAckWait           = 30 * time.Second
+	DefaultMaxDeliver        = 5
+)
+
 // WithDefaults returns c with every zero field set to its default.
 func (c Config) WithDefaults() Config {
 	if c.Prefix == "" {
@@ -66,37 +84,37 @@ func (c Config) WithDefaults() Config {
 		c.Replicas = 0
 	}
 	if c.JobMaxAge <= 0 {
-		c.JobMaxAge = 10 * time.Minute
+		c.JobMaxAge = DefaultJobMaxAge
 	}
 	if c.MaxQueuedJobs <= 0 {
-		c.MaxQueuedJobs = 10000
+		c.MaxQueuedJobs = DefaultMaxQueuedJobs
 	}
 	if c.DuplicateWindow <= 0 {
-		c.DuplicateWindow = 2 * time.Minute
+		c.DuplicateWindow = DefaultDuplicateWindow
 	}
 	if c.MaxMsgSize <= 0 {
-		c.MaxMsgSize = 8 << 20
+		c.MaxMsgSize = DefaultMaxMsgSize
 	}
 	if c.ResultMaxAge <= 0 {
-		c.ResultMaxAge = time.Hour
+		c.ResultMaxAge = DefaultResultMaxAge
 	}
 	if c.ResultMaxBytes <= 0 {
-		c.ResultMaxBytes = 512 << 20
+		c.ResultMaxBytes = DefaultResultMaxBytes
 	}
 	if c.EventMaxAge <= 0 {
-		c.EventMaxAge = 24 * time.Hour
+		c.EventMaxAge = DefaultEventMaxAge
 	}
 	if c.EventMaxBytes <= 0 {
-		c.EventMaxBytes = 256 << 20
+		c.EventMaxBytes = DefaultEventMaxBytes
 	}
 	if c.HeartbeatInterval <= 0 {
-		c.HeartbeatInterval = 5 * time.Second
+		c.HeartbeatInterval = DefaultHeartbeatInterval
 	}
 	if c.AckWait <= 0 {
-		c.AckWait = 30 * time.Second
+		c.AckWait = DefaultAckWait
 	}
 	if c.MaxDeliver <= 0 {
-		c.MaxDeliver = 5
+		c.MaxDeliver = DefaultMaxDeliver
 	}
 	return c
 }
@@ -344,17 +362,29 @@ func (c Config) ConsumerConfig(kind, model, lane string) jetstream.ConsumerConfi
 	}
 }
 
-// EnsureConsumer creates or updates the consumer of (kind, model, lane).
+// EnsureConsumer returns the consumer of (kind, model, lane), creating it
+// from c when it is missing. An existing consumer is left as it is, like
+// the streams Ensure finds: whoever provisioned it (an operator, the first
+// worker) set its AckWait and MaxDeliver, and those are the ones that hold.
+// Read them from the consumer's CachedInfo, not from c.
 func EnsureConsumer(ctx context.Context, js jetstream.JetStream, c Config, kind, model, lane string) (jetstream.Consumer, error) {
 	c = c.WithDefaults()
+	name := ConsumerName(kind, model, lane)
 	var cons jetstream.Consumer
 	err := retry(ctx, func(ctx context.Context) error {
 		var err error
-		cons, err = js.CreateOrUpdateConsumer(ctx, c.JobsStream(), c.ConsumerConfig(kind, model, lane))
+		cons, err = js.Consumer(ctx, c.JobsStream(), name)
+		if !errors.Is(err, jetstream.ErrConsumerNotFound) {
+			return err
+		}
+		cons, err = js.CreateConsumer(ctx, c.JobsStream(), c.ConsumerConfig(kind, model, lane))
+		if errors.Is(err, jetstream.ErrConsumerExists) {
+			cons, err = js.Consumer(ctx, c.JobsStream(), name) // another worker was first
+		}
 		return err
 	})
 	if err != nil {
-		return nil, fmt.Errorf("topology: consumer %s: %w", ConsumerName(kind, model, lane), err)
+		return nil, fmt.Errorf("topology: consumer %s: %w", name, err)
 	}
 	return cons, nil
 }
