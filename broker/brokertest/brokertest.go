@@ -5,8 +5,10 @@ package brokertest
 
 import (
 	"context"
+	"fmt"
 	"io"
 	"log/slog"
+	"os"
 	"testing"
 	"time"
 
@@ -39,6 +41,46 @@ func Run(tb testing.TB, o *Options) *broker.Broker {
 	if dir == "" {
 		dir = tb.TempDir()
 	}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	b, err := start(ctx, o, dir)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	tb.Cleanup(func() { shutdown(b) })
+	return b
+}
+
+// Start starts a broker where there is no testing.TB (an Example, a
+// TestMain, a benchmark harness): its store is o.StoreDir, else a new
+// temporary folder. stop shuts the broker down and removes the folder
+// Start made. o may be nil.
+func Start(ctx context.Context, o *Options) (b *broker.Broker, stop func(), err error) {
+	if o == nil {
+		o = &Options{}
+	}
+	dir := o.StoreDir
+	if dir == "" {
+		if dir, err = os.MkdirTemp("", "kiln-broker-"); err != nil {
+			return nil, nil, fmt.Errorf("brokertest: %w", err)
+		}
+	}
+	if b, err = start(ctx, o, dir); err != nil {
+		if o.StoreDir == "" {
+			_ = os.RemoveAll(dir)
+		}
+		return nil, nil, err
+	}
+	return b, func() {
+		shutdown(b)
+		if o.StoreDir == "" {
+			_ = os.RemoveAll(dir)
+		}
+	}, nil
+}
+
+// start starts a quiet broker with its store in dir.
+func start(ctx context.Context, o *Options, dir string) (*broker.Broker, error) {
 	listen := o.Listen
 	if listen == "" {
 		listen = "127.0.0.1:0"
@@ -51,19 +93,18 @@ func Run(tb testing.TB, o *Options) *broker.Broker {
 		Logger:   slog.New(slog.NewTextHandler(io.Discard, nil)),
 	})
 	if err != nil {
-		tb.Fatal(err)
+		return nil, err
 	}
+	if err := b.Start(ctx); err != nil {
+		return nil, err
+	}
+	return b, nil
+}
+
+func shutdown(b *broker.Broker) {
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	if err := b.Start(ctx); err != nil {
-		tb.Fatal(err)
-	}
-	tb.Cleanup(func() {
-		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-		defer cancel()
-		_ = b.Shutdown(ctx)
-	})
-	return b
+	_ = b.Shutdown(ctx)
 }
 
 // Connect opens a TCP connection to b, closed at test end.
