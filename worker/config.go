@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
+	"slices"
 	"strings"
 	"time"
 
@@ -22,7 +23,10 @@ type Config struct {
 	Card int
 	// Version is reported in heartbeats.
 	Version string
-	// Topology must match the broker's (prefix, ack wait, max deliver...).
+	// Topology must match the broker's (prefix, max age...). The consumers'
+	// AckWait and MaxDeliver are the fallback only: the worker creates a
+	// missing consumer with them, and otherwise reads them from the
+	// consumer it binds to.
 	Topology topology.Config
 	// Chat maps model names to their chat handlers.
 	Chat map[string]Handler[schema.ChatJob]
@@ -61,6 +65,23 @@ type Config struct {
 	Logger *slog.Logger
 }
 
+// Defaults of Config: withDefaults puts them in the fields left zero. The
+// topology's (AckWait, MaxDeliver, HeartbeatInterval...) are in package
+// topology.
+const (
+	DefaultShutdownGrace = 30 * time.Second
+	DefaultPollInterval  = time.Second
+	DefaultMaxFaults     = 3
+	DefaultResetTimeout  = 10 * time.Minute
+)
+
+// DefaultRetryDelays and DefaultResetDelays are the back-offs used when
+// Config leaves RetryDelays or ResetDelays empty.
+var (
+	DefaultRetryDelays = []time.Duration{time.Second, 2 * time.Second, 5 * time.Second, 10 * time.Second}
+	DefaultResetDelays = []time.Duration{time.Second, 5 * time.Second, 15 * time.Second}
+)
+
 func (c Config) withDefaults() Config {
 	c.Topology = c.Topology.WithDefaults()
 	if c.Name == "" {
@@ -68,22 +89,22 @@ func (c Config) withDefaults() Config {
 		c.Name = fmt.Sprintf("%s-card%d", tokenize(host), c.Card)
 	}
 	if c.ShutdownGrace <= 0 {
-		c.ShutdownGrace = 30 * time.Second
+		c.ShutdownGrace = DefaultShutdownGrace
 	}
 	if c.PollInterval <= 0 {
-		c.PollInterval = time.Second
+		c.PollInterval = DefaultPollInterval
 	}
 	if len(c.RetryDelays) == 0 {
-		c.RetryDelays = []time.Duration{time.Second, 2 * time.Second, 5 * time.Second, 10 * time.Second}
+		c.RetryDelays = slices.Clone(DefaultRetryDelays)
 	}
 	if c.MaxFaults <= 0 {
-		c.MaxFaults = 3
+		c.MaxFaults = DefaultMaxFaults
 	}
 	if len(c.ResetDelays) == 0 {
-		c.ResetDelays = []time.Duration{time.Second, 5 * time.Second, 15 * time.Second}
+		c.ResetDelays = slices.Clone(DefaultResetDelays)
 	}
 	if c.ResetTimeout <= 0 {
-		c.ResetTimeout = 10 * time.Minute
+		c.ResetTimeout = DefaultResetTimeout
 	}
 	if c.Logger == nil {
 		c.Logger = slog.Default()

@@ -6,8 +6,7 @@ import (
 	"sync"
 	"time"
 
-	"github.com/nats-io/nats.go"
-
+	"github.com/kiln-project/kiln/broker/topology"
 	"github.com/kiln-project/kiln/schema"
 	"github.com/kiln-project/kiln/worker/thermal"
 )
@@ -83,14 +82,7 @@ func (w *Worker) onThermal(t thermal.Transition) {
 // publishEvent publishes a fleet event as JSON (DESIGN §4: events are
 // always JSON).
 func (w *Worker) publishEvent(subject string, v any) {
-	data, err := schema.JSON.Marshal(v)
-	if err != nil {
-		w.log.Error("encode event", "subject", subject, "err", err)
-		return
-	}
-	m := &nats.Msg{Subject: subject, Data: data, Header: nats.Header{}}
-	m.Header.Set(schema.HeaderContentType, schema.ContentJSON)
-	if err := w.nc.PublishMsg(m); err != nil {
+	if err := topology.Publish(w.nc, subject, schema.JSON, v); err != nil {
 		w.log.Warn("publish event", "subject", subject, "err", err)
 	}
 }

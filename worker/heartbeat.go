@@ -6,8 +6,7 @@ import (
 	"os"
 	"time"
 
-	"github.com/nats-io/nats.go"
-
+	"github.com/kiln-project/kiln/broker/topology"
 	"github.com/kiln-project/kiln/schema"
 )
 
@@ -62,19 +61,17 @@ func (w *Worker) noteRate(res *schema.Result) {
 // that `nats sub 'kiln.events.>'` is readable as is.
 func (w *Worker) heartbeat(ctx context.Context) {
 	hb := w.Status()
-	data, err := schema.JSON.Marshal(&hb)
+	m, err := topology.NewMsg(w.subj.Heartbeat(w.cfg.Name), schema.JSON, &hb)
 	if err != nil {
 		w.log.Error("encode heartbeat", "err", err)
 		return
 	}
-	m := &nats.Msg{Subject: w.subj.Heartbeat(w.cfg.Name), Data: data, Header: nats.Header{}}
-	m.Header.Set(schema.HeaderContentType, schema.ContentJSON)
 	if err := w.nc.PublishMsg(m); err != nil {
 		w.log.Warn("publish heartbeat", "err", err)
 	}
 	pctx, cancel := context.WithTimeout(ctx, 2*time.Second)
 	defer cancel()
-	if _, err := w.workersKV.Put(pctx, w.cfg.Name, data); err != nil {
+	if _, err := w.workersKV.Put(pctx, w.cfg.Name, m.Data); err != nil {
 		w.log.Warn("update worker registry", "err", err)
 	}
 }

@@ -4,15 +4,26 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"runtime/debug"
 	"sync"
 	"time"
 
-	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
+	"github.com/kiln-project/kiln/broker/topology"
 	"github.com/kiln-project/kiln/schema"
 )
+
+// A job goes through four steps, each a function below, in this order:
+//
+//	decode   the body as the route's job type, validated against its subject and the limits
+//	admit    a stored result re-sent, a job cancelled or expired while queued ended
+//	execute  the handler, with the started event, in-progress signals, deadline and panics
+//	settle   what classify decides: the result stored and sent then Ack or Term, or a Nak
+//
+// A job that fails before execute (undecodable, invalid) is rejected: an
+// error result and Term.
 
 // delivery is one fetched job message and what the worker learned of it
 // before decoding the body.
@@ -49,14 +60,8 @@ func (s *eventStream) emit(ev schema.Event) error {
 		return nil
 	}
 	ev.JobID, ev.Attempt, ev.Seq = s.d.id, s.d.attempt, s.seq
-	data, err := s.d.codec.Marshal(&ev)
-	if err != nil {
-		return fmt.Errorf("worker: encode %s event: %w", ev.Type, err)
-	}
-	m := &nats.Msg{Subject: s.d.replyTo, Data: data, Header: nats.Header{}}
-	m.Header.Set(schema.HeaderContentType, s.d.codec.ContentType())
-	if err := s.w.nc.PublishMsg(m); err != nil {
-		return fmt.Errorf("worker: publish %s event: %w", ev.Type, err)
+	if err := topology.Publish(s.w.nc, s.d.replyTo, s.d.codec, &ev); err != nil {
+		return fmt.Errorf("worker: %s event: %w", ev.Type, err)
 	}
 	return nil
 }
@@ -64,6 +69,22 @@ func (s *eventStream) emit(ev schema.Event) error {
 // process handles one fetched message from start to its single outcome:
 // a result (ok, error, cancelled, expired) or a hand-back to the queue.
 func (w *Worker) process(rt *route, msg jetstream.Msg) {
+	d := w.receive(rt, msg)
+	ctx := context.Background()
+	codec, err := schema.CodecFor(msg.Headers().Get(schema.HeaderContentType))
+	d.codec = codec
+	if err != nil {
+		w.reject(ctx, d, requestError(err, schema.CodeBadContentType))
+		return
+	}
+	rt.run(ctx, d)
+}
+
+// receive reads what a delivery says before its body is decoded: the
+// attempt and queue time from its metadata, the job id, reply subject and
+// client from its headers, so that even a job whose body cannot be decoded
+// gets its error back.
+func (w *Worker) receive(rt *route, msg jetstream.Msg) *delivery {
 	d := &delivery{msg: msg, rt: rt, attempt: 1, fetched: time.Now()}
 	d.events = &eventStream{w: w, d: d}
 	if meta, err := msg.Metadata(); err == nil {
@@ -74,30 +95,52 @@ func (w *Worker) process(rt *route, msg jetstream.Msg) {
 	if id := h.Get(jetstream.MsgIDHeader); schema.ValidToken(id) {
 		d.id = id
 	}
-	d.replyTo = h.Get(HeaderReplyTo)
+	d.replyTo = h.Get(schema.HeaderReplyTo)
 	if c := h.Get(schema.HeaderClient); schema.ValidToken(c) {
 		d.client = c
 	}
-	codec, err := schema.CodecFor(h.Get(schema.HeaderContentType))
-	d.codec = codec
-	ctx := context.Background()
-	if err != nil {
-		w.reject(ctx, d, err.(*schema.Error))
-		return
-	}
-	rt.run(ctx, d)
+	return d
 }
 
-// runJob decodes, validates and runs one job of type T.
-func runJob[T any, PT interface {
+// jobPointer is *T for a job type T (schema.ChatJob, schema.ImageJob).
+type jobPointer[T any] interface {
 	*T
 	schema.Job
-}](ctx context.Context, w *Worker, d *delivery, h Handler[T], validate func(PT, *schema.JobSubject, schema.Limits) *schema.Error) {
-	var args T
-	job := PT(&args)
-	if err := d.codec.Unmarshal(d.msg.Data(), job); err != nil {
-		w.reject(ctx, d, err.(*schema.Error))
+}
+
+// runJob takes one delivery of a job of type T through its steps.
+func runJob[T any, PT jobPointer[T]](ctx context.Context, w *Worker, d *delivery, h Handler[T], validate func(PT, *schema.JobSubject, schema.Limits) *schema.Error) {
+	args, verr := decode(w, d, validate)
+	if verr != nil {
+		w.reject(ctx, d, verr)
 		return
+	}
+	hdr := PT(args).Header()
+	log := w.log.With("job", d.id, "kind", d.rt.kind, "model", d.rt.model, "attempt", d.attempt)
+	jctx, release := w.occupy(ctx, d)
+	defer release()
+	if !w.admit(ctx, d, hdr, log) {
+		return
+	}
+	ex := execute(jctx, w, d, h, args, hdr.Deadline)
+	w.settle(ctx, d, ex, classify(ending{
+		err: ex.err, cause: ex.cause, attempt: d.attempt, maxDeliver: d.rt.maxDeliver, deadline: hdr.Deadline,
+	}, w.cfg.RetryDelays), log)
+}
+
+// decode reads the delivery's body as a T, checks it against its subject
+// and the limits, and normalises it (the default lane, the deadline in
+// UTC). The id and reply subject of the body take over from the headers'.
+// An error is the request's fault.
+func decode[T any, PT jobPointer[T]](w *Worker, d *delivery, validate func(PT, *schema.JobSubject, schema.Limits) *schema.Error) (*T, *schema.Error) {
+	args := new(T)
+	job := PT(args)
+	if err := d.codec.Unmarshal(d.msg.Data(), job); err != nil {
+		code := schema.CodeBadMsgpack
+		if d.codec == schema.JSON {
+			code = schema.CodeBadJSON
+		}
+		return nil, requestError(err, code)
 	}
 	hdr := job.Header()
 	if schema.ValidToken(hdr.ID) && d.id == "" {
@@ -108,12 +151,10 @@ func runJob[T any, PT interface {
 	}
 	subject, err := w.subj.ParseJob(d.msg.Subject())
 	if err != nil {
-		w.reject(ctx, d, schema.Errorf(schema.CodeBadSubject, "", "%v", err))
-		return
+		return nil, schema.Errorf(schema.CodeBadSubject, "", "%v", err)
 	}
 	if verr := validate(job, &subject, w.cfg.Limits); verr != nil {
-		w.reject(ctx, d, verr)
-		return
+		return nil, verr
 	}
 	d.id = hdr.ID // validated: the body's id is the job's id
 	if hdr.Lane == "" {
@@ -123,55 +164,96 @@ func runJob[T any, PT interface {
 		t := hdr.Deadline.UTC()
 		hdr.Deadline = &t
 	}
-	log := w.log.With("job", d.id, "kind", d.rt.kind, "model", d.rt.model, "attempt", d.attempt)
+	return args, nil
+}
 
+// requestError is err as the request's fault: the *schema.Error it holds,
+// else one with code and err's text.
+func requestError(err error, code schema.ErrorCode) *schema.Error {
+	var verr *schema.Error
+	if errors.As(err, &verr) {
+		return verr
+	}
+	return schema.Errorf(code, "", "%v", err)
+}
+
+// occupy makes d the worker's running job, busy in heartbeats, with a
+// context that a cancel request, Stop or the governor cancels with a cause.
+// release ends both.
+func (w *Worker) occupy(ctx context.Context, d *delivery) (jctx context.Context, release func()) {
 	jctx, cancel := context.WithCancelCause(ctx)
-	defer cancel(nil)
 	w.mu.Lock()
 	w.current = &runningJob{id: d.id, cancel: cancel}
 	w.state = schema.StateBusy
 	w.mu.Unlock()
-	defer func() {
+	return jctx, func() {
 		w.mu.Lock()
 		w.current = nil
 		if w.state == schema.StateBusy {
 			w.state = schema.StateReady
 		}
 		w.mu.Unlock()
-	}()
+		cancel(nil)
+	}
+}
 
-	// A result already stored means an earlier delivery finished the job but
-	// its ack was lost: answer with that result, run nothing. (A first
-	// delivery cannot have one: the id is deduplicated at publish.)
+// admit reports whether the job is to run. A result already stored means
+// an earlier delivery finished the job but its ack was lost: that result is
+// sent again and nothing runs. (A first delivery cannot have one: the id is
+// deduplicated at publish.) A job cancelled or past its deadline while it
+// was queued ends here (queued).
+func (w *Worker) admit(ctx context.Context, d *delivery, hdr *schema.JobHeader, log *slog.Logger) bool {
 	if d.attempt > 1 {
 		if res := w.storedResult(ctx, d.id, d.client); res != nil {
 			log.Info("job already finished, re-sending its result")
 			_ = d.events.emit(schema.Event{Type: schema.EventResult, Result: res})
 			_ = d.msg.Ack()
-			return
+			return false
 		}
 	}
-	if w.wasCancelled(d.id) {
-		w.finish(ctx, d, &schema.Result{Status: schema.StatusCancelled, FinishReason: schema.FinishCancelled,
-			Error: schema.Errorf(schema.CodeCancelled, "", "cancelled before it started")}, nil, log)
-		return
+	if res := queued(hdr, w.wasCancelled(d.id), time.Now()); res != nil {
+		w.finish(ctx, d, res, log)
+		return false
 	}
-	if hdr.Expired(time.Now()) {
-		w.finish(ctx, d, &schema.Result{Status: schema.StatusExpired,
-			Error: schema.Errorf(schema.CodeExpired, "deadline", "deadline %s passed before the job started", hdr.Deadline.Format(time.RFC3339))}, nil, log)
-		return
-	}
-	if hdr.Deadline != nil {
-		var dcancel context.CancelFunc
-		jctx, dcancel = context.WithDeadlineCause(jctx, *hdr.Deadline, ErrDeadline)
-		defer dcancel()
-	}
+	return true
+}
 
+// queued returns the result of a job that ends before it starts, because
+// it was cancelled or its deadline passed while it was queued; nil when it
+// may run.
+func queued(hdr *schema.JobHeader, cancelled bool, now time.Time) *schema.Result {
+	switch {
+	case cancelled:
+		return &schema.Result{Status: schema.StatusCancelled, FinishReason: schema.FinishCancelled,
+			Error: schema.Errorf(schema.CodeCancelled, "", "cancelled before it started")}
+	case hdr.Expired(now):
+		return &schema.Result{Status: schema.StatusExpired,
+			Error: schema.Errorf(schema.CodeExpired, "deadline", "deadline %s passed before the job started", hdr.Deadline.Format(time.RFC3339))}
+	}
+	return nil
+}
+
+// execution is what came of running a handler.
+type execution struct {
+	res   *schema.Result // never nil; usage timings filled in
+	err   error          // the handler's (a recovered panic is Permanent)
+	cause error          // why the job's context ended; nil if it had not
+}
+
+// execute runs the handler on an admitted job: the deadline on its
+// context, the started event, InProgress while it runs (so a long job is
+// not redelivered), a panic recovered, the timings put in the result.
+func execute[T any](jctx context.Context, w *Worker, d *delivery, h Handler[T], args *T, deadline *time.Time) execution {
+	if deadline != nil {
+		var cancel context.CancelFunc
+		jctx, cancel = context.WithDeadlineCause(jctx, *deadline, ErrDeadline)
+		defer cancel()
+	}
 	stream := d.events
 	started := time.Now()
 	_ = stream.emit(schema.Event{Type: schema.EventStarted, Worker: w.cfg.Name, QueueMS: queueMS(d)})
-	stopProgress := w.keepInProgress(d)
-	res, herr := safeHandle(jctx, h, &Job[T]{Args: &args, Attempt: d.attempt, Enqueued: d.enqueued, stream: stream})
+	stopProgress := keepInProgress(d.msg, d.rt.ackWait)
+	res, err := safeHandle(jctx, h, &Job[T]{Args: args, Attempt: d.attempt, Enqueued: d.enqueued, stream: stream})
 	stopProgress()
 	if res == nil {
 		res = &schema.Result{}
@@ -180,51 +262,11 @@ func runJob[T any, PT interface {
 	if res.Usage.TTFTMS == 0 && !stream.first.IsZero() {
 		res.Usage.TTFTMS = stream.first.Sub(started).Milliseconds()
 	}
-
-	cause := context.Cause(jctx)
-	if jctx.Err() == nil {
-		cause = nil
+	ex := execution{res: res, err: err}
+	if jctx.Err() != nil {
+		ex.cause = context.Cause(jctx)
 	}
-	var verr *schema.Error
-	var perr *permanentError
-	switch {
-	case herr != nil && (errors.Is(cause, ErrShutdown) || errors.Is(cause, ErrPaused)):
-		// (A handler that finished before it saw the cancel has a result:
-		// it is kept below, so the job never runs to completion twice.)
-		log.Info("handing job back to the queue", "why", cause)
-		if err := d.msg.Nak(); err != nil {
-			log.Warn("nak failed; the job comes back after the ack wait", "err", err)
-		}
-	case errors.Is(cause, ErrCancelRequested):
-		res.Status, res.FinishReason = schema.StatusCancelled, schema.FinishCancelled
-		res.Error = schema.Errorf(schema.CodeCancelled, "", "cancelled while running")
-		w.finish(ctx, d, res, nil, log)
-	case errors.Is(cause, ErrDeadline):
-		res.Status = schema.StatusExpired
-		res.Error = schema.Errorf(schema.CodeExpired, "deadline", "deadline %s passed while running", hdr.Deadline.Format(time.RFC3339))
-		w.finish(ctx, d, res, nil, log)
-	case herr == nil:
-		res.Status, res.Error = schema.StatusOK, nil
-		w.finish(ctx, d, res, nil, log)
-	case errors.As(herr, &verr):
-		w.reject(ctx, d, verr)
-	case errors.As(herr, &perr):
-		res.Status, res.Error = schema.StatusError, schema.Errorf(schema.CodeFailed, "", "%v", herr)
-		w.finish(ctx, d, res, herr, log)
-	case d.attempt >= w.cfg.Topology.MaxDeliver:
-		w.noteFault(herr)
-		res.Status = schema.StatusError
-		res.Error = schema.Errorf(schema.CodeFailed, "", "failed on all %d deliveries, last: %v", d.attempt, herr)
-		w.finish(ctx, d, res, herr, log)
-	default:
-		delay := w.cfg.RetryDelays[min(d.attempt, len(w.cfg.RetryDelays))-1]
-		log.Warn("job failed, retrying", "err", herr, "delay", delay)
-		w.noteFault(herr)
-		w.jobsFailed.Add(1)
-		if err := d.msg.NakWithDelay(delay); err != nil {
-			log.Warn("nak failed; the job comes back after the ack wait", "err", err)
-		}
-	}
+	return ex
 }
 
 func safeHandle[T any](ctx context.Context, h Handler[T], job *Job[T]) (res *schema.Result, err error) {
@@ -236,26 +278,23 @@ func safeHandle[T any](ctx context.Context, h Handler[T], job *Job[T]) (res *sch
 	return h.Handle(ctx, job)
 }
 
-// keepInProgress tells JetStream the job is still being worked on, so a
-// long job is not redelivered while it runs.
-func (w *Worker) keepInProgress(d *delivery) (stop func()) {
-	every := w.cfg.Topology.AckWait / 3
+// keepInProgress tells JetStream every third of the ack wait that the job
+// is still being worked on, until stop.
+func keepInProgress(msg jetstream.Msg, ackWait time.Duration) (stop func()) {
 	done := make(chan struct{})
 	var wg sync.WaitGroup
-	wg.Add(1)
-	go func() {
-		defer wg.Done()
-		t := time.NewTicker(every)
+	wg.Go(func() {
+		t := time.NewTicker(ackWait / 3)
 		defer t.Stop()
 		for {
 			select {
 			case <-done:
 				return
 			case <-t.C:
-				_ = d.msg.InProgress()
+				_ = msg.InProgress()
 			}
 		}
-	}()
+	})
 	return func() { close(done); wg.Wait() }
 }
 
@@ -266,21 +305,137 @@ func queueMS(d *delivery) int64 {
 	return max(d.fetched.Sub(d.enqueued).Milliseconds(), 0)
 }
 
+// settlement is how a delivery leaves the worker.
+type settlement int
+
+const (
+	// settleFinish stores and sends the result, then acks it (or
+	// terminates it, when the result is an error).
+	settleFinish settlement = iota
+	// settleReject ends a job that is the request's fault: an error result
+	// without anything the handler made, and Term.
+	settleReject
+	// settleRetry hands the job back after a delay, for another try here
+	// or on another card; no result.
+	settleRetry
+	// settleHandBack hands the job back at once for another card: the
+	// worker is stopping or its card is critical; no result.
+	settleHandBack
+)
+
+// ending is what classify decides from.
+type ending struct {
+	err        error      // what the handler returned
+	cause      error      // why the job's context ended; nil if it had not
+	attempt    int        // the delivery count, from 1
+	maxDeliver int        // the consumer's MaxDeliver; 0 or less: no limit
+	deadline   *time.Time // the job's, for the message of an expiry
+}
+
+// outcome is how a delivery ends.
+type outcome struct {
+	settle settlement
+	status string        // the result's status (settleFinish, settleReject)
+	finish string        // the result's finish reason; "" keeps the handler's
+	err    *schema.Error // the result's error; nil when ok
+	delay  time.Duration // settleRetry: the wait before the redelivery
+	fault  bool          // a transient failure: ask the Device whether the card faulted
+}
+
+// classify decides how a job ends from what its handler returned. It is
+// the worker's whole retry policy, and does no I/O:
+//
+//   - stopped by a cancel request or its deadline: cancelled or expired,
+//     with what the handler had made so far;
+//   - an error while the worker stops or the card is critical: handed back
+//     (a handler that finished before it saw that keeps its result);
+//   - no error: ok;
+//   - a *schema.Error: the request's fault, rejected;
+//   - Permanent (a panic is one): failed, no retry;
+//   - any other error: retried after retryDelays[attempt-1] (the last one
+//     repeats) until the consumer's last delivery, which fails. These may
+//     be device faults.
+func classify(e ending, retryDelays []time.Duration) outcome {
+	var verr *schema.Error
+	var perr *permanentError
+	switch {
+	case e.err != nil && (errors.Is(e.cause, ErrShutdown) || errors.Is(e.cause, ErrPaused)):
+		return outcome{settle: settleHandBack}
+	case errors.Is(e.cause, ErrCancelRequested):
+		return outcome{status: schema.StatusCancelled, finish: schema.FinishCancelled,
+			err: schema.Errorf(schema.CodeCancelled, "", "cancelled while running")}
+	case errors.Is(e.cause, ErrDeadline):
+		return outcome{status: schema.StatusExpired,
+			err: schema.Errorf(schema.CodeExpired, "deadline", "deadline %s passed while running", formatDeadline(e.deadline))}
+	case e.err == nil:
+		return outcome{status: schema.StatusOK}
+	case errors.As(e.err, &verr):
+		return outcome{settle: settleReject, status: schema.StatusError, err: verr}
+	case errors.As(e.err, &perr):
+		return outcome{status: schema.StatusError, err: schema.Errorf(schema.CodeFailed, "", "%v", e.err)}
+	case e.maxDeliver > 0 && e.attempt >= e.maxDeliver:
+		return outcome{status: schema.StatusError, fault: true,
+			err: schema.Errorf(schema.CodeFailed, "", "failed on all %d deliveries, last: %v", e.attempt, e.err)}
+	}
+	return outcome{settle: settleRetry, delay: retryDelay(retryDelays, e.attempt), fault: true}
+}
+
+// retryDelay is the wait before the redelivery that follows attempt.
+func retryDelay(delays []time.Duration, attempt int) time.Duration {
+	if len(delays) == 0 {
+		return 0
+	}
+	return delays[max(min(attempt, len(delays)), 1)-1]
+}
+
+func formatDeadline(t *time.Time) string {
+	if t == nil {
+		return "(none)"
+	}
+	return t.Format(time.RFC3339)
+}
+
+// settle carries out the outcome of an executed job.
+func (w *Worker) settle(ctx context.Context, d *delivery, ex execution, o outcome, log *slog.Logger) {
+	if o.fault {
+		w.noteFault(ex.err)
+	}
+	switch o.settle {
+	case settleHandBack:
+		log.Info("handing job back to the queue", "why", ex.cause)
+		if err := d.msg.Nak(); err != nil {
+			log.Warn("nak failed; the job comes back after the ack wait", "err", err)
+		}
+	case settleRetry:
+		log.Warn("job failed, retrying", "err", ex.err, "delay", o.delay)
+		w.jobsFailed.Add(1)
+		if err := d.msg.NakWithDelay(o.delay); err != nil {
+			log.Warn("nak failed; the job comes back after the ack wait", "err", err)
+		}
+	case settleReject:
+		w.reject(ctx, d, o.err)
+	case settleFinish:
+		res := ex.res
+		res.Status, res.Error = o.status, o.err
+		if o.finish != "" {
+			res.FinishReason = o.finish
+		}
+		w.finish(ctx, d, res, log)
+	}
+}
+
 // reject ends a job that is the request's fault: error result, Term.
 func (w *Worker) reject(ctx context.Context, d *delivery, verr *schema.Error) {
 	log := w.log.With("job", d.id, "subject", d.msg.Subject())
 	log.Warn("job refused", "code", verr.Code, "field", verr.Field, "err", verr.Message)
-	res := &schema.Result{Status: schema.StatusError, Error: verr}
-	w.finish(ctx, d, res, verr, log)
+	w.finish(ctx, d, &schema.Result{Status: schema.StatusError, Error: verr}, log)
 }
 
 // finish stores the result, sends it to the client and removes the job from
-// the queue. A job whose id is unknown (undecodable) cannot be stored; it is
-// still answered when its reply subject is known from the header.
-func (w *Worker) finish(ctx context.Context, d *delivery, res *schema.Result, failure error, log interface {
-	Info(string, ...any)
-	Warn(string, ...any)
-}) {
+// the queue: Ack, or Term for an error (so it is not redelivered). A job
+// whose id is unknown (undecodable) cannot be stored; it is still answered
+// when its reply subject is known from the header.
+func (w *Worker) finish(ctx context.Context, d *delivery, res *schema.Result, log *slog.Logger) {
 	res.JobID, res.Worker, res.Attempt = d.id, w.cfg.Name, d.attempt
 	res.Usage.QueueMS = queueMS(d)
 	if res.Status == schema.StatusOK {
@@ -291,25 +446,17 @@ func (w *Worker) finish(ctx context.Context, d *delivery, res *schema.Result, fa
 		w.jobsFailed.Add(1)
 	}
 	if d.id != "" {
-		data, err := d.codec.Marshal(res)
-		if err == nil {
-			m := &nats.Msg{Subject: w.subj.ClientResult(d.id, d.client), Data: data, Header: nats.Header{}}
-			m.Header.Set(schema.HeaderContentType, d.codec.ContentType())
-			pctx, cancel := context.WithTimeout(ctx, 5*time.Second)
-			// Only the first result of a job is stored: a delivery that
-			// overlapped another (a redelivery during a cluster failover)
-			// finds the first one's result and sends that instead.
-			_, err = w.js.PublishMsg(pctx, m, jetstream.WithExpectLastSequencePerSubject(0))
-			cancel()
-			var apiErr *jetstream.APIError
-			if errors.As(err, &apiErr) && (apiErr.ErrorCode == jetstream.JSErrCodeStreamWrongLastSequence ||
-				apiErr.ErrorCode == jetstream.JSErrCodeStreamWrongLastSequenceConstant) {
-				if first := w.storedResult(ctx, d.id, d.client); first != nil {
-					log.Info("job already finished by another delivery, sending its result")
-					_ = d.events.emit(schema.Event{Type: schema.EventResult, Result: first})
-					_ = d.msg.Ack()
-					return
-				}
+		pctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+		err := w.storeResult(pctx, d.codec, d.client, res)
+		cancel()
+		if errors.Is(err, errResultStored) {
+			// A delivery that overlapped another (a redelivery during a
+			// cluster failover) sends the first one's result instead.
+			if first := w.storedResult(ctx, d.id, d.client); first != nil {
+				log.Info("job already finished by another delivery, sending its result")
+				_ = d.events.emit(schema.Event{Type: schema.EventResult, Result: first})
+				_ = d.msg.Ack()
+				return
 			}
 		}
 		if err != nil {
@@ -322,12 +469,33 @@ func (w *Worker) finish(ctx context.Context, d *delivery, res *schema.Result, fa
 	if err := d.events.emit(schema.Event{Type: schema.EventResult, Result: res}); err != nil {
 		log.Warn("could not send the result event", "err", err)
 	}
-	if res.Status == schema.StatusError && (failure != nil) {
+	if res.Status == schema.StatusError {
 		_ = d.msg.Term()
 	} else {
 		_ = d.msg.Ack()
 	}
 	log.Info("job finished", "status", res.Status, "queue_ms", res.Usage.QueueMS, "total_ms", res.Usage.TotalMS)
+}
+
+// errResultStored: the job has a result already; only the first is kept.
+var errResultStored = errors.New("worker: the job has a stored result already")
+
+// storeResult keeps res in KILN_RESULTS under its job and client, unless a
+// result is there already (Nats-Expected-Last-Subject-Sequence 0): then
+// it returns an error matching errResultStored, so a job never ends with
+// two different results.
+func (w *Worker) storeResult(ctx context.Context, codec schema.Codec, client string, res *schema.Result) error {
+	m, err := topology.NewMsg(w.subj.ClientResult(res.JobID, client), codec, res)
+	if err != nil {
+		return err
+	}
+	_, err = w.js.PublishMsg(ctx, m, jetstream.WithExpectLastSequencePerSubject(0))
+	var apiErr *jetstream.APIError
+	if errors.As(err, &apiErr) && (apiErr.ErrorCode == jetstream.JSErrCodeStreamWrongLastSequence ||
+		apiErr.ErrorCode == jetstream.JSErrCodeStreamWrongLastSequenceConstant) {
+		return fmt.Errorf("%w: %w", errResultStored, err)
+	}
+	return err
 }
 
 // storedResult returns the result kept in KILN_RESULTS for job id of

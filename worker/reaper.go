@@ -9,6 +9,7 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
+	"github.com/kiln-project/kiln/broker/topology"
 	"github.com/kiln-project/kiln/schema"
 )
 
@@ -62,7 +63,7 @@ func (w *Worker) reap(ctx context.Context, adv maxDeliverAdvisory) {
 	}
 	reply := hdr.ReplyTo
 	if reply == "" {
-		reply = raw.Header.Get(HeaderReplyTo)
+		reply = raw.Header.Get(schema.HeaderReplyTo)
 	}
 	client := raw.Header.Get(schema.HeaderClient)
 	if !schema.ValidToken(client) {
@@ -72,23 +73,13 @@ func (w *Worker) reap(ctx context.Context, adv maxDeliverAdvisory) {
 	if schema.ValidToken(id) && w.storedResult(ctx, id, client) == nil {
 		res := &schema.Result{JobID: id, Status: schema.StatusError, Worker: w.cfg.Name, Attempt: int(adv.Deliveries),
 			Error: schema.Errorf(schema.CodeFailed, "", "delivered %d times and no worker finished it (each worker that took it crashed, was killed or stopped)", adv.Deliveries)}
-		data, err := codec.Marshal(res)
-		if err != nil {
-			return
-		}
-		m := &nats.Msg{Subject: w.subj.ClientResult(id, client), Data: data, Header: nats.Header{}}
-		m.Header.Set(schema.HeaderContentType, codec.ContentType())
-		if _, err := w.js.PublishMsg(ctx, m, jetstream.WithExpectLastSequencePerSubject(0)); err != nil {
+		if err := w.storeResult(ctx, codec, client, res); err != nil {
 			log.Warn("reaper: could not store the result", "err", err)
 			return
 		}
 		if reply != "" {
 			ev := schema.Event{JobID: id, Attempt: res.Attempt, Seq: 1, Type: schema.EventResult, Result: res}
-			if data, err := codec.Marshal(&ev); err == nil {
-				em := &nats.Msg{Subject: reply, Data: data, Header: nats.Header{}}
-				em.Header.Set(schema.HeaderContentType, codec.ContentType())
-				_ = w.nc.PublishMsg(em)
-			}
+			_ = topology.Publish(w.nc, reply, codec, &ev)
 		}
 		log.Warn("job ran out of deliveries; answered with an error result")
 	}

@@ -19,9 +19,10 @@ import (
 	"github.com/kiln-project/kiln/schema"
 )
 
-// HeaderReplyTo carries a job's reply subject in a header as well as in the
-// body, so that even a job whose body cannot be decoded gets its error back.
-const HeaderReplyTo = "Kiln-Reply-To"
+// HeaderReplyTo is schema.HeaderReplyTo.
+//
+// Deprecated: use schema.HeaderReplyTo.
+const HeaderReplyTo = schema.HeaderReplyTo
 
 // ErrStopped is returned by Start on a worker that was stopped.
 var ErrStopped = errors.New("worker: stopped")
@@ -75,10 +76,29 @@ type route struct {
 	kind, model, lane string
 	cons              jetstream.Consumer
 	run               func(ctx context.Context, d *delivery)
+	ackWait           time.Duration // the consumer's: InProgress every third of it
+	maxDeliver        int           // the consumer's: the last delivery fails; 0 or less: no limit
 
 	// Owned by the loop goroutine.
-	pending bool // a job may be waiting: look before sleeping
-	rung    bool // the stream announced a job: wait briefly for it
+	pending     bool       // a job may be waiting: look before sleeping
+	rung        bool       // the stream announced a job: wait briefly for it
+	fetchErrors logLimiter // failed fetches, logged at most every fetchLogEvery
+}
+
+// bind makes rt pull from cons and take its AckWait and MaxDeliver from
+// the consumer's configuration: whoever provisioned the consumer decides
+// them, not this worker's Config (the fallback when the consumer has none).
+func (rt *route) bind(cons jetstream.Consumer, fallback topology.Config) {
+	rt.cons = cons
+	rt.ackWait, rt.maxDeliver = fallback.AckWait, fallback.MaxDeliver
+	if info := cons.CachedInfo(); info != nil {
+		if info.Config.AckWait > 0 {
+			rt.ackWait = info.Config.AckWait
+		}
+		if info.Config.MaxDeliver != 0 {
+			rt.maxDeliver = info.Config.MaxDeliver // -1: no limit
+		}
+	}
 }
 
 // New returns a worker on nc. Start runs it.
@@ -167,8 +187,14 @@ func (w *Worker) start(ctx context.Context) error {
 		}
 	}
 	for _, rt := range w.routes {
-		if rt.cons, err = topology.EnsureConsumer(ctx, w.js, top, rt.kind, rt.model, rt.lane); err != nil {
+		cons, err := topology.EnsureConsumer(ctx, w.js, top, rt.kind, rt.model, rt.lane)
+		if err != nil {
 			return fmt.Errorf("worker: %w", err)
+		}
+		rt.bind(cons, top)
+		if rt.ackWait != top.AckWait || rt.maxDeliver != top.MaxDeliver {
+			w.log.Info("the consumer's settings differ from the worker's topology; the consumer's hold",
+				"consumer", topology.ConsumerName(rt.kind, rt.model, rt.lane), "ack_wait", rt.ackWait, "max_deliver", rt.maxDeliver)
 		}
 		sub, err := w.nc.Subscribe(w.subj.Wake(rt.kind, rt.model, rt.lane), func(*nats.Msg) { w.signalWake(rt) })
 		if err != nil {
@@ -483,17 +509,49 @@ func (w *Worker) next() (jetstream.Msg, *route) {
 		}
 		rt.rung = false
 		if err != nil {
-			w.log.Debug("fetch failed", "consumer", topology.ConsumerName(rt.kind, rt.model, rt.lane), "err", err)
+			w.fetchFailed(rt, err)
 			continue
 		}
 		for msg := range batch.Messages() {
 			return msg, rt
 		}
 		if err := batch.Error(); err != nil && !errors.Is(err, nats.ErrTimeout) {
-			w.log.Debug("fetch failed", "consumer", topology.ConsumerName(rt.kind, rt.model, rt.lane), "err", err)
+			w.fetchFailed(rt, err)
 			continue
 		}
 		rt.pending = false
 	}
 	return nil, nil
+}
+
+// fetchLogEvery bounds how often a route logs its failed fetches: a
+// permission error fails every fetch, and must be seen without flooding
+// the log.
+const fetchLogEvery = 30 * time.Second
+
+// fetchFailed logs a failed fetch at Warn, at most once per route every
+// fetchLogEvery, with the count of failures not logged since.
+func (w *Worker) fetchFailed(rt *route, err error) {
+	if suppressed, ok := rt.fetchErrors.allow(time.Now(), fetchLogEvery); ok {
+		w.log.Warn("fetch failed", "consumer", topology.ConsumerName(rt.kind, rt.model, rt.lane), "err", err,
+			"suppressed", suppressed)
+	}
+}
+
+// logLimiter lets one of a run of repeated messages through per period.
+type logLimiter struct {
+	last       time.Time // when a message was let through; zero: never
+	suppressed int       // messages held back since
+}
+
+// allow reports whether a message may be logged at now, and how many were
+// held back since the last one that was.
+func (l *logLimiter) allow(now time.Time, period time.Duration) (suppressed int, ok bool) {
+	if !l.last.IsZero() && now.Sub(l.last) < period {
+		l.suppressed++
+		return 0, false
+	}
+	suppressed = l.suppressed
+	l.last, l.suppressed = now, 0
+	return suppressed, true
 }

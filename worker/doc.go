@@ -1,0 +1,65 @@
+// Package worker is kiln's queue runtime: the process side of one card. A
+// Worker takes jobs for the models its handlers serve from the shared
+// JetStream queue, one at a time, runs them, streams their events and
+// answers each with exactly one result.
+//
+// It knows NATS, the topology (broker/topology) and the wire contract
+// (schema), and nothing of what runs a job: it imports no engine. The
+// handlers that run models on a card (chat over worker/llm, image over
+// worker/sd) and the card supervisor that loads, resets and classifies the
+// card's faults live in worker/card; the tests run test/echo's handlers.
+//
+// # Handlers
+//
+// A Handler[T] runs jobs of one kind (schema.ChatJob or schema.ImageJob)
+// for one model; Config maps model names to them. Handle gets the decoded,
+// validated job and streams through Job.Token and Job.Progress. Its error
+// decides what follows (see Handler): a *schema.Error is the request's
+// fault, Permanent ends the job, anything else is retried.
+//
+// # The fetch loop
+//
+// One goroutine fetches one job at a time, high lane before normal. An idle
+// worker sleeps until the jobs stream announces a stored job on the route's
+// wake subject, or Config.PollInterval passes. Before each fetch it asks
+// the health gate: the thermal governor (Config.Thermal), a card reset in
+// progress, an unhealthy or lost card. A fetch that fails (a permission
+// error, say) is logged at Warn, at most once per route every 30 s.
+//
+// # A job's steps
+//
+// Each delivery goes through decode (body and subject checked against the
+// limits), admit (a stored result re-sent, a job cancelled or expired
+// while queued ended), execute (the started event, InProgress every third
+// of the ack wait, the deadline, a recovered panic) and settle. What
+// settle does is decided by classify, a pure function: the result stored
+// once in KILN_RESULTS and sent on the reply subject, then Ack, or Term for
+// an error; a retry with back-off (Config.RetryDelays) until the
+// consumer's last delivery; or a hand-back to the queue when the worker
+// stops or its card is critical. The consumer's AckWait and MaxDeliver
+// hold, not the worker's Config: the worker reads them from the consumer
+// it binds to.
+//
+// # Around the jobs
+//
+//   - Heartbeats on the events subject and in the kiln_workers registry
+//     every HeartbeatInterval, and a NATS micro service (MicroName) whose
+//     status endpoint answers with the same heartbeat.
+//   - Cancels: the kiln_cancel bucket mirrored in memory, and the cancel
+//     subject, which stops the running job at its next token or step.
+//   - Device faults (Config.Device): a transient error the card reports as
+//     a fault resets the card with back-off after the job is handed back;
+//     MaxFaults in a row make the worker unhealthy; a lost card stops it
+//     (ErrCardLost). A Device that is a Loader loads its models after the
+//     worker has registered.
+//   - The reaper: every worker listens (as a queue group) for JetStream's
+//     max-deliveries advisory, so a job whose every delivery died with its
+//     worker still ends with one error result.
+//
+// # Lifecycle
+//
+// New checks the Config, Start binds the consumers and starts the loop,
+// Stop drains (the running job finishes, or is handed back when ctx ends),
+// StopAndCancel hands the running job back at once, and Run does Start,
+// waits for its context and stops within Config.ShutdownGrace.
+package worker
