@@ -17,7 +17,9 @@
 // an older attempt, so streamed text never interleaves. Cancelling ctx of
 // Chat or Image cancels the job.
 //
-// The client imports schema and nats.go only: no broker, no worker.
+// The client imports schema (the wire contract), broker/topology (stream,
+// bucket and subject names, the message builder; it links no nats-server)
+// and nats.go: no broker, no worker.
 package client
 
 import (
@@ -125,8 +127,13 @@ func WithoutWorkerCheck() Option {
 	return func(c *Client) error { c.skipWorkerCheck = true; return nil }
 }
 
+// DefaultResultPoll is how long Wait goes without any event before it looks
+// for the job's stored result, unless WithResultPoll says otherwise.
+const DefaultResultPoll = 5 * time.Second
+
 // WithResultPoll sets how long Wait goes without any event before it looks
-// for the job's stored result (default 5 s), in case the reply was missed.
+// for the job's stored result (default DefaultResultPoll), in case the
+// reply was missed.
 func WithResultPoll(d time.Duration) Option {
 	return func(c *Client) error { c.resultPoll = d; return nil }
 }
@@ -154,7 +161,7 @@ func New(nc *nats.Conn, opts ...Option) (*Client, error) {
 	if err != nil {
 		return nil, fmt.Errorf("kiln: %w", err)
 	}
-	c := &Client{nc: nc, js: js, resultPoll: 5 * time.Second}
+	c := &Client{nc: nc, js: js, resultPoll: DefaultResultPoll}
 	for _, o := range opts {
 		if err := o(c); err != nil {
 			return nil, err
@@ -249,18 +256,16 @@ func (c *Client) Submit(ctx context.Context, job schema.Job) (*Pending, error) {
 			return nil, fmt.Errorf("%w has %s model %q resident (kiln status shows the fleet)", ErrNoWorker, kind, h.Model)
 		}
 	}
-	data, err := c.codec.Marshal(job)
+	m, err := topology.NewMsg(c.subj.Job(kind, h.Model, h.Lane), c.codec, job)
 	if err != nil {
-		return nil, fmt.Errorf("kiln: encode job: %w", err)
+		return nil, fmt.Errorf("kiln: %w", err)
 	}
+	m.Header.Set(schema.HeaderReplyTo, h.ReplyTo)
+	m.Header.Set(schema.HeaderClient, c.id)
 	p := &Pending{ID: h.ID, c: c, ch: make(chan *nats.Msg, 4096)}
 	if p.sub, err = c.nc.ChanSubscribe(h.ReplyTo, p.ch); err != nil {
 		return nil, fmt.Errorf("kiln: subscribe %s: %w", h.ReplyTo, err)
 	}
-	m := &nats.Msg{Subject: c.subj.Job(kind, h.Model, h.Lane), Data: data, Header: nats.Header{}}
-	m.Header.Set(schema.HeaderContentType, c.codec.ContentType())
-	m.Header.Set(HeaderReplyTo, h.ReplyTo)
-	m.Header.Set(schema.HeaderClient, c.id)
 	if err := c.publish(ctx, m, h.ID); err != nil {
 		p.Close()
 		var apiErr *jetstream.APIError
@@ -315,8 +320,10 @@ func transient(err error) bool {
 		errors.Is(err, nats.ErrConnectionReconnecting) || errors.Is(err, nats.ErrNoServers)
 }
 
-// HeaderReplyTo duplicates the reply subject in a header (see worker.HeaderReplyTo).
-const HeaderReplyTo = "Kiln-Reply-To"
+// HeaderReplyTo is schema.HeaderReplyTo.
+//
+// Deprecated: use schema.HeaderReplyTo.
+const HeaderReplyTo = schema.HeaderReplyTo
 
 // Cancel asks for job id to stop: a queued job ends cancelled when a worker
 // takes it, a running one within one token or step.

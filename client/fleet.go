@@ -11,6 +11,7 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
+	"github.com/kiln-project/kiln/broker/topology"
 	"github.com/kiln-project/kiln/schema"
 )
 
@@ -80,7 +81,7 @@ func (r *registry) stop() { _ = r.w.Stop() }
 func (r *registry) live(key string, hb schema.Heartbeat) bool {
 	period := time.Duration(hb.IntervalMS) * time.Millisecond
 	if period <= 0 {
-		period = 5 * time.Second
+		period = topology.DefaultHeartbeatInterval
 	}
 	return time.Since(r.seen[key]) < 3*period && hb.State != schema.StateUnhealthy && hb.State != schema.StateStopping
 }
