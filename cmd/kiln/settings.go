@@ -6,6 +6,9 @@ import (
 	"strconv"
 	"time"
 
+	"github.com/nats-io/nats.go"
+
+	"github.com/kiln-project/kiln/broker"
 	"github.com/kiln-project/kiln/broker/topology"
 	"github.com/kiln-project/kiln/schema"
 )
@@ -29,7 +32,7 @@ const (
 )
 
 const (
-	defaultNATSURL = "nats://127.0.0.1:4222"
+	defaultNATSURL = nats.DefaultURL
 	defaultData    = "/var/lib/kiln"
 	defaultModels  = "/var/lib/kiln/models"
 )
@@ -73,11 +76,11 @@ type brokerFlags struct {
 }
 
 func (b *brokerFlags) register(fs *flag.FlagSet) {
-	fs.StringVar(&b.listen, "listen", getenv(envListen, "127.0.0.1:4222"), "client listen address host:port ($"+envListen+")")
+	fs.StringVar(&b.listen, "listen", getenv(envListen, broker.DefaultListen), "client listen address host:port ($"+envListen+")")
 	fs.StringVar(&b.data, "data", getenv(envData, defaultData), "JetStream store folder ($"+envData+")")
 	fs.StringVar(&b.config, "config", getenv(envConfig, ""), "nats-server config file: accounts, TLS, cluster ($"+envConfig+")")
-	fs.Int64Var(&b.queueMax, "queue-max", 10000, "most jobs queued at once; more are refused at publish")
-	fs.DurationVar(&b.jobMaxAge, "job-max-age", 10*time.Minute, "how long a job may wait in the queue")
+	fs.Int64Var(&b.queueMax, "queue-max", topology.DefaultMaxQueuedJobs, "most jobs queued at once; more are refused at publish")
+	fs.DurationVar(&b.jobMaxAge, "job-max-age", topology.DefaultJobMaxAge, "how long a job may wait in the queue")
 	replicas, _ := strconv.Atoi(getenv(envReplicas, "0"))
 	fs.IntVar(&b.replicas, "replicas", replicas, "stream replicas ($"+envReplicas+"; 0: 1 on one server, min(3, routes) on a cluster)")
 	fs.StringVar(&b.account, "account", "", "account of kiln's streams when --config defines accounts (default KILN)")
