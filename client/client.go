@@ -320,11 +320,6 @@ func transient(err error) bool {
 		errors.Is(err, nats.ErrConnectionReconnecting) || errors.Is(err, nats.ErrNoServers)
 }
 
-// HeaderReplyTo is schema.HeaderReplyTo.
-//
-// Deprecated: use schema.HeaderReplyTo.
-const HeaderReplyTo = schema.HeaderReplyTo
-
 // Cancel asks for job id to stop: a queued job ends cancelled when a worker
 // takes it, a running one within one token or step.
 func (c *Client) Cancel(ctx context.Context, id string) error {

@@ -21,7 +21,8 @@ import (
 // *schema.Error is the request's fault: the job ends with that error and is
 // never retried. Any other error is taken as transient (a device fault, say):
 // the job is handed back to the queue with a delay and retried, on this card
-// or another, until its last delivery, which ends with an error result.
+// or another, until its last delivery (the consumer's MaxDeliver), which
+// ends with an error result.
 // Wrap an error with Permanent to end the job at once without retries.
 type Handler[T any] interface {
 	Handle(ctx context.Context, job *Job[T]) (*schema.Result, error)

@@ -123,9 +123,9 @@ func runJob[T any, PT jobPointer[T]](ctx context.Context, w *Worker, d *delivery
 		return
 	}
 	ex := execute(jctx, w, d, h, args, hdr.Deadline)
-	w.settle(ctx, d, ex, classify(ending{
-		err: ex.err, cause: ex.cause, attempt: d.attempt, maxDeliver: d.rt.maxDeliver, deadline: hdr.Deadline,
-	}, w.cfg.RetryDelays), log)
+	o := classify(ending{err: ex.err, cause: ex.cause, attempt: d.attempt, maxDeliver: d.rt.maxDeliver, deadline: hdr.Deadline},
+		w.cfg.RetryDelays)
+	w.settle(ctx, d, ex, o, log)
 }
 
 // decode reads the delivery's body as a T, checks it against its subject

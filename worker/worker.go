@@ -19,9 +19,8 @@ import (
 	"github.com/kiln-project/kiln/schema"
 )
 
-// HeaderReplyTo is schema.HeaderReplyTo.
-//
-// Deprecated: use schema.HeaderReplyTo.
+// HeaderReplyTo names schema.HeaderReplyTo here for the tests that still
+// use it; new code uses schema's.
 const HeaderReplyTo = schema.HeaderReplyTo
 
 // ErrStopped is returned by Start on a worker that was stopped.
