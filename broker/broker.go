@@ -17,12 +17,12 @@ import (
 	"strconv"
 	"time"
 
-	"github.com/nats-io/jwt/v2"
 	"github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/nats-io/nkeys"
 
+	"github.com/kiln-project/kiln/broker/auth"
 	"github.com/kiln-project/kiln/broker/topology"
 )
 
@@ -254,7 +254,8 @@ func (b *Broker) Shutdown(ctx context.Context) error {
 
 // addInternalUser gives the broker a user of its own for its in-process
 // connections (provisioning, `kiln up`'s worker) when opts has users: with
-// authorization on, an in-process connection must authenticate too.
+// authorization on, an in-process connection must authenticate too
+// (auth.InProcessUser).
 func (b *Broker) addInternalUser(opts *server.Options) error {
 	if len(opts.Users) == 0 && len(opts.Nkeys) == 0 {
 		return nil
@@ -269,22 +270,17 @@ func (b *Broker) addInternalUser(opts *server.Options) error {
 	if acc == nil && want != "" {
 		return fmt.Errorf("broker: account %q is not in the config file", want)
 	}
-	kp, err := nkeys.CreateUser()
+	u, kp, err := auth.InProcessUser(acc)
 	if err != nil {
 		return fmt.Errorf("broker: %w", err)
 	}
-	pub, _ := kp.PublicKey()
 	b.internal = kp
-	opts.Nkeys = append(opts.Nkeys, &server.NkeyUser{
-		Nkey:                   pub,
-		Account:                acc,
-		AllowedConnectionTypes: map[string]struct{}{jwt.ConnectionTypeInProcess: {}},
-	})
+	opts.Nkeys = append(opts.Nkeys, u)
 	return nil
 }
 
 // DefaultAccount is the account name `kiln broker init-auth` writes.
-const DefaultAccount = "KILN"
+const DefaultAccount = auth.DefaultAccount
 
 // slogLogger adapts slog to nats-server's Logger. The server's notices (its
 // start banner) go to debug: kiln logs what matters itself.

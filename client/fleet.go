@@ -205,7 +205,6 @@ func (c *Client) Watch(ctx context.Context, since time.Duration, fn func(FleetEv
 		return fmt.Errorf("kiln: watch events: %w", err)
 	}
 	go func() { <-ctx.Done(); msgs.Stop() }()
-	prefix := c.topo.Prefix + ".events."
 	for {
 		m, err := msgs.Next()
 		if err != nil {
@@ -214,7 +213,7 @@ func (c *Client) Watch(ctx context.Context, since time.Duration, fn func(FleetEv
 			}
 			return fmt.Errorf("kiln: watch events: %w", err)
 		}
-		ev, err := decodeFleetEvent(m.Subject(), m.Headers(), m.Data(), prefix)
+		ev, err := decodeFleetEvent(c.subj, m.Subject(), m.Headers(), m.Data())
 		if err != nil {
 			continue // not ours to judge; a later version's event
 		}
@@ -224,21 +223,24 @@ func (c *Client) Watch(ctx context.Context, since time.Duration, fn func(FleetEv
 	}
 }
 
-func decodeFleetEvent(subject string, h nats.Header, data []byte, prefix string) (FleetEvent, error) {
+func decodeFleetEvent(subj schema.Subjects, subject string, h nats.Header, data []byte) (FleetEvent, error) {
 	codec, err := schema.CodecFor(h.Get(schema.HeaderContentType))
 	if err != nil {
 		return FleetEvent{}, err
 	}
+	topic, _, err := subj.ParseEvent(subject)
+	if err != nil {
+		return FleetEvent{}, err
+	}
 	ev := FleetEvent{Subject: subject}
-	rest := subject[min(len(prefix), len(subject)):]
-	switch {
-	case len(rest) > 10 && rest[:10] == "heartbeat.":
+	switch topic {
+	case schema.TopicHeartbeat:
 		ev.Heartbeat = new(schema.Heartbeat)
 		err = codec.Unmarshal(data, ev.Heartbeat)
-	case len(rest) > 8 && rest[:8] == "thermal.":
+	case schema.TopicThermal:
 		ev.Thermal = new(schema.ThermalEvent)
 		err = codec.Unmarshal(data, ev.Thermal)
-	case len(rest) > 7 && rest[:7] == "device.":
+	case schema.TopicDevice:
 		ev.Device = new(schema.DeviceEvent)
 		err = codec.Unmarshal(data, ev.Device)
 	default:

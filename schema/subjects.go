@@ -35,10 +35,20 @@ func (s Subjects) Wake(kind, model, lane string) string {
 	return s.p() + ".wake." + kind + "." + model + "." + lane
 }
 
+// Wakes is the wildcard of every wake subject: where KILN_JOBS republishes.
+func (s Subjects) Wakes() string { return s.p() + ".wake.>" }
+
 // Reply is the default reply subject of a job submitted by client.
 func (s Subjects) Reply(client, job string) string {
 	return s.p() + ".reply." + client + "." + job
 }
+
+// Replies is the wildcard of every default reply subject.
+func (s Subjects) Replies() string { return s.p() + ".reply.>" }
+
+// ClientReplies is the wildcard of the default reply subjects of client's
+// jobs: <prefix>.reply.<client>.>.
+func (s Subjects) ClientReplies(client string) string { return s.p() + ".reply." + client + ".>" }
 
 // Result is the subject a job's final result is kept on in KILN_RESULTS
 // when the job names no client (published by hand, without HeaderClient).
@@ -58,20 +68,58 @@ func (s Subjects) ClientResult(job, client string) string {
 // Results is the wildcard that KILN_RESULTS captures.
 func (s Subjects) Results() string { return s.p() + ".results.>" }
 
+// ClientResults is the wildcard of the results of every job that client
+// submitted: <prefix>.results.*.<client>.
+func (s Subjects) ClientResults(client string) string { return s.p() + ".results.*." + client }
+
 // Cancel is the core subject that asks the worker running job to stop.
 func (s Subjects) Cancel(job string) string { return s.p() + ".cancel." + job }
 
+// Cancels is the wildcard of every cancel subject.
+func (s Subjects) Cancels() string { return s.p() + ".cancel.*" }
+
+// Status is the subject of a worker's status endpoint (the NATS
+// micro-service framework): a request gets the worker's heartbeat.
+func (s Subjects) Status(worker string) string { return s.p() + ".status." + worker }
+
+// Statuses is the wildcard of every worker's status endpoint.
+func (s Subjects) Statuses() string { return s.p() + ".status.*" }
+
+// Event topics: the token after <prefix>.events.
+const (
+	TopicHeartbeat = "heartbeat"
+	TopicThermal   = "thermal"
+	TopicDevice    = "device"
+)
+
 // Heartbeat is the subject of a worker's periodic status.
-func (s Subjects) Heartbeat(worker string) string { return s.p() + ".events.heartbeat." + worker }
+func (s Subjects) Heartbeat(worker string) string { return s.event(TopicHeartbeat, worker) }
 
 // Thermal is the subject of a worker's governor transitions.
-func (s Subjects) Thermal(worker string) string { return s.p() + ".events.thermal." + worker }
+func (s Subjects) Thermal(worker string) string { return s.event(TopicThermal, worker) }
 
 // Device is the subject of a worker's device faults, resets and loads.
-func (s Subjects) Device(worker string) string { return s.p() + ".events.device." + worker }
+func (s Subjects) Device(worker string) string { return s.event(TopicDevice, worker) }
+
+func (s Subjects) event(topic, worker string) string {
+	return s.p() + ".events." + topic + "." + worker
+}
 
 // Events is the wildcard that KILN_EVENTS captures.
 func (s Subjects) Events() string { return s.p() + ".events.>" }
+
+// ParseEvent splits an event subject, <prefix>.events.<topic>.<worker>, into
+// its topic (TopicHeartbeat, ...) and worker (the rest of the subject).
+func (s Subjects) ParseEvent(subject string) (topic, worker string, err error) {
+	rest, ok := strings.CutPrefix(subject, s.p()+".events.")
+	if ok {
+		topic, worker, ok = strings.Cut(rest, ".")
+	}
+	if !ok || topic == "" || worker == "" {
+		return "", "", fmt.Errorf("schema: %q is not an event subject (%s.events.<topic>.<worker>)", subject, s.p())
+	}
+	return topic, worker, nil
+}
 
 // JobSubject is a parsed job subject.
 type JobSubject struct {

@@ -166,7 +166,7 @@ func (c Config) StreamConfigs() []jetstream.StreamConfig {
 			Duplicates:  c.DuplicateWindow,
 			RePublish: &jetstream.RePublish{
 				Source:      s.Jobs(),
-				Destination: c.prefix() + ".wake.>",
+				Destination: s.Wakes(),
 				HeadersOnly: true,
 			},
 		},

@@ -1,0 +1,115 @@
+package auth
+
+import (
+	"fmt"
+
+	"github.com/nats-io/jwt/v2"
+	"github.com/nats-io/nats-server/v2/server"
+	"github.com/nats-io/nkeys"
+
+	"github.com/kiln-project/kiln/broker/topology"
+)
+
+// Permissions are what a user may publish and subscribe to, as
+// nats-server's permissions block lists them.
+type Permissions struct {
+	Publish   []string
+	Subscribe []string
+	// AllowResponses lets the user answer each request it receives once, on
+	// the requester's reply subject.
+	AllowResponses bool
+}
+
+// Permissions returns what id may do with the subjects, streams and buckets
+// of topo; nil means full rights in the account (admin).
+//
+//   - controllers publish jobs and cancels, read the worker registry (the
+//     "no live worker" check) and their own results, and subscribe to their
+//     own reply subjects and inboxes only;
+//   - workers take jobs and publish replies, results, events and their
+//     registry entry, and answer the requests they serve;
+//   - observers read events, the registry and queue depths, and ask
+//     workers for their status.
+func (id Identity) Permissions(topo topology.Config) *Permissions {
+	s := topo.Subjects()
+	jobs, results, events := topo.JobsStream(), topo.ResultsStream(), topo.EventsStream()
+	workersKV, cancelKV := topology.KVStream(topo.WorkersBucket()), topology.KVStream(topo.CancelBucket())
+	api := topology.APISubject
+	switch id.Role {
+	case RoleController:
+		pub := []string{
+			s.Jobs(), s.Cancels(), topology.KVKey(topo.CancelBucket(), "*"),
+			api(topology.APIAccountInfo), api(topology.APIStreamInfo, cancelKV), api(topology.APIStreamInfo, results),
+			api(topology.APIDirectGet, results, s.ClientResults(id.Name)),
+			topology.FlowControlSubjects,
+		}
+		return &Permissions{
+			Publish:   append(pub, readStream(workersKV)...),
+			Subscribe: []string{s.ClientReplies(id.Name), topology.Inboxes(id.Name)},
+		}
+	case RoleWorker:
+		pub := []string{
+			s.Replies(), topology.Inboxes(""), s.Results(), s.Events(),
+			topology.KVKey(topo.WorkersBucket(), "*"),
+			api(topology.APIAccountInfo), api(topology.APIStreamInfo, "*"),
+			api(topology.APIConsumerCreate, jobs, ">"), api(topology.APIConsumerInfo, jobs, ">"),
+			api(topology.APIConsumerNext, jobs, ">"), topology.AckSubjects(jobs),
+			api(topology.APIStreamMsgGet, jobs), api(topology.APIStreamMsgDelete, jobs),
+			api(topology.APIDirectGet, results, ">"), api(topology.APIStreamMsgGet, results),
+			topology.FlowControlSubjects,
+		}
+		return &Permissions{
+			Publish: append(pub, readStream(cancelKV)...),
+			Subscribe: []string{
+				s.Wakes(), s.Cancels(), topology.Inboxes(""),
+				topology.MaxDeliveriesAdvisory(jobs, "*"),
+				topology.ServiceSubjects, s.Statuses(), // the NATS micro-service framework: `nats micro ls`, status requests
+			},
+			// answers to the requests it serves (`nats micro`): the requester's inbox, once
+			AllowResponses: true,
+		}
+	case RoleObserver:
+		pub := []string{
+			api(topology.APIAccountInfo), api(topology.APIStreamInfo, jobs), api(topology.APIConsumerList, jobs),
+			topology.FlowControlSubjects, topology.ServiceSubjects, s.Statuses(),
+		}
+		pub = append(pub, readStream(workersKV)...)
+		return &Permissions{
+			Publish:   append(pub, readStream(events)...),
+			Subscribe: []string{s.Events(), topology.Inboxes(id.Name)},
+		}
+	default: // RoleAdmin
+		return nil
+	}
+}
+
+// readStream is what reading stream takes: its info, an ordered or durable
+// consumer of one's own, direct and stored message gets. A key-value
+// bucket's watch and get read its stream (topology.KVStream).
+func readStream(stream string) []string {
+	api := topology.APISubject
+	return []string{
+		api(topology.APIStreamInfo, stream),
+		api(topology.APIConsumerCreate, stream), api(topology.APIConsumerCreate, stream, ">"),
+		api(topology.APIConsumerDelete, stream, ">"), api(topology.APIConsumerInfo, stream, ">"),
+		api(topology.APIConsumerNext, stream, ">"),
+		api(topology.APIDirectGet, stream, ">"), api(topology.APIStreamMsgGet, stream),
+	}
+}
+
+// InProcessUser makes the broker's own user in account acc (nil: the
+// global account): full rights, in-process connections only, a new nkey
+// that is never written down. With authorization on, an in-process
+// connection must log in too: the broker signs its own with kp.
+func InProcessUser(acc *server.Account) (*server.NkeyUser, nkeys.KeyPair, error) {
+	kp, err := nkeys.CreateUser()
+	if err != nil {
+		return nil, nil, fmt.Errorf("auth: in-process user: %w", err)
+	}
+	pub, _ := kp.PublicKey()
+	return &server.NkeyUser{
+		Nkey:                   pub,
+		Account:                acc,
+		AllowedConnectionTypes: map[string]struct{}{jwt.ConnectionTypeInProcess: {}},
+	}, kp, nil
+}
