@@ -59,4 +59,4 @@ func (w *Worker) startMicro() error {
 }
 
 // statusSubject is <prefix>.status.<worker>.
-func (w *Worker) statusSubject() string { return w.cfg.Topology.Prefix + ".status." + w.cfg.Name }
+func (w *Worker) statusSubject() string { return w.subj.Status(w.cfg.Name) }

@@ -27,7 +27,7 @@ type maxDeliverAdvisory struct {
 // was stopped) still ends with exactly one result. All workers share the
 // subscription as a queue group, so one of them answers each advisory.
 func (w *Worker) subscribeReaper() (*nats.Subscription, error) {
-	subject := fmt.Sprintf("$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.%s.*", w.cfg.Topology.JobsStream())
+	subject := topology.MaxDeliveriesAdvisory(w.cfg.Topology.JobsStream(), "*")
 	sub, err := w.nc.QueueSubscribe(subject, w.cfg.Topology.Prefix+"-reaper", func(m *nats.Msg) {
 		var adv maxDeliverAdvisory
 		if err := json.Unmarshal(m.Data, &adv); err != nil {

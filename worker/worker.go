@@ -19,9 +19,6 @@ import (
 	"github.com/kiln-project/kiln/schema"
 )
 
-// HeaderReplyTo names schema.HeaderReplyTo here for the tests that still
-// use it; new code uses schema's.
-const HeaderReplyTo = schema.HeaderReplyTo
 
 // ErrStopped is returned by Start on a worker that was stopped.
 var ErrStopped = errors.New("worker: stopped")

@@ -339,7 +339,7 @@ func rawPublish(t *testing.T, nc *nats.Conn, subject, contentType string, body [
 		m.Header.Set("Content-Type", contentType)
 	}
 	m.Header.Set("Nats-Msg-Id", id)
-	m.Header.Set(worker.HeaderReplyTo, reply)
+	m.Header.Set(schema.HeaderReplyTo, reply)
 	js, _ := jetstream.New(nc)
 	if _, err := js.PublishMsg(testCtx(t), m); err != nil {
 		t.Fatal(err)
@@ -602,7 +602,7 @@ func TestStoredResultIsResentNotRerun(t *testing.T) {
 		t.Fatal(err)
 	}
 	m := &nats.Msg{Subject: "kiln.jobs.chat.echo.normal", Data: body, Header: nats.Header{}}
-	m.Header.Set(worker.HeaderReplyTo, reply)
+	m.Header.Set(schema.HeaderReplyTo, reply)
 	if _, err := js.PublishMsg(ctx, m, jetstream.WithMsgID(job.ID)); err != nil {
 		t.Fatal(err)
 	}
