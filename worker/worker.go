@@ -19,7 +19,6 @@ import (
 	"github.com/kiln-project/kiln/schema"
 )
 
-
 // ErrStopped is returned by Start on a worker that was stopped.
 var ErrStopped = errors.New("worker: stopped")
 
