@@ -5,10 +5,11 @@
 // simulated LLM that needs no KV cache.
 //
 // Pointing KILN_AXCL_LIB at the library built by [Build] runs the real binding, the real device
-// thread and the real LLM and SD loops on any Linux machine. The simulated models compute a
-// real, tiny attention (so a wrong KV offset, mask or position changes the output) and cheap
-// deterministic functions for SD; see README.md in this folder for the file format, every
-// control and the exact math of each op.
+// thread and the real LLM and SD loops on any Linux machine. Tests get the library with
+// [Library] and steer it (fault plan, settings, temperature) with [Controls]. The simulated
+// models compute a real, tiny attention (so a wrong KV offset, mask or position changes the
+// output) and cheap deterministic functions for SD; see README.md in this folder for the file
+// format, every control and the exact math of each op.
 package cardsim
 
 import (
