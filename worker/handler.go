@@ -46,17 +46,18 @@ type Job[T any] struct {
 	Enqueued time.Time
 
 	stream *eventStream
+	record func(schema.Event) error // set by NewJob: events go here, not to a stream
 }
 
 // Token streams a piece of generated text (whole UTF-8 characters) to the
 // client as a "token" event.
 func (j *Job[T]) Token(text string) error {
-	return j.stream.emit(schema.Event{Type: schema.EventToken, Text: text})
+	return j.send(schema.Event{Type: schema.EventToken, Text: text})
 }
 
 // Progress reports that step of steps is done as a "progress" event.
 func (j *Job[T]) Progress(step, steps int) error {
-	return j.stream.emit(schema.Event{Type: schema.EventProgress, Step: step, Steps: steps})
+	return j.send(schema.Event{Type: schema.EventProgress, Step: step, Steps: steps})
 }
 
 // Permanent marks err as not worth retrying: the job ends with an error

@@ -10,8 +10,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/ebitengine/purego"
-
 	"github.com/kiln-project/kiln/broker/brokertest"
 	"github.com/kiln-project/kiln/broker/topology"
 	"github.com/kiln-project/kiln/client"
@@ -66,22 +64,9 @@ type soakResult struct {
 
 func soak(t *testing.T, governor bool, jobs, tokens int, sample time.Duration) soakResult {
 	s := loadSim(t)
-	h, err := purego.Dlopen(s.lib, purego.RTLD_NOW|purego.RTLD_GLOBAL)
-	if err != nil {
-		t.Fatal(err)
-	}
-	var tempMC func(int32) int32
-	var setTemp func(int32) int32
-	for name, fp := range map[string]any{"kilnsim_temp_mc": &tempMC, "kilnsim_set_temp_c": &setTemp} {
-		sym, err := purego.Dlsym(h, name)
-		if err != nil {
-			t.Fatal(err)
-		}
-		purego.RegisterFunc(fp, sym)
-	}
 	var cards []*echo.Card
 	for i := range 2 {
-		c, err := echo.OpenCard(t.Context(), npu.Config{Library: s.lib, Index: i, SampleInterval: sample, Logger: quiet}, t.TempDir())
+		c, err := echo.OpenCard(t.Context(), npu.Config{Library: s.Library(), Index: i, SampleInterval: sample, Logger: quiet}, t.TempDir())
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -92,7 +77,7 @@ func soak(t *testing.T, governor bool, jobs, tokens int, sample time.Duration) s
 			_ = c.Close(context.Background())
 		}
 	}()
-	setTemp(40)
+	s.SetTempC(40)
 
 	bb := setup(t, topology.Config{MaxDeliver: 5})
 	var ws []*worker.Worker
@@ -127,7 +112,7 @@ func soak(t *testing.T, governor bool, jobs, tokens int, sample time.Duration) s
 				return
 			case <-tk.C:
 				for _, id := range []int32{1, 3} {
-					peak = max(peak, float64(tempMC(id))/1000)
+					peak = max(peak, float64(s.TempMC(id))/1000)
 				}
 			}
 		}

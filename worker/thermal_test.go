@@ -13,7 +13,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/ebitengine/purego"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/micro"
 
@@ -23,6 +22,7 @@ import (
 	"github.com/kiln-project/kiln/schema"
 	"github.com/kiln-project/kiln/test/cardsim"
 	"github.com/kiln-project/kiln/test/echo"
+	"github.com/kiln-project/kiln/test/wait"
 	"github.com/kiln-project/kiln/worker"
 	"github.com/kiln-project/kiln/worker/npu"
 	"github.com/kiln-project/kiln/worker/thermal"
@@ -31,43 +31,20 @@ import (
 // The tests in this file drive the card simulator, whose fault plan and
 // temperature are per process: they do not run in parallel.
 
-// sim holds the simulator's control symbols (not part of AXCL).
-type sim struct {
-	lib       string
-	setFaults func(spec string) int32
-}
+// sim is the card simulator with its controls (fault plan, settings,
+// thermal model).
+type sim struct{ *cardsim.Control }
 
 func loadSim(t *testing.T) *sim {
 	t.Helper()
-	lib := cardsim.Library(t)
-	h, err := purego.Dlopen(lib, purego.RTLD_NOW|purego.RTLD_GLOBAL)
-	if err != nil {
-		t.Fatal(err)
-	}
-	s := &sim{lib: lib}
-	sym, err := purego.Dlsym(h, "kilnsim_set_faults")
-	if err != nil {
-		t.Fatal(err)
-	}
-	purego.RegisterFunc(&s.setFaults, sym)
-	return s
-}
-
-// faults replaces the fault plan (it lasts until the runtime is
-// initialised again, e.g. by a card reset that closes the last device).
-func (s *sim) faults(t *testing.T, spec string) {
-	t.Helper()
-	if s.setFaults(spec) != 0 {
-		t.Fatalf("kilnsim_set_faults(%q) refused", spec)
-	}
-	t.Cleanup(func() { s.setFaults("") })
+	return &sim{cardsim.Controls(t)}
 }
 
 // card opens the simulated card with the echo test model; its properties
 // are sampled every 10 ms.
 func (s *sim) card(t *testing.T) *echo.Card {
 	t.Helper()
-	c, err := echo.OpenCard(t.Context(), npu.Config{Library: s.lib, SampleInterval: 10 * time.Millisecond, Logger: quiet}, t.TempDir())
+	c, err := echo.OpenCard(t.Context(), npu.Config{Library: s.Library(), SampleInterval: 10 * time.Millisecond, Logger: quiet}, t.TempDir())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -79,12 +56,18 @@ func (s *sim) card(t *testing.T) *echo.Card {
 // (KILN_SIM_TEMP_FILE), millidegrees for a thermal zone.
 func writeTemp(t *testing.T, path string, v float64) {
 	t.Helper()
+	if err := writeTempFile(path, v); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// writeTempFile is writeTemp for a goroutine other than the test's (a
+// handler): it returns the error.
+func writeTempFile(path string, v float64) error {
 	if err := os.WriteFile(path+".tmp", []byte(fmt.Sprint(v)), 0o644); err != nil {
-		t.Fatal(err)
+		return err
 	}
-	if err := os.Rename(path+".tmp", path); err != nil {
-		t.Fatal(err)
-	}
+	return os.Rename(path+".tmp", path)
 }
 
 // events collects the JSON events published on subject.
@@ -140,16 +123,15 @@ func (e *events[T]) waitFor(t *testing.T, what string, ok func([]T) bool) []T {
 	}
 }
 
-// eventually polls cond until it holds (a condition, not a timing).
-func eventually(t *testing.T, what string, cond func() bool) {
+// waitState waits until w reports state in its status.
+func waitState(t *testing.T, w *worker.Worker, state string) {
 	t.Helper()
-	deadline := time.Now().Add(30 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("gave up waiting for %s", what)
+	wait.For(t, 30*time.Second, 5*time.Millisecond, func() error {
+		if got := w.Status().State; got != state {
+			return fmt.Errorf("worker state %s, want %s", got, state)
 		}
-		time.Sleep(5 * time.Millisecond)
-	}
+		return nil
+	})
 }
 
 func transitions(evs []schema.ThermalEvent) string {
@@ -185,7 +167,10 @@ func TestGovernorPausesAndResumes(t *testing.T) {
 		mu.Unlock()
 		res, err := npuChat.Handle(ctx, job)
 		if job.Args.Metadata["heat"] != "" {
-			writeTemp(t, tempFile, 85)
+			if err := writeTempFile(tempFile, 85); err != nil { // the worker's goroutine: no t.Fatal
+				t.Error(err)
+				return nil, worker.Permanent(err)
+			}
 			if _, err := card.Device().Refresh(ctx); err != nil {
 				return nil, err
 			}
@@ -217,13 +202,18 @@ func TestGovernorPausesAndResumes(t *testing.T) {
 		pending = append(pending, p)
 	}
 	thermalEvents.waitFor(t, "the governor to go hot", func(e []schema.ThermalEvent) bool { return len(e) >= 1 })
-	eventually(t, "the worker to report itself paused", func() bool { return w.Status().State == schema.StatePaused })
+	waitState(t, w, schema.StatePaused)
 	if n := started(); n != 3 {
 		t.Fatalf("%d jobs started; the worker went hot during the third and must finish it and start no other", n)
 	}
 	// 76 °C: below pause, above resume: still paused.
 	writeTemp(t, tempFile, 76)
-	eventually(t, "the governor to read 76 °C", func() bool { return w.Status().CardTempC == 76 })
+	wait.For(t, 30*time.Second, 5*time.Millisecond, func() error {
+		if c := w.Status().CardTempC; c != 76 {
+			return fmt.Errorf("the governor reads %.1f °C, want 76", c)
+		}
+		return nil
+	})
 	if st := w.Status(); st.State != schema.StatePaused || st.Governor.State != "hot" || started() != 3 {
 		t.Fatalf("at 76 °C (resume 72): state %s, governor %s, %d started; want paused, hot, 3", st.State, st.Governor.State, started())
 	}
@@ -249,7 +239,7 @@ func TestGovernorPausesAndResumes(t *testing.T) {
 		}
 	}
 	// (The last result is sent a moment before the worker leaves "busy".)
-	eventually(t, "the worker to be ready", func() bool { return w.Status().State == schema.StateReady })
+	waitState(t, w, schema.StateReady)
 	if st := w.Status(); st.Governor.State != "ok" || st.JobsOK != 8 {
 		t.Fatalf("after cooling: %+v", st)
 	}
@@ -339,7 +329,7 @@ func TestExecuteFailureResetsCard(t *testing.T) {
 		c.Device = card
 		c.ResetDelays = []time.Duration{1500 * time.Millisecond} // long enough for a heartbeat to show it
 	})
-	s.faults(t, "fail_execute=2")
+	s.SetFaults(t, "fail_execute=2")
 	c := bb.client(t)
 	res, err := c.Chat(testCtx(t), chatJob("alpha beta gamma", nil), nil)
 	if err != nil {
@@ -397,7 +387,7 @@ func TestRepeatedFaultsMakeWorkerUnhealthy(t *testing.T) {
 	deviceEvents.waitFor(t, "unhealthy", func(e []schema.DeviceEvent) bool {
 		return slices.ContainsFunc(e, func(d schema.DeviceEvent) bool { return d.Type == worker.DeviceUnhealthy })
 	})
-	eventually(t, "heartbeat state unhealthy", func() bool { return sick.Status().State == schema.StateUnhealthy })
+	waitState(t, sick, schema.StateUnhealthy)
 	bb.worker(t, "well1", nil)
 	res, err := p.Wait(ctx, nil)
 	if err != nil || res.Worker != "well1" || res.Attempt != 4 {
@@ -431,14 +421,17 @@ func TestLostDeviceStopsWorker(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	s.faults(t, "lose_device=2")
+	s.SetFaults(t, "lose_device=2")
 	runErr := make(chan error, 1)
 	go func() { runErr <- w.Run(t.Context()) }()
 	c := bb.client(t)
 	ctx := testCtx(t)
-	eventually(t, "the worker to register", func() bool {
-		ws, _ := c.Workers(ctx)
-		return len(ws) == 1
+	wait.For(t, 30*time.Second, 5*time.Millisecond, func() error {
+		ws, err := c.Workers(ctx)
+		if err == nil && len(ws) != 1 {
+			err = fmt.Errorf("%d workers registered, want 1", len(ws))
+		}
+		return err
 	})
 	p, err := c.Submit(ctx, chatJob("a b c", nil))
 	if err != nil {

@@ -143,10 +143,10 @@ func TestFiftyClientsGetOnlyTheirOwnEvents(t *testing.T) {
 	var wg sync.WaitGroup
 	errs := make(chan error, 50)
 	for i := range 50 {
+		c := bb.client(t) // here: bb.client may t.Fatal, which a spawned goroutine must not
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			c := bb.client(t)
 			words := fmt.Sprintf("client %d says %d %d", i, i*7, i*13)
 			var streamed strings.Builder
 			res, err := c.Chat(ctx, chatJob(words, nil), func(ev schema.Event) error {

@@ -4,12 +4,15 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"fmt"
 	"net"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/nats-io/nats.go"
+
+	"github.com/kiln-project/kiln/test/wait"
 )
 
 // kiln runs the command in-process and returns its exit code, stdout and stderr.
@@ -88,18 +91,16 @@ type fleetStatus struct {
 // waitStatus polls `kiln status --json` until ok says so, or 30 s pass.
 func waitStatus(t *testing.T, url string, ok func(*fleetStatus) bool) fleetStatus {
 	t.Helper()
-	deadline := time.Now().Add(30 * time.Second)
-	for {
-		var st fleetStatus
+	var st fleetStatus
+	wait.For(t, 30*time.Second, 100*time.Millisecond, func() error {
+		st = fleetStatus{}
 		code, out, _ := kiln(t, t.Context(), "status", "--json", "--nats", url)
 		if code == 0 && json.Unmarshal([]byte(out), &st) == nil && ok(&st) {
-			return st
+			return nil
 		}
-		if time.Now().After(deadline) {
-			t.Fatalf("kiln status never showed what the test waits for: %d %q", code, out)
-		}
-		time.Sleep(100 * time.Millisecond)
-	}
+		return fmt.Errorf("kiln status never showed what the test waits for: %d %q", code, out)
+	})
+	return st
 }
 
 // oneReadyWorker is a waitStatus condition: one worker, ready, serving n models.

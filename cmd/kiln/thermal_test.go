@@ -8,8 +8,6 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/ebitengine/purego"
-
 	"github.com/kiln-project/kiln/test/cardsim"
 )
 
@@ -18,18 +16,8 @@ import (
 // shows the governor and both temperatures, and a lost card makes kiln up
 // exit non-zero so that systemd restarts it.
 func TestUpResetsCardAndExitsWhenLost(t *testing.T) {
-	lib := cardsim.Library(t)
-	h, err := purego.Dlopen(lib, purego.RTLD_NOW|purego.RTLD_GLOBAL)
-	if err != nil {
-		t.Fatal(err)
-	}
-	var setFaults func(string) int32
-	sym, err := purego.Dlsym(h, "kilnsim_set_faults")
-	if err != nil {
-		t.Fatal(err)
-	}
-	purego.RegisterFunc(&setFaults, sym)
-	t.Cleanup(func() { setFaults("") })
+	sim := cardsim.Controls(t)
+	lib := sim.Library()
 
 	models := t.TempDir()
 	spec := cardsim.TinyQwen3()
@@ -53,9 +41,7 @@ func TestUpResetsCardAndExitsWhenLost(t *testing.T) {
 		t.Fatalf("kiln status: %d %q", code, out)
 	}
 
-	if setFaults("fail_execute=3") != 0 {
-		t.Fatal("fault plan refused")
-	}
+	sim.SetFaults(t, "fail_execute=3")
 	code, out, stderr := kiln(t, t.Context(), "chat", "--nats", url, "--json", "--max-tokens", "5", "hi")
 	var res struct {
 		Status  string
@@ -65,9 +51,7 @@ func TestUpResetsCardAndExitsWhenLost(t *testing.T) {
 		t.Fatalf("chat across a card reset: %d %q %q", code, out, stderr)
 	}
 
-	if setFaults("lose_device=1") != 0 {
-		t.Fatal("fault plan refused")
-	}
+	sim.SetFaults(t, "lose_device=1")
 	cctx, ccancel := context.WithCancel(t.Context())
 	chatDone := make(chan struct{})
 	go func() {

@@ -5,10 +5,11 @@
 // simulated LLM that needs no KV cache.
 //
 // Pointing KILN_AXCL_LIB at the library built by [Build] runs the real binding, the real device
-// thread and the real LLM and SD loops on any Linux machine. The simulated models compute a
-// real, tiny attention (so a wrong KV offset, mask or position changes the output) and cheap
-// deterministic functions for SD; see README.md in this folder for the file format, every
-// control and the exact math of each op.
+// thread and the real LLM and SD loops on any Linux machine. Tests get the library with
+// [Library] and steer it (fault plan, settings, temperature) with [Controls]. The simulated
+// models compute a real, tiny attention (so a wrong KV offset, mask or position changes the
+// output) and cheap deterministic functions for SD; see README.md in this folder for the file
+// format, every control and the exact math of each op.
 package cardsim
 
 import (
@@ -142,9 +143,42 @@ var lib struct {
 	err  error
 }
 
+// EnvRequireSim names the environment variable that makes a missing C compiler fail the tests
+// that need the simulator instead of skipping them: KILN_REQUIRE_SIM=1 (CI sets it, so a
+// simulator that cannot be built never passes as a run of skips).
+const EnvRequireSim = "KILN_REQUIRE_SIM"
+
+// simRequired reports whether KILN_REQUIRE_SIM is set (to anything but "" or "0").
+func simRequired() bool {
+	v := os.Getenv(EnvRequireSim)
+	return v != "" && v != "0"
+}
+
+// noCompiler skips tb for a missing C compiler, or fails it under KILN_REQUIRE_SIM.
+func noCompiler(tb testing.TB, err error) {
+	tb.Helper()
+	if simRequired() {
+		tb.Fatalf("%v (%s is set: the simulator is required)", err, EnvRequireSim)
+	}
+	tb.Skipf("%v (set %s=1 to fail instead)", err, EnvRequireSim)
+}
+
+// CC returns the C compiler command ($CC split into fields, default cc) for tests that build
+// their own shared libraries. Without a compiler it skips tb, or fails it when KILN_REQUIRE_SIM
+// is set.
+func CC(tb testing.TB) []string {
+	tb.Helper()
+	cc, err := compiler()
+	if err != nil {
+		noCompiler(tb, err)
+	}
+	return cc
+}
+
 // Library builds the simulator once per test process and returns the path of the .so. The
 // result is cached by content in the OS temp folder, so several test binaries share one build.
-// It skips tb when no C compiler is installed and fails it when the build fails.
+// It fails tb when the build fails. When no C compiler is installed (and no cached build
+// exists) it skips tb, or fails it when KILN_REQUIRE_SIM is set.
 func Library(tb testing.TB) string {
 	tb.Helper()
 	lib.once.Do(func() {
@@ -157,7 +191,7 @@ func Library(tb testing.TB) string {
 		lib.path = p
 	})
 	if errors.Is(lib.err, ErrNoCompiler) {
-		tb.Skipf("cardsim: simulator not built: %v", lib.err)
+		noCompiler(tb, fmt.Errorf("cardsim: simulator not built: %w", lib.err))
 	}
 	if lib.err != nil {
 		tb.Fatalf("cardsim: %v", lib.err)

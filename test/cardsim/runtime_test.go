@@ -2,6 +2,7 @@ package cardsim
 
 import (
 	"encoding/binary"
+	"fmt"
 	"os"
 	"path/filepath"
 	"runtime"
@@ -9,14 +10,16 @@ import (
 	"testing"
 	"time"
 	"unsafe"
+
+	"github.com/kiln-project/kiln/test/wait"
 )
 
 func TestDevicePropertiesLayout(t *testing.T) {
 	c := openCard(t, "")
-	if n := c.SizeofProps(); n != 240 {
+	if n := c.sizeofProps(); n != 240 {
 		t.Fatalf("sizeof(axclrtDeviceProperties) = %d, want 240", n)
 	}
-	c.SetTempC(55)
+	c.setTempC(55)
 	var p [240]byte
 	c.ok("properties", c.GetDeviceProperties(c.dev, &p))
 	le := binary.LittleEndian
@@ -251,7 +254,7 @@ func TestFaults(t *testing.T) {
 		t.Fatal(err)
 	}
 	post := c.load(filepath.Join(dir, s.ModelDir, s.PostFile()), s.PostSpec())
-	if c.SetFaults("fail_execute=2,lose_device=4") != 0 {
+	if c.setFaults("fail_execute=2,lose_device=4") != 0 {
 		t.Fatal("set faults")
 	}
 	exec := func() int32 { return c.Execute(post.id, post.ctx, 0, post.io[0]) }
@@ -271,10 +274,10 @@ func TestFaults(t *testing.T) {
 	post = c.load(filepath.Join(dir, s.ModelDir, s.PostFile()), s.PostSpec())
 	c.ok("execute after reset", exec())
 
-	if c.SetFaults("bogus=1") == 0 {
+	if c.setFaults("bogus=1") == 0 {
 		t.Fatal("a bad fault spec was accepted")
 	}
-	if c.SetFaults("fail_load=1") != 0 {
+	if c.setFaults("fail_load=1") != 0 {
 		t.Fatal("set faults")
 	}
 	var id uint64
@@ -289,7 +292,7 @@ func TestHangEndsOnReset(t *testing.T) {
 		t.Fatal(err)
 	}
 	post := c.load(filepath.Join(dir, s.ModelDir, s.PostFile()), s.PostSpec())
-	c.SetFaults("hang_execute=1")
+	c.setFaults("hang_execute=1")
 	done := make(chan int32)
 	go func() {
 		runtime.LockOSThread()
@@ -321,7 +324,7 @@ func TestThermalModel(t *testing.T) {
 		c.ok("properties", c.GetDeviceProperties(c.dev, &p))
 		return int32(binary.LittleEndian.Uint32(p[84:]))
 	}
-	c.SetTempC(40)
+	c.setTempC(40)
 	before := temp()
 	for i := 0; i < 10; i++ {
 		c.ok("execute", c.Execute(post.id, post.ctx, 0, post.io[0]))
@@ -335,17 +338,19 @@ func TestThermalModel(t *testing.T) {
 	if load := binary.LittleEndian.Uint32(p[108:]); load == 0 {
 		t.Error("npuLoading is 0 after busy executes")
 	}
-	c.Config("cool_per_s=5,heat_c_per_s=0")
-	c.SetTempC(90)
-	time.Sleep(20 * time.Millisecond)
-	if cooled := temp(); cooled >= 90000 {
-		t.Fatalf("temperature did not fall while idle: %d m°C", cooled)
-	}
+	c.config("cool_per_s=5,heat_c_per_s=0")
+	c.setTempC(90)
+	wait.For(t, 10*time.Second, 5*time.Millisecond, func() error {
+		if cooled := temp(); cooled >= 90000 {
+			return fmt.Errorf("temperature did not fall while idle: %d m°C", cooled)
+		}
+		return nil
+	})
 
 	// The temperature file overrides the model; an unreadable file falls back to it.
 	f := filepath.Join(t.TempDir(), "temp")
 	os.WriteFile(f, []byte("77.5\n"), 0o644)
-	c.Config("temp_file=" + f)
+	c.config("temp_file=" + f)
 	if got := temp(); got != 77500 {
 		t.Fatalf("temperature with file = %d, want 77500", got)
 	}

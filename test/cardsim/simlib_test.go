@@ -62,13 +62,7 @@ type sim struct {
 	GetInput            func(io uintptr, index uint32, buf *uintptr, size *uint64) int32
 	Execute             func(id, ctx uint64, group uint32, io uintptr) int32
 
-	SetFaults   func(spec string) int32
-	SetTempC    func(c int32) int32
-	Config      func(spec string) int32
-	SizeofProps func() int32
-	LastError   func() string
-	ParseSpec   func(buf unsafe.Pointer, n uint64, err unsafe.Pointer, errn uint64) int32
-	TempMC      func(id int32) int32
+	*symbols // the simulator's own kilnsim_* controls (control.go)
 }
 
 type deviceList struct {
@@ -147,13 +141,10 @@ func loadSim(tb testing.TB) *sim {
 		reg(&s.SetOutput, "axclrtEngineSetOutputBufferByIndex")
 		reg(&s.GetInput, "axclrtEngineGetInputBufferByIndex")
 		reg(&s.Execute, "axclrtEngineExecute")
-		reg(&s.SetFaults, "kilnsim_set_faults")
-		reg(&s.SetTempC, "kilnsim_set_temp_c")
-		reg(&s.Config, "kilnsim_config")
-		reg(&s.SizeofProps, "kilnsim_sizeof_props")
-		reg(&s.LastError, "kilnsim_last_error")
-		reg(&s.ParseSpec, "kilnsim_parse_spec")
-		reg(&s.TempMC, "kilnsim_temp_mc")
+		if s.symbols, err = bind(path); err != nil {
+			simOnce.err = err
+			return
+		}
 		simOnce.s = s
 	})
 	if simOnce.err != nil {
@@ -199,14 +190,14 @@ func openCard(t testing.TB, config string) *card {
 	s := loadSim(t)
 	runtime.LockOSThread() // never unlocked: the thread exits with the test goroutine
 	if r := s.Init(nil); r != 0 {
-		t.Fatalf("axclInit: %#x %s", code(r), s.LastError())
+		t.Fatalf("axclInit: %#x %s", code(r), s.lastError())
 	}
 	t.Cleanup(func() {
 		s.Finalize()
-		s.SetFaults("")
-		s.Config("exec_us=0,nocompute=0,ambient_c=40,heat_c_per_s=2.5,cool_per_s=0.05,temp_file=,hang_cap_ms=300000,cmm_mib=7040,props_us=0")
+		s.setFaults("")
+		s.config("exec_us=0,nocompute=0,ambient_c=40,heat_c_per_s=2.5,cool_per_s=0.05,temp_file=,hang_cap_ms=300000,cmm_mib=7040,props_us=0")
 	})
-	if config != "" && s.Config(config) != 0 {
+	if config != "" && s.config(config) != 0 {
 		t.Fatalf("kilnsim_config(%q) failed", config)
 	}
 	c := &card{sim: s, t: t}
@@ -216,10 +207,10 @@ func openCard(t testing.TB, config string) *card {
 	}
 	c.dev = l.Devices[0]
 	if r := s.CreateContext(&c.ctx, c.dev); r != 0 {
-		t.Fatalf("create context: %#x %s", code(r), s.LastError())
+		t.Fatalf("create context: %#x %s", code(r), s.lastError())
 	}
 	if r := s.EngineInit(0); r != 0 {
-		t.Fatalf("engine init: %#x %s", code(r), s.LastError())
+		t.Fatalf("engine init: %#x %s", code(r), s.lastError())
 	}
 	return c
 }
@@ -227,14 +218,14 @@ func openCard(t testing.TB, config string) *card {
 func (c *card) ok(what string, r int32) {
 	c.t.Helper()
 	if r != 0 {
-		c.t.Fatalf("%s: %#x %s", what, code(r), c.LastError())
+		c.t.Fatalf("%s: %#x %s", what, code(r), c.lastError())
 	}
 }
 
 func (c *card) want(what string, r int32, want uint32) {
 	c.t.Helper()
 	if code(r) != want {
-		c.t.Fatalf("%s: got %#x, want %#x (%s)", what, code(r), want, c.LastError())
+		c.t.Fatalf("%s: got %#x, want %#x (%s)", what, code(r), want, c.lastError())
 	}
 }
 

@@ -88,7 +88,7 @@ func cParse(s *sim, b []byte) (int32, string) {
 	if len(b) > 0 {
 		p = unsafe.Pointer(&b[0])
 	}
-	r := s.ParseSpec(p, uint64(len(b)), unsafe.Pointer(&msg[0]), uint64(len(msg)))
+	r := s.parseSpec(p, uint64(len(b)), unsafe.Pointer(&msg[0]), uint64(len(msg)))
 	if i := bytes.IndexByte(msg, 0); i >= 0 {
 		msg = msg[:i]
 	}

@@ -16,6 +16,7 @@ import (
 
 	"github.com/kiln-project/kiln/client"
 	"github.com/kiln-project/kiln/schema"
+	"github.com/kiln-project/kiln/test/wait"
 )
 
 // initAuth runs `kiln broker init-auth` into a new folder and copies
@@ -49,19 +50,19 @@ func (v *violations) handler(_ *nats.Conn, _ *nats.Subscription, err error) {
 // wait waits until a permission violation naming subject was reported.
 func (v *violations) wait(t *testing.T, what, subject string) {
 	t.Helper()
-	deadline := time.Now().Add(5 * time.Second)
-	for time.Now().Before(deadline) {
+	err := wait.Poll(5*time.Second, 20*time.Millisecond, func() error {
 		v.mu.Lock()
+		defer v.mu.Unlock()
 		for _, e := range v.errs {
 			if strings.Contains(strings.ToLower(e), "permissions violation") && strings.Contains(e, subject) {
-				v.mu.Unlock()
-				return
+				return nil
 			}
 		}
-		v.mu.Unlock()
-		time.Sleep(20 * time.Millisecond)
+		return fmt.Errorf("no permissions violation for %s (errors seen: %v)", subject, v.errs)
+	})
+	if err != nil {
+		t.Errorf("%s: %v", what, err)
 	}
-	t.Errorf("%s: no permissions violation for %s (errors seen: %v)", what, subject, v.errs)
 }
 
 // login connects as one of init-auth's identities, with its inbox.
@@ -244,19 +245,18 @@ func TestPermissions(t *testing.T) {
 // waitServed waits until a worker serving echo is registered.
 func waitServed(t testing.TB, c *client.Client) {
 	t.Helper()
-	deadline := time.Now().Add(30 * time.Second)
-	for time.Now().Before(deadline) {
+	wait.For(t, 30*time.Second, 50*time.Millisecond, func() error {
 		ws, err := c.Workers(t.Context())
-		if err == nil {
-			for _, w := range ws {
-				if w.Serves(schema.KindChat, "echo") {
-					return
-				}
+		if err != nil {
+			return err
+		}
+		for _, w := range ws {
+			if w.Serves(schema.KindChat, "echo") {
+				return nil
 			}
 		}
-		time.Sleep(50 * time.Millisecond)
-	}
-	t.Fatal("no worker serving echo registered within 30 s")
+		return fmt.Errorf("no worker serving echo registered (%d workers)", len(ws))
+	})
 }
 
 // TestLeafNodeJoinsHub runs a worker on a leaf Pi (`kiln broker --leaf` with
@@ -329,16 +329,13 @@ func TestTLS(t *testing.T) {
 		t.Fatal("a TLS connection that does not know the CA was accepted")
 	}
 	startWorker(t, url, "w-tls", filepath.Join(dir, "worker.nk"), 10*time.Second, envTLSCA+"="+ca)
-	deadline := time.Now().Add(30 * time.Second)
-	for {
+	// The worker may not have registered yet.
+	wait.For(t, 30*time.Second, 200*time.Millisecond, func() error {
 		out, err := kilnTry(t, []string{"KILN_NATS_URL=" + url, "KILN_TLS_CA=" + ca, "KILN_NKEY=" + filepath.Join(dir, "room-1.nk"),
 			"KILN_CLIENT_ID=room-1"}, "chat", "--model", "echo", "over tls")
-		if err == nil && strings.Contains(out, "echo: over tls") {
-			return
+		if err != nil || !strings.Contains(out, "echo: over tls") {
+			return fmt.Errorf("kiln chat over TLS: %v\n%s", err, out)
 		}
-		if time.Now().After(deadline) { // the worker may not have registered yet
-			t.Fatalf("kiln chat over TLS: %v\n%s", err, out)
-		}
-		time.Sleep(200 * time.Millisecond)
-	}
+		return nil
+	})
 }

@@ -15,6 +15,7 @@ import (
 	"github.com/kiln-project/kiln/broker/topology"
 	"github.com/kiln-project/kiln/client"
 	"github.com/kiln-project/kiln/schema"
+	"github.com/kiln-project/kiln/test/wait"
 )
 
 // echoJob is a chat job of n words, each taking delayMS on the worker.
@@ -230,34 +231,31 @@ func TestClusterFailoverLosesNothing(t *testing.T) {
 
 func streamInfo(t *testing.T, ctx context.Context, js jetstream.JetStream, name string) *jetstream.StreamInfo {
 	t.Helper()
-	var last error
-	for range 100 {
+	var info *jetstream.StreamInfo
+	wait.For(t, 10*time.Second, 100*time.Millisecond, func() error {
 		st, err := js.Stream(ctx, name)
-		if err == nil {
-			info, err := st.Info(ctx)
-			if err == nil && info.Cluster != nil && info.Cluster.Leader != "" {
-				return info
-			}
-			last = err
-		} else {
-			last = err
+		if err != nil {
+			return fmt.Errorf("stream %s: %w", name, err)
 		}
-		time.Sleep(100 * time.Millisecond)
-	}
-	t.Fatalf("stream %s: %v", name, last)
-	return nil
+		if info, err = st.Info(ctx); err != nil {
+			return fmt.Errorf("stream %s: %w", name, err)
+		}
+		if info.Cluster == nil || info.Cluster.Leader == "" {
+			return fmt.Errorf("stream %s has no leader", name)
+		}
+		return nil
+	})
+	return info
 }
 
 // waitServedBy waits until n workers serving echo are registered.
 func waitServedBy(t testing.TB, c *client.Client, n int) {
 	t.Helper()
-	deadline := time.Now().Add(30 * time.Second)
-	for time.Now().Before(deadline) {
+	wait.For(t, 30*time.Second, 50*time.Millisecond, func() error {
 		ws, err := c.Workers(t.Context())
-		if err == nil && len(ws) >= n {
-			return
+		if err == nil && len(ws) < n {
+			err = fmt.Errorf("%d workers registered, want %d", len(ws), n)
 		}
-		time.Sleep(50 * time.Millisecond)
-	}
-	t.Fatalf("fewer than %d workers registered within 30 s", n)
+		return err
+	})
 }

@@ -8,6 +8,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/kiln-project/kiln/test/wait"
 )
 
 // envFile reads KEY=VALUE lines, mapping the installed paths (/etc/kiln,
@@ -80,19 +82,16 @@ func TestInstallSinglePi(t *testing.T) {
 	we := envFile(t, root, "worker.env")
 	startWorker(t, n.url, "card0", we["KILN_NKEY"], 10*time.Second)
 	ce := envFile(t, root, "controller-1.env")
-	deadline := time.Now().Add(30 * time.Second)
-	for {
+	// The worker may not have registered yet.
+	wait.For(t, 30*time.Second, 200*time.Millisecond, func() error {
 		cmd := exec.CommandContext(t.Context(), filepath.Join(root, "usr/local/bin/kiln"), "chat", "--model", "echo", "installed and running")
 		cmd.Env = append(os.Environ(), "KILN_NATS_URL="+n.url, "KILN_NKEY="+ce["KILN_NKEY"], "KILN_CLIENT_ID="+ce["KILN_CLIENT_ID"])
 		out, err := cmd.CombinedOutput()
-		if err == nil && strings.Contains(string(out), "echo: installed and running") {
-			return
+		if err != nil || !strings.Contains(string(out), "echo: installed and running") {
+			return fmt.Errorf("kiln chat as controller-1: %v\n%s", err, out)
 		}
-		if time.Now().After(deadline) { // the worker may not have registered yet
-			t.Fatalf("kiln chat as controller-1: %v\n%s", err, out)
-		}
-		time.Sleep(200 * time.Millisecond)
-	}
+		return nil
+	})
 }
 
 // TestInstallClusterNodes installs the three nodes of a cluster as the

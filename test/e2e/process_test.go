@@ -12,6 +12,7 @@ import (
 	"github.com/kiln-project/kiln/broker/topology"
 	"github.com/kiln-project/kiln/client"
 	"github.com/kiln-project/kiln/schema"
+	"github.com/kiln-project/kiln/test/wait"
 )
 
 func startBroker(t *testing.T, ackWait time.Duration) string {
@@ -31,15 +32,13 @@ func newClient(t *testing.T, url string) *client.Client {
 // waitWorkers waits until n workers are in the registry.
 func waitWorkers(t *testing.T, c *client.Client, n int) {
 	t.Helper()
-	deadline := time.Now().Add(20 * time.Second)
-	for time.Now().Before(deadline) {
+	wait.For(t, 20*time.Second, 50*time.Millisecond, func() error {
 		ws, err := c.Workers(t.Context())
-		if err == nil && len(ws) >= n {
-			return
+		if err == nil && len(ws) < n {
+			err = fmt.Errorf("%d workers registered, want %d", len(ws), n)
 		}
-		time.Sleep(50 * time.Millisecond)
-	}
-	t.Fatalf("fewer than %d workers registered", n)
+		return err
+	})
 }
 
 func longJob(words int, delayMS int) *schema.ChatJob {

@@ -12,7 +12,7 @@ import (
 
 // session opens the runtime on the calling (locked) thread like the npu
 // device thread does and returns the device id; cleanup is the caller's.
-func session(t *testing.T, rt *Runtime) DeviceID {
+func session(t testing.TB, rt *Runtime) DeviceID {
 	t.Helper()
 	must(t, rt.Init(""))
 	ids, err := rt.DeviceList()
@@ -30,7 +30,7 @@ func TestBindingWalk(t *testing.T) {
 	t.Setenv("KILN_SIM_DEVICES", "3,1")
 	rt, _ := simLib(t)
 	path, spec := tinyLayer(t, t.TempDir())
-	onThread(t, func() {
+	onThread(t, func(t testing.TB) {
 		must(t, rt.Init(""))
 		v, err := rt.Version()
 		must(t, err)
@@ -228,7 +228,7 @@ func TestBindingWalk(t *testing.T) {
 }
 
 // codeOf asserts that err is an *Error with the given code and sentinel.
-func codeOf(t *testing.T, what string, err error, code Code, sentinel error) {
+func codeOf(t testing.TB, what string, err error, code Code, sentinel error) {
 	t.Helper()
 	var ae *Error
 	if !errors.As(err, &ae) {
@@ -252,7 +252,7 @@ func TestErrorPaths(t *testing.T) {
 	bogus := filepath.Join(dir, "real.axmodel")
 	must(t, os.WriteFile(bogus, []byte("not a kilnsim model"), 0o644))
 
-	onThread(t, func() {
+	onThread(t, func(t testing.TB) {
 		// Before axclInit.
 		_, err := rt.DeviceCount()
 		codeOf(t, "DeviceCount before Init", err, 0x80300101, ErrDevice)
@@ -275,10 +275,10 @@ func TestErrorPaths(t *testing.T) {
 
 		_, err = rt.Malloc(1<<40, MallocHugeFirst)
 		codeOf(t, "Malloc(1 TiB)", err, CodeMemoryNoMemory, ErrNoMemory)
-		ctl.faults(t, "fail_malloc=1")
+		ctl.SetFaults(t, "fail_malloc=1")
 		_, err = rt.Malloc(64, MallocHugeFirst)
 		codeOf(t, "Malloc with fail_malloc", err, CodeMemoryNoMemory, ErrNoMemory)
-		ctl.faults(t, "")
+		ctl.SetFaults(t, "")
 
 		buf, err := rt.Malloc(64, MallocHugeFirst)
 		must(t, err)
@@ -291,10 +291,10 @@ func TestErrorPaths(t *testing.T) {
 		codeOf(t, "LoadModel(real .axmodel)", err, CodeEngineIllegalParam, ErrInvalidParam)
 		_, err = rt.LoadModel(filepath.Join(dir, "missing.axmodel"))
 		codeOf(t, "LoadModel(missing file)", err, 0x8030070B, nil)
-		ctl.faults(t, "fail_load=1")
+		ctl.SetFaults(t, "fail_load=1")
 		_, err = rt.LoadModel(path)
 		codeOf(t, "LoadModel with fail_load", err, CodeEngineNoMemory, ErrNoMemory)
-		ctl.faults(t, "")
+		ctl.SetFaults(t, "")
 
 		m, err := rt.LoadModel(path)
 		must(t, err)
@@ -356,14 +356,14 @@ func TestErrorPaths(t *testing.T) {
 			}
 		}
 		must(t, rt.Execute(m, ectx, 0, io))
-		ctl.faults(t, "fail_execute=1")
+		ctl.SetFaults(t, "fail_execute=1")
 		codeOf(t, "Execute with fail_execute", rt.Execute(m, ectx, 0, io), CodeEngineExecuteFail, ErrExecuteFail)
 		must(t, rt.Execute(m, ectx, 0, io))
-		ctl.set(t, "hang_cap_ms=20")
-		ctl.faults(t, "hang_execute=1")
+		ctl.Config(t, "hang_cap_ms=20", "")
+		ctl.SetFaults(t, "hang_execute=1")
 		codeOf(t, "Execute with hang_execute", rt.Execute(m, ectx, 0, io), CodeEngineTimeout, ErrTimeout)
-		ctl.set(t, "hang_cap_ms=300000")
-		ctl.faults(t, "lose_device=1")
+		ctl.Config(t, "hang_cap_ms=300000", "")
+		ctl.SetFaults(t, "lose_device=1")
 		codeOf(t, "Execute with lose_device", rt.Execute(m, ectx, 0, io), CodeEngineUnexpectReply, ErrDeviceLost)
 		_, err = rt.Malloc(64, MallocHugeFirst)
 		codeOf(t, "Malloc on a lost device", err, 0x8030050A, ErrDeviceLost)
@@ -373,7 +373,7 @@ func TestErrorPaths(t *testing.T) {
 	})
 
 	// Fresh thread: no device, no context.
-	onThread(t, func() {
+	onThread(t, func(t testing.TB) {
 		_, err := rt.Device()
 		codeOf(t, "Device() on a fresh thread", err, 0x80300185, ErrNoActiveDevice)
 	})
@@ -384,7 +384,7 @@ func TestErrorPaths(t *testing.T) {
 func TestThreadRule(t *testing.T) {
 	rt, _ := simLib(t)
 	var id DeviceID
-	onThread(t, func() {
+	onThread(t, func(t testing.TB) {
 		id = session(t, rt)
 		_, err := rt.CreateContext(id)
 		must(t, err)
@@ -392,8 +392,8 @@ func TestThreadRule(t *testing.T) {
 		must(t, err)
 		must(t, rt.Free(p))
 	})
-	defer onThread(t, func() { rt.Finalize() })
-	onThread(t, func() {
+	defer onThread(t, func(testing.TB) { rt.Finalize() })
+	onThread(t, func(t testing.TB) {
 		_, err := rt.CurrentContext()
 		codeOf(t, "CurrentContext on another thread", err, CodeContextNoBind, ErrNoContext)
 		_, err = rt.Malloc(64, MallocHugeFirst)
@@ -409,11 +409,11 @@ func TestInitAndEngineStateErrors(t *testing.T) {
 	rt, _ := simLib(t)
 	path, _ := tinyLayer(t, t.TempDir())
 	t.Setenv("KILN_SIM_FAULTS", "explode=yes")
-	onThread(t, func() {
+	onThread(t, func(t testing.TB) {
 		codeOf(t, "Init with a bad simulator configuration", rt.Init(""), 0x80300603, ErrInvalidParam)
 	})
 	t.Setenv("KILN_SIM_FAULTS", "")
-	onThread(t, func() {
+	onThread(t, func(t testing.TB) {
 		must(t, rt.Init(""))
 		defer rt.Finalize()
 		ids, err := rt.DeviceList()

@@ -6,79 +6,64 @@ import (
 	"runtime"
 	"testing"
 
-	"github.com/ebitengine/purego"
 	"github.com/kiln-project/kiln/test/cardsim"
 )
 
-// simLib builds the card simulator (skipping without a C compiler) and
-// loads it through the real binding.
-func simLib(t testing.TB) (*Runtime, *simControl) {
+// simLib builds the card simulator (skipping without a C compiler, failing
+// under KILN_REQUIRE_SIM) and loads it through the real binding.
+func simLib(t testing.TB) (*Runtime, *cardsim.Control) {
 	t.Helper()
-	path := cardsim.Library(t)
-	rt, err := Load(path)
+	ctl := cardsim.Controls(t)
+	rt, err := Load(ctl.Library())
 	if err != nil {
-		t.Fatalf("Load(%s): %v", path, err)
+		t.Fatalf("Load(%s): %v", ctl.Library(), err)
 	}
-	return rt, loadSimControl(t, path)
-}
-
-// simControl holds the simulator's own control symbols (not part of AXCL).
-type simControl struct {
-	setFaults func(spec string) int32
-	config    func(spec string) int32
-	setTempC  func(c int32) int32
-}
-
-func loadSimControl(t testing.TB, path string) *simControl {
-	t.Helper()
-	h, err := purego.Dlopen(path, purego.RTLD_NOW|purego.RTLD_GLOBAL)
-	if err != nil {
-		t.Fatal(err)
-	}
-	c := &simControl{}
-	for name, fptr := range map[string]any{
-		"kilnsim_set_faults": &c.setFaults,
-		"kilnsim_config":     &c.config,
-		"kilnsim_set_temp_c": &c.setTempC,
-	} {
-		sym, err := purego.Dlsym(h, name)
-		if err != nil {
-			t.Fatalf("simulator lacks %s: %v", name, err)
-		}
-		purego.RegisterFunc(fptr, sym)
-	}
-	return c
-}
-
-func (c *simControl) faults(t testing.TB, spec string) {
-	t.Helper()
-	if c.setFaults(spec) != 0 {
-		t.Fatalf("kilnsim_set_faults(%q) refused", spec)
-	}
-	t.Cleanup(func() { c.setFaults("") })
-}
-
-func (c *simControl) set(t testing.TB, spec string) {
-	t.Helper()
-	if c.config(spec) != 0 {
-		t.Fatalf("kilnsim_config(%q) refused", spec)
-	}
+	return rt, ctl
 }
 
 // onThread runs fn on a fresh goroutine locked to its OS thread, like the
 // npu device thread, and waits for it. The thread exits afterwards, taking
-// its runtime binding with it.
-func onThread(t testing.TB, fn func()) {
+// its runtime binding with it. fn's t is not the test's: its Fatal records
+// the failure and ends fn's goroutine, and onThread then stops the test
+// from the test's own goroutine.
+func onThread(t testing.TB, fn func(t testing.TB)) {
 	t.Helper()
 	done := make(chan any, 1)
+	returned := false
 	go func() {
 		runtime.LockOSThread()
 		defer func() { done <- recover() }()
-		fn()
+		fn(threadT{t})
+		returned = true
 	}()
 	if p := <-done; p != nil {
 		panic(p)
 	}
+	if !returned {
+		t.FailNow()
+	}
+}
+
+// threadT is the testing.TB of a function onThread runs: FailNow, Fatal
+// and Fatalf mark the test failed and end the calling goroutine, which is
+// not the test's (testing allows t.Fatal only there).
+type threadT struct{ testing.TB }
+
+func (t threadT) FailNow() {
+	t.TB.Fail()
+	runtime.Goexit()
+}
+
+func (t threadT) Fatal(args ...any) {
+	t.TB.Helper()
+	t.TB.Error(args...)
+	runtime.Goexit()
+}
+
+func (t threadT) Fatalf(format string, args ...any) {
+	t.TB.Helper()
+	t.TB.Errorf(format, args...)
+	runtime.Goexit()
 }
 
 // tinyLayer writes a simulated LLM layer with three shape groups (decode,

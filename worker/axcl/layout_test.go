@@ -4,7 +4,6 @@ import (
 	"testing"
 	"unsafe"
 
-	"github.com/ebitengine/purego"
 	"github.com/kiln-project/kiln/test/cardsim"
 )
 
@@ -55,18 +54,12 @@ func TestStructLayout(t *testing.T) {
 }
 
 // The simulator is compiled from its own copy of the header structs; it
-// reports sizeof(axclrtDeviceProperties) as the C compiler sees it.
+// reports sizeof(axclrtDeviceProperties) as the C compiler sees it (it
+// always exports kilnsim_sizeof_props: a missing probe fails the test).
 func TestStructLayoutMatchesCompiler(t *testing.T) {
-	h, err := purego.Dlopen(cardsim.Library(t), purego.RTLD_NOW|purego.RTLD_GLOBAL)
-	must(t, err)
-	sym, err := purego.Dlsym(h, "kilnsim_sizeof_props")
-	if err != nil {
-		t.Skipf("simulator has no kilnsim_sizeof_props: %v", err)
-	}
-	var sizeofProps func() int32
-	purego.RegisterFunc(&sizeofProps, sym)
-	if got := sizeofProps(); got != int32(unsafe.Sizeof(DeviceProperties{})) {
-		t.Fatalf("C sizeof(axclrtDeviceProperties) = %d, Go mirror = %d", got, unsafe.Sizeof(DeviceProperties{}))
+	ctl := cardsim.Controls(t)
+	if got, want := ctl.SizeofProps(), int(unsafe.Sizeof(DeviceProperties{})); got != want {
+		t.Fatalf("C sizeof(axclrtDeviceProperties) = %d, Go mirror = %d", got, want)
 	}
 }
 

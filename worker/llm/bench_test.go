@@ -7,33 +7,12 @@ import (
 	"slices"
 	"testing"
 
-	"github.com/ebitengine/purego"
-
 	"github.com/kiln-project/kiln/test/cardsim"
 )
 
 // npuMSPerToken is what the card needs per decoded Qwen3-4B token
 // (research/llm-runtime.md §8: 3.65 tok/s on the M.2 card).
 const npuMSPerToken = 274.0
-
-// simConfig calls kilnsim_config (the setting holds until the next axclInit).
-func simConfig(tb testing.TB, spec, undo string) {
-	tb.Helper()
-	h, err := purego.Dlopen(cardsim.Library(tb), purego.RTLD_NOW|purego.RTLD_GLOBAL)
-	if err != nil {
-		tb.Fatal(err)
-	}
-	sym, err := purego.Dlsym(h, "kilnsim_config")
-	if err != nil {
-		tb.Fatal(err)
-	}
-	var fn func(string) int32
-	purego.RegisterFunc(&fn, sym)
-	if fn(spec) != 0 {
-		tb.Fatalf("kilnsim_config(%q) refused", spec)
-	}
-	tb.Cleanup(func() { fn(undo) })
-}
 
 // load4B loads the full Qwen3-4B shapes (36 layers, hidden 2560, kv_dim
 // 1024, context 2559) on the no-compute simulator.
@@ -46,7 +25,7 @@ func load4B(b *testing.B) *Model {
 		b.Fatal(err)
 	}
 	dev := openDevice(b)
-	simConfig(b, "nocompute=1", "nocompute=0")
+	cardsim.Controls(b).Config(b, "nocompute=1", "nocompute=0")
 	m, err := Load(context.Background(), dev, dir, nil)
 	if err != nil {
 		b.Fatal(err)

@@ -9,8 +9,6 @@ import (
 	"sync"
 	"testing"
 
-	"github.com/ebitengine/purego"
-
 	"github.com/kiln-project/kiln/test/cardsim"
 	"github.com/kiln-project/kiln/worker/npu"
 )
@@ -121,23 +119,4 @@ func loadTest(t testing.TB, opts *Options) (*Model, *cardsim.Reference, *npu.Dev
 		}
 	})
 	return m, ref, dev
-}
-
-// setFaults replaces the simulator's fault plan for the test.
-func setFaults(t testing.TB, spec string) {
-	t.Helper()
-	h, err := purego.Dlopen(cardsim.Library(t), purego.RTLD_NOW|purego.RTLD_GLOBAL)
-	if err != nil {
-		t.Fatal(err)
-	}
-	var set func(string) int32
-	sym, err := purego.Dlsym(h, "kilnsim_set_faults")
-	if err != nil {
-		t.Fatal(err)
-	}
-	purego.RegisterFunc(&set, sym)
-	if set(spec) != 0 {
-		t.Fatalf("kilnsim_set_faults(%q) refused", spec)
-	}
-	t.Cleanup(func() { set("") })
 }

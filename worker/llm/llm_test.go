@@ -290,7 +290,7 @@ func TestStopTokenEndsReply(t *testing.T) {
 func TestDeviceFaultIsAnError(t *testing.T) {
 	m, ref, _ := loadTest(t, nil)
 	prompt := randomPrompt(rand.New(rand.NewPCG(11, 12)), 140)
-	setFaults(t, "fail_execute=9") // two chunks × 2 layers + post = 5 executes, then decode
+	cardsim.Controls(t).SetFaults(t, "fail_execute=9") // two chunks × 2 layers + post = 5 executes, then decode
 	_, res := func() ([]int, *Result) {
 		res, err := m.Generate(bg, greedy(prompt, 10), func(Token) error { return nil })
 		if err == nil || errors.Is(err, ErrPromptTooLong) {

@@ -13,7 +13,7 @@ func TestFaultFailedExecute(t *testing.T) {
 	b := setup(t, Config{SampleInterval: -1})
 	m, err := b.dev.LoadModel(bg, layerFiles(t)[0], nil)
 	must(t, err)
-	b.ctl.faults(t, "fail_execute=2")
+	b.ctl.SetFaults(t, "fail_execute=2")
 	must(t, b.dev.Execute(bg, m, 0))
 	err = b.dev.Execute(bg, m, 0)
 	var ae *axcl.Error
@@ -31,13 +31,13 @@ func TestFaultFailedExecute(t *testing.T) {
 // device is lost, later calls fail fast, Close returns, and the teardown
 // runs once the runtime call comes back.
 func TestFaultHungExecute(t *testing.T) {
-	lib := cardsim.Library(t)
-	ctl := loadSimControl(t, lib)
+	ctl := cardsim.Controls(t)
+	lib := ctl.Library()
 	d, err := Open(bg, Config{Library: lib, SampleInterval: -1, ExecuteTimeout: 100 * time.Millisecond})
 	must(t, err)
 	m, err := d.LoadModel(bg, layerFiles(t)[0], nil)
 	must(t, err)
-	ctl.faults(t, "hang_execute=1") // hangs up to the simulator's cap (300 s) unless woken
+	ctl.SetFaults(t, "hang_execute=1") // hangs up to the simulator's cap (300 s) unless woken
 	err = d.Execute(bg, m, 0)
 	if !errors.Is(err, ErrHung) || !errors.Is(err, ErrLost) {
 		t.Fatalf("hung execute = %v, want ErrHung and ErrLost", err)
@@ -65,7 +65,7 @@ func TestFaultHungExecute(t *testing.T) {
 	}
 	// Wake the simulator's hung call (on a real card: the runtime's own
 	// timeout or a reset); the device thread then tears down.
-	ctl.setFaults("")
+	ctl.SetFaults(t, "")
 	waitDone(t, d)
 	if !runtimeFinalized(t, lib) {
 		t.Fatal("teardown after the hung call returned did not finalise the runtime")
@@ -74,13 +74,13 @@ func TestFaultHungExecute(t *testing.T) {
 
 // A card that stops answering marks the device lost; teardown still runs.
 func TestFaultLostDevice(t *testing.T) {
-	lib := cardsim.Library(t)
-	ctl := loadSimControl(t, lib)
+	ctl := cardsim.Controls(t)
+	lib := ctl.Library()
 	d, err := Open(bg, Config{Library: lib, SampleInterval: -1})
 	must(t, err)
 	m, err := d.LoadModel(bg, layerFiles(t)[0], nil)
 	must(t, err)
-	ctl.faults(t, "lose_device=1")
+	ctl.SetFaults(t, "lose_device=1")
 	err = d.Execute(bg, m, 0)
 	var ae *axcl.Error
 	if !errors.As(err, &ae) || ae.Code != 0x8030070A || !errors.Is(err, axcl.ErrDeviceLost) {
@@ -103,7 +103,7 @@ func TestFaultLostDevice(t *testing.T) {
 // thermal model heats with NPU busy time). Only the direction is checked.
 func TestTemperatureRisesUnderLoad(t *testing.T) {
 	b := setup(t, Config{SampleInterval: -1})
-	b.ctl.set(t, "exec_us=20000,heat_c_per_s=40,cool_per_s=0.01", "exec_us=0,heat_c_per_s=2.5,cool_per_s=0.05")
+	b.ctl.Config(t, "exec_us=20000,heat_c_per_s=40,cool_per_s=0.01", "exec_us=0,heat_c_per_s=2.5,cool_per_s=0.05")
 	m, err := b.dev.LoadModel(bg, layerFiles(t)[0], nil)
 	must(t, err)
 	before, err := CardInfo(bg, b.lib)

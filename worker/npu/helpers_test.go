@@ -10,55 +10,13 @@ import (
 	"testing"
 	"time"
 
-	"github.com/ebitengine/purego"
 	"github.com/kiln-project/kiln/test/cardsim"
 	"github.com/kiln-project/kiln/worker/axcl"
 )
 
-// simControl holds the simulator's own control symbols (not part of AXCL).
-type simControl struct {
-	setFaults func(spec string) int32
-	config    func(spec string) int32
-}
-
-func loadSimControl(t testing.TB, path string) *simControl {
-	t.Helper()
-	h, err := purego.Dlopen(path, purego.RTLD_NOW|purego.RTLD_GLOBAL)
-	if err != nil {
-		t.Fatal(err)
-	}
-	c := &simControl{}
-	for name, fptr := range map[string]any{"kilnsim_set_faults": &c.setFaults, "kilnsim_config": &c.config} {
-		sym, err := purego.Dlsym(h, name)
-		if err != nil {
-			t.Fatalf("simulator lacks %s: %v", name, err)
-		}
-		purego.RegisterFunc(fptr, sym)
-	}
-	return c
-}
-
-func (c *simControl) faults(t testing.TB, spec string) {
-	t.Helper()
-	if c.setFaults(spec) != 0 {
-		t.Fatalf("kilnsim_set_faults(%q) refused", spec)
-	}
-	t.Cleanup(func() { c.setFaults("") })
-}
-
-func (c *simControl) set(t testing.TB, spec, undo string) {
-	t.Helper()
-	if c.config(spec) != 0 {
-		t.Fatalf("kilnsim_config(%q) refused", spec)
-	}
-	if undo != "" {
-		t.Cleanup(func() { c.config(undo) })
-	}
-}
-
 type bundle struct {
 	lib string
-	ctl *simControl
+	ctl *cardsim.Control
 	dev *Device
 }
 
@@ -66,8 +24,8 @@ type bundle struct {
 // test fails if the teardown reports an error.
 func setup(t testing.TB, cfg Config) *bundle {
 	t.Helper()
-	lib := cardsim.Library(t)
-	cfg.Library = lib
+	ctl := cardsim.Controls(t)
+	cfg.Library = ctl.Library()
 	d, err := Open(context.Background(), cfg)
 	if err != nil {
 		t.Fatalf("Open: %v", err)
@@ -77,7 +35,7 @@ func setup(t testing.TB, cfg Config) *bundle {
 			t.Errorf("Close: %v", err)
 		}
 	})
-	return &bundle{lib: lib, ctl: loadSimControl(t, lib), dev: d}
+	return &bundle{lib: cfg.Library, ctl: ctl, dev: d}
 }
 
 // tinySpec is a small simulated Qwen3-style layer: hidden 16, kv_dim 8,

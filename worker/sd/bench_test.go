@@ -7,29 +7,8 @@ import (
 	"testing"
 	"time"
 
-	"github.com/ebitengine/purego"
 	"github.com/kiln-project/kiln/test/cardsim"
 )
-
-// simConfig calls the simulator's kilnsim_config (not part of AXCL) and
-// undoes it at cleanup.
-func simConfig(tb testing.TB, spec, undo string) {
-	tb.Helper()
-	h, err := purego.Dlopen(cardsim.Library(tb), purego.RTLD_NOW|purego.RTLD_GLOBAL)
-	if err != nil {
-		tb.Fatal(err)
-	}
-	sym, err := purego.Dlsym(h, "kilnsim_config")
-	if err != nil {
-		tb.Fatal(err)
-	}
-	var config func(string) int32
-	purego.RegisterFunc(&config, sym)
-	if config(spec) != 0 {
-		tb.Fatalf("kilnsim_config(%q) refused", spec)
-	}
-	tb.Cleanup(func() { config(undo) })
-}
 
 // BenchmarkGenerate is one 512×512 txt2img image with the simulator's
 // no-compute mode: the card's work is only the copies, so the time is the
@@ -39,7 +18,7 @@ func simConfig(tb testing.TB, spec, undo string) {
 // BenchmarkHostRealImage.
 func BenchmarkGenerate(b *testing.B) {
 	p := openPipeline(b, cardsim.SD15LCM())
-	simConfig(b, "nocompute=1", "nocompute=0")
+	cardsim.Controls(b).Config(b, "nocompute=1", "nocompute=0")
 	benchGenerate(b, p, &Request{Prompt: "a red fox in the snow, oil painting", Seed: 1})
 }
 
@@ -47,7 +26,7 @@ func BenchmarkGenerate(b *testing.B) {
 // (decode and resize included).
 func BenchmarkImg2Img(b *testing.B) {
 	p := openPipeline(b, cardsim.SD15LCM())
-	simConfig(b, "nocompute=1", "nocompute=0")
+	cardsim.Controls(b).Config(b, "nocompute=1", "nocompute=0")
 	benchGenerate(b, p, &Request{Prompt: "an oil painting", Seed: 1, InitImage: testImage(b, 640, 480)})
 }
 
