@@ -2,6 +2,7 @@ package schema
 
 import (
 	"bytes"
+	"errors"
 	"strings"
 	"testing"
 )
@@ -32,6 +33,13 @@ func FuzzDecodeJob(f *testing.F) {
 		c := Msgpack
 		if asJSON {
 			c = JSON
+		}
+		var strict ChatJob
+		if err := c.DecodeJob(data, &strict); err != nil {
+			var se *Error
+			if !errors.As(err, &se) || !se.Code.Invalid() {
+				t.Fatalf("strict decode error %v (%T), want an invalid_request *Error", err, err)
+			}
 		}
 		var j ChatJob
 		if err := c.Unmarshal(data, &j); err != nil {
