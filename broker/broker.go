@@ -80,6 +80,9 @@ type Broker struct {
 	srv *server.Server
 	log *slog.Logger
 
+	// lock is held on the store folder while the server runs.
+	lock *storeLock
+
 	// internal is the broker's own in-process user (an nkey made at
 	// start) when the config file turns authorization on; nil otherwise.
 	internal nkeys.KeyPair
@@ -158,14 +161,21 @@ func (b *Broker) Start(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
+	if opts.JetStream && opts.StoreDir != "" {
+		if b.lock, err = lockStore(opts.StoreDir); err != nil {
+			return err
+		}
+	}
 	srv, err := server.NewServer(opts)
 	if err != nil {
+		b.lock.release()
 		return fmt.Errorf("broker: %w", err)
 	}
 	srv.SetLoggerV2(&slogLogger{log: b.log}, b.log.Enabled(ctx, slog.LevelDebug), false, false)
 	go srv.Start()
 	if !srv.ReadyForConnections(b.cfg.ReadyTimeout) {
 		srv.Shutdown()
+		b.lock.release()
 		return fmt.Errorf("broker: not ready for connections after %s (is %s:%d free?)", b.cfg.ReadyTimeout, opts.Host, opts.Port)
 	}
 	b.srv = srv
@@ -246,6 +256,7 @@ func (b *Broker) Shutdown(ctx context.Context) error {
 	}()
 	select {
 	case <-done:
+		b.lock.release()
 		return nil
 	case <-ctx.Done():
 		return ctx.Err()

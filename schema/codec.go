@@ -73,8 +73,14 @@ func (c Codec) Marshal(v any) ([]byte, error) {
 }
 
 // Unmarshal decodes data into v. A decoding failure is an *Error with
-// CodeBadMsgpack or CodeBadJSON that says where decoding stopped.
+// CodeBadMsgpack or CodeBadJSON that says where decoding stopped. The body's
+// shape is checked first (MaxDepth, MaxContainerElements, MaxBodyElements,
+// declared lengths within the body), so hostile bytes are refused before a
+// decoder allocates for them.
 func (c Codec) Unmarshal(data []byte, v any) error {
+	if err := c.checkShape(data); err != nil {
+		return err
+	}
 	if c == JSON {
 		dec := json.NewDecoder(bytes.NewReader(data))
 		if err := dec.Decode(v); err != nil {

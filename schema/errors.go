@@ -12,6 +12,7 @@ const (
 	CodeBadJSON        ErrorCode = "bad_json"         // body is not decodable JSON
 	CodeBadContentType ErrorCode = "bad_content_type" // unknown Content-Type header
 	CodeBadSubject     ErrorCode = "bad_subject"      // published on a subject that is not a job subject
+	CodeUnknownField   ErrorCode = "unknown_field"    // the body has a field the job type does not have
 	CodeMissingField   ErrorCode = "missing_field"    // a required field is empty
 	CodeOverLimit      ErrorCode = "over_limit"       // a field is larger than its limit
 	CodeOutOfRange     ErrorCode = "out_of_range"     // a number outside its allowed range
@@ -34,7 +35,7 @@ const (
 // class as a whole is what docs call invalid_request.)
 func (c ErrorCode) Invalid() bool {
 	switch c {
-	case CodeBadMsgpack, CodeBadJSON, CodeBadContentType, CodeBadSubject, CodeMissingField,
+	case CodeBadMsgpack, CodeBadJSON, CodeBadContentType, CodeBadSubject, CodeUnknownField, CodeMissingField,
 		CodeOverLimit, CodeOutOfRange, CodeBadValue, CodeModelMismatch, CodeUnknownModel, CodeUnsupported:
 		return true
 	}

@@ -1,6 +1,9 @@
 package schema
 
 import (
+	"bytes"
+	"errors"
+	"strings"
 	"testing"
 )
 
@@ -17,11 +20,26 @@ func FuzzDecodeJob(f *testing.F) {
 	f.Add([]byte(`{"id":"x","model":"m","messages":[{"role":"user","content":"hi"}],"temperature":1e400}`), true)
 	f.Add([]byte{0xde, 0xff, 0xff, 0xff, 0xff}, false)
 	f.Add([]byte{0xc1}, false)
+	for _, h := range hostileBodies() { // huge declared lengths, deep nesting
+		if len(h.data) <= 1<<16 {
+			f.Add(h.data, h.asJSON)
+		}
+	}
+	f.Add(append([]byte{0x81, 0xa8, 'm', 'e', 's', 's', 'a', 'g', 'e', 's', 0xdd, 0xff, 0xff, 0xff, 0xff}, make([]byte, 88)...), false)
+	f.Add([]byte(strings.Repeat("[", 1<<12)), true)
+	f.Add(bytes.Repeat([]byte{0x91}, 1<<12), false)
 	sub := &JobSubject{Kind: KindChat, Model: "qwen3-4b", Lane: LaneNormal}
 	f.Fuzz(func(t *testing.T, data []byte, asJSON bool) {
 		c := Msgpack
 		if asJSON {
 			c = JSON
+		}
+		var strict ChatJob
+		if err := c.DecodeJob(data, &strict); err != nil {
+			var se *Error
+			if !errors.As(err, &se) || !se.Code.Invalid() {
+				t.Fatalf("strict decode error %v (%T), want an invalid_request *Error", err, err)
+			}
 		}
 		var j ChatJob
 		if err := c.Unmarshal(data, &j); err != nil {
