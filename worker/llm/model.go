@@ -7,7 +7,6 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
-	"slices"
 	"sync"
 	"syscall"
 
@@ -118,25 +117,17 @@ func Load(ctx context.Context, dev *npu.Device, dir string, opts *Options) (_ *M
 		o = *opts
 	}
 	o = o.withDefaults()
-	pkg, err := ReadPackage(dir)
+	pkg, tok, err := openPackage(dir)
 	if err != nil {
 		return nil, err
-	}
-	tok, err := tokenize.LoadDir(pkg.Tokenizer)
-	if err != nil {
-		return nil, fmt.Errorf("%w: tokenizer of %s: %w", ErrPackage, dir, err)
 	}
 	info, err := dev.Inspect(ctx, pkg.Layers[0])
 	if err != nil {
 		return nil, fmt.Errorf("llm: inspect %s: %w", pkg.Layers[0], err)
 	}
-	shape, sizes, err := deriveShape(pkg.Layers[0], info.Groups)
+	shape, sizes, err := pkg.layerShape(info.Groups)
 	if err != nil {
 		return nil, err
-	}
-	shape.Layers = len(pkg.Layers)
-	if pkg.Hidden > 0 && pkg.Hidden != shape.Hidden {
-		return nil, pkgErr("config.json says tokens_embed_size %d, %s takes hidden %d", pkg.Hidden, pkg.Layers[0], shape.Hidden)
 	}
 	m := &Model{dev: dev, pkg: pkg, tok: tok, log: o.Logger.With("model", pkg.Name), opts: o, shape: shape}
 	defer func() {
@@ -148,8 +139,47 @@ func Load(ctx context.Context, dev *npu.Device, dir string, opts *Options) (_ *M
 	if err != nil {
 		return nil, err
 	}
-	total := len(pkg.Layers) + 1
-	err = dev.Do(ctx, func(t *npu.Thread) error {
+	if err := m.allocBuffers(ctx, sizes); err != nil {
+		return nil, fmt.Errorf("llm: %s: device buffers: %w", pkg.Name, err)
+	}
+	if err := m.loadLayers(ctx, info.Groups); err != nil {
+		return nil, err
+	}
+	if err := m.loadPost(ctx); err != nil {
+		return nil, err
+	}
+	if err := m.loadVision(ctx); err != nil {
+		return nil, err
+	}
+	if err := pkg.checkVocab(m.shape.Vocab); err != nil {
+		return nil, err
+	}
+	if err := m.mapEmbed(); err != nil {
+		return nil, err
+	}
+	used1, err := dev.CMMUsed(ctx)
+	if err != nil {
+		return nil, err
+	}
+	m.cmm = used1 - min(used0, used1)
+	m.samp = newSampler(m.shape.Vocab)
+	m.prefixes = newPrefixCache(o.PrefixCacheBytes, o.PrefixCacheEntries)
+	if err := m.st.init(&m.shape); err != nil {
+		return nil, err
+	}
+	m.bindSteps()
+	m.log.Info("llm: model loaded", "layers", shape.Layers, "hidden", shape.Hidden, "kv_dim", shape.KVDim,
+		"context", shape.Context, "chunk", shape.Chunk, "prefill_histories", histories(shape.Prefill),
+		"vocab", m.shape.Vocab, "cmm_mib", m.cmm>>20)
+	return m, nil
+}
+
+// allocBuffers allocates the device buffers the layers share (see the
+// package doc) and the K and V cache of every layer, zeroed, and writes
+// the table of decode positions.
+func (m *Model) allocBuffers(ctx context.Context, sizes bufferSizes) error {
+	shape := &m.shape
+	return m.dev.Do(ctx, func(t *npu.Thread) error {
 		alloc := func(n uint64) (*npu.Buffer, error) {
 			b, err := t.Alloc(n)
 			if err != nil {
@@ -182,7 +212,7 @@ func Load(ctx context.Context, dev *npu.Device, dir string, opts *Options) (_ *M
 		}
 		// Zeroed once: rows a request has not written are masked, and zeros
 		// (unlike whatever the CMM held) cannot turn a masked score into NaN.
-		for range pkg.Layers {
+		for range m.pkg.Layers {
 			k, err := alloc(sizes.cache)
 			if err != nil {
 				return err
@@ -195,11 +225,15 @@ func Load(ctx context.Context, dev *npu.Device, dir string, opts *Options) (_ *M
 		}
 		return nil
 	})
-	if err != nil {
-		return nil, fmt.Errorf("llm: %s: device buffers: %w", pkg.Name, err)
-	}
+}
+
+// loadLayers loads every layer model with its tensors bound to the shared
+// buffers and its own caches; each must have the shape groups of layer 0
+// (layer0).
+func (m *Model) loadLayers(ctx context.Context, layer0 []axcl.ShapeGroup) error {
+	pkg, total := m.pkg, len(m.pkg.Layers)+1
 	for i, path := range pkg.Layers {
-		lm, err := dev.LoadModel(ctx, path, &npu.LoadOptions{
+		lm, err := m.dev.LoadModel(ctx, path, &npu.LoadOptions{
 			Name: fmt.Sprintf("%s/l%d", pkg.Name, i),
 			Bind: map[npu.TensorRef]*npu.Buffer{
 				npu.In("input"): m.hid[i%2], npu.Out("output"): m.hid[(i+1)%2],
@@ -209,49 +243,40 @@ func Load(ctx context.Context, dev *npu.Device, dir string, opts *Options) (_ *M
 			},
 		})
 		if err != nil {
-			return nil, fmt.Errorf("llm: %s: layer %d: %w", pkg.Name, i, err)
+			return fmt.Errorf("llm: %s: layer %d: %w", pkg.Name, i, err)
 		}
 		m.layers = append(m.layers, lm)
-		if i > 0 && !sameShapes(info.Groups, lm.Describe()) {
-			return nil, pkgErr("%s has other tensor shapes than %s", path, pkg.Layers[0])
+		if i > 0 && !sameShapes(layer0, lm.Describe()) {
+			return pkgErr("%s has other tensor shapes than %s", path, pkg.Layers[0])
 		}
-		if o.Progress != nil {
-			o.Progress(i+1, total)
+		if m.opts.Progress != nil {
+			m.opts.Progress(i+1, total)
 		}
 	}
-	if m.post, err = dev.LoadModel(ctx, pkg.Post, &npu.LoadOptions{Name: pkg.Name + "/post"}); err != nil {
-		return nil, fmt.Errorf("llm: %s: post model: %w", pkg.Name, err)
+	return nil
+}
+
+// loadPost loads the post model and binds its input and logits.
+func (m *Model) loadPost(ctx context.Context) error {
+	pkg := m.pkg
+	var err error
+	if m.post, err = m.dev.LoadModel(ctx, pkg.Post, &npu.LoadOptions{Name: pkg.Name + "/post"}); err != nil {
+		return fmt.Errorf("llm: %s: post model: %w", pkg.Name, err)
 	}
-	if o.Progress != nil {
-		o.Progress(total, total)
+	if total := len(pkg.Layers) + 1; m.opts.Progress != nil {
+		m.opts.Progress(total, total)
 	}
-	if err := m.bindPost(); err != nil {
-		return nil, err
-	}
-	if err := m.loadVision(ctx); err != nil {
-		return nil, err
-	}
-	if pkg.Vocab > 0 && pkg.Vocab != m.shape.Vocab {
-		return nil, pkgErr("config.json says tokens_embed_num %d, %s writes %d logits", pkg.Vocab, pkg.Post, m.shape.Vocab)
-	}
-	if err := m.mapEmbed(); err != nil {
-		return nil, err
-	}
-	used1, err := dev.CMMUsed(ctx)
+	out, err := postLogits(pkg.Post, m.post.Describe(), m.shape.Hidden)
 	if err != nil {
-		return nil, err
+		return err
 	}
-	m.cmm = used1 - min(used0, used1)
-	m.samp = newSampler(m.shape.Vocab)
-	m.prefixes = newPrefixCache(o.PrefixCacheBytes, o.PrefixCacheEntries)
-	if err := m.st.init(&m.shape); err != nil {
-		return nil, err
+	m.shape.PostFP32 = out.DataType == axcl.TypeFP32
+	m.shape.Vocab = elems(out)
+	if m.postIn, err = m.post.BufferAt(0, axcl.Input, 0); err != nil {
+		return err
 	}
-	m.bindSteps()
-	m.log.Info("llm: model loaded", "layers", shape.Layers, "hidden", shape.Hidden, "kv_dim", shape.KVDim,
-		"context", shape.Context, "chunk", shape.Chunk, "prefill_histories", histories(shape.Prefill),
-		"vocab", m.shape.Vocab, "cmm_mib", m.cmm>>20)
-	return m, nil
+	m.pOut, err = m.post.BufferAt(0, axcl.Output, out.Index)
+	return err
 }
 
 func histories(gs []Group) []int {
@@ -260,11 +285,6 @@ func histories(gs []Group) []int {
 		h = append(h, g.History)
 	}
 	return h
-}
-
-// bufferSizes are the largest sizes, over all groups, of the layer tensors.
-type bufferSizes struct {
-	input, output, indices, mask, cache, kOut uint64
 }
 
 func elems(t *axcl.Tensor) int {
@@ -282,136 +302,6 @@ func tensor(list []axcl.Tensor, name string) *axcl.Tensor {
 		}
 	}
 	return nil
-}
-
-// deriveShape reads context, chunk, groups and sizes from a layer model's
-// shape groups (research/llm-runtime.md §2.4): the decode group is the one
-// whose indices hold one element.
-func deriveShape(path string, groups []axcl.ShapeGroup) (Shape, bufferSizes, error) {
-	var s Shape
-	var z bufferSizes
-	s.Decode = -1
-	type io struct{ in, idx, mask, k, v, ko, vo, out *axcl.Tensor }
-	get := func(g int) (io, error) {
-		sg := groups[g]
-		x := io{tensor(sg.Inputs, "input"), tensor(sg.Inputs, "indices"), tensor(sg.Inputs, "mask"),
-			tensor(sg.Inputs, "K_cache"), tensor(sg.Inputs, "V_cache"),
-			tensor(sg.Outputs, "K_cache_out"), tensor(sg.Outputs, "V_cache_out"), tensor(sg.Outputs, "output")}
-		for name, t := range map[string]*axcl.Tensor{"input": x.in, "indices": x.idx, "mask": x.mask, "K_cache": x.k,
-			"V_cache": x.v, "K_cache_out": x.ko, "V_cache_out": x.vo, "output": x.out} {
-			if t == nil {
-				return x, pkgErr("%s has no tensor %q: not an Axera LLM layer", path, name)
-			}
-		}
-		for _, t := range []*axcl.Tensor{x.in, x.mask, x.k, x.v, x.ko, x.vo, x.out} {
-			if t.DataType != axcl.TypeBF16 {
-				return x, pkgErr("%s: tensor %s is %s, kiln runs bf16 layers", path, t.Name, t.DataType)
-			}
-		}
-		if x.idx.DataType != axcl.TypeUint32 && x.idx.DataType != axcl.TypeInt32 {
-			return x, pkgErr("%s: indices are %s, want uint32", path, x.idx.DataType)
-		}
-		return x, nil
-	}
-	for g := range groups {
-		x, err := get(g)
-		if err != nil {
-			return s, z, err
-		}
-		z.input, z.output = max(z.input, x.in.Size), max(z.output, x.out.Size)
-		z.indices, z.mask = max(z.indices, x.idx.Size), max(z.mask, x.mask.Size)
-		z.cache, z.kOut = max(z.cache, x.k.Size, x.v.Size), max(z.kOut, x.ko.Size, x.vo.Size)
-		if elems(x.idx) == 1 {
-			if s.Decode >= 0 {
-				return s, z, pkgErr("%s has two decode shape groups (%d and %d)", path, s.Decode, g)
-			}
-			s.Decode = g
-			s.Hidden, s.KVDim, s.Context = elems(x.in), elems(x.ko), elems(x.mask)-1
-			if s.Context < 1 || elems(x.k) < s.Context*s.KVDim {
-				return s, z, pkgErr("%s: decode K_cache holds %d elements, context %d × kv_dim %d needs more", path, elems(x.k), s.Context, s.KVDim)
-			}
-		}
-	}
-	if s.Decode < 0 {
-		return s, z, pkgErr("%s has no decode shape group (one whose indices hold one element)", path)
-	}
-	for g := range groups {
-		if g == s.Decode {
-			continue
-		}
-		x, _ := get(g)
-		if len(x.idx.Dims) > 1 && x.idx.Dims[0] == 3 {
-			return s, z, pkgErr("%s uses 3-row (mRoPE) positions, which kiln does not build yet", path)
-		}
-		t := elems(x.idx)
-		if s.Chunk == 0 {
-			s.Chunk = t
-		}
-		if t != s.Chunk || elems(x.in) != t*s.Hidden || elems(x.ko) != t*s.KVDim || elems(x.out) != t*s.Hidden || elems(x.mask)%t != 0 {
-			return s, z, pkgErr("%s: prefill group %d does not fit chunk %d, hidden %d, kv_dim %d", path, g, s.Chunk, s.Hidden, s.KVDim)
-		}
-		h := elems(x.mask)/t - t
-		if h < 0 || h > s.Context-t+1 {
-			return s, z, pkgErr("%s: prefill group %d has history %d, outside context %d", path, g, h, s.Context)
-		}
-		s.Prefill = append(s.Prefill, Group{Index: g, History: h})
-	}
-	slices.SortStableFunc(s.Prefill, func(a, b Group) int { return a.History - b.History })
-	if z.cache < uint64(s.Context*s.KVDim*2) {
-		z.cache = uint64(s.Context * s.KVDim * 2)
-	}
-	return s, z, nil
-}
-
-func sameShapes(a, b []axcl.ShapeGroup) bool {
-	if len(a) != len(b) {
-		return false
-	}
-	same := func(x, y []axcl.Tensor) bool {
-		if len(x) != len(y) {
-			return false
-		}
-		for i := range x {
-			if x[i].Name != y[i].Name || x[i].Size != y[i].Size || x[i].DataType != y[i].DataType {
-				return false
-			}
-		}
-		return true
-	}
-	for g := range a {
-		if !same(a[g].Inputs, b[g].Inputs) || !same(a[g].Outputs, b[g].Outputs) {
-			return false
-		}
-	}
-	return true
-}
-
-func (m *Model) bindPost() error {
-	d := m.post.Describe()
-	if len(d) < 1 || len(d[0].Inputs) != 1 || len(d[0].Outputs) < 1 {
-		return pkgErr("%s: post model wants one input and an output", m.pkg.Post)
-	}
-	in, out := &d[0].Inputs[0], tensor(d[0].Outputs, "output")
-	if out == nil {
-		out = &d[0].Outputs[0]
-	}
-	if in.DataType != axcl.TypeBF16 || elems(in) != m.shape.Hidden {
-		return pkgErr("%s: post model input is %s × %d, want bf16 × hidden %d", m.pkg.Post, in.DataType, elems(in), m.shape.Hidden)
-	}
-	switch out.DataType {
-	case axcl.TypeBF16:
-	case axcl.TypeFP32:
-		m.shape.PostFP32 = true
-	default:
-		return pkgErr("%s: post model output is %s, want bf16 or fp32 logits", m.pkg.Post, out.DataType)
-	}
-	m.shape.Vocab = elems(out)
-	var err error
-	if m.postIn, err = m.post.BufferAt(0, axcl.Input, 0); err != nil {
-		return err
-	}
-	m.pOut, err = m.post.BufferAt(0, axcl.Output, out.Index)
-	return err
 }
 
 func (m *Model) mapEmbed() error {

@@ -58,29 +58,11 @@ func (m *Model) loadVision(ctx context.Context) error {
 	}
 	v := &visionModel{model: vm}
 	m.vision = v
-	d := vm.Describe()
-	if len(d) < 1 || len(d[0].Inputs) != 1 || len(d[0].Outputs) < 1 {
-		return pkgErr("%s: the vision encoder wants one input and an output", p.Vision)
+	info, out, err := p.visionInput(vm.Describe(), &m.shape)
+	if err != nil {
+		return err
 	}
-	in, out := &d[0].Inputs[0], &d[0].Outputs[0]
-	if in.DataType != axcl.TypeUint8 || len(in.Dims) != 4 || in.Dims[0] != 1 || in.Dims[3] != 3 {
-		return pkgErr("%s: vision input is %s %v, want uint8 [1,H,W,3]", p.Vision, in.DataType, in.Dims)
-	}
-	switch out.DataType {
-	case axcl.TypeBF16:
-	case axcl.TypeFP32:
-		v.fp32 = true
-	default:
-		return pkgErr("%s: vision output is %s, want bf16 or fp32", p.Vision, out.DataType)
-	}
-	n := elems(out)
-	if n%m.shape.Hidden != 0 || n == 0 {
-		return pkgErr("%s: vision output of %d values is not rows of hidden %d", p.Vision, n, m.shape.Hidden)
-	}
-	if p.ImageTokenID >= m.shape.Vocab {
-		return pkgErr("config.json vision_image_token_id %d is outside the vocabulary of %d", p.ImageTokenID, m.shape.Vocab)
-	}
-	v.info = Vision{Width: in.Dims[2], Height: in.Dims[1], Tokens: n / m.shape.Hidden, ImageTokenID: p.ImageTokenID}
+	v.info, v.fp32 = info, out.DataType == axcl.TypeFP32
 	if v.in, err = vm.BufferAt(0, axcl.Input, 0); err != nil {
 		return err
 	}

@@ -107,21 +107,7 @@ func (m *Model) Describe() []axcl.ShapeGroup { return m.desc }
 
 // Index is the index of the tensor ref, or an error wrapping
 // axcl.ErrNotFound.
-func (m *Model) Index(ref TensorRef) (int, error) {
-	if len(m.desc) == 0 {
-		return 0, fmt.Errorf("npu: model %s has no shape groups", m.name)
-	}
-	list := m.desc[0].Inputs
-	if ref.Dir == axcl.Output {
-		list = m.desc[0].Outputs
-	}
-	for i := range list {
-		if list[i].Name == ref.Name {
-			return i, nil
-		}
-	}
-	return 0, fmt.Errorf("npu: model %s has no %s: %w", m.name, ref, axcl.ErrNotFound)
-}
+func (m *Model) Index(ref TensorRef) (int, error) { return tensorIndex(m.name, m.desc, ref) }
 
 // Tensor describes the tensor ref in shape group group.
 func (m *Model) Tensor(group int, ref TensorRef) (axcl.Tensor, error) {
@@ -242,107 +228,59 @@ func (t *Thread) LoadModel(path string, opts *LoadOptions) (*Model, error) {
 		return fail(fmt.Errorf("npu: load model %s: %w", name, err))
 	}
 
-	// Plan: per tensor, a bound caller buffer, one shared buffer, or one
-	// buffer per group.
-	type plan struct {
-		bound  *Buffer
-		shared bool
-		max    uint64
+	plan, err := planBuffers(name, d, m.desc, opts)
+	if err != nil {
+		return fail(err)
 	}
-	plans := [2][]plan{make([]plan, len(m.desc[0].Inputs)), make([]plan, len(m.desc[0].Outputs))}
-	for g := range m.desc {
-		for dir, list := range [2][]axcl.Tensor{m.desc[g].Inputs, m.desc[g].Outputs} {
-			for i := range list {
-				plans[dir][i].max = max(plans[dir][i].max, list[i].Size)
-			}
-		}
+	if plan.need > t.free() {
+		return fail(&BudgetError{What: "model " + name, Need: charge + plan.need, Free: t.free() + charge, Budget: d.budget})
 	}
-	for ref, b := range opts.Bind {
-		i, err := m.Index(ref)
-		if err != nil {
-			return fail(err)
-		}
-		p := &plans[ref.Dir][i]
-		if b == nil || b.freed || b.d != d {
-			return fail(fmt.Errorf("npu: load model %s: buffer for %s is nil, freed or of another device", name, ref))
-		}
-		if b.size < p.max {
-			return fail(fmt.Errorf("npu: load model %s: buffer for %s holds %d bytes, the largest shape group needs %d: %w",
-				name, ref, b.size, p.max, ErrOutOfRange))
-		}
-		p.bound = b
-	}
-	for _, ref := range opts.Share {
-		i, err := m.Index(ref)
-		if err != nil {
-			return fail(err)
-		}
-		plans[ref.Dir][i].shared = true
-	}
-	var need uint64
-	for dir := range plans {
-		for i, p := range plans[dir] {
-			switch {
-			case p.bound != nil:
-			case p.shared:
-				need += p.max
-			default:
-				for g := range m.desc {
-					need += m.desc[g].Tensor(axcl.Direction(dir), i).Size
-				}
-			}
-		}
-	}
-	if need > t.free() {
-		berr := &BudgetError{What: "model " + name, Need: charge + need, Free: t.free() + charge, Budget: d.budget}
-		return fail(berr)
-	}
-
-	sharedBufs := [2][]*Buffer{make([]*Buffer, len(plans[0])), make([]*Buffer, len(plans[1]))}
-	m.groups = make([]modelGroup, len(m.desc))
-	for g := range m.groups {
-		mg := &m.groups[g]
-		if mg.io, err = rt.CreateIO(m.info); err != nil {
-			return fail(fmt.Errorf("npu: load model %s: group %d: %w", name, g, err))
-		}
-		mg.inputs = make([]*Buffer, len(plans[0]))
-		mg.outputs = make([]*Buffer, len(plans[1]))
-		for dir := range plans {
-			bufs := mg.inputs
-			if dir == int(axcl.Output) {
-				bufs = mg.outputs
-			}
-			for i, p := range plans[dir] {
-				size := m.desc[g].Tensor(axcl.Direction(dir), i).Size
-				var b *Buffer
-				switch {
-				case p.bound != nil:
-					b = p.bound
-				case p.shared:
-					if sharedBufs[dir][i] == nil {
-						if sharedBufs[dir][i], err = t.alloc(p.max); err != nil {
-							return fail(fmt.Errorf("npu: load model %s: %w", name, err))
-						}
-						m.owned = append(m.owned, sharedBufs[dir][i])
-					}
-					b = sharedBufs[dir][i]
-				default:
-					if b, err = t.alloc(size); err != nil {
-						return fail(fmt.Errorf("npu: load model %s: %w", name, err))
-					}
-					m.owned = append(m.owned, b)
-				}
-				bufs[i] = b
-				if err := rt.SetBuffer(mg.io, axcl.Direction(dir), i, b.ptr, size); err != nil {
-					return fail(fmt.Errorf("npu: load model %s: bind group %d %s %d: %w", name, g, axcl.Direction(dir), i, err))
-				}
-			}
-		}
+	if err := t.bindBuffers(m, plan); err != nil {
+		return fail(fmt.Errorf("npu: load model %s: %w", name, err))
 	}
 	d.models = append(d.models, m)
 	d.log.Info("npu: model loaded", "device", int(d.id), "model", name, "groups", len(m.groups),
-		"cmm_mib", (charge+need)>>20, "cmm_free_mib", t.free()>>20)
+		"cmm_mib", (charge+plan.need)>>20, "cmm_free_mib", t.free()>>20)
 	return m, nil
+}
+
+// bindBuffers carries out plan for m: one IO per shape group, the model's
+// own buffers allocated (each when first bound) and every buffer bound.
+func (t *Thread) bindBuffers(m *Model, plan *bufferPlan) error {
+	rt := t.d.rt
+	owned := make([]*Buffer, len(plan.allocs))
+	m.groups = make([]modelGroup, len(plan.groups))
+	for g := range m.groups {
+		mg, gp := &m.groups[g], &plan.groups[g]
+		var err error
+		if mg.io, err = rt.CreateIO(m.info); err != nil {
+			return fmt.Errorf("group %d: %w", g, err)
+		}
+		mg.inputs, mg.outputs = make([]*Buffer, len(gp.inputs)), make([]*Buffer, len(gp.outputs))
+		for _, dir := range []axcl.Direction{axcl.Input, axcl.Output} {
+			bufs := mg.inputs
+			if dir == axcl.Output {
+				bufs = mg.outputs
+			}
+			for i, bd := range gp.list(dir) {
+				b := bd.bound
+				if b == nil {
+					if owned[bd.alloc] == nil {
+						if owned[bd.alloc], err = t.alloc(plan.allocs[bd.alloc]); err != nil {
+							return err
+						}
+						m.owned = append(m.owned, owned[bd.alloc])
+					}
+					b = owned[bd.alloc]
+				}
+				bufs[i] = b
+				if err := rt.SetBuffer(mg.io, dir, i, b.ptr, bd.size); err != nil {
+					return fmt.Errorf("bind group %d %s %d: %w", g, dir, i, err)
+				}
+			}
+		}
+	}
+	return nil
 }
 
 // Unload is Device.Unload on the device thread.

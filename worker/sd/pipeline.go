@@ -127,9 +127,8 @@ type Pipeline struct {
 	tok  *tokenize.CLIP
 
 	te, unet, dec, enc *npu.Model
-	ids                *npu.Buffer
-	idsBytes           []byte
-	idsWide            bool // int64 input_ids
+	teIn               *port // input_ids, staged by encodeIDs (not port.encode)
+	idsWide            bool  // int64 input_ids
 	teOut              *port
 	uSample, uTime     *port
 	uEHS, uOut         *port
@@ -140,8 +139,15 @@ type Pipeline struct {
 	txtRows, imgRows   map[int][]float32
 	cmm                uint64
 
+	// The model calls Generate makes, built by bind, and the device-thread
+	// function that makes them (see run).
+	textCall, encodeCall, decodeCall call
+	unetFirst, unetNext              call // the first step also writes encoder_hidden_states
+	exchangeFn                       func(*npu.Thread) error
+
 	mu                 sync.Mutex
 	closed             bool
+	current            *call // the call run hands to exchangeFn
 	ehs, x, eps, noise []float32
 	x0, moments, pix   []float32
 	rng                noiseSource
@@ -298,10 +304,20 @@ func (p *Pipeline) bind() error {
 	default:
 		return fmt.Errorf("sd: %s: text encoder input_ids is %d bytes; %d int32 or int64 ids expected", p.name, t[0].Size, textLen)
 	}
-	if p.ids, err = p.te.BufferAt(0, axcl.Input, 0); err != nil {
+	ids, err := p.te.BufferAt(0, axcl.Input, 0)
+	if err != nil {
 		return fmt.Errorf("sd: %s: text encoder input: %w", p.name, err)
 	}
-	p.idsBytes = make([]byte, t[0].Size)
+	p.teIn = &port{name: t[0].Name, buf: ids, bytes: make([]byte, t[0].Size)}
+
+	p.textCall = call{model: p.te, inputs: []*port{p.teIn}, output: p.teOut}
+	p.unetFirst = call{model: p.unet, inputs: []*port{p.uSample, p.uTime, p.uEHS}, output: p.uOut}
+	p.unetNext = call{model: p.unet, inputs: p.unetFirst.inputs[:2], output: p.uOut}
+	p.decodeCall = call{model: p.dec, inputs: []*port{p.decIn}, output: p.decOut}
+	if p.enc != nil {
+		p.encodeCall = call{model: p.enc, inputs: []*port{p.encIn}, output: p.encOut}
+	}
+	p.exchangeFn = p.exchange
 	return nil
 }
 
@@ -445,173 +461,202 @@ func (p *Pipeline) Generate(ctx context.Context, req *Request, progress func(ste
 	}
 	res := &Result{Width: p.W, Height: p.H, Timesteps: pl.steps}
 	tm := &res.Timings
-	var dev time.Duration
-	do := func(what string, step int, fn func(t *npu.Thread) error) error {
-		t0 := time.Now()
-		err := p.dev.Do(ctx, fn)
-		dev += time.Since(t0)
-		if err != nil {
-			if step > 0 {
-				what = fmt.Sprintf("%s step %d (t=%d)", what, step, pl.steps[step-1])
-			}
-			return fmt.Errorf("sd: %s: %s: %w", p.name, what, err)
-		}
-		return nil
-	}
-	stage := func(d *time.Duration) func() {
-		t0 := time.Now()
-		return func() { *d += time.Since(t0) }
-	}
-
 	if pl.img2img {
-		end := stage(&tm.Image)
-		err := decodeInit(req.InitImage, p.W, p.H, p.cfg.Images, p.pix)
-		end()
-		if err != nil {
+		if err := p.readInitImage(req.InitImage, tm); err != nil {
 			return nil, err
 		}
 	}
-
-	// Text encoder.
-	end := stage(&tm.Tokenize)
-	ids := p.tok.Encode77(req.Prompt)
-	res.Tokens = slices.Index(ids[1:], int32(p.tok.EOS())) + 2
-	for i, id := range ids {
-		if p.idsWide {
-			binary.LittleEndian.PutUint64(p.idsBytes[8*i:], uint64(int64(id)))
-		} else {
-			binary.LittleEndian.PutUint32(p.idsBytes[4*i:], uint32(id))
-		}
-	}
-	end()
-	end = stage(&tm.TextEncoder)
-	err = do("text encoder", 0, func(t *npu.Thread) error {
-		if err := t.Write(p.ids, 0, p.idsBytes); err != nil {
-			return err
-		}
-		if err := t.Execute(p.te, 0); err != nil {
-			return err
-		}
-		return t.Read(p.teOut.bytes, p.teOut.buf, 0)
-	})
-	end()
-	if err != nil {
+	if res.Tokens, err = p.encodeText(ctx, req.Prompt, tm); err != nil {
 		return nil, err
 	}
-	p.teOut.decode(p.ehs)
-	p.uEHS.encode(p.ehs)
-
 	p.rng.seed(pl.seed)
 	if pl.img2img {
-		end = stage(&tm.VAEEncoder)
-		p.encIn.encode(p.pix)
-		err = do("vae encoder", 0, func(t *npu.Thread) error {
-			if err := t.Write(p.encIn.buf, 0, p.encIn.bytes); err != nil {
-				return err
-			}
-			if err := t.Execute(p.enc, 0); err != nil {
-				return err
-			}
-			return t.Read(p.encOut.bytes, p.encOut.buf, 0)
-		})
-		if err != nil {
-			end()
+		if err := p.encodeImage(ctx, pl.steps[0], tm); err != nil {
 			return nil, err
 		}
-		p.encOut.decode(p.moments)
-		p.samplePosterior()
-		p.rng.randn(p.noise)
-		addNoise(p.x, p.x0, p.noise, pl.steps[0])
-		end()
 	} else {
 		p.rng.randn(p.x)
 	}
+	if err := p.denoise(ctx, pl, start, tm, progress); err != nil {
+		return nil, err
+	}
+	if res.PNG, err = p.decode(ctx, tm); err != nil {
+		return nil, err
+	}
+	tm.Total = time.Since(start)
+	return res, nil
+}
 
-	// UNet loop.
-	rows := p.txtRows
-	for i, t := range pl.steps {
+// The stages of Generate, in order. Each works on the pipeline's buffers
+// and adds its time to tm.
+
+// readInitImage decodes and scales an img2img init image into p.pix.
+func (p *Pipeline) readInitImage(data []byte, tm *Timings) error {
+	t0 := time.Now()
+	err := decodeInit(data, p.W, p.H, p.cfg.Images, p.pix)
+	tm.Image += time.Since(t0)
+	return err
+}
+
+// encodeText tokenizes the prompt and runs the text encoder, and stages its
+// output as the UNet's encoder_hidden_states. It returns the number of CLIP
+// tokens of the prompt, with start and end.
+func (p *Pipeline) encodeText(ctx context.Context, prompt string, tm *Timings) (tokens int, err error) {
+	t0 := time.Now()
+	ids := p.tok.Encode77(prompt)
+	tokens = slices.Index(ids[1:], int32(p.tok.EOS())) + 2
+	p.encodeIDs(&ids)
+	tm.Tokenize += time.Since(t0)
+
+	t0 = time.Now()
+	err = p.run(ctx, &p.textCall, tm)
+	tm.TextEncoder += time.Since(t0)
+	if err != nil {
+		return 0, p.failed("text encoder", err)
+	}
+	p.teOut.decode(p.ehs)
+	p.uEHS.encode(p.ehs)
+	return tokens, nil
+}
+
+// encodeIDs stages the token ids as the text encoder's input_ids: int32 or
+// int64, little-endian.
+func (p *Pipeline) encodeIDs(ids *[textLen]int32) {
+	b := p.teIn.bytes
+	for i, id := range ids {
+		if p.idsWide {
+			binary.LittleEndian.PutUint64(b[8*i:], uint64(int64(id)))
+		} else {
+			binary.LittleEndian.PutUint32(b[4*i:], uint32(id))
+		}
+	}
+}
+
+// encodeImage runs the VAE encoder on the init image in p.pix, samples the
+// image's latent from the encoder's moments and noises it to timestep t,
+// the first of the img2img schedule: the starting latent in p.x.
+func (p *Pipeline) encodeImage(ctx context.Context, t int, tm *Timings) error {
+	t0 := time.Now()
+	p.encIn.encode(p.pix)
+	if err := p.run(ctx, &p.encodeCall, tm); err != nil {
+		return p.failed("vae encoder", err)
+	}
+	p.encOut.decode(p.moments)
+	p.samplePosterior()
+	p.rng.randn(p.noise)
+	addNoise(p.x, p.x0, p.noise, t)
+	tm.VAEEncoder += time.Since(t0)
+	return nil
+}
+
+// denoise runs the UNet steps of pl on the latent in p.x, reporting each
+// to progress. It checks ctx before every step and after the last.
+func (p *Pipeline) denoise(ctx context.Context, pl *plan, start time.Time, tm *Timings, progress func(step, steps int) error) error {
+	for i := range pl.steps {
 		if err := ctx.Err(); err != nil {
-			return nil, err
+			return err
 		}
-		end = stage(&tm.UNet)
-		row := rows[t]
-		if r, ok := p.imgRows[t]; ok && pl.img2img {
-			row = r
+		if err := p.step(ctx, pl, i, tm); err != nil {
+			return err
 		}
-		p.uSample.encode(p.x)
-		p.uTime.encode(row)
-		err := do("unet", i+1, func(th *npu.Thread) error {
-			if err := th.Write(p.uSample.buf, 0, p.uSample.bytes); err != nil {
-				return err
-			}
-			if err := th.Write(p.uTime.buf, 0, p.uTime.bytes); err != nil {
-				return err
-			}
-			if i == 0 {
-				if err := th.Write(p.uEHS.buf, 0, p.uEHS.bytes); err != nil {
-					return err
-				}
-			}
-			if err := th.Execute(p.unet, 0); err != nil {
-				return err
-			}
-			return th.Read(p.uOut.bytes, p.uOut.buf, 0)
-		})
-		if err != nil {
-			end()
-			return nil, err
-		}
-		p.uOut.decode(p.eps)
-		last := i == len(pl.steps)-1
-		prev := t
-		if !last {
-			prev = pl.steps[i+1]
-			p.rng.randn(p.noise)
-		}
-		lcmStep(p.x, p.eps, p.noise, coefs(t, prev, last))
-		end()
 		if i == 0 {
 			tm.FirstStep = time.Since(start)
 		}
 		if progress != nil {
 			if err := progress(i+1, len(pl.steps)); err != nil {
-				return nil, err
+				return err
 			}
 		}
 	}
-	if err := ctx.Err(); err != nil {
-		return nil, err
-	}
+	return ctx.Err()
+}
 
-	// VAE decoder and PNG.
-	end = stage(&tm.VAEDecoder)
+// step runs the UNet on p.x at the i-th timestep of pl and moves p.x to
+// the next timestep (LCM), adding fresh noise unless it is the last step.
+func (p *Pipeline) step(ctx context.Context, pl *plan, i int, tm *Timings) error {
+	t0 := time.Now()
+	t := pl.steps[i]
+	row := p.txtRows[t]
+	if r, ok := p.imgRows[t]; ok && pl.img2img {
+		row = r
+	}
+	p.uSample.encode(p.x)
+	p.uTime.encode(row)
+	c := &p.unetNext
+	if i == 0 {
+		c = &p.unetFirst // encoder_hidden_states stay on the card for the later steps
+	}
+	if err := p.run(ctx, c, tm); err != nil {
+		return p.failed(fmt.Sprintf("unet step %d (t=%d)", i+1, t), err)
+	}
+	p.uOut.decode(p.eps)
+	last := i == len(pl.steps)-1
+	prev := t
+	if !last {
+		prev = pl.steps[i+1]
+		p.rng.randn(p.noise)
+	}
+	lcmStep(p.x, p.eps, p.noise, coefs(t, prev, last))
+	tm.UNet += time.Since(t0)
+	return nil
+}
+
+// decode runs the VAE decoder on the latent in p.x and encodes the image
+// as a PNG.
+func (p *Pipeline) decode(ctx context.Context, tm *Timings) ([]byte, error) {
+	t0 := time.Now()
 	for i, v := range p.x {
 		p.x0[i] = v / LatentScale
 	}
 	p.decIn.encode(p.x0)
-	err = do("vae decoder", 0, func(t *npu.Thread) error {
-		if err := t.Write(p.decIn.buf, 0, p.decIn.bytes); err != nil {
-			return err
-		}
-		if err := t.Execute(p.dec, 0); err != nil {
-			return err
-		}
-		return t.Read(p.decOut.bytes, p.decOut.buf, 0)
-	})
-	end()
+	err := p.run(ctx, &p.decodeCall, tm)
+	tm.VAEDecoder += time.Since(t0)
 	if err != nil {
-		return nil, err
+		return nil, p.failed("vae decoder", err)
 	}
-	end = stage(&tm.Image)
+	t0 = time.Now()
 	p.decOut.decode(p.pix)
-	res.PNG, err = p.png.encode(p.pix)
-	end()
-	if err != nil {
-		return nil, err
+	b, err := p.png.encode(p.pix)
+	tm.Image += time.Since(t0)
+	return b, err
+}
+
+// call is one run of a model: write the staged inputs to the card, execute
+// shape group 0 and read the output into its staging buffer.
+type call struct {
+	model  *npu.Model
+	inputs []*port
+	output *port
+}
+
+// run makes c on the device thread and adds the time it took to tm.Device.
+// It allocates nothing: c is handed over in p.current to exchangeFn, a
+// method value bound once by bind.
+func (p *Pipeline) run(ctx context.Context, c *call, tm *Timings) error {
+	p.current = c
+	t0 := time.Now()
+	err := p.dev.Do(ctx, p.exchangeFn)
+	tm.Device += time.Since(t0)
+	return err
+}
+
+// exchange is run's work on the device thread.
+func (p *Pipeline) exchange(t *npu.Thread) error {
+	c := p.current
+	for _, in := range c.inputs {
+		if err := t.Write(in.buf, 0, in.bytes); err != nil {
+			return err
+		}
 	}
-	tm.Device = dev
-	tm.Total = time.Since(start)
-	return res, nil
+	if err := t.Execute(c.model, 0); err != nil {
+		return err
+	}
+	return t.Read(c.output.bytes, c.output.buf, 0)
+}
+
+// failed wraps the error of the stage what with the package's name.
+func (p *Pipeline) failed(what string, err error) error {
+	return fmt.Errorf("sd: %s: %s: %w", p.name, what, err)
 }
 
 // samplePosterior draws the init latent from the encoder's moments:

@@ -1,0 +1,5 @@
+//go:build !race
+
+package sd
+
+const raceEnabled = false
