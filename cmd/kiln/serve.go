@@ -7,7 +7,6 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
-	"sort"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -17,6 +16,7 @@ import (
 	"github.com/kiln-project/kiln/broker/topology"
 	"github.com/kiln-project/kiln/schema"
 	"github.com/kiln-project/kiln/worker"
+	"github.com/kiln-project/kiln/worker/card"
 )
 
 // workerFlags are the flags of the commands that run a worker.
@@ -38,55 +38,41 @@ func (w *workerFlags) register(fs *flag.FlagSet) {
 	w.temp.register(fs)
 }
 
-// workerConfig opens the card, loads the model packages found on it and
-// builds the worker's configuration. The caller closes the card.
-func (w *workerFlags) workerConfig(ctx context.Context, e *env, topo topology.Config) (worker.Config, *card, error) {
+// workerConfig opens card index, finds the model packages it serves and
+// builds the worker's configuration (name "" = the default
+// <host>-card<index>). The caller closes the card.
+func (w *workerFlags) workerConfig(ctx context.Context, e *env, topo topology.Config, index int, name string) (worker.Config, *card.Card, error) {
+	c, err := card.Open(ctx, card.Config{Library: w.lib, Index: index, ModelsDir: w.models, Logger: e.log.With("card", index)})
+	if err != nil {
+		return worker.Config{}, nil, err
+	}
 	cfg := worker.Config{
-		Name:          w.name,
-		Card:          w.card,
+		Name:          name,
+		Card:          index,
 		Version:       version,
 		Topology:      topo,
 		ShutdownGrace: w.grace,
-		Chat:          map[string]worker.Handler[schema.ChatJob]{},
-		Image:         map[string]worker.Handler[schema.ImageJob]{},
+		Chat:          c.ChatHandlers(),
+		Image:         c.ImageHandlers(),
+		StatusFunc:    c.Status,
 		Logger:        e.log,
 	}
-	c, err := openCard(ctx, e, w.lib, w.card)
-	if err != nil {
-		return cfg, nil, err
-	}
-	if err := c.load(ctx, w.models, &cfg); err != nil {
-		c.close()
-		return cfg, nil, err
-	}
-	cfg.StatusFunc = c.status
-	if cfg.Thermal, err = w.temp.config(c); err != nil {
-		c.close()
-		return cfg, nil, err
-	}
-	if c.dev != nil {
+	if c.Present() {
 		cfg.Device = c
+	}
+	if cfg.Thermal, err = w.temp.config(c, e.log); err != nil {
+		closeCard(e, c)
+		return cfg, nil, err
 	}
 	return cfg, c, nil
 }
 
-// modelPackages lists the sub-folders of dir (a missing dir is no packages).
-func modelPackages(dir string) ([]string, error) {
-	entries, err := os.ReadDir(dir)
-	if errors.Is(err, os.ErrNotExist) {
-		return nil, nil
+func closeCard(e *env, c *card.Card) {
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	if err := c.Close(ctx); err != nil {
+		e.log.Warn("close card", "err", err)
 	}
-	if err != nil {
-		return nil, fmt.Errorf("models folder %s: %w", dir, err)
-	}
-	var names []string
-	for _, en := range entries {
-		if en.IsDir() && schema.ValidToken(en.Name()) {
-			names = append(names, en.Name())
-		}
-	}
-	sort.Strings(names)
-	return names, nil
 }
 
 func (b *brokerFlags) start(ctx context.Context, e *env, prefix string) (*broker.Broker, error) {
@@ -137,11 +123,11 @@ func runUp(ctx context.Context, e *env, args []string) error {
 		return err
 	}
 	defer nc.Close()
-	cfg, c, err := wf.workerConfig(ctx, e, topology.Config{Prefix: *prefix, JobMaxAge: bf.jobMaxAge})
+	cfg, c, err := wf.workerConfig(ctx, e, topology.Config{Prefix: *prefix, JobMaxAge: bf.jobMaxAge}, wf.card, wf.name)
 	if err != nil {
 		return err
 	}
-	defer c.close()
+	defer closeCard(e, c)
 	w, err := worker.New(nc, cfg)
 	if err != nil {
 		return err
@@ -181,11 +167,11 @@ func runWorker(ctx context.Context, e *env, args []string) error {
 	if err := parse(fs, args); err != nil {
 		return err
 	}
-	cfg, c, err := wf.workerConfig(ctx, e, cf.topology())
+	cfg, c, err := wf.workerConfig(ctx, e, cf.topology(), wf.card, wf.name)
 	if err != nil {
 		return err
 	}
-	defer c.close()
+	defer closeCard(e, c)
 	opts, err := cf.options()
 	if err != nil {
 		return err
