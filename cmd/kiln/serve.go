@@ -30,7 +30,7 @@ type workerFlags struct {
 }
 
 func (w *workerFlags) register(fs *flag.FlagSet) {
-	fs.IntVar(&w.card, "card", 0, "index of the card on this host (not the PCIe bus id)")
+	fs.IntVar(&w.card, "card", 0, "index of the card on this host, not the PCIe bus id (kiln up without it serves every card)")
 	fs.StringVar(&w.name, "name", "", "worker name (default <host>-card<N>)")
 	fs.StringVar(&w.models, "models", getenv(envModels, defaultModels), "folder of model packages, one sub-folder per model ($"+envModels+")")
 	fs.StringVar(&w.lib, "lib", getenv(envAXCLLib, ""), "path of libaxcl_rt.so ($"+envAXCLLib+"; default /usr/lib/axcl/libaxcl_rt.so)")
@@ -65,6 +65,37 @@ func (w *workerFlags) workerConfig(ctx context.Context, e *env, topo topology.Co
 		return cfg, nil, err
 	}
 	return cfg, c, nil
+}
+
+// upCards lists the cards kiln up serves: --card when given, else every
+// card the runtime lists (card 0 alone when it lists one or none, or no
+// runtime is installed: the worker then serves without a card).
+func (w *workerFlags) upCards(ctx context.Context, fs *flag.FlagSet) ([]int, error) {
+	if flagGiven(fs, "card") {
+		return []int{w.card}, nil
+	}
+	n, err := card.Count(ctx, w.lib)
+	if err != nil {
+		return nil, err
+	}
+	if n <= 1 {
+		return []int{w.card}, nil
+	}
+	if w.name != "" {
+		return nil, fmt.Errorf("--name names one worker and this host has %d cards: give --card too, or leave --name out (each worker is <host>-card<N>)", n)
+	}
+	cards := make([]int, n)
+	for i := range cards {
+		cards[i] = i
+	}
+	return cards, nil
+}
+
+// flagGiven reports whether the flag name was set on the command line.
+func flagGiven(fs *flag.FlagSet, name string) bool {
+	given := false
+	fs.Visit(func(f *flag.Flag) { given = given || f.Name == name })
+	return given
 }
 
 func closeCard(e *env, c *card.Card) {
@@ -113,28 +144,38 @@ func runUp(ctx context.Context, e *env, args []string) error {
 	if err := parse(fs, args); err != nil {
 		return err
 	}
+	cards, err := wf.upCards(ctx, fs)
+	if err != nil {
+		return err
+	}
 	br, err := bf.start(ctx, e, *prefix)
 	if err != nil {
 		return err
 	}
 	defer shutdownBroker(e, br)
-	nc, err := br.Connect(nats.Name("kiln-up-worker"))
-	if err != nil {
-		return err
+	workers := make([]*worker.Worker, 0, len(cards))
+	for _, index := range cards {
+		cfg, c, err := wf.workerConfig(ctx, e, topology.Config{Prefix: *prefix, JobMaxAge: bf.jobMaxAge}, index, wf.name)
+		if err != nil {
+			return err
+		}
+		defer closeCard(e, c)
+		nc, err := br.Connect(nats.Name("kiln-up-worker"))
+		if err != nil {
+			return err
+		}
+		defer nc.Close()
+		w, err := worker.New(nc, cfg)
+		if err != nil {
+			return err
+		}
+		e.log.Info("kiln up", "url", br.ClientURL(), "worker", w.Name())
+		workers = append(workers, w)
 	}
-	defer nc.Close()
-	cfg, c, err := wf.workerConfig(ctx, e, topology.Config{Prefix: *prefix, JobMaxAge: bf.jobMaxAge}, wf.card, wf.name)
-	if err != nil {
-		return err
-	}
-	defer closeCard(e, c)
-	w, err := worker.New(nc, cfg)
-	if err != nil {
-		return err
-	}
-	e.log.Info("kiln up", "url", br.ClientURL(), "worker", w.Name())
 	g, gctx := errgroup.WithContext(ctx)
-	g.Go(func() error { return w.Run(gctx) })
+	for _, w := range workers {
+		g.Go(func() error { return w.Run(gctx) })
+	}
 	return g.Wait()
 }
 
