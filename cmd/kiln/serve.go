@@ -7,7 +7,6 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
-	"sort"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -17,6 +16,7 @@ import (
 	"github.com/kiln-project/kiln/broker/topology"
 	"github.com/kiln-project/kiln/schema"
 	"github.com/kiln-project/kiln/worker"
+	"github.com/kiln-project/kiln/worker/card"
 )
 
 // workerFlags are the flags of the commands that run a worker.
@@ -30,7 +30,7 @@ type workerFlags struct {
 }
 
 func (w *workerFlags) register(fs *flag.FlagSet) {
-	fs.IntVar(&w.card, "card", 0, "index of the card on this host (not the PCIe bus id)")
+	fs.IntVar(&w.card, "card", 0, "index of the card on this host, not the PCIe bus id (kiln up without it serves every card)")
 	fs.StringVar(&w.name, "name", "", "worker name (default <host>-card<N>)")
 	fs.StringVar(&w.models, "models", getenv(envModels, defaultModels), "folder of model packages, one sub-folder per model ($"+envModels+")")
 	fs.StringVar(&w.lib, "lib", getenv(envAXCLLib, ""), "path of libaxcl_rt.so ($"+envAXCLLib+"; default /usr/lib/axcl/libaxcl_rt.so)")
@@ -38,55 +38,72 @@ func (w *workerFlags) register(fs *flag.FlagSet) {
 	w.temp.register(fs)
 }
 
-// workerConfig opens the card, loads the model packages found on it and
-// builds the worker's configuration. The caller closes the card.
-func (w *workerFlags) workerConfig(ctx context.Context, e *env, topo topology.Config) (worker.Config, *card, error) {
+// workerConfig opens card index, finds the model packages it serves and
+// builds the worker's configuration (name "" = the default
+// <host>-card<index>). The caller closes the card.
+func (w *workerFlags) workerConfig(ctx context.Context, e *env, topo topology.Config, index int, name string) (worker.Config, *card.Card, error) {
+	c, err := card.Open(ctx, card.Config{Library: w.lib, Index: index, ModelsDir: w.models, Logger: e.log.With("card", index)})
+	if err != nil {
+		return worker.Config{}, nil, err
+	}
 	cfg := worker.Config{
-		Name:          w.name,
-		Card:          w.card,
+		Name:          name,
+		Card:          index,
 		Version:       version,
 		Topology:      topo,
 		ShutdownGrace: w.grace,
-		Chat:          map[string]worker.Handler[schema.ChatJob]{},
-		Image:         map[string]worker.Handler[schema.ImageJob]{},
+		Chat:          c.ChatHandlers(),
+		Image:         c.ImageHandlers(),
+		StatusFunc:    c.Status,
 		Logger:        e.log,
 	}
-	c, err := openCard(ctx, e, w.lib, w.card)
-	if err != nil {
-		return cfg, nil, err
-	}
-	if err := c.load(ctx, w.models, &cfg); err != nil {
-		c.close()
-		return cfg, nil, err
-	}
-	cfg.StatusFunc = c.status
-	if cfg.Thermal, err = w.temp.config(c); err != nil {
-		c.close()
-		return cfg, nil, err
-	}
-	if c.dev != nil {
+	if c.Present() {
 		cfg.Device = c
+	}
+	if cfg.Thermal, err = w.temp.config(c, e.log); err != nil {
+		closeCard(e, c)
+		return cfg, nil, err
 	}
 	return cfg, c, nil
 }
 
-// modelPackages lists the sub-folders of dir (a missing dir is no packages).
-func modelPackages(dir string) ([]string, error) {
-	entries, err := os.ReadDir(dir)
-	if errors.Is(err, os.ErrNotExist) {
-		return nil, nil
+// upCards lists the cards kiln up serves: --card when given, else every
+// card the runtime lists (card 0 alone when it lists one or none, or no
+// runtime is installed: the worker then serves without a card).
+func (w *workerFlags) upCards(ctx context.Context, fs *flag.FlagSet) ([]int, error) {
+	if flagGiven(fs, "card") {
+		return []int{w.card}, nil
 	}
+	n, err := card.Count(ctx, w.lib)
 	if err != nil {
-		return nil, fmt.Errorf("models folder %s: %w", dir, err)
+		return nil, err
 	}
-	var names []string
-	for _, en := range entries {
-		if en.IsDir() && schema.ValidToken(en.Name()) {
-			names = append(names, en.Name())
-		}
+	if n <= 1 {
+		return []int{w.card}, nil
 	}
-	sort.Strings(names)
-	return names, nil
+	if w.name != "" {
+		return nil, fmt.Errorf("--name names one worker and this host has %d cards: give --card too, or leave --name out (each worker is <host>-card<N>)", n)
+	}
+	cards := make([]int, n)
+	for i := range cards {
+		cards[i] = i
+	}
+	return cards, nil
+}
+
+// flagGiven reports whether the flag name was set on the command line.
+func flagGiven(fs *flag.FlagSet, name string) bool {
+	given := false
+	fs.Visit(func(f *flag.Flag) { given = given || f.Name == name })
+	return given
+}
+
+func closeCard(e *env, c *card.Card) {
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	if err := c.Close(ctx); err != nil {
+		e.log.Warn("close card", "err", err)
+	}
 }
 
 func (b *brokerFlags) start(ctx context.Context, e *env, prefix string) (*broker.Broker, error) {
@@ -127,28 +144,38 @@ func runUp(ctx context.Context, e *env, args []string) error {
 	if err := parse(fs, args); err != nil {
 		return err
 	}
+	cards, err := wf.upCards(ctx, fs)
+	if err != nil {
+		return err
+	}
 	br, err := bf.start(ctx, e, *prefix)
 	if err != nil {
 		return err
 	}
 	defer shutdownBroker(e, br)
-	nc, err := br.Connect(nats.Name("kiln-up-worker"))
-	if err != nil {
-		return err
+	workers := make([]*worker.Worker, 0, len(cards))
+	for _, index := range cards {
+		cfg, c, err := wf.workerConfig(ctx, e, topology.Config{Prefix: *prefix, JobMaxAge: bf.jobMaxAge}, index, wf.name)
+		if err != nil {
+			return err
+		}
+		defer closeCard(e, c)
+		nc, err := br.Connect(nats.Name("kiln-up-worker"))
+		if err != nil {
+			return err
+		}
+		defer nc.Close()
+		w, err := worker.New(nc, cfg)
+		if err != nil {
+			return err
+		}
+		e.log.Info("kiln up", "url", br.ClientURL(), "worker", w.Name())
+		workers = append(workers, w)
 	}
-	defer nc.Close()
-	cfg, c, err := wf.workerConfig(ctx, e, topology.Config{Prefix: *prefix, JobMaxAge: bf.jobMaxAge})
-	if err != nil {
-		return err
-	}
-	defer c.close()
-	w, err := worker.New(nc, cfg)
-	if err != nil {
-		return err
-	}
-	e.log.Info("kiln up", "url", br.ClientURL(), "worker", w.Name())
 	g, gctx := errgroup.WithContext(ctx)
-	g.Go(func() error { return w.Run(gctx) })
+	for _, w := range workers {
+		g.Go(func() error { return w.Run(gctx) })
+	}
 	return g.Wait()
 }
 
@@ -181,11 +208,11 @@ func runWorker(ctx context.Context, e *env, args []string) error {
 	if err := parse(fs, args); err != nil {
 		return err
 	}
-	cfg, c, err := wf.workerConfig(ctx, e, cf.topology())
+	cfg, c, err := wf.workerConfig(ctx, e, cf.topology(), wf.card, wf.name)
 	if err != nil {
 		return err
 	}
-	defer c.close()
+	defer closeCard(e, c)
 	opts, err := cf.options()
 	if err != nil {
 		return err

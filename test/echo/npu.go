@@ -2,7 +2,6 @@ package echo
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -13,7 +12,7 @@ import (
 	"github.com/kiln-project/kiln/schema"
 	"github.com/kiln-project/kiln/test/cardsim"
 	"github.com/kiln-project/kiln/worker"
-	"github.com/kiln-project/kiln/worker/axcl"
+	"github.com/kiln-project/kiln/worker/card"
 	"github.com/kiln-project/kiln/worker/npu"
 )
 
@@ -134,15 +133,14 @@ func (c *Card) TempNow(ctx context.Context) (float64, error) {
 	return float64(p.TemperatureMilliC) / 1000, nil
 }
 
-// Fault implements worker.Device: runtime errors and a lost device.
-func (c *Card) Fault(err error) bool {
-	var ae *axcl.Error
-	return errors.As(err, &ae) || errors.Is(err, npu.ErrLost) || errors.Is(err, npu.ErrStopped)
-}
+// Fault implements worker.Device with the card supervisor's
+// classification (card.IsFault): runtime errors, a lost or closed device.
+func (c *Card) Fault(err error) bool { return card.IsFault(err) }
 
-// Lost implements worker.Device.
+// Lost implements worker.Device: the device's error when it is lost
+// (card.IsLost).
 func (c *Card) Lost() error {
-	if err := c.Device().Err(); errors.Is(err, npu.ErrLost) {
+	if err := c.Device().Err(); card.IsLost(err) {
 		return err
 	}
 	return nil

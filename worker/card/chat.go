@@ -1,4 +1,4 @@
-package worker
+package card
 
 import (
 	"bytes"
@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/kiln-project/kiln/schema"
+	"github.com/kiln-project/kiln/worker"
 	"github.com/kiln-project/kiln/worker/llm"
 	tok "github.com/kiln-project/kiln/worker/tokenize"
 )
@@ -35,7 +36,7 @@ import (
 // refuses them with unsupported, an undecodable image is bad_value. A
 // device error is transient and the job is retried; a cancelled job returns
 // the text so far.
-func ChatHandler(m *llm.Model, log *slog.Logger) Handler[schema.ChatJob] {
+func ChatHandler(m *llm.Model, log *slog.Logger) worker.Handler[schema.ChatJob] {
 	if log == nil {
 		log = slog.Default()
 	}
@@ -197,7 +198,7 @@ func (h *chatHandler) sampling(a *schema.ChatJob) llm.Sampling {
 	return s
 }
 
-func (h *chatHandler) Handle(ctx context.Context, job *Job[schema.ChatJob]) (*schema.Result, error) {
+func (h *chatHandler) Handle(ctx context.Context, job *worker.Job[schema.ChatJob]) (*schema.Result, error) {
 	start := time.Now()
 	a := job.Args
 	images, verr := h.images(a)
@@ -273,9 +274,9 @@ func (h *chatHandler) Handle(ctx context.Context, job *Job[schema.ChatJob]) (*sc
 		}
 		h.log.Warn("chat failed", "job", a.ID, "err", err)
 		if errors.Is(err, llm.ErrTokenRange) {
-			return nil, Permanent(fmt.Errorf("worker: chat on %s: %w", h.name, err)) // the package, not the card
+			return nil, worker.Permanent(fmt.Errorf("card: chat on %s: %w", h.name, err)) // the package, not the card
 		}
-		return nil, fmt.Errorf("worker: chat on %s: %w", h.name, err)
+		return nil, fmt.Errorf("card: chat on %s: %w", h.name, err)
 	}
 	result.FinishReason = schema.FinishStop
 	if res.Finish == llm.FinishLength {

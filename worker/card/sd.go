@@ -1,10 +1,10 @@
-package main
+package card
 
 import (
 	"context"
 	"log/slog"
 
-	"github.com/kiln-project/kiln/worker"
+	"github.com/kiln-project/kiln/schema"
 	"github.com/kiln-project/kiln/worker/npu"
 	"github.com/kiln-project/kiln/worker/sd"
 )
@@ -12,7 +12,7 @@ import (
 // sdRuntime serves image model packages (Stable Diffusion 1.5 LCM, the
 // AXERA-TECH lcm-lora-sdv1-5 layout) on the card.
 func sdRuntime() modelRuntime {
-	return modelRuntime{name: "sd", detect: sd.Detect, open: openSD}
+	return modelRuntime{name: "sd", kind: schema.KindImage, detect: sd.Detect, open: openSD}
 }
 
 func openSD(ctx context.Context, dev *npu.Device, model, dir string, log *slog.Logger) (*servedModel, error) {
@@ -21,7 +21,7 @@ func openSD(ctx context.Context, dev *npu.Device, model, dir string, log *slog.L
 		return nil, err
 	}
 	return &servedModel{
-		image:  worker.ImageHandler(p, log.With("model", model)),
+		image:  ImageHandler(p, log.With("model", model)),
 		cmmMiB: int((p.CMMBytes() + 1<<20 - 1) >> 20),
 		close:  p.Close,
 	}, nil

@@ -1,4 +1,4 @@
-package worker_test
+package card_test
 
 import (
 	"bytes"
@@ -22,6 +22,7 @@ import (
 	"github.com/kiln-project/kiln/schema"
 	"github.com/kiln-project/kiln/test/cardsim"
 	"github.com/kiln-project/kiln/worker"
+	"github.com/kiln-project/kiln/worker/card"
 	"github.com/kiln-project/kiln/worker/llm"
 	"github.com/kiln-project/kiln/worker/npu"
 	"github.com/kiln-project/kiln/worker/tokenize"
@@ -64,7 +65,7 @@ func simLoad(t *testing.T, pkg *simPackage, vision bool) (*llm.Model, *cardsim.R
 		}
 		s := cardsim.TinyQwen3()
 		s.Name, s.Layers, s.MaxCtx, s.Histories = chatModel, 2, 639, []int{0, 128, 256, 384}
-		s.TokenizerDir = "tokenize/testdata/qwen3"
+		s.TokenizerDir = "../tokenize/testdata/qwen3"
 		if vision {
 			s.Vision = &cardsim.VisionSpec{File: "vision_model.axmodel", Width: 64, Height: 48, Grid: 4, WeightBytes: 1 << 20, ImageTokenID: 151655}
 		}
@@ -113,7 +114,7 @@ func chatWorker(t *testing.T, m *llm.Model) *client.Client {
 	t.Helper()
 	bb := setup(t, topology.Config{})
 	bb.worker(t, "card0", func(c *worker.Config) {
-		c.Chat = map[string]worker.Handler[schema.ChatJob]{chatModel: worker.ChatHandler(m, quiet)}
+		c.Chat = map[string]worker.Handler[schema.ChatJob]{chatModel: card.ChatHandler(m, quiet)}
 		c.Image = nil
 	})
 	return bb.client(t)

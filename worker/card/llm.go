@@ -1,10 +1,10 @@
-package main
+package card
 
 import (
 	"context"
 	"log/slog"
 
-	"github.com/kiln-project/kiln/worker"
+	"github.com/kiln-project/kiln/schema"
 	"github.com/kiln-project/kiln/worker/llm"
 	"github.com/kiln-project/kiln/worker/npu"
 )
@@ -12,7 +12,7 @@ import (
 // llmRuntime serves chat model packages (the Axera LLM layout: Qwen3,
 // Qwen2.5, Llama-style, the text part of the VLMs) on the card.
 func llmRuntime() modelRuntime {
-	return modelRuntime{name: "llm", detect: llm.Detect, open: openLLM}
+	return modelRuntime{name: "llm", kind: schema.KindChat, detect: llm.Detect, open: openLLM}
 }
 
 func openLLM(ctx context.Context, dev *npu.Device, model, dir string, log *slog.Logger) (*servedModel, error) {
@@ -28,7 +28,7 @@ func openLLM(ctx context.Context, dev *npu.Device, model, dir string, log *slog.
 		return nil, err
 	}
 	return &servedModel{
-		chat:   worker.ChatHandler(m, log.With("model", model)),
+		chat:   ChatHandler(m, log.With("model", model)),
 		cmmMiB: int((m.CMMBytes() + 1<<20 - 1) >> 20),
 		close:  m.Close,
 	}, nil

@@ -1,4 +1,4 @@
-package worker_test
+package card_test
 
 import (
 	"bytes"
@@ -22,6 +22,7 @@ import (
 	"github.com/kiln-project/kiln/schema"
 	"github.com/kiln-project/kiln/test/cardsim"
 	"github.com/kiln-project/kiln/worker"
+	"github.com/kiln-project/kiln/worker/card"
 	"github.com/kiln-project/kiln/worker/llm"
 	"github.com/kiln-project/kiln/worker/npu"
 	"github.com/kiln-project/kiln/worker/sd"
@@ -40,7 +41,7 @@ func TestImageJobs(t *testing.T) {
 	}
 	t.Cleanup(func() { _ = dev.Close(context.Background()) })
 	spec := cardsim.SD15LCM()
-	spec.TokenizerDir = "tokenize/testdata/clip"
+	spec.TokenizerDir = "../tokenize/testdata/clip"
 	dir := filepath.Join(t.TempDir(), "sd15-lcm")
 	if err := cardsim.WriteSDPackage(dir, spec); err != nil {
 		t.Fatal(err)
@@ -66,7 +67,7 @@ func TestImageJobs(t *testing.T) {
 	}
 	ls := cardsim.TinyQwen3()
 	ls.Name, ls.Layers, ls.MaxCtx, ls.Histories = "qwen3-sim", 2, 639, []int{0, 128}
-	ls.TokenizerDir = "tokenize/testdata/qwen3"
+	ls.TokenizerDir = "../tokenize/testdata/qwen3"
 	llmDir := filepath.Join(t.TempDir(), ls.Name)
 	if err := cardsim.WriteLLMPackage(llmDir, ls); err != nil {
 		t.Fatal(err)
@@ -80,12 +81,12 @@ func TestImageJobs(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { _ = lm.Close(context.Background()) })
-	chatH := worker.ChatHandler(lm, quiet)
+	chatH := card.ChatHandler(lm, quiet)
 	chat := worker.HandlerFunc[schema.ChatJob](func(ctx context.Context, job *worker.Job[schema.ChatJob]) (*schema.Result, error) {
 		defer record("chat")()
 		return chatH.Handle(ctx, job)
 	})
-	img := worker.ImageHandler(pipe, quiet)
+	img := card.ImageHandler(pipe, quiet)
 	recorded := worker.HandlerFunc[schema.ImageJob](func(ctx context.Context, job *worker.Job[schema.ImageJob]) (*schema.Result, error) {
 		defer record("image")()
 		return img.Handle(ctx, job)

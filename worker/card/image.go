@@ -1,4 +1,4 @@
-package worker
+package card
 
 import (
 	"context"
@@ -7,6 +7,7 @@ import (
 	"math/rand/v2"
 
 	"github.com/kiln-project/kiln/schema"
+	"github.com/kiln-project/kiln/worker"
 	"github.com/kiln-project/kiln/worker/sd"
 )
 
@@ -18,7 +19,7 @@ import (
 // decodable PNG/JPEG, too large, too stretched, or img2img without a VAE
 // encoder) ends with an invalid_request code naming the field and the limit;
 // a device error is transient and the job is retried.
-func ImageHandler(p *sd.Pipeline, log *slog.Logger) Handler[schema.ImageJob] {
+func ImageHandler(p *sd.Pipeline, log *slog.Logger) worker.Handler[schema.ImageJob] {
 	if log == nil {
 		log = slog.Default()
 	}
@@ -30,7 +31,7 @@ type imageHandler struct {
 	log *slog.Logger
 }
 
-func (h *imageHandler) Handle(ctx context.Context, job *Job[schema.ImageJob]) (*schema.Result, error) {
+func (h *imageHandler) Handle(ctx context.Context, job *worker.Job[schema.ImageJob]) (*schema.Result, error) {
 	a := job.Args
 	req := &sd.Request{Prompt: a.Prompt, Steps: a.Steps, InitImage: a.InitImage, Strength: a.Strength}
 	if a.Seed != nil {

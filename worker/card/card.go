@@ -1,0 +1,308 @@
+package card
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"sync"
+	"time"
+
+	"github.com/kiln-project/kiln/schema"
+	"github.com/kiln-project/kiln/worker"
+	"github.com/kiln-project/kiln/worker/axcl"
+	"github.com/kiln-project/kiln/worker/npu"
+)
+
+// Config configures a Card.
+type Config struct {
+	// Library is the path of libaxcl_rt.so ("" = axcl.LibraryPath():
+	// $KILN_AXCL_LIB, else the default path).
+	Library string
+	// Index is the card's index on this host (not its PCIe bus id).
+	Index int
+	// ModelsDir is the folder of model packages, one sub-folder per model
+	// (a missing folder holds no packages).
+	ModelsDir string
+	// Logger (default slog.Default()).
+	Logger *slog.Logger
+}
+
+// Card is what a worker process holds of its card: the device (none
+// without a card runtime) and the models loaded on it. It implements
+// worker.Device and worker.Loader: after a device fault Reset closes the
+// device, opens it again and reloads the same packages; the handlers given
+// to the worker stay valid (they call whichever model is loaded now).
+type Card struct {
+	log   *slog.Logger
+	lib   string // "" without a card runtime
+	index int
+	dir   string   // the models folder
+	order []string // names of the packages served, in load order
+	chat  map[string]worker.Handler[schema.ChatJob]
+	image map[string]worker.Handler[schema.ImageJob]
+
+	mu     sync.RWMutex // held for reading by a running handler, for writing by Reset
+	dev    *npu.Device
+	models map[string]*servedModel
+}
+
+var (
+	_ worker.Device = (*Card)(nil)
+	_ worker.Loader = (*Card)(nil)
+)
+
+// Open opens the card of cfg and finds the model packages in
+// cfg.ModelsDir that a runtime of this build recognises. The packages load
+// onto the card once the worker has started (Load, called by the worker: it
+// registers and heartbeats "loading" meanwhile).
+//
+// Without a card runtime installed Open returns a Card without a device
+// (Present is false): it serves no models. The caller closes the Card.
+func Open(ctx context.Context, cfg Config) (*Card, error) {
+	if cfg.Logger == nil {
+		cfg.Logger = slog.Default()
+	}
+	c := &Card{
+		log:    cfg.Logger,
+		index:  cfg.Index,
+		dir:    cfg.ModelsDir,
+		chat:   map[string]worker.Handler[schema.ChatJob]{},
+		image:  map[string]worker.Handler[schema.ImageJob]{},
+		models: map[string]*servedModel{},
+	}
+	lib := cfg.Library
+	if lib == "" {
+		lib = axcl.LibraryPath()
+	}
+	if _, err := os.Stat(lib); errors.Is(err, os.ErrNotExist) {
+		c.log.Warn("no card runtime: serving without a card", "lib", lib,
+			"hint", "install the axclhost package (docs/card.md) or set KILN_AXCL_LIB; `make run` uses the simulator")
+	} else {
+		c.lib = lib
+		if c.dev, err = c.openDevice(ctx); err != nil {
+			return nil, err
+		}
+	}
+	if err := c.findPackages(); err != nil {
+		_ = c.Close(ctx)
+		return nil, err
+	}
+	return c, nil
+}
+
+// Count is how many cards the runtime at library lists ("" =
+// axcl.LibraryPath()); 0 without a card runtime installed.
+func Count(ctx context.Context, library string) (int, error) {
+	if library == "" {
+		library = axcl.LibraryPath()
+	}
+	if _, err := os.Stat(library); errors.Is(err, os.ErrNotExist) {
+		return 0, nil
+	}
+	info, err := npu.CardInfo(ctx, library)
+	if err != nil {
+		return 0, fmt.Errorf("card: list cards: %w", err)
+	}
+	return len(info.Cards), nil
+}
+
+func (c *Card) openDevice(ctx context.Context) (*npu.Device, error) {
+	dev, err := npu.Open(ctx, npu.Config{Library: c.lib, Index: c.index, Logger: c.log})
+	if err != nil {
+		return nil, fmt.Errorf("card %d: %w", c.index, err)
+	}
+	if p, err := dev.Properties(ctx); err == nil {
+		c.log.Info("card open", "index", c.index, "device_id", dev.ID(), "lib", c.lib,
+			"temp_c", float64(p.TemperatureMilliC)/1000, "cmm_total_mib", p.TotalCMMKiB/1024)
+	}
+	return dev, nil
+}
+
+// findPackages picks the packages of c.dir that a runtime recognises and
+// makes a handler for each.
+func (c *Card) findPackages() error {
+	names, err := modelPackages(c.dir)
+	if err != nil {
+		return err
+	}
+	for _, name := range names {
+		rt := runtimeFor(filepath.Join(c.dir, name))
+		if rt == nil {
+			c.log.Warn("model package not served: no runtime in this build recognises it", "model", name, "folder", filepath.Join(c.dir, name))
+			continue
+		}
+		if !c.Present() {
+			c.log.Warn("model package not served: no card", "model", name, "runtime", rt.name)
+			continue
+		}
+		c.order = append(c.order, name)
+		switch rt.kind {
+		case schema.KindChat:
+			c.chat[name] = chatOn(c, name)
+		case schema.KindImage:
+			c.image[name] = imageOn(c, name)
+		}
+	}
+	return nil
+}
+
+// Present reports whether a card runtime was found and the card opened.
+// Without one the Card serves no models and has no status or temperatures
+// to give; the worker then runs without a Device.
+func (c *Card) Present() bool { return c.lib != "" }
+
+// ChatHandlers are the handlers of the chat packages found by Open, by
+// model name (a fresh map).
+func (c *Card) ChatHandlers() map[string]worker.Handler[schema.ChatJob] {
+	m := make(map[string]worker.Handler[schema.ChatJob], len(c.chat))
+	for name, h := range c.chat {
+		m[name] = h
+	}
+	return m
+}
+
+// ImageHandlers are ChatHandlers for the image packages.
+func (c *Card) ImageHandlers() map[string]worker.Handler[schema.ImageJob] {
+	m := make(map[string]worker.Handler[schema.ImageJob], len(c.image))
+	for name, h := range c.image {
+		m[name] = h
+	}
+	return m
+}
+
+// Load implements worker.Loader: it loads the packages found by Open onto
+// the card.
+func (c *Card) Load(ctx context.Context) error {
+	c.mu.RLock()
+	dev := c.dev
+	c.mu.RUnlock()
+	models, err := c.loadAll(ctx, dev)
+	if err != nil {
+		return err
+	}
+	c.mu.Lock()
+	c.models = models
+	c.mu.Unlock()
+	return nil
+}
+
+// loadAll loads every package of c.order onto dev; on an error it unloads
+// what it loaded.
+func (c *Card) loadAll(ctx context.Context, dev *npu.Device) (map[string]*servedModel, error) {
+	models := map[string]*servedModel{}
+	for _, name := range c.order {
+		path := filepath.Join(c.dir, name)
+		var m *servedModel
+		err := fmt.Errorf("model %s: no runtime recognises %s any more", name, path)
+		if rt := runtimeFor(path); rt != nil {
+			m, err = c.loadModel(ctx, dev, rt, name, path)
+		}
+		if err != nil {
+			for _, m := range models {
+				if m.close != nil {
+					_ = m.close(ctx)
+				}
+			}
+			return nil, err
+		}
+		models[name] = m
+	}
+	return models, nil
+}
+
+func (c *Card) loadModel(ctx context.Context, dev *npu.Device, rt *modelRuntime, name, path string) (*servedModel, error) {
+	start := time.Now()
+	m, err := rt.open(ctx, dev, name, path, c.log)
+	if err != nil {
+		return nil, fmt.Errorf("model %s: %w", name, err)
+	}
+	c.log.Info("model loaded", "model", name, "runtime", rt.name, "cmm_mib", m.cmmMiB, "took", time.Since(start).Round(time.Millisecond))
+	return m, nil
+}
+
+// chatOn is the chat handler of model name on c: it runs whichever
+// instance of the model is loaded now.
+func chatOn(c *Card, name string) worker.Handler[schema.ChatJob] {
+	return worker.HandlerFunc[schema.ChatJob](func(ctx context.Context, job *worker.Job[schema.ChatJob]) (*schema.Result, error) {
+		c.mu.RLock()
+		defer c.mu.RUnlock()
+		m := c.models[name]
+		if m == nil || m.chat == nil {
+			return nil, fmt.Errorf("model %s is not loaded on the card", name)
+		}
+		return m.chat.Handle(ctx, job)
+	})
+}
+
+// imageOn is chatOn for image models.
+func imageOn(c *Card, name string) worker.Handler[schema.ImageJob] {
+	return worker.HandlerFunc[schema.ImageJob](func(ctx context.Context, job *worker.Job[schema.ImageJob]) (*schema.Result, error) {
+		c.mu.RLock()
+		defer c.mu.RUnlock()
+		m := c.models[name]
+		if m == nil || m.image == nil {
+			return nil, fmt.Errorf("model %s is not loaded on the card", name)
+		}
+		return m.image.Handle(ctx, job)
+	})
+}
+
+// Reset implements worker.Device: unload the models, close the device,
+// open it again and load the same packages. The lock is held only to swap
+// the device and models, so heartbeats (status, temperatures) go on while
+// the packages load; no job runs meanwhile (the worker does not fetch).
+func (c *Card) Reset(ctx context.Context) error {
+	c.mu.Lock()
+	if err := c.unloadLocked(ctx); err != nil {
+		c.log.Warn("unload card for reset", "err", err)
+	}
+	c.dev, c.models = nil, map[string]*servedModel{}
+	c.mu.Unlock()
+	dev, err := c.openDevice(ctx)
+	if err != nil {
+		return err
+	}
+	models, err := c.loadAll(ctx, dev)
+	if err != nil {
+		if cerr := dev.Close(ctx); cerr != nil {
+			c.log.Warn("close card", "err", cerr)
+		}
+		return err
+	}
+	c.mu.Lock()
+	c.dev, c.models = dev, models
+	c.mu.Unlock()
+	return nil
+}
+
+// Close unloads the models (newest first) and closes the device. It waits
+// for a running handler to return.
+func (c *Card) Close(ctx context.Context) error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	err := c.unloadLocked(ctx)
+	c.dev, c.models = nil, map[string]*servedModel{}
+	return err
+}
+
+// unloadLocked unloads the models (newest first) and closes the device
+// (c.mu held).
+func (c *Card) unloadLocked(ctx context.Context) error {
+	var errs []error
+	for i := len(c.order) - 1; i >= 0; i-- {
+		if m := c.models[c.order[i]]; m != nil && m.close != nil {
+			if err := m.close(ctx); err != nil {
+				errs = append(errs, fmt.Errorf("unload model %s: %w", c.order[i], err))
+			}
+		}
+	}
+	if c.dev != nil {
+		if err := c.dev.Close(ctx); err != nil {
+			errs = append(errs, fmt.Errorf("close card %d: %w", c.index, err))
+		}
+	}
+	return errors.Join(errs...)
+}

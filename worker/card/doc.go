@@ -1,0 +1,18 @@
+// Package card owns the card a worker process holds: it finds the model
+// packages in the models folder, loads them onto the card in order and
+// unloads them newest first, resets the card under a lock after a device
+// fault (reloading the same packages), tells device faults and lost cards
+// from other errors (IsFault), and reports the card's status and
+// temperatures for heartbeats and the thermal governor.
+//
+// A Card is the worker's worker.Device and worker.Loader. Its handlers
+// (ChatHandlers, ImageHandlers) stay valid across resets: each calls
+// whichever instance of its model is loaded now. The adapters that turn a
+// job into an engine call live here too: ChatHandler serves chat jobs with
+// an llm.Model (chat templates, sampling settings, images scaled for the
+// vision encoder), ImageHandler serves image jobs with an sd.Pipeline.
+//
+// Imports point one way: cmd/kiln → card → {llm, sd, tokenize} → npu →
+// axcl. The worker package (the queue runtime) imports no engine: it knows
+// a card only through worker.Device and the handlers.
+package card
