@@ -6,6 +6,8 @@ KILN := $(BUILD)/kiln
 VERSION ?= $(shell git describe --always --dirty 2>/dev/null || echo dev)
 LDFLAGS := -X main.version=$(VERSION)
 REAL_RUNTIME := /usr/lib/axcl/libaxcl_rt.so
+# The static analyser, pinned: `go run` fetches this version through the module proxy (checksummed) once.
+STATICCHECK := honnef.co/go/tools/cmd/staticcheck@v0.8.2
 
 .PHONY: help build sim run test test/short cross vet fuzz bench clean
 
@@ -31,9 +33,10 @@ run: build ## start kiln (embedded broker + worker); on the simulator when no ca
 	export KILN_MODELS=$${KILN_MODELS:-$(CURDIR)/$(BUILD)/models}; \
 	exec $(KILN) up
 
-vet: ## go vet and gofmt
+vet: ## gofmt, go vet and staticcheck
 	@test -z "$$(gofmt -l $$(git ls-files '*.go'))" || { echo "gofmt needed:"; gofmt -l $$(git ls-files '*.go'); exit 1; }
 	$(GO) vet ./...
+	$(GO) run $(STATICCHECK) ./...
 
 cross: ## the Pi build: linux/arm64 without cgo
 	GOOS=linux GOARCH=arm64 CGO_ENABLED=0 $(GO) build ./...

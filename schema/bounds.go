@@ -146,14 +146,14 @@ func checkMsgpackShape(b []byte) error {
 			i += lenBytes
 		}
 		if elements < 0 { // a scalar, string, binary or extension
+			size := uint64(skip)
 			if lenBytes > 0 {
-				skip = extra + int(n)
-				n = uint64(skip)
+				size = uint64(extra) + n
 			}
-			if uint64(len(b)-i) < uint64(skip) {
-				return fmt.Errorf("a value at byte %d declares %d bytes; %d remain", at, skip, len(b)-i)
+			if uint64(len(b)-i) < size {
+				return fmt.Errorf("a value at byte %d declares %d bytes; %d remain", at, size, len(b)-i)
 			}
-			i += skip
+			i += int(size)
 			continue
 		}
 		if lenBytes == 0 {

@@ -170,10 +170,10 @@ func newLogger(w io.Writer) *slog.Logger {
 	case "json":
 		return slog.New(slog.NewJSONHandler(w, &slog.HandlerOptions{Level: level}))
 	case "text":
-		return slog.New(tint.NewHandler(w, &tint.Options{Level: level, NoColor: !tty, TimeFormat: time.TimeOnly}))
+		return slog.New(tint.NewTextHandler(w, &tint.Options{Level: level, NoColor: !tty, TimeFormat: time.TimeOnly}))
 	}
 	if tty {
-		return slog.New(tint.NewHandler(w, &tint.Options{Level: level, TimeFormat: time.TimeOnly}))
+		return slog.New(tint.NewTextHandler(w, &tint.Options{Level: level, TimeFormat: time.TimeOnly}))
 	}
 	return slog.New(slog.NewJSONHandler(w, &slog.HandlerOptions{Level: level}))
 }

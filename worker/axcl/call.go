@@ -6,9 +6,9 @@ import (
 	"github.com/ebitengine/purego"
 )
 
-// argBlock is the argument slice of a raw call. purego.SyscallN is marked
-// go:uintptrescapes, so a fresh variadic slice escapes to the heap on every
-// call; a pooled block does not. Only integers and addresses outside Go
+// argBlock is the argument slice of a raw call. purego.SyscallN carries the
+// uintptrescapes directive, so a fresh variadic slice escapes to the heap on
+// every call; a pooled block does not. Only integers and addresses outside Go
 // memory go through here.
 type argBlock [4]uintptr
 

@@ -49,12 +49,3 @@ func byteLevelDecode(tok string) (out []byte, ok bool) {
 	}
 	return out, true
 }
-
-// byteLevelEncode maps bytes to the byte-level alphabet.
-func byteLevelEncode(b []byte) string {
-	out := make([]byte, 0, 2*len(b))
-	for _, c := range b {
-		out = utf8.AppendRune(out, byteToRune[c])
-	}
-	return string(out)
-}
