@@ -36,7 +36,7 @@ func (t *thermalFlags) register(fs *flag.FlagSet) {
 	fs.StringVar(&t.zone, "soc-zone", getenv(envSoCZone, thermal.DefaultZone), "thermal zone file of the host SoC, millidegrees ($"+envSoCZone+"; \"\" leaves the SoC out)")
 	fs.StringVar(&t.card, "card-temp", getenv(envCardTemp, lim(def.Card)), "card pause,resume,critical °C (critical 0 = none) ($"+envCardTemp+")")
 	fs.StringVar(&t.soc, "soc-temp", getenv(envSoCTemp, lim(def.SoC)), "SoC pause,resume,critical °C ($"+envSoCTemp+")")
-	fs.DurationVar(&t.interval, "thermal-interval", 2*time.Second, "how often the governor looks at the temperatures")
+	fs.DurationVar(&t.interval, "thermal-interval", thermal.DefaultInterval, "how often the governor looks at the temperatures")
 }
 
 // config returns the governor's configuration for card c, nil when off.

@@ -25,11 +25,15 @@ type MonitorConfig struct {
 	CardNow Source
 	// FreshMarginC is that margin (default 3 °C).
 	FreshMarginC float64
-	// Interval between samples (default 2 s).
+	// Interval between samples (default DefaultInterval).
 	Interval time.Duration
 	// Logger (default slog.Default()).
 	Logger *slog.Logger
 }
+
+// DefaultInterval is how often a Monitor samples when its config leaves
+// Interval zero.
+const DefaultInterval = 2 * time.Second
 
 // Monitor samples its sources every Interval and feeds a Governor.
 // Start, Check, Snapshot and Stop are safe for concurrent use.
@@ -61,7 +65,7 @@ func NewMonitor(cfg MonitorConfig, onChange func(Transition)) (*Monitor, error) 
 		cfg.FreshMarginC = 3
 	}
 	if cfg.Interval <= 0 {
-		cfg.Interval = 2 * time.Second
+		cfg.Interval = DefaultInterval
 	}
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()
