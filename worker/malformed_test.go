@@ -336,3 +336,60 @@ func TestMalformedBodyWithoutReplySubjectIsStored(t *testing.T) {
 		return err
 	})
 }
+
+// The reaper reads the body of a job that ran out of deliveries too: a
+// hostile one (here a 3 MiB body of nested arrays, which the msgpack
+// library's Skip recursed through without a limit) is refused before it is
+// decoded, and the job still ends with one error result on the
+// Kiln-Reply-To subject.
+func TestReaperAnswersAHostileBody(t *testing.T) {
+	t.Parallel()
+	bb := setup(t, topology.Config{MaxDeliver: 2})
+	bb.worker(t, "w1", nil) // its reaper answers; it does not serve "ghost"
+	nc := brokertest.Connect(t, bb.b)
+	js, err := jetstream.New(nc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := testCtx(t)
+	got := collectAnswers(t, nc, "raw.reaped")
+	m := &nats.Msg{Subject: bb.topo.Subjects().Job(schema.KindChat, "ghost", schema.LaneNormal),
+		Data: append(bytes.Repeat([]byte{0x91}, 3<<20), 0xc0), Header: nats.Header{}}
+	m.Header.Set(jetstream.MsgIDHeader, "reaped")
+	m.Header.Set(schema.HeaderReplyTo, "raw.reaped")
+	if _, err := js.PublishMsg(ctx, m); err != nil {
+		t.Fatal(err)
+	}
+	cons, err := topology.EnsureConsumer(ctx, js, bb.topo, schema.KindChat, "ghost", schema.LaneNormal)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Two deliveries that die without an answer (as a worker killed each
+	// time would), then a pull that finds it out of deliveries.
+	for range 2 {
+		batch, err := cons.Fetch(1, jetstream.FetchMaxWait(5*time.Second))
+		if err != nil {
+			t.Fatal(err)
+		}
+		m, ok := <-batch.Messages()
+		if !ok {
+			t.Fatal("no delivery")
+		}
+		_ = m.Nak()
+	}
+	if batch, err := cons.Fetch(1, jetstream.FetchMaxWait(time.Second)); err == nil {
+		for m := range batch.Messages() {
+			t.Fatalf("delivered a third time: %v", m.Subject())
+		}
+	}
+	wait.For(t, 20*time.Second, 10*time.Millisecond, func() error {
+		if len(got.results("raw.reaped")) == 0 {
+			return errors.New("no result on raw.reaped")
+		}
+		return nil
+	})
+	res := got.results("raw.reaped")[0].ev.Result
+	if res.JobID != "reaped" || res.Error == nil || res.Error.Code != schema.CodeFailed {
+		t.Fatalf("result %+v (error %+v)", res, res.Error)
+	}
+}
