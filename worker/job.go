@@ -18,7 +18,7 @@ import (
 
 // A job goes through four steps, each a function below, in this order:
 //
-//	decode   the body as the route's job type, validated against its subject and the limits
+//	decode   the body strictly as the route's job type, validated against its subject and the limits
 //	admit    a stored result re-sent, a job cancelled or expired while queued ended
 //	execute  the handler, with the started event, in-progress signals, deadline and panics
 //	settle   what classify decides: the result stored and sent then Ack or Term, or a Nak
