@@ -484,11 +484,13 @@ func (w *Worker) settle(ctx context.Context, d *delivery, ex execution, o outcom
 func (w *Worker) reject(ctx context.Context, d *delivery, verr *schema.Error) {
 	log := w.log.With("job", d.id, "subject", d.msg.Subject())
 	msg := "job refused"
-	switch {
-	case d.replyTo == "" && d.id == "":
-		msg = "job refused; no reply subject (no valid reply_to in the body or " + schema.HeaderReplyTo + " header) and no job id: the result is neither sent nor stored"
-	case d.replyTo == "":
-		msg = "job refused; no reply subject (no valid reply_to in the body or " + schema.HeaderReplyTo + " header): the result is only stored"
+	if d.replyTo == "" {
+		msg += " with nobody to tell (no valid reply_to in the body or " + schema.HeaderReplyTo + " header)"
+		if d.id == "" {
+			msg += " and no job id: the result is not stored either"
+		} else {
+			msg += ": the result is only stored"
+		}
 	}
 	log.Warn(msg, "code", verr.Code, "field", verr.Field, "err", verr.Message)
 	w.finish(ctx, d, &schema.Result{Status: schema.StatusError, Error: verr}, log)
