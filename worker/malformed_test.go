@@ -5,6 +5,8 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"log/slog"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -16,6 +18,7 @@ import (
 	"github.com/kiln-project/kiln/broker/topology"
 	"github.com/kiln-project/kiln/schema"
 	"github.com/kiln-project/kiln/test/wait"
+	"github.com/kiln-project/kiln/worker"
 )
 
 // answer is one event that came back on a reply subject.
@@ -291,13 +294,34 @@ func TestMalformedBodiesAreAnsweredOnce(t *testing.T) {
 	}
 }
 
+// logBuffer is a log destination that tests read while a worker writes.
+type logBuffer struct {
+	mu  sync.Mutex
+	buf bytes.Buffer
+}
+
+func (b *logBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.Write(p)
+}
+
+func (b *logBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.String()
+}
+
 // A malformed job with no reply subject anywhere (no headers, no reply_to
 // in the body) cannot be answered; its error result is still stored under
-// the body's id, and the job is terminated.
+// the body's id, the job is terminated, and the worker says so at Warn.
 func TestMalformedBodyWithoutReplySubjectIsStored(t *testing.T) {
 	t.Parallel()
 	bb := setup(t, topology.Config{})
-	bb.worker(t, "w1", nil)
+	logs := &logBuffer{}
+	bb.worker(t, "w1", func(cfg *worker.Config) {
+		cfg.Logger = slog.New(slog.NewTextHandler(logs, &slog.HandlerOptions{Level: slog.LevelWarn}))
+	})
 	nc := brokertest.Connect(t, bb.b)
 	js, err := jetstream.New(nc)
 	if err != nil {
@@ -335,6 +359,11 @@ func TestMalformedBodyWithoutReplySubjectIsStored(t *testing.T) {
 		}
 		return err
 	})
+	for _, want := range []string{"level=WARN", "nobody to tell", "the result is only stored", "subject=kiln.jobs.chat.echo.normal", "code=unknown_field"} {
+		if !strings.Contains(logs.String(), want) {
+			t.Errorf("the worker's log does not say %q:\n%s", want, logs.String())
+		}
+	}
 }
 
 // The reaper reads the body of a job that ran out of deliveries too: a
