@@ -154,9 +154,10 @@ func ValidToken(s string) bool {
 	return true
 }
 
-// validSubject reports whether s is a publishable subject: dot-separated
-// non-empty tokens without whitespace or wildcards.
-func validSubject(s string) bool {
+// ValidSubject reports whether s is a literal subject one can publish to:
+// at most 256 bytes of dot-separated non-empty tokens without whitespace,
+// control characters or wildcards. A job's reply_to must be one.
+func ValidSubject(s string) bool {
 	if s == "" || len(s) > 256 {
 		return false
 	}

@@ -97,7 +97,7 @@ func ValidateHeader(h *JobHeader, subject *JobSubject, l Limits) *Error {
 			return Errorf(CodeBadValue, "lane", "the job names lane %q but was published on the %q lane", lane, subject.Lane)
 		}
 	}
-	if h.ReplyTo != "" && !validSubject(h.ReplyTo) {
+	if h.ReplyTo != "" && !ValidSubject(h.ReplyTo) {
 		return Errorf(CodeBadValue, "reply_to", "%q is not a subject one can publish to (no spaces, no wildcards, at most 256 bytes)", clip(h.ReplyTo))
 	}
 	if len(h.Metadata) > l.MaxMetadata {

@@ -28,9 +28,11 @@
 //
 // # A job's steps
 //
-// Each delivery goes through decode (body and subject checked against the
-// limits), admit (a stored result re-sent, a job cancelled or expired
-// while queued ended), execute (the started event, InProgress every third
+// Each delivery goes through decode (the body read strictly, within shape
+// bounds, and checked with its subject against the limits; a body that
+// cannot be read still yields the id and reply subject it can, so its
+// refusal is answered), admit (a stored result re-sent, a job cancelled
+// or expired while queued ended), execute (the started event, InProgress every third
 // of the ack wait, the deadline, a recovered panic) and settle. What
 // settle does is decided by classify, a pure function: the result stored
 // once in KILN_RESULTS and sent on the reply subject, then Ack, or Term for

@@ -9,6 +9,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/kiln-project/kiln/broker/topology"
@@ -17,7 +18,7 @@ import (
 
 // A job goes through four steps, each a function below, in this order:
 //
-//	decode   the body as the route's job type, validated against its subject and the limits
+//	decode   the body strictly as the route's job type, validated against its subject and the limits
 //	admit    a stored result re-sent, a job cancelled or expired while queued ended
 //	execute  the handler, with the started event, in-progress signals, deadline and panics
 //	settle   what classify decides: the result stored and sent then Ack or Term, or a Nak
@@ -71,9 +72,10 @@ func (s *eventStream) emit(ev schema.Event) error {
 func (w *Worker) process(rt *route, msg jetstream.Msg) {
 	d := w.receive(rt, msg)
 	ctx := context.Background()
-	codec, err := schema.CodecFor(msg.Headers().Get(schema.HeaderContentType))
+	codec, err := schema.CodecForBody(msg.Headers().Get(schema.HeaderContentType), msg.Data())
 	d.codec = codec
 	if err != nil {
+		salvage(d)
 		w.reject(ctx, d, requestError(err, schema.CodeBadContentType))
 		return
 	}
@@ -95,11 +97,64 @@ func (w *Worker) receive(rt *route, msg jetstream.Msg) *delivery {
 	if id := h.Get(jetstream.MsgIDHeader); schema.ValidToken(id) {
 		d.id = id
 	}
-	d.replyTo = h.Get(schema.HeaderReplyTo)
+	d.replyTo, _ = replySubject(h, nil)
 	if c := h.Get(schema.HeaderClient); schema.ValidToken(c) {
 		d.client = c
 	}
 	return d
+}
+
+// replySubject decides where a job's events and result go, from its NATS
+// headers and, once the body is read, its header fields (nil before): the
+// body's reply_to when it is a subject one can publish to, else the
+// Kiln-Reply-To header when that is one, else "" (the result is only
+// stored). A body reply_to is checked before it can replace the header's,
+// so a bad one cannot take the answer away: refused says why it was not
+// taken, and the job is refused with it, answered on the header's subject.
+func replySubject(h nats.Header, body *schema.JobHeader) (subject string, refused *schema.Error) {
+	if r := h.Get(schema.HeaderReplyTo); schema.ValidSubject(r) {
+		subject = r
+	}
+	if body == nil || body.ReplyTo == "" {
+		return subject, nil
+	}
+	if !schema.ValidSubject(body.ReplyTo) {
+		return subject, schema.Errorf(schema.CodeBadValue, "reply_to",
+			"%q is not a subject one can publish to (no spaces, no wildcards, at most 256 bytes)", clip(body.ReplyTo))
+	}
+	return body.ReplyTo, nil
+}
+
+// learn takes what the body's header fields say of where the job comes
+// from: its id when the headers had none, its reply subject as
+// replySubject decides. refused is replySubject's.
+func learn(d *delivery, body *schema.JobHeader) (refused *schema.Error) {
+	if d.id == "" && schema.ValidToken(body.ID) {
+		d.id = body.ID
+	}
+	d.replyTo, refused = replySubject(d.msg.Headers(), body)
+	return refused
+}
+
+// salvage reads what it can of a body that cannot be decoded as its job
+// type (or whose Content-Type is unknown), so that the refusal still
+// reaches the sender: the header fields, decoded leniently (other fields
+// and their types ignored) but within the same shape bounds, so hostile
+// bytes are refused before anything is allocated for them. What a partial
+// decoding yields is checked as any id and reply_to are.
+func salvage(d *delivery) {
+	var body schema.JobHeader
+	_ = d.codec.Unmarshal(d.msg.Data(), &body)
+	learn(d, &body)
+}
+
+// clip shortens an outside value for an error message.
+func clip(s string) string {
+	const most = 64
+	if len(s) <= most {
+		return s
+	}
+	return s[:most] + "…"
 }
 
 // jobPointer is *T for a job type T (schema.ChatJob, schema.ImageJob).
@@ -128,14 +183,17 @@ func runJob[T any, PT jobPointer[T]](ctx context.Context, w *Worker, d *delivery
 	w.settle(ctx, d, ex, o, log)
 }
 
-// decode reads the delivery's body as a T, checks it against its subject
-// and the limits, and normalises it (the default lane, the deadline in
-// UTC). The id and reply subject of the body take over from the headers'.
-// An error is the request's fault.
+// decode reads the delivery's body as a T, strictly (an unknown field or
+// a value of the wrong type is an error naming it), checks it against its
+// subject and the limits, and normalises it (the default lane, the
+// deadline in UTC). The id of the body takes over from the header's, and
+// its reply_to, when valid, from Kiln-Reply-To (see replySubject). An
+// error is the request's fault.
 func decode[T any, PT jobPointer[T]](w *Worker, d *delivery, validate func(PT, *schema.JobSubject, schema.Limits) *schema.Error) (*T, *schema.Error) {
 	args := new(T)
 	job := PT(args)
-	if err := d.codec.Unmarshal(d.msg.Data(), job); err != nil {
+	if err := d.codec.DecodeJob(d.msg.Data(), job); err != nil {
+		salvage(d)
 		code := schema.CodeBadMsgpack
 		if d.codec == schema.JSON {
 			code = schema.CodeBadJSON
@@ -143,15 +201,13 @@ func decode[T any, PT jobPointer[T]](w *Worker, d *delivery, validate func(PT, *
 		return nil, requestError(err, code)
 	}
 	hdr := job.Header()
-	if schema.ValidToken(hdr.ID) && d.id == "" {
-		d.id = hdr.ID
-	}
-	if hdr.ReplyTo != "" {
-		d.replyTo = hdr.ReplyTo
-	}
+	refused := learn(d, hdr)
 	subject, err := w.subj.ParseJob(d.msg.Subject())
 	if err != nil {
 		return nil, schema.Errorf(schema.CodeBadSubject, "", "%v", err)
+	}
+	if refused != nil {
+		return nil, refused
 	}
 	if verr := validate(job, &subject, w.cfg.Limits); verr != nil {
 		return nil, verr
@@ -427,14 +483,23 @@ func (w *Worker) settle(ctx context.Context, d *delivery, ex execution, o outcom
 // reject ends a job that is the request's fault: error result, Term.
 func (w *Worker) reject(ctx context.Context, d *delivery, verr *schema.Error) {
 	log := w.log.With("job", d.id, "subject", d.msg.Subject())
-	log.Warn("job refused", "code", verr.Code, "field", verr.Field, "err", verr.Message)
+	msg := "job refused"
+	if d.replyTo == "" {
+		msg += " with nobody to tell (no valid reply_to in the body or " + schema.HeaderReplyTo + " header)"
+		if d.id == "" {
+			msg += " and no job id: the result is not stored either"
+		} else {
+			msg += ": the result is only stored"
+		}
+	}
+	log.Warn(msg, "code", verr.Code, "field", verr.Field, "err", verr.Message)
 	w.finish(ctx, d, &schema.Result{Status: schema.StatusError, Error: verr}, log)
 }
 
 // finish stores the result, sends it to the client and removes the job from
 // the queue: Ack, or Term for an error (so it is not redelivered). A job
-// whose id is unknown (undecodable) cannot be stored; it is still answered
-// when its reply subject is known from the header.
+// whose id is unknown (neither Nats-Msg-Id nor a readable body id) cannot
+// be stored; a job without a reply subject is only stored.
 func (w *Worker) finish(ctx context.Context, d *delivery, res *schema.Result, log *slog.Logger) {
 	res.JobID, res.Worker, res.Attempt = d.id, w.cfg.Name, d.attempt
 	res.Usage.QueueMS = queueMS(d)

@@ -2,7 +2,6 @@ package worker
 
 import (
 	"context"
-	"encoding/json"
 	"fmt"
 	"time"
 
@@ -30,7 +29,7 @@ func (w *Worker) subscribeReaper() (*nats.Subscription, error) {
 	subject := topology.MaxDeliveriesAdvisory(w.cfg.Topology.JobsStream(), "*")
 	sub, err := w.nc.QueueSubscribe(subject, w.cfg.Topology.Prefix+"-reaper", func(m *nats.Msg) {
 		var adv maxDeliverAdvisory
-		if err := json.Unmarshal(m.Data, &adv); err != nil {
+		if err := schema.JSON.Unmarshal(m.Data, &adv); err != nil { // bounded: anyone may publish here without auth
 			w.log.Warn("undecodable max-deliveries advisory", "err", err)
 			return
 		}
@@ -55,16 +54,16 @@ func (w *Worker) reap(ctx context.Context, adv maxDeliverAdvisory) {
 		return // already gone
 	}
 	id := raw.Header.Get(jetstream.MsgIDHeader)
-	codec, _ := schema.CodecFor(raw.Header.Get(schema.HeaderContentType))
+	codec, _ := schema.CodecForBody(raw.Header.Get(schema.HeaderContentType), raw.Data)
+	// Lenient about fields (this is any job kind, and perhaps not a valid
+	// one), bounded in shape: hostile bytes are refused before anything is
+	// allocated for them.
 	var hdr schema.JobHeader
 	_ = codec.Unmarshal(raw.Data, &hdr)
 	if schema.ValidToken(hdr.ID) {
 		id = hdr.ID
 	}
-	reply := hdr.ReplyTo
-	if reply == "" {
-		reply = raw.Header.Get(schema.HeaderReplyTo)
-	}
+	reply, _ := replySubject(raw.Header, &hdr)
 	client := raw.Header.Get(schema.HeaderClient)
 	if !schema.ValidToken(client) {
 		client = ""
