@@ -26,7 +26,8 @@ func (s Subjects) Job(kind, model, lane string) string {
 	return s.p() + ".jobs." + kind + "." + model + "." + lane
 }
 
-// Jobs is the wildcard that KILN_JOBS captures.
+// Jobs is the wildcard of every subject under <prefix>.jobs. KILN_JOBS
+// stores only Job("*", "*", "*"): exactly kind, model and lane.
 func (s Subjects) Jobs() string { return s.p() + ".jobs.>" }
 
 // Wake is the subject the job stream republishes each stored job's headers
@@ -110,6 +111,11 @@ func ValidToken(s string) bool {
 	}
 	return true
 }
+
+// ValidSubject reports whether s is a subject a job's reply can be
+// published on: dot-separated tokens, none empty, no whitespace, no
+// wildcard, at most 256 bytes.
+func ValidSubject(s string) bool { return validSubject(s) }
 
 // validSubject reports whether s is a publishable subject: dot-separated
 // non-empty tokens without whitespace or wildcards.
