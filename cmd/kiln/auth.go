@@ -313,6 +313,7 @@ func (s *authSet) permissions(id identity) (pub, sub []string) {
 			"$JS.FC.>",
 		}
 		pub = append(pub, readKV(cancelKV)...)
+		pub = append(pub, readKV(workersKV)...) // the janitor: what the fleet serves
 		sub = []string{
 			p + ".wake.>", p + ".cancel.*", "_INBOX.>",
 			"$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES." + jobs + ".*",

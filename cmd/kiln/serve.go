@@ -14,6 +14,7 @@ import (
 	"golang.org/x/sync/errgroup"
 
 	"github.com/kiln-project/kiln/broker"
+	"github.com/kiln-project/kiln/broker/janitor"
 	"github.com/kiln-project/kiln/broker/topology"
 	"github.com/kiln-project/kiln/schema"
 	"github.com/kiln-project/kiln/worker"
@@ -124,6 +125,7 @@ func runUp(ctx context.Context, e *env, args []string) error {
 	prefix := fs.String("prefix", getenv(envPrefix, schema.DefaultPrefix), "subject prefix ($"+envPrefix+")")
 	bf.register(fs)
 	wf.register(fs)
+	grace := unservedGrace(fs)
 	if err := parse(fs, args); err != nil {
 		return err
 	}
@@ -132,6 +134,11 @@ func runUp(ctx context.Context, e *env, args []string) error {
 		return err
 	}
 	defer shutdownBroker(e, br)
+	jan, jnc, err := brokerJanitor(br, e, topology.Config{Prefix: *prefix}, *grace)
+	if err != nil {
+		return err
+	}
+	defer jnc.Close()
 	nc, err := br.Connect(nats.Name("kiln-up-worker"))
 	if err != nil {
 		return err
@@ -149,7 +156,24 @@ func runUp(ctx context.Context, e *env, args []string) error {
 	e.log.Info("kiln up", "url", br.ClientURL(), "worker", w.Name())
 	g, gctx := errgroup.WithContext(ctx)
 	g.Go(func() error { return w.Run(gctx) })
+	g.Go(func() error { return jan.Run(gctx) })
 	return g.Wait()
+}
+
+// brokerJanitor makes the janitor that runs beside the broker, on its own
+// connection (the caller closes it): it answers the jobs no worker will
+// take (broker/janitor).
+func brokerJanitor(br *broker.Broker, e *env, topo topology.Config, grace time.Duration) (*janitor.Janitor, *nats.Conn, error) {
+	nc, err := br.Connect(nats.Name("kiln-janitor"))
+	if err != nil {
+		return nil, nil, err
+	}
+	jan, err := janitor.New(nc, janitor.Config{Topology: topo, Grace: grace, Logger: e.log})
+	if err != nil {
+		nc.Close()
+		return nil, nil, err
+	}
+	return jan, nc, nil
 }
 
 func runBroker(ctx context.Context, e *env, args []string) error {
@@ -160,6 +184,7 @@ func runBroker(ctx context.Context, e *env, args []string) error {
 	var bf brokerFlags
 	prefix := fs.String("prefix", getenv(envPrefix, schema.DefaultPrefix), "subject prefix ($"+envPrefix+")")
 	bf.register(fs)
+	grace := unservedGrace(fs)
 	if err := parse(fs, args); err != nil {
 		return err
 	}
@@ -168,8 +193,16 @@ func runBroker(ctx context.Context, e *env, args []string) error {
 		return err
 	}
 	defer shutdownBroker(e, br)
-	<-ctx.Done()
-	return nil
+	if bf.leaf { // no queue here: the hub's janitor answers
+		<-ctx.Done()
+		return nil
+	}
+	jan, jnc, err := brokerJanitor(br, e, topology.Config{Prefix: *prefix}, *grace)
+	if err != nil {
+		return err
+	}
+	defer jnc.Close()
+	return jan.Run(ctx)
 }
 
 func runWorker(ctx context.Context, e *env, args []string) error {
@@ -178,6 +211,7 @@ func runWorker(ctx context.Context, e *env, args []string) error {
 	var wf workerFlags
 	cf.register(fs)
 	wf.register(fs)
+	grace := unservedGrace(fs)
 	if err := parse(fs, args); err != nil {
 		return err
 	}
@@ -199,8 +233,14 @@ func runWorker(ctx context.Context, e *env, args []string) error {
 	if err != nil {
 		return err
 	}
+	// Against an external broker the workers' janitors are the only ones.
+	jan, err := janitor.New(nc, janitor.Config{Topology: cf.topology(), Grace: *grace, Logger: e.log})
+	if err != nil {
+		return err
+	}
 	g, gctx := errgroup.WithContext(ctx)
 	g.Go(func() error { return w.Run(gctx) })
+	g.Go(func() error { return jan.Run(gctx) })
 	return g.Wait()
 }
 
