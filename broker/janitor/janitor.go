@@ -150,6 +150,7 @@ func (j *Janitor) Start(ctx context.Context) error {
 		err = nil
 		sctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
 		j.halt = cancel
+		j.log.Info("janitor started: answering the jobs no worker will take", "grace", j.cfg.Grace, "every", j.cfg.Interval)
 		go j.loop(sctx)
 	})
 	return err

@@ -19,6 +19,7 @@ import (
 	"github.com/kiln-project/kiln/broker/brokertest"
 	"github.com/kiln-project/kiln/broker/janitor"
 	"github.com/kiln-project/kiln/broker/topology"
+	"github.com/kiln-project/kiln/client"
 	"github.com/kiln-project/kiln/schema"
 	"github.com/kiln-project/kiln/test/echo"
 	"github.com/kiln-project/kiln/worker"
@@ -496,4 +497,42 @@ func TestStopBeforeStartAndTwice(t *testing.T) {
 		t.Fatalf("Start after Stop: %v", err)
 	}
 	<-j.Stopped()
+}
+
+func TestStatusListsUnservedJobsAndTheClientGetsErrNoWorker(t *testing.T) {
+	t.Parallel()
+	bb := setup(t, topology.Config{})
+	bb.worker(t, "w1", "echo", "", nil)
+	c, err := client.New(brokertest.Connect(t, bb.b), client.WithoutWorkerCheck(), client.WithJSON())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(c.Close)
+	bb.publish(t, "kiln.jobs.chat.nobody.high", schema.NewID(), "")
+	bb.publish(t, "kiln.jobs.chat.echo.urgent", schema.NewID(), "")
+	queue, err := c.Queue(testCtx(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	rows := map[string]client.QueueDepth{}
+	for _, q := range queue {
+		rows[q.Kind+"/"+q.Model+"/"+q.Lane] = q
+	}
+	if q := rows["chat/echo/normal"]; q.Unserved || q.Subject != "" {
+		t.Errorf("served route: %+v", q)
+	}
+	for _, key := range []string{"chat/nobody/high", "chat/echo/urgent"} {
+		if q := rows[key]; !q.Unserved || q.Waiting != 1 {
+			t.Errorf("%s: %+v, want unserved with 1 waiting (queue %+v)", key, q, queue)
+		}
+	}
+	// A Go client's job for a model nobody serves ends with ErrNoWorker.
+	bb.janitor(t, janitor.Config{Grace: 500 * time.Millisecond})
+	_, err = c.Chat(testCtx(t), &schema.ChatJob{JobHeader: schema.JobHeader{Model: "nobody"},
+		Messages: []schema.Message{{Role: "user", Content: "hello"}}}, nil)
+	var jerr *client.JobError
+	if !errors.Is(err, client.ErrNoWorker) || errors.Is(err, client.ErrFailed) || !errors.As(err, &jerr) ||
+		jerr.Result.Error.Code != schema.CodeNoWorker {
+		t.Fatalf("job for a model nobody serves: %v", err)
+	}
 }
