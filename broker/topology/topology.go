@@ -130,11 +130,10 @@ func (c Config) CancelBucket() string { return strings.ToLower(c.prefix()) + "_c
 
 // JobMaxAgeMargin is how much longer KILN_JOBS keeps a job than JobMaxAge
 // (the stream's MaxAge is their sum). A job that waited JobMaxAge is
-// answered "expired" by a janitor (broker/janitor) or by the worker that
-// fetches it; the stream's own MaxAge removes a job silently, so it must
-// come later: after the janitor's next sweep, and after the redelivery
-// (AckWait) of a job whose worker died while it ran, which the next worker
-// then answers.
+// answered "expired" by a janitor (broker/janitor) unless a worker has
+// taken it; the stream's own MaxAge removes a job silently, so it must come
+// later: after the janitor's next sweep, and after the redelivery (AckWait)
+// of a job whose worker died while it ran, which the next worker answers.
 const JobMaxAgeMargin = 2 * time.Minute
 
 // MetadataJobMaxAge is the KILN_JOBS metadata key that keeps the
