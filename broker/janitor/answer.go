@@ -105,7 +105,7 @@ func (j *Janitor) answer(ctx context.Context, m *jetstream.RawStreamMsg, res *sc
 		j.send(jb, res, log)
 	}
 	log.Warn("answered a job no worker will take", "status", res.Status, "reply_to", jb.replyTo,
-		"queued", rounded(time.Duration(res.Usage.QueueMS)*time.Millisecond), "err", res.Error.Message)
+		"queued", rounded(time.Duration(res.Usage.QueueMS)*time.Millisecond), "message", res.Error.Message)
 	return nil
 }
 

@@ -228,6 +228,7 @@ func TestJobsNobodyCanTakeGetOneCodedError(t *testing.T) {
 		{"unknown lane", "kiln.jobs.chat.echo.urgent", "error", "bad_subject", "subject", []string{`lane "urgent"`, "high or normal"}},
 		{"unknown kind", "kiln.jobs.video.echo.normal", "error", "bad_subject", "subject", []string{`kind "video"`, "chat or image"}},
 		{"wildcard model", "kiln.jobs.chat.*.normal", "error", "bad_subject", "subject", []string{`model of "kiln.jobs.chat.*.normal" is the wildcard "*"`}},
+		{"wildcard kind", "kiln.jobs.>.echo.normal", "error", "bad_subject", "subject", []string{`kind of "kiln.jobs.>.echo.normal" is the wildcard ">"`}},
 		{"wildcard lane", "kiln.jobs.chat.echo.>", "error", "bad_subject", "subject", []string{`lane of "kiln.jobs.chat.echo.>" is the wildcard ">"`}},
 		{"served", "kiln.jobs.chat.echo.normal", "ok", "", "", nil},
 	} {

@@ -46,15 +46,16 @@ func (j *Janitor) sweep(ctx context.Context) error {
 			delete(j.unserved, subject) // emptied
 		}
 	}
+	var first error // one subject's trouble does not hold up the others
 	for _, subject := range slices.Sorted(maps.Keys(info.State.Subjects)) {
 		if j.stopping() {
 			return nil
 		}
-		if err := s.subject(ctx, subject, info.State.Subjects[subject]); err != nil {
-			return err
+		if err := s.subject(ctx, subject, info.State.Subjects[subject]); err != nil && first == nil {
+			first = err
 		}
 	}
-	return nil
+	return first
 }
 
 // sweep is one look at the queue.
@@ -167,8 +168,14 @@ func (s *sweep) expired(age time.Duration) *schema.Result {
 // answers those it returns a result for; it stops where decide says no
 // more (the jobs after it are younger) or the janitor is stopping.
 func (s *sweep) walk(ctx context.Context, subject string, decide func(m *jetstream.RawStreamMsg, age time.Duration) (res *schema.Result, more bool)) error {
+	filter := subject
+	if wildcard(subject) {
+		// As a filter it would match other subjects, or be refused
+		// ("kiln.jobs.>.m.normal"): look at every job, act on its own.
+		filter = s.j.subj.Jobs()
+	}
 	for seq := uint64(1); !s.j.stopping(); {
-		m, err := s.j.jobs.GetMsg(ctx, seq, jetstream.WithGetMsgSubject(subject))
+		m, err := s.j.jobs.GetMsg(ctx, seq, jetstream.WithGetMsgSubject(filter))
 		if errors.Is(err, jetstream.ErrMsgNotFound) {
 			return nil
 		}
@@ -177,7 +184,7 @@ func (s *sweep) walk(ctx context.Context, subject string, decide func(m *jetstre
 		}
 		seq = m.Sequence + 1
 		if m.Subject != subject {
-			continue // subject has a literal wildcard token, and the lookup took it as one
+			continue
 		}
 		age := s.now().Sub(m.Time)
 		res, more := decide(m, age)
@@ -240,4 +247,14 @@ func rounded(d time.Duration) time.Duration {
 		return d.Round(100 * time.Millisecond)
 	}
 	return d.Round(time.Second)
+}
+
+// wildcard reports whether a subject has a "*" or ">" token.
+func wildcard(subject string) bool {
+	for _, tok := range strings.Split(subject, ".") {
+		if tok == "*" || tok == ">" {
+			return true
+		}
+	}
+	return false
 }
