@@ -109,9 +109,9 @@ func (s *sweep) subject(ctx context.Context, subject string, count uint64) error
 		j.log.Info("jobs wait for a model no live worker serves; answering them after the grace",
 			"subject", subject, "jobs", count, "grace", j.cfg.Grace)
 	}
-	waiting := time.Since(since) >= j.cfg.Grace
+	graceOver := time.Since(since) >= j.cfg.Grace
 	fleet := s.fleet
-	if waiting {
+	if graceOver {
 		var err error
 		if fleet, err = s.confirm(ctx); err != nil {
 			return err
@@ -125,7 +125,7 @@ func (s *sweep) subject(ctx context.Context, subject string, count uint64) error
 		switch {
 		case age >= s.maxAge:
 			return s.expired(age), true
-		case waiting && age >= j.cfg.Grace:
+		case graceOver && age >= j.cfg.Grace:
 			return &schema.Result{Status: schema.StatusError, Error: j.unservedError(route, fleet, age)}, true
 		}
 		return nil, false // younger jobs follow
