@@ -41,7 +41,9 @@ import (
 var (
 	// ErrQueueFull: the queue is at its limit; the job was not accepted.
 	ErrQueueFull = errors.New("kiln: queue full, job not accepted")
-	// ErrNoWorker: no live worker serves the model; the job was not published.
+	// ErrNoWorker: no live worker serves the model. The job was not
+	// published, or (a *JobError with code no_worker) it waited in the
+	// queue and no worker came for it within the grace.
 	ErrNoWorker = errors.New("kiln: no live worker")
 	// ErrInvalid: the job was refused as invalid (see the *JobError for the field).
 	ErrInvalid = errors.New("kiln: invalid job")
@@ -56,7 +58,7 @@ var (
 )
 
 // JobError is a job that ended without status ok. It matches ErrInvalid,
-// ErrCancelled, ErrExpired or ErrFailed with errors.Is.
+// ErrCancelled, ErrExpired, ErrNoWorker or ErrFailed with errors.Is.
 type JobError struct {
 	Result *schema.Result
 }
@@ -78,6 +80,9 @@ func (e *JobError) Is(target error) bool {
 	}
 	if e.Result.Error != nil && e.Result.Error.Code.Invalid() {
 		return target == ErrInvalid
+	}
+	if e.Result.Error != nil && e.Result.Error.Code == schema.CodeNoWorker {
+		return target == ErrNoWorker
 	}
 	return target == ErrFailed
 }

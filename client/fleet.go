@@ -140,7 +140,8 @@ func (c *Client) Workers(ctx context.Context) ([]schema.Heartbeat, error) {
 	return out, nil
 }
 
-// QueueDepth is the state of one (kind, model, lane) consumer.
+// QueueDepth is the state of one (kind, model, lane) consumer, or of jobs
+// queued where no consumer takes them.
 type QueueDepth struct {
 	Kind    string `json:"kind"`
 	Model   string `json:"model"`
@@ -148,26 +149,66 @@ type QueueDepth struct {
 	Waiting uint64 `json:"waiting"` // queued, not yet delivered
 	Running int    `json:"running"` // delivered, not yet acknowledged
 	Retries int    `json:"retries"` // waiting for a redelivery
+	// Unserved: no registered worker serves this kind and model. A janitor
+	// answers its jobs (no_worker) after the grace.
+	Unserved bool `json:"unserved,omitempty"`
+	// Subject is set, instead of Kind, Model and Lane, for jobs on a
+	// subject that can never be a job (a janitor answers them bad_subject).
+	Subject string `json:"subject,omitempty"`
 }
 
-// Queue lists the job consumers and how many jobs wait on each.
+// Queue lists the job consumers and how many jobs wait on each, and the
+// jobs queued for models that no worker serves.
 func (c *Client) Queue(ctx context.Context) ([]QueueDepth, error) {
 	st, err := c.js.Stream(ctx, c.topo.JobsStream())
 	if err != nil {
 		return nil, fmt.Errorf("kiln: jobs stream: %w", err)
 	}
+	workers, err := c.Workers(ctx)
+	if err != nil {
+		return nil, err
+	}
+	served := func(kind, model string) bool {
+		for _, hb := range workers {
+			if hb.Serves(kind, model) {
+				return true
+			}
+		}
+		return false
+	}
 	var out []QueueDepth
+	consumed := map[string]bool{}
 	lister := st.ListConsumers(ctx)
 	for info := range lister.Info() {
 		subj, err := c.subj.ParseJob(info.Config.FilterSubject)
 		if err != nil {
 			continue
 		}
+		consumed[info.Config.FilterSubject] = true
 		out = append(out, QueueDepth{Kind: subj.Kind, Model: subj.Model, Lane: subj.Lane,
-			Waiting: info.NumPending, Running: info.NumAckPending, Retries: info.NumRedelivered})
+			Waiting: info.NumPending, Running: info.NumAckPending, Retries: info.NumRedelivered,
+			Unserved: !served(subj.Kind, subj.Model)})
 	}
 	if err := lister.Err(); err != nil {
 		return nil, fmt.Errorf("kiln: list consumers: %w", err)
+	}
+	// Jobs on subjects no worker ever took from (a mistyped model, lane
+	// or kind) have no consumer.
+	si, err := st.Info(ctx, jetstream.WithSubjectFilter(c.subj.Jobs()))
+	if err != nil {
+		return nil, fmt.Errorf("kiln: jobs stream: %w", err)
+	}
+	for subject, n := range si.State.Subjects {
+		if consumed[subject] {
+			continue
+		}
+		q := QueueDepth{Waiting: n, Unserved: true}
+		if subj, err := c.subj.ParseJob(subject); err == nil {
+			q.Kind, q.Model, q.Lane = subj.Kind, subj.Model, subj.Lane
+		} else {
+			q.Subject = subject
+		}
+		out = append(out, q)
 	}
 	sort.Slice(out, func(i, j int) bool {
 		a, b := out[i], out[j]

@@ -27,7 +27,8 @@ const (
 	CodeFailed    ErrorCode = "failed"    // the job failed on every allowed delivery
 	CodeInternal  ErrorCode = "internal"  // a bug in kiln: the message says what
 	CodeCancelled ErrorCode = "cancelled" // a cancel request stopped it
-	CodeExpired   ErrorCode = "expired"   // its deadline passed
+	CodeExpired   ErrorCode = "expired"   // its deadline passed, or it waited in the queue past the max age
+	CodeNoWorker  ErrorCode = "no_worker" // queued for a model no live worker serves, past the grace
 )
 
 // Invalid reports whether the code means the request itself is wrong: the

@@ -26,7 +26,8 @@ func (s Subjects) Job(kind, model, lane string) string {
 	return s.p() + ".jobs." + kind + "." + model + "." + lane
 }
 
-// Jobs is the wildcard that KILN_JOBS captures.
+// Jobs is the wildcard of every subject under <prefix>.jobs. KILN_JOBS
+// stores only Job("*", "*", "*"): exactly kind, model and lane.
 func (s Subjects) Jobs() string { return s.p() + ".jobs.>" }
 
 // Wake is the subject the job stream republishes each stored job's headers

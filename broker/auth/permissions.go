@@ -58,8 +58,10 @@ func (id Identity) Permissions(topo topology.Config) *Permissions {
 			api(topology.APIDirectGet, results, ">"), api(topology.APIStreamMsgGet, results),
 			topology.FlowControlSubjects,
 		}
+		pub = append(pub, readStream(cancelKV)...)
+		pub = append(pub, readStream(workersKV)...) // its janitor: what the fleet serves (broker/janitor)
 		return &Permissions{
-			Publish: append(pub, readStream(cancelKV)...),
+			Publish: pub,
 			Subscribe: []string{
 				s.Wakes(), s.Cancels(), topology.Inboxes(""),
 				topology.MaxDeliveriesAdvisory(jobs, "*"),

@@ -33,6 +33,8 @@ type Config struct {
 	// JetStream cluster allows, up to 3 (1 on a single server).
 	Replicas int
 	// JobMaxAge is how long a job may wait in the queue (default 10 min).
+	// A job that waited longer gets an expired result (broker/janitor);
+	// KILN_JOBS itself keeps a job JobMaxAgeMargin longer.
 	JobMaxAge time.Duration
 	// MaxQueuedJobs bounds KILN_JOBS; a publish past it is refused at once
 	// (DiscardNew) and the client returns ErrQueueFull (default 10,000).
@@ -144,6 +146,30 @@ func (c Config) WorkersBucket() string { return strings.ToLower(c.prefix()) + "_
 // CancelBucket is the name of the cancelled job ids bucket (kiln_cancel).
 func (c Config) CancelBucket() string { return strings.ToLower(c.prefix()) + "_cancel" }
 
+// JobMaxAgeMargin is how much longer KILN_JOBS keeps a job than JobMaxAge
+// (the stream's MaxAge is their sum). A job that waited JobMaxAge is
+// answered "expired" by a janitor (broker/janitor) unless a worker has
+// taken it; the stream's own MaxAge removes a job silently, so it must come
+// later: after the janitor's next sweep, and after the redelivery (AckWait)
+// of a job whose worker died while it ran, which the next worker answers.
+const JobMaxAgeMargin = 2 * time.Minute
+
+// MetadataJobMaxAge is the KILN_JOBS metadata key that keeps the
+// JobMaxAge the stream was provisioned with (a Go duration, "10m0s").
+const MetadataJobMaxAge = "kiln_job_max_age"
+
+// JobMaxAgeOf is the JobMaxAge a jobs stream was provisioned with, so that a
+// janitor or worker that was not told the broker's JobMaxAge agrees with
+// it. A stream provisioned before kiln kept it in the metadata removed a
+// job at its MaxAge: a little less than that is returned. 0: the stream
+// has no MaxAge.
+func JobMaxAgeOf(sc jetstream.StreamConfig) time.Duration {
+	if d, err := time.ParseDuration(sc.Metadata[MetadataJobMaxAge]); err == nil && d > 0 {
+		return d
+	}
+	return sc.MaxAge - min(JobMaxAgeMargin, sc.MaxAge/4)
+}
+
 // ConsumerName is the durable consumer of one (kind, model, lane).
 func ConsumerName(kind, model, lane string) string { return kind + "_" + model + "_" + lane }
 
@@ -151,24 +177,28 @@ func ConsumerName(kind, model, lane string) string { return kind + "_" + model +
 func (c Config) StreamConfigs() []jetstream.StreamConfig {
 	c = c.WithDefaults()
 	s := c.Subjects()
+	// KILN_JOBS takes exactly kind, model and lane: a subject with a token
+	// more or less can never be a job and is refused at publish.
+	jobs := s.Job("*", "*", "*")
 	return []jetstream.StreamConfig{
 		{
 			Name:        c.JobsStream(),
 			Description: "kiln job queue: one message per accepted job, deleted on ack",
-			Subjects:    []string{s.Jobs()},
+			Subjects:    []string{jobs},
 			Retention:   jetstream.WorkQueuePolicy,
 			Storage:     jetstream.FileStorage,
 			Replicas:    c.Replicas,
-			MaxAge:      c.JobMaxAge,
+			MaxAge:      c.JobMaxAge + JobMaxAgeMargin,
 			MaxMsgs:     c.MaxQueuedJobs,
 			Discard:     jetstream.DiscardNew,
 			MaxMsgSize:  c.MaxMsgSize,
 			Duplicates:  c.DuplicateWindow,
 			RePublish: &jetstream.RePublish{
-				Source:      s.Jobs(),
-				Destination: s.Wakes(),
+				Source:      jobs,
+				Destination: s.Wake("{{wildcard(1)}}", "{{wildcard(2)}}", "{{wildcard(3)}}"),
 				HeadersOnly: true,
 			},
+			Metadata: map[string]string{MetadataJobMaxAge: c.JobMaxAge.String()},
 		},
 		{
 			Name:              c.ResultsStream(),

@@ -53,9 +53,16 @@ func runStatus(ctx context.Context, e *env, args []string) error {
 		fmt.Fprintln(tw, "(no live workers)")
 	}
 	fmt.Fprintln(tw)
-	fmt.Fprintln(tw, "QUEUE\tLANE\tWAITING\tRUNNING\tRETRYING")
+	fmt.Fprintln(tw, "QUEUE\tLANE\tWAITING\tRUNNING\tRETRYING\tNOTE")
 	for _, q := range queue {
-		fmt.Fprintf(tw, "%s/%s\t%s\t%d\t%d\t%d\n", q.Kind, q.Model, q.Lane, q.Waiting, q.Running, q.Retries)
+		name, lane, note := q.Kind+"/"+q.Model, q.Lane, "-"
+		switch {
+		case q.Subject != "":
+			name, lane, note = q.Subject, "-", "not a job subject"
+		case q.Unserved:
+			note = "unserved: no live worker has this model"
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%d\t%d\t%d\t%s\n", name, lane, q.Waiting, q.Running, q.Retries, note)
 	}
 	if len(queue) == 0 {
 		fmt.Fprintln(tw, "(no queues: no worker has registered a model yet)")

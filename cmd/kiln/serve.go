@@ -13,6 +13,7 @@ import (
 	"golang.org/x/sync/errgroup"
 
 	"github.com/kiln-project/kiln/broker"
+	"github.com/kiln-project/kiln/broker/janitor"
 	"github.com/kiln-project/kiln/broker/topology"
 	"github.com/kiln-project/kiln/schema"
 	"github.com/kiln-project/kiln/worker"
@@ -141,6 +142,7 @@ func runUp(ctx context.Context, e *env, args []string) error {
 	prefix := fs.String("prefix", getenv(envPrefix, schema.DefaultPrefix), "subject prefix ($"+envPrefix+")")
 	bf.register(fs)
 	wf.register(fs)
+	grace := unservedGrace(fs)
 	if err := parse(fs, args); err != nil {
 		return err
 	}
@@ -153,6 +155,11 @@ func runUp(ctx context.Context, e *env, args []string) error {
 		return err
 	}
 	defer shutdownBroker(e, br)
+	jan, jnc, err := brokerJanitor(br, e, topology.Config{Prefix: *prefix}, *grace)
+	if err != nil {
+		return err
+	}
+	defer jnc.Close()
 	workers := make([]*worker.Worker, 0, len(cards))
 	for _, index := range cards {
 		cfg, c, err := wf.workerConfig(ctx, e, topology.Config{Prefix: *prefix, JobMaxAge: bf.jobMaxAge}, index, wf.name)
@@ -176,7 +183,24 @@ func runUp(ctx context.Context, e *env, args []string) error {
 	for _, w := range workers {
 		g.Go(func() error { return w.Run(gctx) })
 	}
+	g.Go(func() error { return jan.Run(gctx) })
 	return g.Wait()
+}
+
+// brokerJanitor makes the janitor that runs beside the broker, on its own
+// connection (the caller closes it): it answers the jobs no worker will
+// take (broker/janitor).
+func brokerJanitor(br *broker.Broker, e *env, topo topology.Config, grace time.Duration) (*janitor.Janitor, *nats.Conn, error) {
+	nc, err := br.Connect(nats.Name("kiln-janitor"))
+	if err != nil {
+		return nil, nil, err
+	}
+	jan, err := janitor.New(nc, janitor.Config{Topology: topo, Grace: grace, Logger: e.log})
+	if err != nil {
+		nc.Close()
+		return nil, nil, err
+	}
+	return jan, nc, nil
 }
 
 func runBroker(ctx context.Context, e *env, args []string) error {
@@ -187,6 +211,7 @@ func runBroker(ctx context.Context, e *env, args []string) error {
 	var bf brokerFlags
 	prefix := fs.String("prefix", getenv(envPrefix, schema.DefaultPrefix), "subject prefix ($"+envPrefix+")")
 	bf.register(fs)
+	grace := unservedGrace(fs)
 	if err := parse(fs, args); err != nil {
 		return err
 	}
@@ -195,8 +220,16 @@ func runBroker(ctx context.Context, e *env, args []string) error {
 		return err
 	}
 	defer shutdownBroker(e, br)
-	<-ctx.Done()
-	return nil
+	if bf.leaf { // no queue here: the hub's janitor answers
+		<-ctx.Done()
+		return nil
+	}
+	jan, jnc, err := brokerJanitor(br, e, topology.Config{Prefix: *prefix}, *grace)
+	if err != nil {
+		return err
+	}
+	defer jnc.Close()
+	return jan.Run(ctx)
 }
 
 func runWorker(ctx context.Context, e *env, args []string) error {
@@ -205,6 +238,7 @@ func runWorker(ctx context.Context, e *env, args []string) error {
 	var wf workerFlags
 	cf.register(fs)
 	wf.register(fs)
+	grace := unservedGrace(fs)
 	if err := parse(fs, args); err != nil {
 		return err
 	}
@@ -226,8 +260,14 @@ func runWorker(ctx context.Context, e *env, args []string) error {
 	if err != nil {
 		return err
 	}
+	// Against an external broker the workers' janitors are the only ones.
+	jan, err := janitor.New(nc, janitor.Config{Topology: cf.topology(), Grace: *grace, Logger: e.log})
+	if err != nil {
+		return err
+	}
 	g, gctx := errgroup.WithContext(ctx)
 	g.Go(func() error { return w.Run(gctx) })
+	g.Go(func() error { return jan.Run(gctx) })
 	return g.Wait()
 }
 

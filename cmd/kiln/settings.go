@@ -9,6 +9,7 @@ import (
 	"github.com/nats-io/nats.go"
 
 	"github.com/kiln-project/kiln/broker"
+	"github.com/kiln-project/kiln/broker/janitor"
 	"github.com/kiln-project/kiln/broker/topology"
 	"github.com/kiln-project/kiln/schema"
 )
@@ -29,6 +30,9 @@ const (
 	envTLSCA     = "KILN_TLS_CA"     // clients and workers: CA file of the broker's TLS certificate
 	envReplicas  = "KILN_REPLICAS"   // kiln up / broker: stream replicas (default: from the cluster size)
 	envLeaf      = "KILN_LEAF"       // kiln broker: 1 = a leaf node of a central broker
+	// kiln up / broker / worker: how long a job for a model no live worker
+	// serves waits before the janitor answers it no_worker.
+	envUnservedGrace = "KILN_UNSERVED_GRACE"
 )
 
 const (
@@ -85,4 +89,15 @@ func (b *brokerFlags) register(fs *flag.FlagSet) {
 	fs.IntVar(&b.replicas, "replicas", replicas, "stream replicas ($"+envReplicas+"; 0: 1 on one server, min(3, routes) on a cluster)")
 	fs.StringVar(&b.account, "account", "", "account of kiln's streams when --config defines accounts (default KILN)")
 	fs.BoolVar(&b.leaf, "leaf", getenv(envLeaf, "") == "1", "leaf node of a central broker (--config with leafnodes remotes): no JetStream here ($"+envLeaf+"=1)")
+}
+
+// unservedGrace registers --unserved-grace, the grace of the janitor that
+// kiln up, kiln broker and kiln worker run (broker/janitor).
+func unservedGrace(fs *flag.FlagSet) *time.Duration {
+	grace := janitor.DefaultGrace
+	if d, err := time.ParseDuration(os.Getenv(envUnservedGrace)); err == nil && d > 0 {
+		grace = d
+	}
+	return fs.Duration("unserved-grace", grace,
+		"how long a job for a model no live worker serves waits for one before it is answered no_worker ($"+envUnservedGrace+")")
 }
