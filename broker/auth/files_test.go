@@ -4,6 +4,7 @@ import (
 	"crypto/x509"
 	"encoding/pem"
 	"errors"
+	"flag"
 	"io/fs"
 	"os"
 	"path/filepath"
@@ -17,10 +18,13 @@ import (
 	"github.com/kiln-project/kiln/broker/topology"
 )
 
+// update rewrites testdata: go test ./broker/auth -run ConfFiles -update.
+var update = flag.Bool("update", false, "rewrite testdata with what the code writes now")
+
 // TestConfFilesAsWritten compares the includes of a set with fixed keys,
-// time and password with testdata: what `kiln broker init-auth` wrote when
-// the code lived in cmd/kiln. Brokers in the field run these files, so they
-// change only on purpose (then regenerate testdata and say why).
+// time and password with testdata: what `kiln broker init-auth` writes.
+// Brokers in the field run these files, so they change only on purpose
+// (then regenerate testdata with -update and say why in the commit).
 func TestConfFilesAsWritten(t *testing.T) {
 	for _, prefix := range []string{"kiln", "art"} {
 		s := &Set{
@@ -37,6 +41,11 @@ func TestConfFilesAsWritten(t *testing.T) {
 			"leaf-auth.conf":           s.leafAuthConf(),
 			"leaf-remote.conf":         s.leafRemoteConf(),
 		} {
+			if *update {
+				if err := os.WriteFile(filepath.Join("testdata", file), []byte(got), 0o644); err != nil {
+					t.Fatal(err)
+				}
+			}
 			want, err := os.ReadFile(filepath.Join("testdata", file))
 			if err != nil {
 				t.Fatal(err)
