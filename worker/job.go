@@ -514,7 +514,7 @@ func (w *Worker) finish(ctx context.Context, d *delivery, res *schema.Result, lo
 		pctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 		err := w.storeResult(pctx, d.codec, d.client, res)
 		cancel()
-		if errors.Is(err, errResultStored) {
+		if errors.Is(err, topology.ErrResultStored) {
 			// A delivery that overlapped another (a redelivery during a
 			// cluster failover) sends the first one's result instead.
 			if first := w.storedResult(ctx, d.id, d.client); first != nil {
@@ -542,25 +542,11 @@ func (w *Worker) finish(ctx context.Context, d *delivery, res *schema.Result, lo
 	log.Info("job finished", "status", res.Status, "queue_ms", res.Usage.QueueMS, "total_ms", res.Usage.TotalMS)
 }
 
-// errResultStored: the job has a result already; only the first is kept.
-var errResultStored = errors.New("worker: the job has a stored result already")
-
-// storeResult keeps res in KILN_RESULTS under its job and client, unless a
-// result is there already (Nats-Expected-Last-Subject-Sequence 0): then
-// it returns an error matching errResultStored, so a job never ends with
-// two different results.
+// storeResult keeps res in KILN_RESULTS under its job and client unless a
+// result is there already (topology.StoreResult): then it returns an error
+// matching topology.ErrResultStored.
 func (w *Worker) storeResult(ctx context.Context, codec schema.Codec, client string, res *schema.Result) error {
-	m, err := topology.NewMsg(w.subj.ClientResult(res.JobID, client), codec, res)
-	if err != nil {
-		return err
-	}
-	_, err = w.js.PublishMsg(ctx, m, jetstream.WithExpectLastSequencePerSubject(0))
-	var apiErr *jetstream.APIError
-	if errors.As(err, &apiErr) && (apiErr.ErrorCode == jetstream.JSErrCodeStreamWrongLastSequence ||
-		apiErr.ErrorCode == jetstream.JSErrCodeStreamWrongLastSequenceConstant) {
-		return fmt.Errorf("%w: %w", errResultStored, err)
-	}
-	return err
+	return topology.StoreResult(ctx, w.js, w.subj.ClientResult(res.JobID, client), codec, res)
 }
 
 // storedResult returns the result kept in KILN_RESULTS for job id of

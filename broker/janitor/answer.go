@@ -8,15 +8,11 @@ import (
 	"strings"
 	"time"
 
-	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
+	"github.com/kiln-project/kiln/broker/topology"
 	"github.com/kiln-project/kiln/schema"
 )
-
-// headerReplyTo is the job header that carries its reply subject
-// (worker.HeaderReplyTo; a janitor does not import the worker).
-const headerReplyTo = "Kiln-Reply-To"
 
 // job is what a janitor reads of a stored job to answer it.
 type job struct {
@@ -41,7 +37,7 @@ func (j *Janitor) read(m *jetstream.RawStreamMsg) job {
 	if c := m.Header.Get(schema.HeaderClient); schema.ValidToken(c) {
 		jb.client = c
 	}
-	if r := m.Header.Get(headerReplyTo); j.replyAllowed(r) {
+	if r := m.Header.Get(schema.HeaderReplyTo); j.replyAllowed(r) {
 		jb.replyTo = r
 	}
 	if jb.id == "" || jb.replyTo == "" {
@@ -112,18 +108,10 @@ func (j *Janitor) answer(ctx context.Context, m *jetstream.RawStreamMsg, res *sc
 // store keeps res as the job's result if none is kept yet; it reports
 // false when one is.
 func (j *Janitor) store(ctx context.Context, jb job, res *schema.Result) (bool, error) {
-	data, err := jb.codec.Marshal(res)
-	if err != nil {
-		return false, err
-	}
-	msg := &nats.Msg{Subject: j.subj.ClientResult(jb.id, jb.client), Data: data, Header: nats.Header{}}
-	msg.Header.Set(schema.HeaderContentType, jb.codec.ContentType())
 	pctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 	defer cancel()
-	_, err = j.js.PublishMsg(pctx, msg, jetstream.WithExpectLastSequencePerSubject(0))
-	var apiErr *jetstream.APIError
-	if errors.As(err, &apiErr) && (apiErr.ErrorCode == jetstream.JSErrCodeStreamWrongLastSequence ||
-		apiErr.ErrorCode == jetstream.JSErrCodeStreamWrongLastSequenceConstant) {
+	err := topology.StoreResult(pctx, j.js, j.subj.ClientResult(jb.id, jb.client), jb.codec, res)
+	if errors.Is(err, topology.ErrResultStored) {
 		return false, nil
 	}
 	return err == nil, err
@@ -134,13 +122,8 @@ func (j *Janitor) send(jb job, res *schema.Result, log *slog.Logger) {
 	if jb.replyTo == "" {
 		return // stored only: `kiln result ID` finds it
 	}
-	data, err := jb.codec.Marshal(&schema.Event{JobID: jb.id, Seq: 1, Type: schema.EventResult, Result: res})
-	if err == nil {
-		msg := &nats.Msg{Subject: jb.replyTo, Data: data, Header: nats.Header{}}
-		msg.Header.Set(schema.HeaderContentType, jb.codec.ContentType())
-		err = j.nc.PublishMsg(msg)
-	}
-	if err != nil {
+	ev := &schema.Event{JobID: jb.id, Seq: 1, Type: schema.EventResult, Result: res}
+	if err := topology.Publish(j.nc, jb.replyTo, jb.codec, ev); err != nil {
 		log.Warn("could not send the result event", "reply_to", jb.replyTo, "err", err)
 	}
 }

@@ -1,9 +1,12 @@
 package topology
 
 import (
+	"context"
+	"errors"
 	"fmt"
 
 	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/kiln-project/kiln/schema"
 )
@@ -36,6 +39,32 @@ func Publish(nc *nats.Conn, subject string, codec schema.Codec, v any) error {
 	}
 	if err := nc.PublishMsg(m); err != nil {
 		return fmt.Errorf("topology: publish %s: %w", subject, err)
+	}
+	return nil
+}
+
+// ErrResultStored is returned by StoreResult when the job has a result
+// already: only the first one is kept.
+var ErrResultStored = errors.New("topology: the job has a stored result already")
+
+// StoreResult keeps res in the results stream on subject (a job's result
+// subject, schema.Subjects.ClientResult) unless a result is there already
+// (Nats-Expected-Last-Subject-Sequence 0): then it returns an error matching
+// ErrResultStored, so a job never ends with two different results, whoever
+// answers it (a worker, a redelivery on another card, a janitor).
+func StoreResult(ctx context.Context, js jetstream.JetStream, subject string, codec schema.Codec, res *schema.Result) error {
+	m, err := NewMsg(subject, codec, res)
+	if err != nil {
+		return err
+	}
+	_, err = js.PublishMsg(ctx, m, jetstream.WithExpectLastSequencePerSubject(0))
+	var apiErr *jetstream.APIError
+	if errors.As(err, &apiErr) && (apiErr.ErrorCode == jetstream.JSErrCodeStreamWrongLastSequence ||
+		apiErr.ErrorCode == jetstream.JSErrCodeStreamWrongLastSequenceConstant) {
+		return fmt.Errorf("%w: %w", ErrResultStored, err)
+	}
+	if err != nil {
+		return fmt.Errorf("topology: store result on %s: %w", subject, err)
 	}
 	return nil
 }
