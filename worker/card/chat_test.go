@@ -15,8 +15,6 @@ import (
 	"testing"
 	"unicode/utf8"
 
-	"github.com/ebitengine/purego"
-
 	"github.com/kiln-project/kiln/broker/topology"
 	"github.com/kiln-project/kiln/client"
 	"github.com/kiln-project/kiln/schema"
@@ -88,25 +86,6 @@ func simLoad(t *testing.T, pkg *simPackage, vision bool) (*llm.Model, *cardsim.R
 	}
 	t.Cleanup(func() { m.Close(context.Background()) })
 	return m, pkg.ref
-}
-
-// simControl calls one of the simulator's control symbols.
-func simControl(t *testing.T, symbol, spec, undo string) {
-	t.Helper()
-	h, err := purego.Dlopen(cardsim.Library(t), purego.RTLD_NOW|purego.RTLD_GLOBAL)
-	if err != nil {
-		t.Fatal(err)
-	}
-	sym, err := purego.Dlsym(h, symbol)
-	if err != nil {
-		t.Fatal(err)
-	}
-	var fn func(string) int32
-	purego.RegisterFunc(&fn, sym)
-	if fn(spec) != 0 {
-		t.Fatalf("%s(%q) refused", symbol, spec)
-	}
-	t.Cleanup(func() { fn(undo) })
 }
 
 // chatWorker starts a broker and a worker serving m's chat handler.
@@ -237,8 +216,9 @@ func TestChatCancelAndFault(t *testing.T) {
 	m, ref := simChat(t)
 	c := chatWorker(t, m)
 	ctx := testCtx(t)
+	sim := cardsim.Controls(t)
 
-	simControl(t, "kilnsim_config", "exec_us=15000", "exec_us=0") // ~45 ms a token
+	sim.Config(t, "exec_us=15000", "exec_us=0") // ~45 ms a token
 	p, err := c.Submit(ctx, simJob(schema.Message{Role: "user", Content: "go on"}))
 	if err != nil {
 		t.Fatal(err)
@@ -258,10 +238,10 @@ func TestChatCancelAndFault(t *testing.T) {
 	if n := res.Usage.CompletionTokens; n < 3 || n > 5 {
 		t.Fatalf("generated %d tokens after cancelling at 3", n)
 	}
-	simControl(t, "kilnsim_config", "exec_us=0", "exec_us=0")
+	sim.Config(t, "exec_us=0", "exec_us=0")
 
 	// Executes 1–3 are the prefill (2 layers + post); the 8th fails mid-reply.
-	simControl(t, "kilnsim_set_faults", "fail_execute=8", "")
+	sim.SetFaults(t, "fail_execute=8")
 	job := simJob(schema.Message{Role: "user", Content: "again"})
 	job.MaxTokens = 6
 	res, err = c.Chat(ctx, job, nil)

@@ -15,8 +15,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/ebitengine/purego"
-
 	"github.com/kiln-project/kiln/broker/topology"
 	"github.com/kiln-project/kiln/client"
 	"github.com/kiln-project/kiln/schema"
@@ -33,9 +31,8 @@ import (
 // embedded broker, a worker serving the SD package on the simulated card
 // with the real image handler, and the client.
 func TestImageJobs(t *testing.T) {
-	lib := cardsim.Library(t)
-	simConfig := simConfigFunc(t, lib)
-	dev, err := npu.Open(t.Context(), npu.Config{Library: lib, Logger: quiet, SampleInterval: -1})
+	sim := cardsim.Controls(t)
+	dev, err := npu.Open(t.Context(), npu.Config{Library: sim.Library(), Logger: quiet, SampleInterval: -1})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -195,7 +192,7 @@ func TestImageJobs(t *testing.T) {
 	})
 
 	t.Run("cancel between steps", func(t *testing.T) {
-		simConfig(t, "exec_us=300000", "exec_us=0") // 0.3 s per execute
+		sim.Config(t, "exec_us=300000", "exec_us=0") // 0.3 s per execute
 		p, err := c.Submit(ctx, job("a slow fox", 1))
 		if err != nil {
 			t.Fatal(err)
@@ -226,7 +223,7 @@ func TestImageJobs(t *testing.T) {
 		}
 		_, reply := expected(t, lm, ref, []tokenize.Message{{Role: "user", Content: "hello card"}}, 8)
 		want := lm.Tokenizer().Decode(reply)
-		simConfig(t, "exec_us=20000", "exec_us=0")
+		sim.Config(t, "exec_us=20000", "exec_us=0")
 		mu.Lock()
 		spans = nil
 		mu.Unlock()
@@ -261,26 +258,6 @@ func TestImageJobs(t *testing.T) {
 type span struct {
 	kind       string
 	start, end time.Time
-}
-
-// simConfigFunc binds the simulator's kilnsim_config (not part of AXCL).
-func simConfigFunc(t *testing.T, lib string) func(t *testing.T, spec, undo string) {
-	h, err := purego.Dlopen(lib, purego.RTLD_NOW|purego.RTLD_GLOBAL)
-	if err != nil {
-		t.Fatal(err)
-	}
-	var config func(string) int32
-	sym, err := purego.Dlsym(h, "kilnsim_config")
-	if err != nil {
-		t.Fatal(err)
-	}
-	purego.RegisterFunc(&config, sym)
-	return func(t *testing.T, spec, undo string) {
-		if config(spec) != 0 {
-			t.Fatalf("kilnsim_config(%q) refused", spec)
-		}
-		t.Cleanup(func() { config(undo) })
-	}
 }
 
 func pngSize(t *testing.T, b []byte, w, h int) {
