@@ -15,7 +15,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/kiln-project/kiln/broker/topology"
 	"github.com/kiln-project/kiln/client"
 	"github.com/kiln-project/kiln/schema"
 	"github.com/kiln-project/kiln/test/cardsim"
@@ -25,6 +24,7 @@ import (
 	"github.com/kiln-project/kiln/worker/npu"
 	"github.com/kiln-project/kiln/worker/sd"
 	"github.com/kiln-project/kiln/worker/tokenize"
+	"github.com/kiln-project/kiln/worker/workertest"
 )
 
 // TestImageJobs runs image jobs end to end through the real queue: an
@@ -89,13 +89,13 @@ func TestImageJobs(t *testing.T) {
 		return img.Handle(ctx, job)
 	})
 
-	bb := setup(t, topology.Config{})
-	bb.worker(t, "card0", func(c *worker.Config) {
-		c.Chat = map[string]worker.Handler[schema.ChatJob]{"qwen3-sim": chat}
-		c.Image = map[string]worker.Handler[schema.ImageJob]{"sd15-lcm": recorded}
+	q := workertest.StartQueue(t, workertest.QueueOptions{
+		Chat:  map[string]worker.Handler[schema.ChatJob]{"qwen3-sim": chat},
+		Image: map[string]worker.Handler[schema.ImageJob]{"sd15-lcm": recorded},
 	})
-	c := bb.client(t)
-	ctx := testCtx(t)
+	q.Worker(t, "card0", nil)
+	c := q.Client(t)
+	ctx := workertest.Context(t)
 	seed := func(s uint64) *uint64 { return &s }
 	job := func(prompt string, s uint64) *schema.ImageJob {
 		return &schema.ImageJob{JobHeader: schema.JobHeader{Model: "sd15-lcm"}, Prompt: prompt, Seed: seed(s), Progress: true}
