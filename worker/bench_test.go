@@ -24,10 +24,10 @@ var noop = worker.HandlerFunc[schema.ChatJob](func(ctx context.Context, job *wor
 	return &schema.Result{Text: "ok", FinishReason: schema.FinishStop}, nil
 })
 
-func benchWorkers(b *testing.B, n int, noSync bool) (*bundle, *client.Client) {
-	bb := &bundle{b: brokertest.Run(b, &brokertest.Options{NoSync: noSync})}
+func benchWorkers(b *testing.B, n int, noSync bool) *client.Client {
+	br := brokertest.Run(b, &brokertest.Options{NoSync: noSync})
 	for i := range n {
-		w, err := worker.New(brokertest.Connect(b, bb.b), worker.Config{Name: fmt.Sprintf("bench%d", i),
+		w, err := worker.New(brokertest.Connect(b, br), worker.Config{Name: fmt.Sprintf("bench%d", i),
 			Chat: map[string]worker.Handler[schema.ChatJob]{model: noop}, Logger: quiet})
 		if err != nil {
 			b.Fatal(err)
@@ -37,12 +37,12 @@ func benchWorkers(b *testing.B, n int, noSync bool) (*bundle, *client.Client) {
 		}
 		b.Cleanup(func() { _ = w.StopAndCancel(context.Background()) })
 	}
-	c, err := client.New(brokertest.Connect(b, bb.b))
+	c, err := client.New(brokertest.Connect(b, br))
 	if err != nil {
 		b.Fatal(err)
 	}
 	b.Cleanup(c.Close)
-	return bb, c
+	return c
 }
 
 func percentiles(b *testing.B, name string, d []time.Duration) {
@@ -61,7 +61,7 @@ func BenchmarkJobRoundTrip(b *testing.B) {
 }
 
 func benchRoundTrip(b *testing.B, noSync bool) {
-	_, c := benchWorkers(b, 1, noSync)
+	c := benchWorkers(b, 1, noSync)
 	ctx := b.Context()
 	accepted := make([]time.Duration, 0, b.N)
 	first := make([]time.Duration, 0, b.N)
@@ -95,13 +95,13 @@ func benchRoundTrip(b *testing.B, noSync bool) {
 // BenchmarkCoreRequestReply is the floor: a core NATS request/reply on the
 // same server, no queue, no storage.
 func BenchmarkCoreRequestReply(b *testing.B) {
-	bb := &bundle{b: brokertest.Run(b, nil)}
-	srv := brokertest.Connect(b, bb.b)
+	br := brokertest.Run(b, nil)
+	srv := brokertest.Connect(b, br)
 	if _, err := srv.Subscribe("bench.echo", func(m *nats.Msg) { _ = m.Respond(m.Data) }); err != nil {
 		b.Fatal(err)
 	}
 	_ = srv.Flush()
-	nc := brokertest.Connect(b, bb.b)
+	nc := brokertest.Connect(b, br)
 	lat := make([]time.Duration, 0, b.N)
 	b.ResetTimer()
 	for b.Loop() {
@@ -122,7 +122,7 @@ func BenchmarkThroughput(b *testing.B) {
 }
 
 func benchThroughput(b *testing.B, noSync bool) {
-	_, c := benchWorkers(b, 4, noSync)
+	c := benchWorkers(b, 4, noSync)
 	ctx := b.Context()
 	jobs := make(chan struct{}, b.N)
 	for range b.N {

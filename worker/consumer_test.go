@@ -11,6 +11,7 @@ import (
 	"github.com/kiln-project/kiln/broker/topology"
 	"github.com/kiln-project/kiln/client"
 	"github.com/kiln-project/kiln/schema"
+	"github.com/kiln-project/kiln/worker/workertest"
 )
 
 // An operator (or an older worker) provisioned the consumer with fewer
@@ -19,16 +20,16 @@ import (
 func TestTheConsumersMaxDeliverHolds(t *testing.T) {
 	t.Parallel()
 	bb := setup(t, topology.Config{}) // the worker's topology: MaxDeliver 5
-	ctx := testCtx(t)
-	js, _ := jetstream.New(brokertest.Connect(t, bb.b))
-	stream := bb.topo.WithDefaults().JobsStream()
-	cc := bb.topo.ConsumerConfig(schema.KindChat, model, schema.LaneNormal)
+	ctx := workertest.Context(t)
+	js, _ := jetstream.New(brokertest.Connect(t, bb.Broker))
+	stream := bb.Topology.WithDefaults().JobsStream()
+	cc := bb.Topology.ConsumerConfig(schema.KindChat, model, schema.LaneNormal)
 	cc.MaxDeliver = 2
 	if _, err := js.CreateConsumer(ctx, stream, cc); err != nil {
 		t.Fatal(err)
 	}
-	bb.worker(t, "w1", nil)
-	c := bb.client(t)
+	bb.Worker(t, "w1", nil)
+	c := bb.Client(t)
 	res, err := c.Chat(ctx, chatJob("never", map[string]string{"fail_until": "99"}), nil)
 	if !errors.Is(err, client.ErrFailed) || res.Attempt != 2 || res.Worker != "w1" ||
 		!strings.Contains(res.Error.Message, "failed on all 2 deliveries") {

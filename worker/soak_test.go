@@ -83,7 +83,7 @@ func soak(t *testing.T, governor bool, jobs, tokens int, sample time.Duration) s
 	var ws []*worker.Worker
 	for i, c := range cards {
 		name := fmt.Sprintf("soak%d", i)
-		ws = append(ws, bb.worker(t, name, func(cfg *worker.Config) {
+		ws = append(ws, bb.Worker(t, name, func(cfg *worker.Config) {
 			cfg.Chat = map[string]worker.Handler[schema.ChatJob]{model: c.Chat()}
 			cfg.Device = c
 			if governor {
@@ -94,8 +94,8 @@ func soak(t *testing.T, governor bool, jobs, tokens int, sample time.Duration) s
 			}
 		}))
 	}
-	nc := bb.client(t)
-	evs := collect[schema.ThermalEvent](t, brokertest.Connect(t, bb.b), "kiln.events.thermal.>")
+	nc := bb.Client(t)
+	evs := collect[schema.ThermalEvent](t, brokertest.Connect(t, bb.Broker), "kiln.events.thermal.>")
 
 	// Peak of the true (model) temperature of both cards.
 	var peak float64

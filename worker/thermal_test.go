@@ -26,6 +26,7 @@ import (
 	"github.com/kiln-project/kiln/worker"
 	"github.com/kiln-project/kiln/worker/npu"
 	"github.com/kiln-project/kiln/worker/thermal"
+	"github.com/kiln-project/kiln/worker/workertest"
 )
 
 // The tests in this file drive the card simulator, whose fault plan and
@@ -180,15 +181,15 @@ func TestGovernorPausesAndResumes(t *testing.T) {
 	started := func() int { mu.Lock(); defer mu.Unlock(); return len(startTemps) }
 
 	bb := setup(t, topology.Config{})
-	nc := brokertest.Connect(t, bb.b)
+	nc := brokertest.Connect(t, bb.Broker)
 	thermalEvents := collect[schema.ThermalEvent](t, nc, "kiln.events.thermal.hot1")
-	w := bb.worker(t, "hot1", func(c *worker.Config) {
+	w := bb.Worker(t, "hot1", func(c *worker.Config) {
 		c.Chat = map[string]worker.Handler[schema.ChatJob]{model: h}
 		c.Thermal = &thermal.MonitorConfig{Card: card.Temp, Interval: 20 * time.Millisecond}
 		c.Device = card
 	})
-	c := bb.client(t)
-	ctx := testCtx(t)
+	c := bb.Client(t)
+	ctx := workertest.Context(t)
 	var pending []*client.Pending
 	for i := range 8 {
 		md := map[string]string{}
@@ -256,15 +257,15 @@ func TestCriticalHandsRunningJobToAnotherWorker(t *testing.T) {
 	writeTemp(t, zone, 50000)
 
 	bb := setup(t, topology.Config{})
-	nc := brokertest.Connect(t, bb.b)
+	nc := brokertest.Connect(t, bb.Broker)
 	thermalEvents := collect[schema.ThermalEvent](t, nc, "kiln.events.thermal.>")
-	hot := bb.worker(t, "crit1", func(c *worker.Config) {
+	hot := bb.Worker(t, "crit1", func(c *worker.Config) {
 		c.Chat = map[string]worker.Handler[schema.ChatJob]{model: card.Chat()}
 		c.Thermal = &thermal.MonitorConfig{Card: card.Temp, SoC: thermal.ZoneSource(zone), Interval: 20 * time.Millisecond}
 		c.Device = card
 	})
-	c := bb.client(t)
-	ctx := testCtx(t)
+	c := bb.Client(t)
+	ctx := workertest.Context(t)
 	p, err := c.Submit(ctx, chatJob("one two three four five six seven eight", map[string]string{"delay_ms": "30"}))
 	if err != nil {
 		t.Fatal(err)
@@ -284,7 +285,7 @@ func TestCriticalHandsRunningJobToAnotherWorker(t *testing.T) {
 			if ev.Attempt == 1 && tokens[1] == 2 {
 				writeTemp(t, zone, 90000) // SoC critical is 85 °C
 				thermalEvents.waitFor(t, "critical", func(e []schema.ThermalEvent) bool { return len(e) > 0 })
-				cool = bb.worker(t, "cool1", nil)
+				cool = bb.Worker(t, "cool1", nil)
 			}
 		case ev.Type == schema.EventResult:
 			res = ev.Result
@@ -308,7 +309,7 @@ func TestCriticalHandsRunningJobToAnotherWorker(t *testing.T) {
 	}
 	// Exactly one result stored.
 	js, _ := nc.JetStream()
-	info, err := js.StreamInfo(bb.topo.WithDefaults().ResultsStream())
+	info, err := js.StreamInfo(bb.Topology.WithDefaults().ResultsStream())
 	if err != nil || info.State.Msgs != 1 {
 		t.Fatalf("results stream: %+v, %v; want exactly one result", info, err)
 	}
@@ -321,17 +322,17 @@ func TestExecuteFailureResetsCard(t *testing.T) {
 	s := loadSim(t)
 	card := s.card(t)
 	bb := setup(t, topology.Config{})
-	nc := brokertest.Connect(t, bb.b)
+	nc := brokertest.Connect(t, bb.Broker)
 	deviceEvents := collect[schema.DeviceEvent](t, nc, "kiln.events.device.dev1")
 	beats := collect[schema.Heartbeat](t, nc, "kiln.events.heartbeat.dev1")
-	w := bb.worker(t, "dev1", func(c *worker.Config) {
+	w := bb.Worker(t, "dev1", func(c *worker.Config) {
 		c.Chat = map[string]worker.Handler[schema.ChatJob]{model: card.Chat()}
 		c.Device = card
 		c.ResetDelays = []time.Duration{1500 * time.Millisecond} // long enough for a heartbeat to show it
 	})
 	s.SetFaults(t, "fail_execute=2")
-	c := bb.client(t)
-	res, err := c.Chat(testCtx(t), chatJob("alpha beta gamma", nil), nil)
+	c := bb.Client(t)
+	res, err := c.Chat(workertest.Context(t), chatJob("alpha beta gamma", nil), nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -371,15 +372,15 @@ func TestRepeatedFaultsMakeWorkerUnhealthy(t *testing.T) {
 	t.Setenv("KILN_SIM_FAULTS", "fail_execute=1") // re-applied at every init, so after every reset
 	card := s.card(t)
 	bb := setup(t, topology.Config{})
-	nc := brokertest.Connect(t, bb.b)
+	nc := brokertest.Connect(t, bb.Broker)
 	deviceEvents := collect[schema.DeviceEvent](t, nc, "kiln.events.device.>")
-	sick := bb.worker(t, "sick1", func(c *worker.Config) {
+	sick := bb.Worker(t, "sick1", func(c *worker.Config) {
 		c.Chat = map[string]worker.Handler[schema.ChatJob]{model: card.Chat()}
 		c.Device = card
 		c.ResetDelays = []time.Duration{10 * time.Millisecond}
 	})
-	c := bb.client(t)
-	ctx := testCtx(t)
+	c := bb.Client(t)
+	ctx := workertest.Context(t)
 	p, err := c.Submit(ctx, chatJob("x y", nil))
 	if err != nil {
 		t.Fatal(err)
@@ -388,7 +389,7 @@ func TestRepeatedFaultsMakeWorkerUnhealthy(t *testing.T) {
 		return slices.ContainsFunc(e, func(d schema.DeviceEvent) bool { return d.Type == worker.DeviceUnhealthy })
 	})
 	waitState(t, sick, schema.StateUnhealthy)
-	bb.worker(t, "well1", nil)
+	bb.Worker(t, "well1", nil)
 	res, err := p.Wait(ctx, nil)
 	if err != nil || res.Worker != "well1" || res.Attempt != 4 {
 		t.Fatalf("result %+v, %v: want ok from well1 on attempt 4", res, err)
@@ -411,10 +412,10 @@ func TestLostDeviceStopsWorker(t *testing.T) {
 	s := loadSim(t)
 	card := s.card(t)
 	bb := setup(t, topology.Config{})
-	nc := brokertest.Connect(t, bb.b)
+	nc := brokertest.Connect(t, bb.Broker)
 	deviceEvents := collect[schema.DeviceEvent](t, nc, "kiln.events.device.lost1")
-	w, err := worker.New(brokertest.Connect(t, bb.b), worker.Config{
-		Name: "lost1", Topology: bb.topo, Logger: quiet, Device: card,
+	w, err := worker.New(brokertest.Connect(t, bb.Broker), worker.Config{
+		Name: "lost1", Topology: bb.Topology, Logger: quiet, Device: card,
 		Chat:        map[string]worker.Handler[schema.ChatJob]{model: card.Chat()},
 		RetryDelays: []time.Duration{50 * time.Millisecond},
 	})
@@ -424,8 +425,8 @@ func TestLostDeviceStopsWorker(t *testing.T) {
 	s.SetFaults(t, "lose_device=2")
 	runErr := make(chan error, 1)
 	go func() { runErr <- w.Run(t.Context()) }()
-	c := bb.client(t)
-	ctx := testCtx(t)
+	c := bb.Client(t)
+	ctx := workertest.Context(t)
 	wait.For(t, 30*time.Second, 5*time.Millisecond, func() error {
 		ws, err := c.Workers(ctx)
 		if err == nil && len(ws) != 1 {
@@ -445,7 +446,7 @@ func TestLostDeviceStopsWorker(t *testing.T) {
 	case <-ctx.Done():
 		t.Fatal("the worker did not stop after losing its card")
 	}
-	bb.worker(t, "spare1", nil)
+	bb.Worker(t, "spare1", nil)
 	res, err := p.Wait(ctx, nil)
 	if err != nil || res.Worker != "spare1" || res.Attempt != 2 {
 		t.Fatalf("result %+v, %v: want ok from spare1 on attempt 2", res, err)
@@ -471,9 +472,9 @@ func TestLostDeviceStopsWorker(t *testing.T) {
 func TestMicroServiceRegistration(t *testing.T) {
 	t.Parallel()
 	bb := setup(t, topology.Config{})
-	bb.worker(t, "m1", nil)
-	bb.worker(t, "m2", nil)
-	nc := brokertest.Connect(t, bb.b)
+	bb.Worker(t, "m1", nil)
+	bb.Worker(t, "m2", nil)
+	nc := brokertest.Connect(t, bb.Broker)
 	inbox := nats.NewInbox()
 	sub, err := nc.SubscribeSync(inbox)
 	if err != nil {
@@ -550,14 +551,14 @@ func TestWorkerHeartbeatsWhileLoading(t *testing.T) {
 	s := loadSim(t)
 	card := &loadingCard{Card: s.card(t), release: make(chan struct{})}
 	bb := setup(t, topology.Config{})
-	nc := brokertest.Connect(t, bb.b)
+	nc := brokertest.Connect(t, bb.Broker)
 	beats := collect[schema.Heartbeat](t, nc, "kiln.events.heartbeat.load1")
-	w := bb.worker(t, "load1", func(c *worker.Config) {
+	w := bb.Worker(t, "load1", func(c *worker.Config) {
 		c.Chat = map[string]worker.Handler[schema.ChatJob]{model: card.Chat()}
 		c.Device = card
 	})
-	c := bb.client(t)
-	ctx := testCtx(t)
+	c := bb.Client(t)
+	ctx := workertest.Context(t)
 	p, err := c.Submit(ctx, chatJob("after loading", nil))
 	if err != nil {
 		t.Fatal(err)
@@ -579,7 +580,7 @@ func TestWorkerHeartbeatsWhileLoading(t *testing.T) {
 
 	bad := &loadingCard{Card: card.Card, release: make(chan struct{}), err: errors.New("package broken")}
 	close(bad.release)
-	w2, err := worker.New(brokertest.Connect(t, bb.b), worker.Config{Name: "load2", Topology: bb.topo, Logger: quiet, Device: bad,
+	w2, err := worker.New(brokertest.Connect(t, bb.Broker), worker.Config{Name: "load2", Topology: bb.Topology, Logger: quiet, Device: bad,
 		Chat: map[string]worker.Handler[schema.ChatJob]{model: card.Chat()}})
 	if err != nil {
 		t.Fatal(err)

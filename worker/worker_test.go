@@ -15,70 +15,27 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
-	"github.com/kiln-project/kiln/broker"
 	"github.com/kiln-project/kiln/broker/brokertest"
 	"github.com/kiln-project/kiln/broker/topology"
 	"github.com/kiln-project/kiln/client"
 	"github.com/kiln-project/kiln/schema"
 	"github.com/kiln-project/kiln/test/echo"
 	"github.com/kiln-project/kiln/worker"
+	"github.com/kiln-project/kiln/worker/workertest"
 )
 
 const model = "echo"
 
 var quiet = slog.New(slog.NewTextHandler(io.Discard, nil))
 
-type bundle struct {
-	b    *broker.Broker
-	topo topology.Config
-}
-
-func setup(t *testing.T, topo topology.Config) *bundle {
+// setup starts a queue whose workers serve the echo handlers as model "echo".
+func setup(t *testing.T, topo topology.Config) *workertest.Queue {
 	t.Helper()
-	topo.AckWait = max(topo.AckWait, 3*time.Second)
-	topo.HeartbeatInterval = max(topo.HeartbeatInterval, time.Second)
-	b := brokertest.Run(t, &brokertest.Options{Topology: topo})
-	return &bundle{b: b, topo: topo}
-}
-
-func (bb *bundle) worker(t *testing.T, name string, mod func(*worker.Config)) *worker.Worker {
-	t.Helper()
-	cfg := worker.Config{
-		Name:        name,
-		Topology:    bb.topo,
-		Chat:        map[string]worker.Handler[schema.ChatJob]{model: echo.Chat},
-		Image:       map[string]worker.Handler[schema.ImageJob]{model: echo.Image},
-		RetryDelays: []time.Duration{50 * time.Millisecond},
-		Logger:      quiet,
-	}
-	if mod != nil {
-		mod(&cfg)
-	}
-	w, err := worker.New(brokertest.Connect(t, bb.b), cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithTimeout(t.Context(), 20*time.Second)
-	defer cancel()
-	if err := w.Start(ctx); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-		defer cancel()
-		_ = w.StopAndCancel(ctx)
+	return workertest.StartQueue(t, workertest.QueueOptions{
+		Topology: topo,
+		Chat:     map[string]worker.Handler[schema.ChatJob]{model: echo.Chat},
+		Image:    map[string]worker.Handler[schema.ImageJob]{model: echo.Image},
 	})
-	return w
-}
-
-func (bb *bundle) client(t *testing.T, opts ...client.Option) *client.Client {
-	t.Helper()
-	c, err := client.New(brokertest.Connect(t, bb.b), append([]client.Option{client.WithResultPoll(time.Second)}, opts...)...)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(c.Close)
-	return c
 }
 
 func chatJob(text string, md map[string]string) *schema.ChatJob {
@@ -88,19 +45,13 @@ func chatJob(text string, md map[string]string) *schema.ChatJob {
 	}
 }
 
-func testCtx(t *testing.T) context.Context {
-	ctx, cancel := context.WithTimeout(t.Context(), 30*time.Second)
-	t.Cleanup(cancel)
-	return ctx
-}
-
 func TestChatStreamsTokensInOrder(t *testing.T) {
 	t.Parallel()
 	bb := setup(t, topology.Config{})
-	bb.worker(t, "w1", nil)
-	c := bb.client(t)
+	bb.Worker(t, "w1", nil)
+	c := bb.Client(t)
 	var got []schema.Event
-	res, err := c.Chat(testCtx(t), chatJob("the quick brown fox", nil), func(ev schema.Event) error {
+	res, err := c.Chat(workertest.Context(t), chatJob("the quick brown fox", nil), func(ev schema.Event) error {
 		got = append(got, ev)
 		return nil
 	})
@@ -128,7 +79,7 @@ func TestChatStreamsTokensInOrder(t *testing.T) {
 	if strings.Join(text, "") != res.Text {
 		t.Fatalf("streamed %q, result %q", strings.Join(text, ""), res.Text)
 	}
-	stored, err := c.Result(testCtx(t), res.JobID)
+	stored, err := c.Result(workertest.Context(t), res.JobID)
 	if err != nil || stored.Text != res.Text {
 		t.Fatalf("stored result = %+v, %v", stored, err)
 	}
@@ -137,13 +88,13 @@ func TestChatStreamsTokensInOrder(t *testing.T) {
 func TestFiftyClientsGetOnlyTheirOwnEvents(t *testing.T) {
 	t.Parallel()
 	bb := setup(t, topology.Config{})
-	bb.worker(t, "w1", nil)
-	bb.worker(t, "w2", nil)
-	ctx := testCtx(t)
+	bb.Worker(t, "w1", nil)
+	bb.Worker(t, "w2", nil)
+	ctx := workertest.Context(t)
 	var wg sync.WaitGroup
 	errs := make(chan error, 50)
 	for i := range 50 {
-		c := bb.client(t) // here: bb.client may t.Fatal, which a spawned goroutine must not
+		c := bb.Client(t) // here: bb.Client may t.Fatal, which a spawned goroutine must not
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
@@ -171,11 +122,11 @@ func TestFiftyClientsGetOnlyTheirOwnEvents(t *testing.T) {
 func TestImageJobReportsProgress(t *testing.T) {
 	t.Parallel()
 	bb := setup(t, topology.Config{})
-	bb.worker(t, "w1", nil)
-	c := bb.client(t)
+	bb.Worker(t, "w1", nil)
+	c := bb.Client(t)
 	seed := uint64(42)
 	var steps []int
-	res, err := c.Image(testCtx(t), &schema.ImageJob{JobHeader: schema.JobHeader{Model: model}, Prompt: "a red fox", Seed: &seed, Steps: 4, Progress: true},
+	res, err := c.Image(workertest.Context(t), &schema.ImageJob{JobHeader: schema.JobHeader{Model: model}, Prompt: "a red fox", Seed: &seed, Steps: 4, Progress: true},
 		func(ev schema.Event) error {
 			if ev.Type == schema.EventProgress {
 				steps = append(steps, ev.Step)
@@ -193,9 +144,9 @@ func TestImageJobReportsProgress(t *testing.T) {
 func TestCancelRunningJob(t *testing.T) {
 	t.Parallel()
 	bb := setup(t, topology.Config{})
-	bb.worker(t, "w1", nil)
-	c := bb.client(t)
-	ctx := testCtx(t)
+	bb.Worker(t, "w1", nil)
+	c := bb.Client(t)
+	ctx := workertest.Context(t)
 	p, err := c.Submit(ctx, chatJob(strings.Repeat("word ", 100), map[string]string{"delay_ms": "50"}))
 	if err != nil {
 		t.Fatal(err)
@@ -229,9 +180,9 @@ func TestCancelRunningJob(t *testing.T) {
 func TestCancelQueuedJob(t *testing.T) {
 	t.Parallel()
 	bb := setup(t, topology.Config{})
-	bb.worker(t, "w1", nil)
-	c := bb.client(t)
-	ctx := testCtx(t)
+	bb.Worker(t, "w1", nil)
+	c := bb.Client(t)
+	ctx := workertest.Context(t)
 	// Keep the only worker busy, queue a second job behind it, cancel that.
 	busy, err := c.Submit(ctx, chatJob("a b c d e f", map[string]string{"delay_ms": "100"}))
 	if err != nil {
@@ -260,9 +211,9 @@ func TestCancelQueuedJob(t *testing.T) {
 func TestExpiredDeadline(t *testing.T) {
 	t.Parallel()
 	bb := setup(t, topology.Config{})
-	bb.worker(t, "w1", nil)
-	c := bb.client(t)
-	ctx := testCtx(t)
+	bb.Worker(t, "w1", nil)
+	c := bb.Client(t)
+	ctx := workertest.Context(t)
 
 	past := time.Now().Add(-time.Second)
 	job := chatJob("too late", nil)
@@ -283,9 +234,9 @@ func TestExpiredDeadline(t *testing.T) {
 func TestDuplicateSubmitRunsOnce(t *testing.T) {
 	t.Parallel()
 	bb := setup(t, topology.Config{})
-	bb.worker(t, "w1", nil)
-	c := bb.client(t)
-	ctx := testCtx(t)
+	bb.Worker(t, "w1", nil)
+	c := bb.Client(t)
+	ctx := workertest.Context(t)
 	job := chatJob("once only", map[string]string{"pid": "1"})
 	job.ID = schema.NewID()
 	first, err := c.Submit(ctx, job)
@@ -310,8 +261,8 @@ func TestDuplicateSubmitRunsOnce(t *testing.T) {
 			t.Fatalf("err %v, %d starts, result %+v", err, starts, res)
 		}
 	}
-	js, _ := jetstream.New(brokertest.Connect(t, bb.b))
-	cons, err := js.Consumer(ctx, bb.topo.WithDefaults().JobsStream(), topology.ConsumerName(schema.KindChat, model, schema.LaneNormal))
+	js, _ := jetstream.New(brokertest.Connect(t, bb.Broker))
+	cons, err := js.Consumer(ctx, bb.Topology.WithDefaults().JobsStream(), topology.ConsumerName(schema.KindChat, model, schema.LaneNormal))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -341,7 +292,7 @@ func rawPublish(t *testing.T, nc *nats.Conn, subject, contentType string, body [
 	m.Header.Set("Nats-Msg-Id", id)
 	m.Header.Set(schema.HeaderReplyTo, reply)
 	js, _ := jetstream.New(nc)
-	if _, err := js.PublishMsg(testCtx(t), m); err != nil {
+	if _, err := js.PublishMsg(workertest.Context(t), m); err != nil {
 		t.Fatal(err)
 	}
 	for {
@@ -366,8 +317,8 @@ func rawPublish(t *testing.T, nc *nats.Conn, subject, contentType string, body [
 func TestInvalidJobsGetTheirOwnCodeAndAreNotRetried(t *testing.T) {
 	t.Parallel()
 	bb := setup(t, topology.Config{})
-	bb.worker(t, "w1", nil)
-	nc := brokertest.Connect(t, bb.b)
+	bb.Worker(t, "w1", nil)
+	nc := brokertest.Connect(t, bb.Broker)
 	subj := schema.Subjects{}
 	chat := subj.Job(schema.KindChat, model, schema.LaneNormal)
 	msgpackOf := func(v any) []byte { b, _ := schema.Msgpack.Marshal(v); return b }
@@ -405,18 +356,18 @@ func TestInvalidJobsGetTheirOwnCodeAndAreNotRetried(t *testing.T) {
 		}
 	}
 	// Not redelivered: nothing is left in the queue, and the worker goes on.
-	c := bb.client(t)
-	if res, err := c.Chat(testCtx(t), chatJob("still here", nil), nil); err != nil || res.Text != "echo: still here" {
+	c := bb.Client(t)
+	if res, err := c.Chat(workertest.Context(t), chatJob("still here", nil), nil); err != nil || res.Text != "echo: still here" {
 		t.Fatalf("after invalid jobs: %+v, %v", res, err)
 	}
 	js, _ := jetstream.New(nc)
-	st, _ := js.Stream(testCtx(t), bb.topo.WithDefaults().JobsStream())
-	info, err := st.Info(testCtx(t))
+	st, _ := js.Stream(workertest.Context(t), bb.Topology.WithDefaults().JobsStream())
+	info, err := st.Info(workertest.Context(t))
 	if err != nil || info.State.Msgs != 0 {
 		t.Fatalf("jobs left in the queue: %d (%v)", info.State.Msgs, err)
 	}
-	cons, _ := js.Consumer(testCtx(t), bb.topo.WithDefaults().JobsStream(), topology.ConsumerName(schema.KindChat, model, schema.LaneNormal))
-	ci, _ := cons.Info(testCtx(t))
+	cons, _ := js.Consumer(workertest.Context(t), bb.Topology.WithDefaults().JobsStream(), topology.ConsumerName(schema.KindChat, model, schema.LaneNormal))
+	ci, _ := cons.Info(workertest.Context(t))
 	if ci.NumRedelivered != 0 || ci.Delivered.Consumer != uint64(len(cases)+1) {
 		t.Fatalf("consumer delivered %d, redelivered %d; want %d and 0", ci.Delivered.Consumer, ci.NumRedelivered, len(cases)+1)
 	}
@@ -425,9 +376,9 @@ func TestInvalidJobsGetTheirOwnCodeAndAreNotRetried(t *testing.T) {
 func TestClientRefusesInvalidAndUnservedJobsBeforePublishing(t *testing.T) {
 	t.Parallel()
 	bb := setup(t, topology.Config{})
-	bb.worker(t, "w1", nil)
-	c := bb.client(t)
-	ctx := testCtx(t)
+	bb.Worker(t, "w1", nil)
+	c := bb.Client(t)
+	ctx := workertest.Context(t)
 	job := chatJob("hi", nil)
 	job.Model = "nobody-has-this"
 	if _, err := c.Chat(ctx, job, nil); !errors.Is(err, client.ErrNoWorker) {
@@ -436,8 +387,8 @@ func TestClientRefusesInvalidAndUnservedJobsBeforePublishing(t *testing.T) {
 	if _, err := c.Chat(ctx, &schema.ChatJob{JobHeader: schema.JobHeader{Model: model}}, nil); !errors.Is(err, client.ErrInvalid) {
 		t.Fatalf("no messages: err = %v, want ErrInvalid", err)
 	}
-	js, _ := jetstream.New(brokertest.Connect(t, bb.b))
-	st, _ := js.Stream(ctx, bb.topo.WithDefaults().JobsStream())
+	js, _ := jetstream.New(brokertest.Connect(t, bb.Broker))
+	st, _ := js.Stream(ctx, bb.Topology.WithDefaults().JobsStream())
 	info, _ := st.Info(ctx)
 	if info.State.LastSeq != 0 {
 		t.Fatalf("%d jobs were published", info.State.LastSeq)
@@ -447,8 +398,8 @@ func TestClientRefusesInvalidAndUnservedJobsBeforePublishing(t *testing.T) {
 func TestFullQueueRefusesAtPublishAndLosesNothing(t *testing.T) {
 	t.Parallel()
 	bb := setup(t, topology.Config{MaxQueuedJobs: 3})
-	c := bb.client(t, client.WithoutWorkerCheck())
-	ctx := testCtx(t)
+	c := bb.Client(t, client.WithoutWorkerCheck())
+	ctx := workertest.Context(t)
 	var accepted []*client.Pending
 	for i := range 3 {
 		p, err := c.Submit(ctx, chatJob(fmt.Sprintf("job %d", i), nil))
@@ -460,7 +411,7 @@ func TestFullQueueRefusesAtPublishAndLosesNothing(t *testing.T) {
 	if _, err := c.Submit(ctx, chatJob("one too many", nil)); !errors.Is(err, client.ErrQueueFull) {
 		t.Fatalf("4th job: err = %v, want ErrQueueFull", err)
 	}
-	bb.worker(t, "w1", nil)
+	bb.Worker(t, "w1", nil)
 	for i, p := range accepted {
 		res, err := p.Wait(ctx, nil)
 		if err != nil || res.Text != fmt.Sprintf("echo: job %d", i) {
@@ -472,8 +423,8 @@ func TestFullQueueRefusesAtPublishAndLosesNothing(t *testing.T) {
 func TestRawJSONJobGetsJSONBack(t *testing.T) {
 	t.Parallel()
 	bb := setup(t, topology.Config{})
-	bb.worker(t, "w1", nil)
-	nc := brokertest.Connect(t, bb.b)
+	bb.Worker(t, "w1", nil)
+	nc := brokertest.Connect(t, bb.Broker)
 	sub, err := nc.SubscribeSync("my.inbox")
 	if err != nil {
 		t.Fatal(err)
@@ -508,9 +459,9 @@ func TestRawJSONJobGetsJSONBack(t *testing.T) {
 func TestTransientFailureRetriesThenLastDeliveryAnswers(t *testing.T) {
 	t.Parallel()
 	bb := setup(t, topology.Config{MaxDeliver: 3})
-	bb.worker(t, "w1", nil)
-	c := bb.client(t)
-	ctx := testCtx(t)
+	bb.Worker(t, "w1", nil)
+	c := bb.Client(t)
+	ctx := workertest.Context(t)
 	// Fails on attempts 1 and 2, succeeds on 3.
 	var attempts []int
 	res, err := c.Chat(ctx, chatJob("third time lucky", map[string]string{"fail_until": "3"}), func(ev schema.Event) error {
@@ -543,8 +494,8 @@ func TestTransientFailureRetriesThenLastDeliveryAnswers(t *testing.T) {
 func TestHighLaneFirst(t *testing.T) {
 	t.Parallel()
 	bb := setup(t, topology.Config{})
-	c := bb.client(t, client.WithoutWorkerCheck())
-	ctx := testCtx(t)
+	c := bb.Client(t, client.WithoutWorkerCheck())
+	ctx := workertest.Context(t)
 	var order []string
 	var mu sync.Mutex
 	var pending []*client.Pending
@@ -563,7 +514,7 @@ func TestHighLaneFirst(t *testing.T) {
 		t.Fatal(err)
 	}
 	pending = append(pending, p)
-	bb.worker(t, "w1", nil)
+	bb.Worker(t, "w1", nil)
 	var wg sync.WaitGroup
 	for _, p := range pending {
 		wg.Add(1)
@@ -588,9 +539,9 @@ func TestHighLaneFirst(t *testing.T) {
 func TestStoredResultIsResentNotRerun(t *testing.T) {
 	t.Parallel()
 	bb := setup(t, topology.Config{})
-	nc := brokertest.Connect(t, bb.b)
+	nc := brokertest.Connect(t, bb.Broker)
 	js, _ := jetstream.New(nc)
-	ctx := testCtx(t)
+	ctx := workertest.Context(t)
 	// A job whose first delivery stored its result but lost its ack: deliver
 	// it once by hand, store a result, hand it back.
 	job := chatJob("would say something else", nil)
@@ -606,7 +557,7 @@ func TestStoredResultIsResentNotRerun(t *testing.T) {
 	if _, err := js.PublishMsg(ctx, m, jetstream.WithMsgID(job.ID)); err != nil {
 		t.Fatal(err)
 	}
-	cons, err := topology.EnsureConsumer(ctx, js, bb.topo, schema.KindChat, model, schema.LaneNormal)
+	cons, err := topology.EnsureConsumer(ctx, js, bb.Topology, schema.KindChat, model, schema.LaneNormal)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -623,7 +574,7 @@ func TestStoredResultIsResentNotRerun(t *testing.T) {
 	if err := first.Nak(); err != nil {
 		t.Fatal(err)
 	}
-	bb.worker(t, "w1", nil)
+	bb.Worker(t, "w1", nil)
 	em, err := sub.NextMsg(10 * time.Second)
 	if err != nil {
 		t.Fatal(err)
@@ -640,9 +591,9 @@ func TestStoredResultIsResentNotRerun(t *testing.T) {
 func TestGracefulStopFinishesOrHandsBack(t *testing.T) {
 	t.Parallel()
 	bb := setup(t, topology.Config{})
-	c := bb.client(t)
-	ctx := testCtx(t)
-	w1 := bb.worker(t, "w1", nil)
+	c := bb.Client(t)
+	ctx := workertest.Context(t)
+	w1 := bb.Worker(t, "w1", nil)
 	// Graceful: the running job finishes before Stop returns.
 	p, err := c.Submit(ctx, chatJob("a b c d", map[string]string{"delay_ms": "50"}))
 	if err != nil {
@@ -657,7 +608,7 @@ func TestGracefulStopFinishesOrHandsBack(t *testing.T) {
 		t.Fatalf("after graceful stop: %+v, %v", res, err)
 	}
 	// Grace runs out: the job is handed back and another worker finishes it.
-	w2 := bb.worker(t, "w2", nil)
+	w2 := bb.Worker(t, "w2", nil)
 	p, err = c.Submit(ctx, chatJob(strings.Repeat("z ", 40), map[string]string{"delay_ms": "50"}))
 	if err != nil {
 		t.Fatal(err)
@@ -668,7 +619,7 @@ func TestGracefulStopFinishesOrHandsBack(t *testing.T) {
 	if err := w2.Stop(sctx); !errors.Is(err, context.DeadlineExceeded) {
 		t.Fatalf("stop past grace: %v", err)
 	}
-	bb.worker(t, "w3", nil)
+	bb.Worker(t, "w3", nil)
 	var attempts []int
 	res, err = p.Wait(ctx, func(ev schema.Event) error {
 		if ev.Type == schema.EventStarted {
@@ -684,7 +635,7 @@ func TestGracefulStopFinishesOrHandsBack(t *testing.T) {
 // waitForStart reads p's events until "started" (the rest stays queued).
 func waitForStart(t *testing.T, p *client.Pending) {
 	t.Helper()
-	for ev, err := range p.Events(testCtx(t)) {
+	for ev, err := range p.Events(workertest.Context(t)) {
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -697,9 +648,9 @@ func waitForStart(t *testing.T, p *client.Pending) {
 func TestWorkerRegistersAndLeaves(t *testing.T) {
 	t.Parallel()
 	bb := setup(t, topology.Config{})
-	w := bb.worker(t, "w1", nil)
-	c := bb.client(t)
-	ctx := testCtx(t)
+	w := bb.Worker(t, "w1", nil)
+	c := bb.Client(t)
+	ctx := workertest.Context(t)
 	ws, err := c.Workers(ctx)
 	if err != nil || len(ws) != 1 || ws[0].Worker != "w1" || !ws[0].Serves(schema.KindChat, model) || ws[0].State != schema.StateReady {
 		t.Fatalf("workers %+v, %v", ws, err)
@@ -715,17 +666,17 @@ func TestWorkerRegistersAndLeaves(t *testing.T) {
 func TestJobOutOfDeliveriesStillGetsOneResult(t *testing.T) {
 	t.Parallel()
 	bb := setup(t, topology.Config{MaxDeliver: 2})
-	bb.worker(t, "w1", nil) // its reaper answers; it does not serve "ghost"
-	c := bb.client(t, client.WithoutWorkerCheck())
-	ctx := testCtx(t)
+	bb.Worker(t, "w1", nil) // its reaper answers; it does not serve "ghost"
+	c := bb.Client(t, client.WithoutWorkerCheck())
+	ctx := workertest.Context(t)
 	job := chatJob("nobody finishes me", nil)
 	job.Model = "ghost"
 	p, err := c.Submit(ctx, job)
 	if err != nil {
 		t.Fatal(err)
 	}
-	js, _ := jetstream.New(brokertest.Connect(t, bb.b))
-	cons, err := topology.EnsureConsumer(ctx, js, bb.topo, schema.KindChat, "ghost", schema.LaneNormal)
+	js, _ := jetstream.New(brokertest.Connect(t, bb.Broker))
+	cons, err := topology.EnsureConsumer(ctx, js, bb.Topology, schema.KindChat, "ghost", schema.LaneNormal)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -760,9 +711,9 @@ func TestJobOutOfDeliveriesStillGetsOneResult(t *testing.T) {
 func TestWatchShowsHeartbeats(t *testing.T) {
 	t.Parallel()
 	bb := setup(t, topology.Config{})
-	bb.worker(t, "w1", nil)
-	c := bb.client(t)
-	ctx, cancel := context.WithTimeout(testCtx(t), 10*time.Second)
+	bb.Worker(t, "w1", nil)
+	c := bb.Client(t)
+	ctx, cancel := context.WithTimeout(workertest.Context(t), 10*time.Second)
 	defer cancel()
 	stop := errors.New("seen")
 	err := c.Watch(ctx, time.Minute, func(ev client.FleetEvent) error {
@@ -779,8 +730,8 @@ func TestWatchShowsHeartbeats(t *testing.T) {
 func TestLateEventsOfAnOlderAttemptAreDropped(t *testing.T) {
 	t.Parallel()
 	bb := setup(t, topology.Config{})
-	c := bb.client(t, client.WithoutWorkerCheck())
-	ctx := testCtx(t)
+	c := bb.Client(t, client.WithoutWorkerCheck())
+	ctx := workertest.Context(t)
 	job := chatJob("nobody runs me", nil)
 	job.Model = "manual"
 	p, err := c.Submit(ctx, job)
@@ -788,7 +739,7 @@ func TestLateEventsOfAnOlderAttemptAreDropped(t *testing.T) {
 		t.Fatal(err)
 	}
 	// A worker that lost the job (attempt 1) is still streaming while attempt 2 runs elsewhere.
-	nc := brokertest.Connect(t, bb.b)
+	nc := brokertest.Connect(t, bb.Broker)
 	send := func(ev schema.Event) {
 		ev.JobID = p.ID
 		data, _ := schema.Msgpack.Marshal(&ev)

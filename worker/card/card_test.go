@@ -3,6 +3,8 @@ package card_test
 import (
 	"errors"
 	"fmt"
+	"io"
+	"log/slog"
 	"os"
 	"path/filepath"
 	"testing"
@@ -14,6 +16,8 @@ import (
 	"github.com/kiln-project/kiln/worker/card"
 	"github.com/kiln-project/kiln/worker/npu"
 )
+
+var quiet = slog.New(slog.NewTextHandler(io.Discard, nil))
 
 func TestFaultClassification(t *testing.T) {
 	runtimeErr := &axcl.Error{Op: "axclrtEngineExecute", Code: 0x80300184}

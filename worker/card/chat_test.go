@@ -15,9 +15,6 @@ import (
 	"testing"
 	"unicode/utf8"
 
-	"github.com/ebitengine/purego"
-
-	"github.com/kiln-project/kiln/broker/topology"
 	"github.com/kiln-project/kiln/client"
 	"github.com/kiln-project/kiln/schema"
 	"github.com/kiln-project/kiln/test/cardsim"
@@ -26,6 +23,7 @@ import (
 	"github.com/kiln-project/kiln/worker/llm"
 	"github.com/kiln-project/kiln/worker/npu"
 	"github.com/kiln-project/kiln/worker/tokenize"
+	"github.com/kiln-project/kiln/worker/workertest"
 )
 
 const chatModel = "qwen3-sim"
@@ -90,34 +88,14 @@ func simLoad(t *testing.T, pkg *simPackage, vision bool) (*llm.Model, *cardsim.R
 	return m, pkg.ref
 }
 
-// simControl calls one of the simulator's control symbols.
-func simControl(t *testing.T, symbol, spec, undo string) {
-	t.Helper()
-	h, err := purego.Dlopen(cardsim.Library(t), purego.RTLD_NOW|purego.RTLD_GLOBAL)
-	if err != nil {
-		t.Fatal(err)
-	}
-	sym, err := purego.Dlsym(h, symbol)
-	if err != nil {
-		t.Fatal(err)
-	}
-	var fn func(string) int32
-	purego.RegisterFunc(&fn, sym)
-	if fn(spec) != 0 {
-		t.Fatalf("%s(%q) refused", symbol, spec)
-	}
-	t.Cleanup(func() { fn(undo) })
-}
-
 // chatWorker starts a broker and a worker serving m's chat handler.
 func chatWorker(t *testing.T, m *llm.Model) *client.Client {
 	t.Helper()
-	bb := setup(t, topology.Config{})
-	bb.worker(t, "card0", func(c *worker.Config) {
-		c.Chat = map[string]worker.Handler[schema.ChatJob]{chatModel: card.ChatHandler(m, quiet)}
-		c.Image = nil
+	q := workertest.StartQueue(t, workertest.QueueOptions{
+		Chat: map[string]worker.Handler[schema.ChatJob]{chatModel: card.ChatHandler(m, quiet)},
 	})
-	return bb.client(t)
+	q.Worker(t, "card0", nil)
+	return q.Client(t)
 }
 
 func simJob(msgs ...schema.Message) *schema.ChatJob {
@@ -150,7 +128,7 @@ func TestChatStreamsOnSimulatedCard(t *testing.T) {
 	job := simJob(schema.Message{Role: "system", Content: system}, schema.Message{Role: "user", Content: "hi"})
 	job.MaxTokens = 12
 	var streamed []string
-	res, err := c.Chat(testCtx(t), job, func(ev schema.Event) error {
+	res, err := c.Chat(workertest.Context(t), job, func(ev schema.Event) error {
 		if ev.Type == schema.EventToken {
 			if ev.Text == "" || !utf8.ValidString(ev.Text) {
 				t.Errorf("token event %q is not whole UTF-8 characters", ev.Text)
@@ -175,7 +153,7 @@ func TestChatStreamsOnSimulatedCard(t *testing.T) {
 	}
 	// The same job again restores the system prompt from the prefix cache
 	// and gives the same reply.
-	again, err := c.Chat(testCtx(t), job, nil)
+	again, err := c.Chat(workertest.Context(t), job, nil)
 	if err != nil || again.Text != res.Text {
 		t.Fatalf("second run %q (%v), first %q", again.Text, err, res.Text)
 	}
@@ -189,7 +167,7 @@ func TestChatStreamsOnSimulatedCard(t *testing.T) {
 func TestChatRefusals(t *testing.T) {
 	m, _ := simChat(t)
 	c := chatWorker(t, m)
-	_, err := c.Chat(testCtx(t), simJob(schema.Message{Role: "user", Content: strings.Repeat("kiln fire ", 400)}), nil)
+	_, err := c.Chat(workertest.Context(t), simJob(schema.Message{Role: "user", Content: strings.Repeat("kiln fire ", 400)}), nil)
 	var je *client.JobError
 	if !errors.Is(err, client.ErrInvalid) || !errors.As(err, &je) {
 		t.Fatalf("err = %v, want invalid", err)
@@ -197,7 +175,7 @@ func TestChatRefusals(t *testing.T) {
 	if e := je.Result.Error; e.Code != schema.CodeOverLimit || e.Field != "messages" || !strings.Contains(e.Message, "at most 638") {
 		t.Fatalf("error %+v", e)
 	}
-	_, err = c.Chat(testCtx(t), simJob(schema.Message{Role: "user", Content: "what is this?", Images: [][]byte{{1, 2, 3}}}), nil)
+	_, err = c.Chat(workertest.Context(t), simJob(schema.Message{Role: "user", Content: "what is this?", Images: [][]byte{{1, 2, 3}}}), nil)
 	if !errors.As(err, &je) || je.Result.Error.Code != schema.CodeUnsupported || je.Result.Error.Field != "messages[0].images" {
 		t.Fatalf("image job: %v", err)
 	}
@@ -207,26 +185,22 @@ func TestChatRefusals(t *testing.T) {
 // string, which is never streamed.
 func TestChatStopStringCutsReply(t *testing.T) {
 	m, ref := simChat(t)
-	c := chatWorker(t, m)
 	_, reply := expected(t, m, ref, []tokenize.Message{{Role: "user", Content: "tell me"}}, 16)
 	full := []rune(m.Tokenizer().Decode(reply))
 	if len(full) < 6 {
-		t.Skipf("reference reply %q too short to cut", string(full))
+		t.Fatalf("reference reply %q too short to cut", string(full))
 	}
 	stop := string(full[3:5])
 	job := simJob(schema.Message{Role: "user", Content: "tell me"})
 	job.Stop, job.MaxTokens = []string{stop}, 16
-	var streamed strings.Builder
-	res, err := c.Chat(testCtx(t), job, func(ev schema.Event) error {
-		streamed.WriteString(ev.Text)
-		return nil
-	})
+	out, err := workertest.Run(workertest.Context(t), card.ChatHandler(m, quiet), job)
 	if err != nil {
 		t.Fatal(err)
 	}
+	res := out.Result
 	want := string(full)[:strings.Index(string(full), stop)]
-	if res.Text != want || streamed.String() != want || res.FinishReason != schema.FinishStop {
-		t.Fatalf("text %q, streamed %q (%s), want %q", res.Text, streamed.String(), res.FinishReason, want)
+	if res.Text != want || out.Text() != want || res.FinishReason != schema.FinishStop {
+		t.Fatalf("text %q, streamed %q (%s), want %q", res.Text, out.Text(), res.FinishReason, want)
 	}
 }
 
@@ -236,9 +210,10 @@ func TestChatStopStringCutsReply(t *testing.T) {
 func TestChatCancelAndFault(t *testing.T) {
 	m, ref := simChat(t)
 	c := chatWorker(t, m)
-	ctx := testCtx(t)
+	ctx := workertest.Context(t)
+	sim := cardsim.Controls(t)
 
-	simControl(t, "kilnsim_config", "exec_us=15000", "exec_us=0") // ~45 ms a token
+	sim.Config(t, "exec_us=15000", "exec_us=0") // ~45 ms a token
 	p, err := c.Submit(ctx, simJob(schema.Message{Role: "user", Content: "go on"}))
 	if err != nil {
 		t.Fatal(err)
@@ -258,10 +233,10 @@ func TestChatCancelAndFault(t *testing.T) {
 	if n := res.Usage.CompletionTokens; n < 3 || n > 5 {
 		t.Fatalf("generated %d tokens after cancelling at 3", n)
 	}
-	simControl(t, "kilnsim_config", "exec_us=0", "exec_us=0")
+	sim.Config(t, "exec_us=0", "exec_us=0")
 
 	// Executes 1–3 are the prefill (2 layers + post); the 8th fails mid-reply.
-	simControl(t, "kilnsim_set_faults", "fail_execute=8", "")
+	sim.SetFaults(t, "fail_execute=8")
 	job := simJob(schema.Message{Role: "user", Content: "again"})
 	job.MaxTokens = 6
 	res, err = c.Chat(ctx, job, nil)
@@ -279,7 +254,6 @@ func TestChatCancelAndFault(t *testing.T) {
 // context end.
 func TestChatMaxTokensClampedToContext(t *testing.T) {
 	m, _ := simChat(t)
-	c := chatWorker(t, m)
 	content := ""
 	var n int
 	for r := 300; r > 0; r-- {
@@ -292,10 +266,11 @@ func TestChatMaxTokensClampedToContext(t *testing.T) {
 	job := simJob(schema.Message{Role: "user", Content: content})
 	job.MaxTokens = 100
 	job.Stop = nil
-	res, err := c.Chat(testCtx(t), job, nil)
+	out, err := workertest.Run(workertest.Context(t), card.ChatHandler(m, quiet), job)
 	if err != nil {
 		t.Fatal(err)
 	}
+	res := out.Result
 	if res.Usage.PromptTokens != n || res.Usage.PromptTokens+res.Usage.CompletionTokens > 639 {
 		t.Fatalf("prompt %d (want %d) + reply %d tokens in a 639-token context", res.Usage.PromptTokens, n, res.Usage.CompletionTokens)
 	}
@@ -324,11 +299,12 @@ func pngOf(t *testing.T, w, h int, fill func(x, y int) color.RGBA) []byte {
 // undecodable image is bad_value.
 func TestChatWithImages(t *testing.T) {
 	m := simChatVision(t)
-	c := chatWorker(t, m)
+	h := card.ChatHandler(m, quiet)
 	ask := func(img []byte) (*schema.Result, error) {
 		job := simJob(schema.Message{Role: "user", Content: "what do you see?", Images: [][]byte{img}})
 		job.MaxTokens = 8
-		return c.Chat(testCtx(t), job, nil)
+		out, err := workertest.Run(workertest.Context(t), h, job)
+		return out.Result, err
 	}
 	dark := pngOf(t, 200, 120, func(x, y int) color.RGBA { return color.RGBA{uint8(x / 10), 0, uint8(y / 10), 255} })
 	light := pngOf(t, 90, 90, func(x, y int) color.RGBA { return color.RGBA{255, 255 - uint8(x), 200, 255} })
@@ -349,8 +325,8 @@ func TestChatWithImages(t *testing.T) {
 		t.Fatalf("dark %q (%d prompt tokens), light %q, dark again %q", a.Text, a.Usage.PromptTokens, b.Text, again.Text)
 	}
 	_, err = ask([]byte("GIF89a not really"))
-	var je *client.JobError
-	if !errors.As(err, &je) || je.Result.Error.Code != schema.CodeBadValue || je.Result.Error.Field != "messages[0].images[0]" {
+	var verr *schema.Error
+	if !errors.As(err, &verr) || verr.Code != schema.CodeBadValue || verr.Field != "messages[0].images[0]" {
 		t.Fatalf("garbage image: %v", err)
 	}
 }

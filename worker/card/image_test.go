@@ -15,9 +15,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/ebitengine/purego"
-
-	"github.com/kiln-project/kiln/broker/topology"
 	"github.com/kiln-project/kiln/client"
 	"github.com/kiln-project/kiln/schema"
 	"github.com/kiln-project/kiln/test/cardsim"
@@ -27,15 +24,15 @@ import (
 	"github.com/kiln-project/kiln/worker/npu"
 	"github.com/kiln-project/kiln/worker/sd"
 	"github.com/kiln-project/kiln/worker/tokenize"
+	"github.com/kiln-project/kiln/worker/workertest"
 )
 
 // TestImageJobs runs image jobs end to end through the real queue: an
 // embedded broker, a worker serving the SD package on the simulated card
 // with the real image handler, and the client.
 func TestImageJobs(t *testing.T) {
-	lib := cardsim.Library(t)
-	simConfig := simConfigFunc(t, lib)
-	dev, err := npu.Open(t.Context(), npu.Config{Library: lib, Logger: quiet, SampleInterval: -1})
+	sim := cardsim.Controls(t)
+	dev, err := npu.Open(t.Context(), npu.Config{Library: sim.Library(), Logger: quiet, SampleInterval: -1})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -92,13 +89,13 @@ func TestImageJobs(t *testing.T) {
 		return img.Handle(ctx, job)
 	})
 
-	bb := setup(t, topology.Config{})
-	bb.worker(t, "card0", func(c *worker.Config) {
-		c.Chat = map[string]worker.Handler[schema.ChatJob]{"qwen3-sim": chat}
-		c.Image = map[string]worker.Handler[schema.ImageJob]{"sd15-lcm": recorded}
+	q := workertest.StartQueue(t, workertest.QueueOptions{
+		Chat:  map[string]worker.Handler[schema.ChatJob]{"qwen3-sim": chat},
+		Image: map[string]worker.Handler[schema.ImageJob]{"sd15-lcm": recorded},
 	})
-	c := bb.client(t)
-	ctx := testCtx(t)
+	q.Worker(t, "card0", nil)
+	c := q.Client(t)
+	ctx := workertest.Context(t)
 	seed := func(s uint64) *uint64 { return &s }
 	job := func(prompt string, s uint64) *schema.ImageJob {
 		return &schema.ImageJob{JobHeader: schema.JobHeader{Model: "sd15-lcm"}, Prompt: prompt, Seed: seed(s), Progress: true}
@@ -195,7 +192,7 @@ func TestImageJobs(t *testing.T) {
 	})
 
 	t.Run("cancel between steps", func(t *testing.T) {
-		simConfig(t, "exec_us=300000", "exec_us=0") // 0.3 s per execute
+		sim.Config(t, "exec_us=300000", "exec_us=0") // 0.3 s per execute
 		p, err := c.Submit(ctx, job("a slow fox", 1))
 		if err != nil {
 			t.Fatal(err)
@@ -226,7 +223,7 @@ func TestImageJobs(t *testing.T) {
 		}
 		_, reply := expected(t, lm, ref, []tokenize.Message{{Role: "user", Content: "hello card"}}, 8)
 		want := lm.Tokenizer().Decode(reply)
-		simConfig(t, "exec_us=20000", "exec_us=0")
+		sim.Config(t, "exec_us=20000", "exec_us=0")
 		mu.Lock()
 		spans = nil
 		mu.Unlock()
@@ -261,26 +258,6 @@ func TestImageJobs(t *testing.T) {
 type span struct {
 	kind       string
 	start, end time.Time
-}
-
-// simConfigFunc binds the simulator's kilnsim_config (not part of AXCL).
-func simConfigFunc(t *testing.T, lib string) func(t *testing.T, spec, undo string) {
-	h, err := purego.Dlopen(lib, purego.RTLD_NOW|purego.RTLD_GLOBAL)
-	if err != nil {
-		t.Fatal(err)
-	}
-	var config func(string) int32
-	sym, err := purego.Dlsym(h, "kilnsim_config")
-	if err != nil {
-		t.Fatal(err)
-	}
-	purego.RegisterFunc(&config, sym)
-	return func(t *testing.T, spec, undo string) {
-		if config(spec) != 0 {
-			t.Fatalf("kilnsim_config(%q) refused", spec)
-		}
-		t.Cleanup(func() { config(undo) })
-	}
 }
 
 func pngSize(t *testing.T, b []byte, w, h int) {

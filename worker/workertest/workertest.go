@@ -11,8 +11,14 @@
 //
 // What happens around the handler in the worker (validation, the "started" and "result"
 // events, retries, the stored result, the status and timings it adds to the result) is the
-// worker's, tested with a real broker in package worker; Run does none of it. A handler that
-// panics panics the test.
+// worker's; Run does none of it. A handler that panics panics the test.
+//
+// For that part, StartQueue starts a real embedded broker (broker/brokertest) and returns a
+// Queue that starts workers and clients on it, all stopped when the test ends:
+//
+//	q := workertest.StartQueue(t, workertest.QueueOptions{Chat: handlers})
+//	q.Worker(t, "w1", nil)
+//	res, err := q.Client(t).Chat(workertest.Context(t), job, onEvent)
 package workertest
 
 import (

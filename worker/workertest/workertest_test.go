@@ -9,6 +9,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/kiln-project/kiln/broker/topology"
 	"github.com/kiln-project/kiln/schema"
 	"github.com/kiln-project/kiln/test/echo"
 	"github.com/kiln-project/kiln/worker"
@@ -115,6 +116,31 @@ func TestRunContext(t *testing.T) {
 	job.Deadline = &past
 	if _, err := workertest.Run(t.Context(), spy, job); !errors.Is(err, context.DeadlineExceeded) || !errors.Is(cause, worker.ErrDeadline) {
 		t.Fatalf("past deadline: %v, cause %v; want the deadline with cause worker.ErrDeadline", err, cause)
+	}
+}
+
+// A Queue's workers serve its handlers unless their own configuration changes them, on the
+// topology with the shorter ack wait and heartbeat interval; its clients reach them.
+func TestStartQueue(t *testing.T) {
+	q := workertest.StartQueue(t, workertest.QueueOptions{
+		Topology: topology.Config{MaxDeliver: 2},
+		Chat:     map[string]worker.Handler[schema.ChatJob]{"echo": echo.Chat},
+	})
+	if q.Topology.AckWait != 3*time.Second || q.Topology.HeartbeatInterval != time.Second || q.Topology.MaxDeliver != 2 {
+		t.Fatalf("topology %+v", q.Topology)
+	}
+	q.Worker(t, "w1", nil)
+	q.Worker(t, "w2", func(c *worker.Config) { c.Chat["other"] = echo.Chat })
+	c := q.Client(t)
+	res, err := c.Chat(workertest.Context(t), chatJob("hello queue", nil), nil)
+	if err != nil || res.Status != schema.StatusOK || res.Text != "echo: hello queue" {
+		t.Fatalf("chat: %+v, %v", res, err)
+	}
+	other := chatJob("hello other", nil)
+	other.ID, other.Model = "job-2", "other"
+	res, err = c.Chat(workertest.Context(t), other, nil)
+	if err != nil || res.Worker != "w2" {
+		t.Fatalf("chat on the model only w2 serves: %+v, %v", res, err)
 	}
 }
 
