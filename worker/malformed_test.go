@@ -19,6 +19,7 @@ import (
 	"github.com/kiln-project/kiln/schema"
 	"github.com/kiln-project/kiln/test/wait"
 	"github.com/kiln-project/kiln/worker"
+	"github.com/kiln-project/kiln/worker/workertest"
 )
 
 // answer is one event that came back on a reply subject.
@@ -84,14 +85,14 @@ func (a *answers) results(subject string) []answer {
 func TestMalformedBodiesAreAnsweredOnce(t *testing.T) {
 	t.Parallel()
 	bb := setup(t, topology.Config{})
-	bb.worker(t, "w1", nil)
-	nc := brokertest.Connect(t, bb.b)
+	bb.Worker(t, "w1", nil)
+	nc := brokertest.Connect(t, bb.Broker)
 	js, err := jetstream.New(nc)
 	if err != nil {
 		t.Fatal(err)
 	}
-	c := bb.client(t)
-	subj := bb.topo.Subjects()
+	c := bb.Client(t)
+	subj := bb.Topology.Subjects()
 	got := collectAnswers(t, nc, "raw.bad.>")
 
 	jsonChat := func(id, reply, extra string) []byte {
@@ -221,7 +222,7 @@ func TestMalformedBodiesAreAnsweredOnce(t *testing.T) {
 			m.Header.Set(jetstream.MsgIDHeader, id)
 			m.Header.Set(schema.HeaderReplyTo, reply)
 		}
-		if _, err := js.PublishMsg(testCtx(t), m); err != nil {
+		if _, err := js.PublishMsg(workertest.Context(t), m); err != nil {
 			t.Fatalf("%s: publish: %v", tc.name, err)
 		}
 		published[tc.kind]++
@@ -246,7 +247,7 @@ func TestMalformedBodiesAreAnsweredOnce(t *testing.T) {
 		}
 		// The worker keeps serving.
 		text := fmt.Sprintf("still serving after %d", i)
-		if res, err := c.Chat(testCtx(t), chatJob(text, nil), nil); err != nil || res.Text != "echo: "+text {
+		if res, err := c.Chat(workertest.Context(t), chatJob(text, nil), nil); err != nil || res.Text != "echo: "+text {
 			t.Fatalf("%s: the next job got %+v, %v", tc.name, res, err)
 		}
 	}
@@ -269,8 +270,8 @@ func TestMalformedBodiesAreAnsweredOnce(t *testing.T) {
 
 	// Terminated, not redelivered: the queue is empty and each consumer
 	// delivered each job once (the good chat jobs too).
-	ctx := testCtx(t)
-	st, err := js.Stream(ctx, bb.topo.WithDefaults().JobsStream())
+	ctx := workertest.Context(t)
+	st, err := js.Stream(ctx, bb.Topology.WithDefaults().JobsStream())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -279,7 +280,7 @@ func TestMalformedBodiesAreAnsweredOnce(t *testing.T) {
 	}
 	published[schema.KindChat] += len(cases)
 	for kind, n := range published {
-		cons, err := js.Consumer(ctx, bb.topo.WithDefaults().JobsStream(), topology.ConsumerName(kind, model, schema.LaneNormal))
+		cons, err := js.Consumer(ctx, bb.Topology.WithDefaults().JobsStream(), topology.ConsumerName(kind, model, schema.LaneNormal))
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -319,26 +320,26 @@ func TestMalformedBodyWithoutReplySubjectIsStored(t *testing.T) {
 	t.Parallel()
 	bb := setup(t, topology.Config{})
 	logs := &logBuffer{}
-	bb.worker(t, "w1", func(cfg *worker.Config) {
+	bb.Worker(t, "w1", func(cfg *worker.Config) {
 		cfg.Logger = slog.New(slog.NewTextHandler(logs, &slog.HandlerOptions{Level: slog.LevelWarn}))
 	})
-	nc := brokertest.Connect(t, bb.b)
+	nc := brokertest.Connect(t, bb.Broker)
 	js, err := jetstream.New(nc)
 	if err != nil {
 		t.Fatal(err)
 	}
-	ctx := testCtx(t)
+	ctx := workertest.Context(t)
 	body := `{"id":"nobody-to-tell","model":"echo","messages":[{"role":"user","content":"hi"}],"temprature":0.2}`
-	if _, err := js.Publish(ctx, bb.topo.Subjects().Job(schema.KindChat, model, schema.LaneNormal), []byte(body)); err != nil {
+	if _, err := js.Publish(ctx, bb.Topology.Subjects().Job(schema.KindChat, model, schema.LaneNormal), []byte(body)); err != nil {
 		t.Fatal(err)
 	}
-	results, err := js.Stream(ctx, bb.topo.WithDefaults().ResultsStream())
+	results, err := js.Stream(ctx, bb.Topology.WithDefaults().ResultsStream())
 	if err != nil {
 		t.Fatal(err)
 	}
 	var raw *jetstream.RawStreamMsg
 	wait.For(t, 20*time.Second, 10*time.Millisecond, func() error {
-		raw, err = results.GetLastMsgForSubject(ctx, bb.topo.Subjects().Result("nobody-to-tell"))
+		raw, err = results.GetLastMsgForSubject(ctx, bb.Topology.Subjects().Result("nobody-to-tell"))
 		return err
 	})
 	var res schema.Result
@@ -348,7 +349,7 @@ func TestMalformedBodyWithoutReplySubjectIsStored(t *testing.T) {
 	if res.Status != schema.StatusError || res.Error == nil || res.Error.Code != schema.CodeUnknownField || res.Error.Field != "temprature" {
 		t.Fatalf("stored result %+v (error %+v)", res, res.Error)
 	}
-	st, err := js.Stream(ctx, bb.topo.WithDefaults().JobsStream())
+	st, err := js.Stream(ctx, bb.Topology.WithDefaults().JobsStream())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -374,22 +375,22 @@ func TestMalformedBodyWithoutReplySubjectIsStored(t *testing.T) {
 func TestReaperAnswersAHostileBody(t *testing.T) {
 	t.Parallel()
 	bb := setup(t, topology.Config{MaxDeliver: 2})
-	bb.worker(t, "w1", nil) // its reaper answers; it does not serve "ghost"
-	nc := brokertest.Connect(t, bb.b)
+	bb.Worker(t, "w1", nil) // its reaper answers; it does not serve "ghost"
+	nc := brokertest.Connect(t, bb.Broker)
 	js, err := jetstream.New(nc)
 	if err != nil {
 		t.Fatal(err)
 	}
-	ctx := testCtx(t)
+	ctx := workertest.Context(t)
 	got := collectAnswers(t, nc, "raw.reaped")
-	m := &nats.Msg{Subject: bb.topo.Subjects().Job(schema.KindChat, "ghost", schema.LaneNormal),
+	m := &nats.Msg{Subject: bb.Topology.Subjects().Job(schema.KindChat, "ghost", schema.LaneNormal),
 		Data: append(bytes.Repeat([]byte{0x91}, 3<<20), 0xc0), Header: nats.Header{}}
 	m.Header.Set(jetstream.MsgIDHeader, "reaped")
 	m.Header.Set(schema.HeaderReplyTo, "raw.reaped")
 	if _, err := js.PublishMsg(ctx, m); err != nil {
 		t.Fatal(err)
 	}
-	cons, err := topology.EnsureConsumer(ctx, js, bb.topo, schema.KindChat, "ghost", schema.LaneNormal)
+	cons, err := topology.EnsureConsumer(ctx, js, bb.Topology, schema.KindChat, "ghost", schema.LaneNormal)
 	if err != nil {
 		t.Fatal(err)
 	}
