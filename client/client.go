@@ -8,13 +8,18 @@
 //		JobHeader: schema.JobHeader{Model: "qwen3-4b"},
 //		Messages:  []schema.Message{{Role: "user", Content: "hello"}},
 //	}, func(ev schema.Event) error {
+//		if ev.Type == schema.EventStarted {
+//			// a run (re)starts: discard the text so far
+//		}
 //		fmt.Print(ev.Text)
 //		return nil
 //	})
 //
-// A job that restarts on another card (its worker died) shows up as a
-// "started" event with a higher Attempt; the client drops any late event of
-// an older attempt, so streamed text never interleaves. Cancelling ctx of
+// A job that runs again (its worker died, its card faulted, the broker
+// crashed) shows up as another "started" event; on every "started" a caller
+// discards what it had. The client passes one run's events at a time, from
+// its "started" on, and none of an older run after a newer one began, so
+// streamed text never interleaves (see Pending.Events). Cancelling ctx of
 // Chat or Image cancels the job.
 //
 // The client imports schema (the wire contract), broker/topology (stream,

@@ -21,7 +21,7 @@ type Pending struct {
 	sub *nats.Subscription
 	ch  chan *nats.Msg
 
-	attempt int // highest attempt seen
+	runs runs // what of the job's runs has been passed on
 }
 
 // Close stops receiving the job's events. The job itself goes on.
@@ -37,9 +37,9 @@ func (p *Pending) Close() {
 // arrives for a while, Wait looks for the stored result, so a missed reply
 // does not hang it.
 //
-// Events of an attempt older than the newest one seen are dropped: when a
-// job restarts on another card, fn sees a "started" event with the higher
-// Attempt and should discard what it had.
+// fn sees the events in the order Events gives them: on every "started"
+// event, fn should discard what it had (text, progress). The token texts
+// after the last "started" then add up to the result's text.
 func (p *Pending) Wait(ctx context.Context, fn func(schema.Event) error) (*schema.Result, error) {
 	for ev, err := range p.Events(ctx) {
 		if err != nil {
@@ -60,6 +60,18 @@ func (p *Pending) Wait(ctx context.Context, fn func(schema.Event) error) (*schem
 // Events iterates over the job's events up to and including the result.
 // It yields a non-nil error once and stops when ctx ends or an event cannot
 // be decoded.
+//
+// A job runs again from the start when its worker dies, its card faults or
+// the broker crashes; each run has its own id (Event.Run) and begins with a
+// "started" event. Events yields one run at a time, from its "started" on,
+// in order, and never an event of another run after it: a caller that
+// discards what it had on every "started" assembles exactly one run's text.
+// When the client missed events (a broker restart drops those sent while
+// the client reconnects), or the result comes from another run than the one
+// streamed (a restarted job whose first run had finished), Events passes no
+// more of the broken run and, at the result, starts over: a "started" event
+// of the result's run, the result's whole text as one "token" event, then
+// the result. Events the client makes up this way have Seq 0.
 func (p *Pending) Events(ctx context.Context) iter.Seq2[schema.Event, error] {
 	return func(yield func(schema.Event, error) bool) {
 		poll := time.NewTimer(p.c.resultPoll)
@@ -76,7 +88,11 @@ func (p *Pending) Events(ctx context.Context) iter.Seq2[schema.Event, error] {
 				res, err := p.c.Result(rctx, p.ID)
 				cancel()
 				if err == nil {
-					yield(schema.Event{JobID: p.ID, Attempt: res.Attempt, Type: schema.EventResult, Result: res}, nil)
+					for _, ev := range p.runs.end(p.ID, res) {
+						if !yield(ev, nil) {
+							return
+						}
+					}
 					return
 				}
 				if !errors.Is(err, ErrNotFound) && !transient(err) && ctx.Err() == nil {
@@ -90,10 +106,6 @@ func (p *Pending) Events(ctx context.Context) iter.Seq2[schema.Event, error] {
 					yield(schema.Event{}, fmt.Errorf("kiln: job %s: %w", p.ID, err))
 					return
 				}
-				if ev.Attempt < p.attempt && ev.Type != schema.EventResult {
-					continue // a late event of an attempt that was restarted
-				}
-				p.attempt = max(p.attempt, ev.Attempt)
 				if !poll.Stop() {
 					select {
 					case <-poll.C:
@@ -101,8 +113,10 @@ func (p *Pending) Events(ctx context.Context) iter.Seq2[schema.Event, error] {
 					}
 				}
 				poll.Reset(p.c.resultPoll)
-				if !yield(ev, nil) || ev.Type == schema.EventResult {
-					return
+				for _, ev := range p.runs.pass(ev) {
+					if !yield(ev, nil) || ev.Type == schema.EventResult {
+						return
+					}
 				}
 			}
 		}

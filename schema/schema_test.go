@@ -35,11 +35,12 @@ func TestCodecsRoundTripEveryWireType(t *testing.T) {
 			got.Messages[0].Content != "héllo" || string(got.Messages[0].Images[0]) != "\x01\x02\x03" || got.Metadata["room"] != "2" || !got.Think {
 			t.Fatalf("%s round trip: %+v", c, got)
 		}
-		ev := Event{JobID: "01J", Attempt: 2, Seq: 3, Type: EventResult, Result: &Result{JobID: "01J", Status: StatusError,
+		ev := Event{JobID: "01J", Run: "R2", Attempt: 2, Seq: 3, Type: EventResult, Result: &Result{JobID: "01J", Run: "R1", Status: StatusError,
 			Error: Errorf(CodeOverLimit, "messages", "too many"), Usage: Usage{QueueMS: 5}}}
 		data, _ = c.Marshal(&ev)
 		var gotEv Event
-		if err := c.Unmarshal(data, &gotEv); err != nil || gotEv.Result.Error.Code != CodeOverLimit || gotEv.Attempt != 2 {
+		if err := c.Unmarshal(data, &gotEv); err != nil || gotEv.Result.Error.Code != CodeOverLimit || gotEv.Attempt != 2 ||
+			gotEv.Run != "R2" || gotEv.Result.Run != "R1" {
 			t.Fatalf("%s event round trip: %+v %v", c, gotEv, err)
 		}
 	}

@@ -97,11 +97,19 @@ const (
 	EventResult   = "result"
 )
 
-// Event is one message on a job's reply subject. Seq counts from 1 within one
-// attempt; a client that sees a higher Attempt discards what it had from a
-// lower one (the job restarted on another card).
+// Event is one message on a job's reply subject. Run names the delivery of
+// the job to a worker that sent it: a job that restarts (its worker died, a
+// fault, a broker crash) starts a new run, with a "started" event, and a
+// client discards what it had of any other run. Seq counts the events of one
+// run from 1 ("started"), so a client can tell it missed one.
 type Event struct {
-	JobID   string `msgpack:"job_id" json:"job_id"`
+	JobID string `msgpack:"job_id" json:"job_id"`
+	// Run is unique per delivery of the job to a worker (schema.NewID, made
+	// by the worker when it takes the delivery): runs are told apart by it,
+	// never by Attempt, which a broker crash can repeat.
+	Run string `msgpack:"run" json:"run"`
+	// Attempt is the delivery count as JetStream reported it, from 1;
+	// informational.
 	Attempt int    `msgpack:"attempt" json:"attempt"`
 	Seq     int    `msgpack:"seq" json:"seq"`
 	Type    string `msgpack:"type" json:"type"`
@@ -144,7 +152,10 @@ type Result struct {
 	Error        *Error `msgpack:"error,omitempty" json:"error,omitempty"`
 	Usage        Usage  `msgpack:"usage" json:"usage"`
 	Worker       string `msgpack:"worker,omitempty" json:"worker,omitempty"`
-	Attempt      int    `msgpack:"attempt,omitempty" json:"attempt,omitempty"`
+	// Run is the run (see Event.Run) that made the result. A result re-sent
+	// by a later delivery (the first one's ack was lost) keeps its own run.
+	Run     string `msgpack:"run,omitempty" json:"run,omitempty"`
+	Attempt int    `msgpack:"attempt,omitempty" json:"attempt,omitempty"`
 }
 
 // Usage counts what a job cost.

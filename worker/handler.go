@@ -17,7 +17,7 @@ import (
 //
 // The result it returns needs only what the handler knows (text, finish
 // reason, image, token counts, time to first token); the worker fills in the
-// job id, status, worker, attempt and timings. An error that is a
+// job id, status, worker, run, attempt and timings. An error that is a
 // *schema.Error is the request's fault: the job ends with that error and is
 // never retried. Any other error is taken as transient (a device fault, say):
 // the job is handed back to the queue with a delay and retried, on this card
@@ -40,7 +40,8 @@ func (f HandlerFunc[T]) Handle(ctx context.Context, job *Job[T]) (*schema.Result
 type Job[T any] struct {
 	// Args is the decoded, validated job.
 	Args *T
-	// Attempt is the delivery count, from 1.
+	// Attempt is the delivery count, from 1. A broker that crashes can lose
+	// its recent counts, so a job may see 1 again: a hint, not an identity.
 	Attempt int
 	// Enqueued is when the job was accepted by the queue.
 	Enqueued time.Time

@@ -31,7 +31,8 @@ import (
 type delivery struct {
 	msg      jetstream.Msg
 	rt       *route
-	attempt  int
+	run      string // this delivery's run id (schema.NewID): names its events and result
+	attempt  int    // JetStream's delivery count; a broker crash can repeat it
 	enqueued time.Time
 	fetched  time.Time
 	codec    schema.Codec
@@ -41,7 +42,7 @@ type delivery struct {
 	events   *eventStream
 }
 
-// eventStream numbers and publishes one attempt's events.
+// eventStream numbers and publishes one run's events.
 type eventStream struct {
 	w     *Worker
 	d     *delivery
@@ -60,7 +61,7 @@ func (s *eventStream) emit(ev schema.Event) error {
 	if s.d.replyTo == "" {
 		return nil
 	}
-	ev.JobID, ev.Attempt, ev.Seq = s.d.id, s.d.attempt, s.seq
+	ev.JobID, ev.Run, ev.Attempt, ev.Seq = s.d.id, s.d.run, s.d.attempt, s.seq
 	if err := topology.Publish(s.w.nc, s.d.replyTo, s.d.codec, &ev); err != nil {
 		return fmt.Errorf("worker: %s event: %w", ev.Type, err)
 	}
@@ -85,9 +86,12 @@ func (w *Worker) process(rt *route, msg jetstream.Msg) {
 // receive reads what a delivery says before its body is decoded: the
 // attempt and queue time from its metadata, the job id, reply subject and
 // client from its headers, so that even a job whose body cannot be decoded
-// gets its error back.
+// gets its error back. It names the delivery's run: a new id for every
+// delivery, unique whatever the worker's name or the delivery count (both
+// repeat: a restarted worker keeps its name, a broker crash can lose the
+// count).
 func (w *Worker) receive(rt *route, msg jetstream.Msg) *delivery {
-	d := &delivery{msg: msg, rt: rt, attempt: 1, fetched: time.Now()}
+	d := &delivery{msg: msg, rt: rt, run: schema.NewID(), attempt: 1, fetched: time.Now()}
 	d.events = &eventStream{w: w, d: d}
 	if meta, err := msg.Metadata(); err == nil {
 		d.attempt = int(meta.NumDelivered)
@@ -171,7 +175,7 @@ func runJob[T any, PT jobPointer[T]](ctx context.Context, w *Worker, d *delivery
 		return
 	}
 	hdr := PT(args).Header()
-	log := w.log.With("job", d.id, "kind", d.rt.kind, "model", d.rt.model, "attempt", d.attempt)
+	log := w.log.With("job", d.id, "kind", d.rt.kind, "model", d.rt.model, "run", d.run, "attempt", d.attempt)
 	jctx, release := w.occupy(ctx, d)
 	defer release()
 	if !w.admit(ctx, d, hdr, log) {
@@ -254,18 +258,18 @@ func (w *Worker) occupy(ctx context.Context, d *delivery) (jctx context.Context,
 }
 
 // admit reports whether the job is to run. A result already stored means
-// an earlier delivery finished the job but its ack was lost: that result is
-// sent again and nothing runs. (A first delivery cannot have one: the id is
-// deduplicated at publish.) A job cancelled or past its deadline while it
-// was queued ends here (queued).
+// an earlier delivery finished the job but its ack was lost: that result
+// (with its own run) is sent again and nothing runs. Every delivery looks,
+// the first included: the delivery count cannot tell a first delivery, since
+// a broker that crashes loses its recent counts and delivers again from 1.
+// (A failed look only costs a run: finish keeps the first result.) A job
+// cancelled or past its deadline while it was queued ends here (queued).
 func (w *Worker) admit(ctx context.Context, d *delivery, hdr *schema.JobHeader, log *slog.Logger) bool {
-	if d.attempt > 1 {
-		if res := w.storedResult(ctx, d.id, d.client); res != nil {
-			log.Info("job already finished, re-sending its result")
-			_ = d.events.emit(schema.Event{Type: schema.EventResult, Result: res})
-			_ = d.msg.Ack()
-			return false
-		}
+	if res := w.storedResult(ctx, d.id, d.client); res != nil {
+		log.Info("job already finished, re-sending its result", "first_run", res.Run)
+		_ = d.events.emit(schema.Event{Type: schema.EventResult, Result: res})
+		_ = d.msg.Ack()
+		return false
 	}
 	if res := queued(hdr, w.wasCancelled(d.id), time.Now()); res != nil {
 		w.finish(ctx, d, res, log)
@@ -501,7 +505,7 @@ func (w *Worker) reject(ctx context.Context, d *delivery, verr *schema.Error) {
 // whose id is unknown (neither Nats-Msg-Id nor a readable body id) cannot
 // be stored; a job without a reply subject is only stored.
 func (w *Worker) finish(ctx context.Context, d *delivery, res *schema.Result, log *slog.Logger) {
-	res.JobID, res.Worker, res.Attempt = d.id, w.cfg.Name, d.attempt
+	res.JobID, res.Worker, res.Run, res.Attempt = d.id, w.cfg.Name, d.run, d.attempt
 	res.Usage.QueueMS = queueMS(d)
 	if res.Status == schema.StatusOK {
 		w.jobsOK.Add(1)

@@ -70,14 +70,15 @@ func (w *Worker) reap(ctx context.Context, adv maxDeliverAdvisory) {
 	}
 	log := w.log.With("job", id, "deliveries", adv.Deliveries)
 	if schema.ValidToken(id) && w.storedResult(ctx, id, client) == nil {
-		res := &schema.Result{JobID: id, Status: schema.StatusError, Worker: w.cfg.Name, Attempt: int(adv.Deliveries),
+		// The reaper's answer is a run of its own: no delivery made it.
+		res := &schema.Result{JobID: id, Run: schema.NewID(), Status: schema.StatusError, Worker: w.cfg.Name, Attempt: int(adv.Deliveries),
 			Error: schema.Errorf(schema.CodeFailed, "", "delivered %d times and no worker finished it (each worker that took it crashed, was killed or stopped)", adv.Deliveries)}
 		if err := w.storeResult(ctx, codec, client, res); err != nil {
 			log.Warn("reaper: could not store the result", "err", err)
 			return
 		}
 		if reply != "" {
-			ev := schema.Event{JobID: id, Attempt: res.Attempt, Seq: 1, Type: schema.EventResult, Result: res}
+			ev := schema.Event{JobID: id, Run: res.Run, Attempt: res.Attempt, Seq: 1, Type: schema.EventResult, Result: res}
 			_ = topology.Publish(w.nc, reply, codec, &ev)
 		}
 		log.Warn("job ran out of deliveries; answered with an error result")

@@ -538,53 +538,70 @@ func TestHighLaneFirst(t *testing.T) {
 
 func TestStoredResultIsResentNotRerun(t *testing.T) {
 	t.Parallel()
-	bb := setup(t, topology.Config{})
-	nc := brokertest.Connect(t, bb.Broker)
-	js, _ := jetstream.New(nc)
-	ctx := workertest.Context(t)
-	// A job whose first delivery stored its result but lost its ack: deliver
-	// it once by hand, store a result, hand it back.
-	job := chatJob("would say something else", nil)
-	job.ID = "done-before"
-	body, _ := schema.Msgpack.Marshal(job)
-	reply := "raw.reply.done-before"
-	sub, err := nc.SubscribeSync(reply)
-	if err != nil {
-		t.Fatal(err)
-	}
-	m := &nats.Msg{Subject: "kiln.jobs.chat.echo.normal", Data: body, Header: nats.Header{}}
-	m.Header.Set(schema.HeaderReplyTo, reply)
-	if _, err := js.PublishMsg(ctx, m, jetstream.WithMsgID(job.ID)); err != nil {
-		t.Fatal(err)
-	}
-	cons, err := topology.EnsureConsumer(ctx, js, bb.Topology, schema.KindChat, model, schema.LaneNormal)
-	if err != nil {
-		t.Fatal(err)
-	}
-	batch, err := cons.Fetch(1, jetstream.FetchMaxWait(5*time.Second))
-	if err != nil {
-		t.Fatal(err)
-	}
-	first := <-batch.Messages()
-	stored := schema.Result{JobID: "done-before", Status: schema.StatusOK, Text: "from the first run", Worker: "w0", Attempt: 1}
-	data, _ := schema.Msgpack.Marshal(&stored)
-	if _, err := js.Publish(ctx, "kiln.results.done-before", data); err != nil {
-		t.Fatal(err)
-	}
-	if err := first.Nak(); err != nil {
-		t.Fatal(err)
-	}
-	bb.Worker(t, "w1", nil)
-	em, err := sub.NextMsg(10 * time.Second)
-	if err != nil {
-		t.Fatal(err)
-	}
-	var ev schema.Event
-	if err := schema.Msgpack.Unmarshal(em.Data, &ev); err != nil {
-		t.Fatal(err)
-	}
-	if ev.Type != schema.EventResult || ev.Result.Text != "from the first run" || ev.Result.Worker != "w0" {
-		t.Fatalf("first event on redelivery: %+v (result %+v); want the stored result, no new run", ev, ev.Result)
+	// A job whose first delivery stored its result but lost its ack comes
+	// back as a redelivery (attempt 2), or, when a broker crash lost the
+	// delivery count, as a first delivery again (attempt 1). Either way the
+	// stored result is sent, with its own run, and nothing runs.
+	for _, tc := range []struct {
+		name    string
+		attempt int
+	}{{"redelivered", 2}, {"delivery count lost", 1}} {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			bb := setup(t, topology.Config{})
+			nc := brokertest.Connect(t, bb.Broker)
+			js, _ := jetstream.New(nc)
+			ctx := workertest.Context(t)
+			job := chatJob("would say something else", nil)
+			job.ID = "done-before"
+			body, _ := schema.Msgpack.Marshal(job)
+			reply := "raw.reply.done-before"
+			sub, err := nc.SubscribeSync(reply)
+			if err != nil {
+				t.Fatal(err)
+			}
+			m := &nats.Msg{Subject: "kiln.jobs.chat.echo.normal", Data: body, Header: nats.Header{}}
+			m.Header.Set(schema.HeaderReplyTo, reply)
+			if _, err := js.PublishMsg(ctx, m, jetstream.WithMsgID(job.ID)); err != nil {
+				t.Fatal(err)
+			}
+			var first jetstream.Msg
+			if tc.attempt > 1 {
+				cons, err := topology.EnsureConsumer(ctx, js, bb.Topology, schema.KindChat, model, schema.LaneNormal)
+				if err != nil {
+					t.Fatal(err)
+				}
+				batch, err := cons.Fetch(1, jetstream.FetchMaxWait(5*time.Second))
+				if err != nil {
+					t.Fatal(err)
+				}
+				first = <-batch.Messages()
+			}
+			stored := schema.Result{JobID: "done-before", Run: "first-run", Status: schema.StatusOK, Text: "from the first run", Worker: "w0", Attempt: 1}
+			data, _ := schema.Msgpack.Marshal(&stored)
+			if _, err := js.Publish(ctx, "kiln.results.done-before", data); err != nil {
+				t.Fatal(err)
+			}
+			if first != nil {
+				if err := first.Nak(); err != nil {
+					t.Fatal(err)
+				}
+			}
+			bb.Worker(t, "w1", nil)
+			em, err := sub.NextMsg(10 * time.Second)
+			if err != nil {
+				t.Fatal(err)
+			}
+			var ev schema.Event
+			if err := schema.Msgpack.Unmarshal(em.Data, &ev); err != nil {
+				t.Fatal(err)
+			}
+			if ev.Type != schema.EventResult || ev.Attempt != tc.attempt || ev.Run == "" || ev.Run == "first-run" ||
+				ev.Result.Text != "from the first run" || ev.Result.Worker != "w0" || ev.Result.Run != "first-run" {
+				t.Fatalf("first event on delivery %d: %+v (result %+v); want the stored result with its run, no new run",
+					tc.attempt, ev, ev.Result)
+			}
+		})
 	}
 }
 
@@ -727,7 +744,7 @@ func TestWatchShowsHeartbeats(t *testing.T) {
 	}
 }
 
-func TestLateEventsOfAnOlderAttemptAreDropped(t *testing.T) {
+func TestLateEventsOfAnOlderRunAreDropped(t *testing.T) {
 	t.Parallel()
 	bb := setup(t, topology.Config{})
 	c := bb.Client(t, client.WithoutWorkerCheck())
@@ -738,30 +755,32 @@ func TestLateEventsOfAnOlderAttemptAreDropped(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	// A worker that lost the job (attempt 1) is still streaming while attempt 2 runs elsewhere.
+	// A worker that lost the job is still streaming while a second run goes
+	// on elsewhere, with the same attempt number (a broker crash lost the
+	// delivery count): only the run ids tell them apart.
 	nc := brokertest.Connect(t, bb.Broker)
 	send := func(ev schema.Event) {
-		ev.JobID = p.ID
+		ev.JobID, ev.Attempt = p.ID, 1
 		data, _ := schema.Msgpack.Marshal(&ev)
 		if err := nc.Publish(job.ReplyTo, data); err != nil {
 			t.Fatal(err)
 		}
 	}
-	send(schema.Event{Attempt: 1, Seq: 1, Type: schema.EventStarted, Worker: "old"})
-	send(schema.Event{Attempt: 1, Seq: 2, Type: schema.EventToken, Text: "a"})
-	send(schema.Event{Attempt: 2, Seq: 1, Type: schema.EventStarted, Worker: "new"})
-	send(schema.Event{Attempt: 1, Seq: 3, Type: schema.EventToken, Text: "LATE"})
-	send(schema.Event{Attempt: 2, Seq: 2, Type: schema.EventToken, Text: "b"})
-	send(schema.Event{Attempt: 2, Seq: 3, Type: schema.EventResult, Result: &schema.Result{JobID: p.ID, Status: schema.StatusOK, Text: "b", Attempt: 2}})
+	send(schema.Event{Run: "old", Seq: 1, Type: schema.EventStarted, Worker: "w1"})
+	send(schema.Event{Run: "old", Seq: 2, Type: schema.EventToken, Text: "a"})
+	send(schema.Event{Run: "new", Seq: 1, Type: schema.EventStarted, Worker: "w1"})
+	send(schema.Event{Run: "old", Seq: 3, Type: schema.EventToken, Text: "LATE"})
+	send(schema.Event{Run: "new", Seq: 2, Type: schema.EventToken, Text: "b"})
+	send(schema.Event{Run: "new", Seq: 3, Type: schema.EventResult, Result: &schema.Result{JobID: p.ID, Run: "new", Status: schema.StatusOK, Text: "b", Attempt: 1}})
 	var seen []string
 	res, err := p.Wait(ctx, func(ev schema.Event) error {
-		seen = append(seen, fmt.Sprintf("%s#%d%s", ev.Type, ev.Attempt, ev.Text))
+		seen = append(seen, fmt.Sprintf("%s#%s%s", ev.Type, ev.Run, ev.Text))
 		return nil
 	})
 	if err != nil || res.Text != "b" {
 		t.Fatalf("result %+v, %v", res, err)
 	}
-	if got := strings.Join(seen, " "); got != "started#1 token#1a started#2 token#2b result#2" {
+	if got := strings.Join(seen, " "); got != "started#old token#olda started#new token#newb result#new" {
 		t.Fatalf("events %s", got)
 	}
 }

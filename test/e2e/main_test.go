@@ -1,21 +1,26 @@
 // Package e2e tests kiln across processes: a real embedded broker, workers
 // and clients in separate processes (this test binary re-executed in a
-// role), kill -9 and SIGTERM of workers mid-job.
+// role), kill -9 and SIGTERM of workers mid-job, kill -9 of the broker
+// mid-stream.
 package e2e
 
 import (
 	"context"
 	"fmt"
 	"io"
+	"log/slog"
 	"os"
 	"os/exec"
+	"os/signal"
 	"strconv"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
 	"github.com/nats-io/nats.go"
 
+	"github.com/kiln-project/kiln/broker"
 	"github.com/kiln-project/kiln/broker/topology"
 	"github.com/kiln-project/kiln/client"
 	"github.com/kiln-project/kiln/schema"
@@ -25,8 +30,10 @@ import (
 
 // Environment of a re-executed child.
 const (
-	envRole    = "KILN_E2E_ROLE"    // worker or client
+	envRole    = "KILN_E2E_ROLE"    // broker, worker or client
 	envURL     = "KILN_E2E_URL"     // broker URL
+	envListen  = "KILN_E2E_LISTEN"  // broker: host:port
+	envData    = "KILN_E2E_DATA"    // broker: store folder
 	envName    = "KILN_E2E_NAME"    // worker name / client id
 	envAckWait = "KILN_E2E_ACKWAIT" // topology ack wait
 	envGrace   = "KILN_E2E_GRACE"   // worker shutdown grace
@@ -35,6 +42,8 @@ const (
 
 func TestMain(m *testing.M) {
 	switch os.Getenv(envRole) {
+	case "broker":
+		os.Exit(childBroker())
 	case "worker":
 		os.Exit(childWorker())
 	case "client":
@@ -48,9 +57,37 @@ func childTopology() topology.Config {
 	return topology.Config{AckWait: ack, HeartbeatInterval: time.Second}
 }
 
-// childWorker serves the echo model until SIGTERM, like `kiln worker`.
+// childBroker runs the embedded broker on KILN_E2E_LISTEN with its store in
+// KILN_E2E_DATA, as `kiln broker --listen … --data …` does, prints "ready"
+// once it accepts connections with the topology in place, and serves until
+// SIGTERM.
+func childBroker() int {
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, os.Interrupt)
+	defer stop()
+	b, err := broker.New(broker.Config{Listen: os.Getenv(envListen), StoreDir: os.Getenv(envData), Topology: childTopology(),
+		Logger: slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelError}))})
+	if err == nil {
+		err = b.Start(ctx)
+	}
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 1
+	}
+	fmt.Println("ready")
+	<-ctx.Done()
+	sctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if err := b.Shutdown(sctx); err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 1
+	}
+	return 0
+}
+
+// childWorker serves the echo model until SIGTERM, like `kiln worker`, and
+// reconnects at once (and forever) to a broker that went away.
 func childWorker() int {
-	nc, err := nats.Connect(os.Getenv(envURL))
+	nc, err := nats.Connect(os.Getenv(envURL), nats.ReconnectWait(20*time.Millisecond), nats.MaxReconnects(-1))
 	if err != nil {
 		fmt.Fprintln(os.Stderr, err)
 		return 1

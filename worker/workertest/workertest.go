@@ -33,10 +33,10 @@ import (
 // Outcome is what one run of a handler produced besides its error.
 type Outcome struct {
 	// Result is what Handle returned, as it returned it (nil if none): Run adds none of
-	// the fields the worker fills in (job id, status, worker, attempt, timings).
+	// the fields the worker fills in (job id, status, worker, run, attempt, timings).
 	Result *schema.Result
 	// Events are the "token" and "progress" events the handler sent, in order: Type with
-	// Text, or Step and Steps (the worker adds the job id, attempt and sequence number).
+	// Text, or Step and Steps (the worker adds the job id, run, attempt and sequence number).
 	Events []schema.Event
 }
 
