@@ -74,7 +74,7 @@ func (j *Janitor) replyAllowed(subject string) bool {
 // the job queued for the next sweep.
 func (j *Janitor) answer(ctx context.Context, m *jetstream.RawStreamMsg, res *schema.Result) error {
 	jb := j.read(m)
-	res.JobID = jb.id
+	res.JobID, res.Run = jb.id, schema.NewID() // a run of its own, as every answer has
 	log := j.log.With("job", jb.id, "subject", jb.subject, "code", res.Error.Code)
 	if jb.id != "" {
 		stored, err := j.store(ctx, jb, res)
@@ -122,7 +122,7 @@ func (j *Janitor) send(jb job, res *schema.Result, log *slog.Logger) {
 	if jb.replyTo == "" {
 		return // stored only: `kiln result ID` finds it
 	}
-	ev := &schema.Event{JobID: jb.id, Seq: 1, Type: schema.EventResult, Result: res}
+	ev := &schema.Event{JobID: jb.id, Run: res.Run, Seq: 1, Type: schema.EventResult, Result: res}
 	if err := topology.Publish(j.nc, jb.replyTo, jb.codec, ev); err != nil {
 		log.Warn("could not send the result event", "reply_to", jb.replyTo, "err", err)
 	}
