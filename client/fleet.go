@@ -159,7 +159,11 @@ func (c *Client) Queue(ctx context.Context) ([]QueueDepth, error) {
 	var out []QueueDepth
 	lister := st.ListConsumers(ctx)
 	for info := range lister.Info() {
-		subj, err := c.subj.ParseJob(info.Config.FilterSubject)
+		filter := info.Config.FilterSubject
+		if len(info.Config.FilterSubjects) > 0 {
+			filter = info.Config.FilterSubjects[0] // the anonymous subject, then the clients'
+		}
+		subj, err := c.subj.ParseJob(filter)
 		if err != nil {
 			continue
 		}

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"runtime/debug"
+	"strings"
 	"sync"
 	"time"
 
@@ -28,16 +29,19 @@ import (
 // delivery is one fetched job message and what the worker learned of it
 // before decoding the body.
 type delivery struct {
-	msg      jetstream.Msg
-	rt       *route
-	attempt  int
-	enqueued time.Time
-	fetched  time.Time
-	codec    schema.Codec
-	id       string // job id, "" until known
-	client   string // the submitting client (HeaderClient), "" when none
-	replyTo  string // "" until known
-	events   *eventStream
+	msg        jetstream.Msg
+	rt         *route
+	attempt    int
+	enqueued   time.Time
+	fetched    time.Time
+	codec      schema.Codec
+	subject    schema.JobSubject
+	subjectErr error         // the subject is no job subject: whose job it is is unknown
+	client     string        // the client token of the subject, the job's identity; "" when anonymous
+	id         string        // job id, "" until known
+	replyTo    string        // where its events go (chooseReply); "" for nowhere
+	replyErr   *schema.Error // the reply subject it asked for was refused
+	events     *eventStream
 }
 
 // eventStream numbers and publishes one attempt's events.
@@ -71,6 +75,11 @@ func (s *eventStream) emit(ev schema.Event) error {
 func (w *Worker) process(rt *route, msg jetstream.Msg) {
 	d := w.receive(rt, msg)
 	ctx := context.Background()
+	if d.subjectErr != nil {
+		// Nobody can be told: the job has no id or reply subject here.
+		w.reject(ctx, d, schema.Errorf(schema.CodeBadSubject, "", "%v", d.subjectErr))
+		return
+	}
 	codec, err := schema.CodecFor(msg.Headers().Get(schema.HeaderContentType))
 	d.codec = codec
 	if err != nil {
@@ -81,9 +90,10 @@ func (w *Worker) process(rt *route, msg jetstream.Msg) {
 }
 
 // receive reads what a delivery says before its body is decoded: the
-// attempt and queue time from its metadata, the job id, reply subject and
-// client from its headers, so that even a job whose body cannot be decoded
-// gets its error back.
+// attempt and queue time from its metadata, the client from its subject
+// (the one thing about the sender the broker enforces), the job id and
+// reply subject from its headers, so that even a job whose body cannot be
+// decoded gets its error back.
 func (w *Worker) receive(rt *route, msg jetstream.Msg) *delivery {
 	d := &delivery{msg: msg, rt: rt, attempt: 1, fetched: time.Now()}
 	d.events = &eventStream{w: w, d: d}
@@ -91,15 +101,55 @@ func (w *Worker) receive(rt *route, msg jetstream.Msg) *delivery {
 		d.attempt = int(meta.NumDelivered)
 		d.enqueued = meta.Timestamp
 	}
+	d.subject, d.subjectErr = w.subj.ParseJob(msg.Subject())
+	if d.subjectErr != nil {
+		return d
+	}
+	d.client = d.subject.Client
 	h := msg.Headers()
-	if id := h.Get(jetstream.MsgIDHeader); schema.ValidToken(id) {
-		d.id = id
-	}
-	d.replyTo = h.Get(schema.HeaderReplyTo)
-	if c := h.Get(schema.HeaderClient); schema.ValidToken(c) {
-		d.client = c
-	}
+	d.id = jobID(h.Get(jetstream.MsgIDHeader), d.client)
+	d.chooseReply(w.subj, h.Get(schema.HeaderReplyTo))
 	return d
+}
+
+// jobID is the job id that a job's Nats-Msg-Id names: a client's job
+// carries schema.JobKey(client, id), anyone else's the id alone. "" when
+// it names none.
+func jobID(msgID, client string) string {
+	id := msgID
+	if client != "" {
+		id = strings.TrimPrefix(msgID, client+".")
+	}
+	if !schema.ValidToken(id) {
+		return ""
+	}
+	return id
+}
+
+// chooseReply sets where d's events and result go. requested are the
+// reply subjects the job asked for, the one that counts first: the body's
+// reply_to, then the Kiln-Reply-To header ("" where there is none). Each
+// goes through schema.Subjects.ReplyTo, the rule that keeps a client's
+// answers under its own reply subjects and anyone's out of kiln's own:
+// when the first one given is refused, the job is refused with that error
+// (replyErr) and answered on the next one allowed, else on its client's
+// default reply subject.
+func (d *delivery) chooseReply(subj schema.Subjects, requested ...string) {
+	d.replyTo, d.replyErr = "", nil
+	for _, r := range requested {
+		if r == "" {
+			continue
+		}
+		to, err := subj.ReplyTo(d.client, d.id, r)
+		if err == nil {
+			d.replyTo = to
+			return
+		}
+		if d.replyErr == nil {
+			d.replyErr = err
+		}
+	}
+	d.replyTo, _ = subj.ReplyTo(d.client, d.id, "")
 }
 
 // jobPointer is *T for a job type T (schema.ChatJob, schema.ImageJob).
@@ -130,8 +180,9 @@ func runJob[T any, PT jobPointer[T]](ctx context.Context, w *Worker, d *delivery
 
 // decode reads the delivery's body as a T, checks it against its subject
 // and the limits, and normalises it (the default lane, the deadline in
-// UTC). The id and reply subject of the body take over from the headers'.
-// An error is the request's fault.
+// UTC). The id and reply subject of the body take over from the headers'
+// (the reply subject as chooseReply allows). An error is the request's
+// fault.
 func decode[T any, PT jobPointer[T]](w *Worker, d *delivery, validate func(PT, *schema.JobSubject, schema.Limits) *schema.Error) (*T, *schema.Error) {
 	args := new(T)
 	job := PT(args)
@@ -143,20 +194,16 @@ func decode[T any, PT jobPointer[T]](w *Worker, d *delivery, validate func(PT, *
 		return nil, requestError(err, code)
 	}
 	hdr := job.Header()
-	if schema.ValidToken(hdr.ID) && d.id == "" {
-		d.id = hdr.ID
+	if schema.ValidToken(hdr.ID) {
+		d.id = hdr.ID // the body's id is the job's id
 	}
-	if hdr.ReplyTo != "" {
-		d.replyTo = hdr.ReplyTo
+	d.chooseReply(w.subj, hdr.ReplyTo, d.msg.Headers().Get(schema.HeaderReplyTo))
+	if d.replyErr != nil {
+		return nil, d.replyErr
 	}
-	subject, err := w.subj.ParseJob(d.msg.Subject())
-	if err != nil {
-		return nil, schema.Errorf(schema.CodeBadSubject, "", "%v", err)
-	}
-	if verr := validate(job, &subject, w.cfg.Limits); verr != nil {
+	if verr := validate(job, &d.subject, w.cfg.Limits); verr != nil {
 		return nil, verr
 	}
-	d.id = hdr.ID // validated: the body's id is the job's id
 	if hdr.Lane == "" {
 		hdr.Lane = schema.LaneNormal
 	}
@@ -183,7 +230,7 @@ func requestError(err error, code schema.ErrorCode) *schema.Error {
 func (w *Worker) occupy(ctx context.Context, d *delivery) (jctx context.Context, release func()) {
 	jctx, cancel := context.WithCancelCause(ctx)
 	w.mu.Lock()
-	w.current = &runningJob{id: d.id, cancel: cancel}
+	w.current = &runningJob{id: d.id, key: schema.JobKey(d.client, d.id), cancel: cancel}
 	w.state = schema.StateBusy
 	w.mu.Unlock()
 	return jctx, func() {
@@ -200,8 +247,10 @@ func (w *Worker) occupy(ctx context.Context, d *delivery) (jctx context.Context,
 // admit reports whether the job is to run. A result already stored means
 // an earlier delivery finished the job but its ack was lost: that result is
 // sent again and nothing runs. (A first delivery cannot have one: the id is
-// deduplicated at publish.) A job cancelled or past its deadline while it
-// was queued ends here (queued).
+// deduplicated at publish.) Both the stored result and the cancels are
+// looked up under the job's client only, so a job cannot reach another
+// client's by reusing its id. A job cancelled or past its deadline while
+// it was queued ends here (queued).
 func (w *Worker) admit(ctx context.Context, d *delivery, hdr *schema.JobHeader, log *slog.Logger) bool {
 	if d.attempt > 1 {
 		if res := w.storedResult(ctx, d.id, d.client); res != nil {
@@ -211,7 +260,7 @@ func (w *Worker) admit(ctx context.Context, d *delivery, hdr *schema.JobHeader, 
 			return false
 		}
 	}
-	if res := queued(hdr, w.wasCancelled(d.id), time.Now()); res != nil {
+	if res := queued(hdr, w.wasCancelled(schema.JobKey(d.client, d.id)), time.Now()); res != nil {
 		w.finish(ctx, d, res, log)
 		return false
 	}

@@ -54,32 +54,31 @@ func (w *Worker) reap(ctx context.Context, adv maxDeliverAdvisory) {
 	if err != nil {
 		return // already gone
 	}
-	id := raw.Header.Get(jetstream.MsgIDHeader)
+	// Whose job it is, its id and where it is answered, as a delivery of
+	// it would tell (receive, decode).
+	d := &delivery{}
+	d.subject, d.subjectErr = w.subj.ParseJob(raw.Subject)
+	d.client = d.subject.Client
+	d.id = jobID(raw.Header.Get(jetstream.MsgIDHeader), d.client)
 	codec, _ := schema.CodecFor(raw.Header.Get(schema.HeaderContentType))
 	var hdr schema.JobHeader
 	_ = codec.Unmarshal(raw.Data, &hdr)
 	if schema.ValidToken(hdr.ID) {
-		id = hdr.ID
+		d.id = hdr.ID
 	}
-	reply := hdr.ReplyTo
-	if reply == "" {
-		reply = raw.Header.Get(schema.HeaderReplyTo)
-	}
-	client := raw.Header.Get(schema.HeaderClient)
-	if !schema.ValidToken(client) {
-		client = ""
-	}
+	d.chooseReply(w.subj, hdr.ReplyTo, raw.Header.Get(schema.HeaderReplyTo))
+	id, client := d.id, d.client
 	log := w.log.With("job", id, "deliveries", adv.Deliveries)
-	if schema.ValidToken(id) && w.storedResult(ctx, id, client) == nil {
+	if d.subjectErr == nil && schema.ValidToken(id) && w.storedResult(ctx, id, client) == nil {
 		res := &schema.Result{JobID: id, Status: schema.StatusError, Worker: w.cfg.Name, Attempt: int(adv.Deliveries),
 			Error: schema.Errorf(schema.CodeFailed, "", "delivered %d times and no worker finished it (each worker that took it crashed, was killed or stopped)", adv.Deliveries)}
 		if err := w.storeResult(ctx, codec, client, res); err != nil {
 			log.Warn("reaper: could not store the result", "err", err)
 			return
 		}
-		if reply != "" {
+		if d.replyTo != "" {
 			ev := schema.Event{JobID: id, Attempt: res.Attempt, Seq: 1, Type: schema.EventResult, Result: res}
-			_ = topology.Publish(w.nc, reply, codec, &ev)
+			_ = topology.Publish(w.nc, d.replyTo, codec, &ev)
 		}
 		log.Warn("job ran out of deliveries; answered with an error result")
 	}
