@@ -18,9 +18,12 @@ import (
 )
 
 // TestConfFilesAsWritten compares the includes of a set with fixed keys,
-// time and password with testdata: what `kiln broker init-auth` wrote when
-// the code lived in cmd/kiln. Brokers in the field run these files, so they
-// change only on purpose (then regenerate testdata and say why).
+// time and password with testdata: what `kiln broker init-auth` writes.
+// Brokers in the field run these files, so they change only on purpose
+// (then regenerate testdata and say why). Last change: a controller
+// publishes jobs, cancels and cancel keys under its own id only
+// (kiln.jobs.*.*.*.<id>, kiln.cancel.<id>.*, $KV.kiln_cancel.<id>.*) and a
+// worker hears cancels of both shapes (kiln.cancel.>).
 func TestConfFilesAsWritten(t *testing.T) {
 	for _, prefix := range []string{"kiln", "art"} {
 		s := &Set{
