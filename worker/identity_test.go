@@ -138,6 +138,13 @@ func TestReplyToStaysWithTheClient(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	// The Go client applies the same rule before it publishes.
+	early := chatJob("forged", nil)
+	early.ReplyTo = s.Reply("room-1", "job-1")
+	var verr *schema.Error
+	if _, err := id.b.Submit(ctx, early); !errors.Is(err, client.ErrInvalid) || !errors.As(err, &verr) || verr.Field != "reply_to" {
+		t.Errorf("room-2's client submitting a job that replies to room-1: %v, want ErrInvalid on reply_to", err)
+	}
 	topo := id.bb.topo.WithDefaults()
 	targets := []string{
 		s.Reply("room-1", "job-1"), s.ClientResult(done.JobID, "room-1"), s.Heartbeat("x"),
