@@ -146,6 +146,20 @@ func JobKey(client, job string) string {
 	return client + "." + job
 }
 
+// JobIDOf is the job id that key, a job's Nats-Msg-Id, names for a job of
+// client ("" when anonymous): the inverse of JobKey. A key without the
+// client's prefix is taken as the id itself (a hand-published job); ""
+// when it names no valid id.
+func JobIDOf(client, key string) string {
+	if client != "" {
+		key = strings.TrimPrefix(key, client+".")
+	}
+	if !ValidToken(key) {
+		return ""
+	}
+	return key
+}
+
 // Status is the subject of a worker's status endpoint (the NATS
 // micro-service framework): a request gets the worker's heartbeat.
 func (s Subjects) Status(worker string) string { return s.p() + ".status." + worker }

@@ -137,6 +137,22 @@ func TestReplyTo(t *testing.T) {
 	}
 }
 
+func TestJobIDOf(t *testing.T) {
+	for _, tc := range []struct{ client, key, want string }{
+		{"room-1", JobKey("room-1", "j1"), "j1"},
+		{"", JobKey("", "j1"), "j1"},
+		{"room-1", "j1", "j1"},
+		{"room-1", "room-2.j1", ""},
+		{"", "room-1.j1", ""},
+		{"room-1", "room-1.", ""},
+		{"", "", ""},
+	} {
+		if got := JobIDOf(tc.client, tc.key); got != tc.want {
+			t.Errorf("JobIDOf(%q, %q) = %q, want %q", tc.client, tc.key, got, tc.want)
+		}
+	}
+}
+
 func TestParseCancel(t *testing.T) {
 	s := Subjects{}
 	for subject, want := range map[string]string{s.Cancel("j1"): "j1", s.ClientCancel("room-1", "j1"): "room-1.j1"} {

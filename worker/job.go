@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"log/slog"
 	"runtime/debug"
-	"strings"
 	"sync"
 	"time"
 
@@ -107,23 +106,9 @@ func (w *Worker) receive(rt *route, msg jetstream.Msg) *delivery {
 	}
 	d.client = d.subject.Client
 	h := msg.Headers()
-	d.id = jobID(h.Get(jetstream.MsgIDHeader), d.client)
+	d.id = schema.JobIDOf(d.client, h.Get(jetstream.MsgIDHeader))
 	d.chooseReply(w.subj, h.Get(schema.HeaderReplyTo))
 	return d
-}
-
-// jobID is the job id that a job's Nats-Msg-Id names: a client's job
-// carries schema.JobKey(client, id), anyone else's the id alone. "" when
-// it names none.
-func jobID(msgID, client string) string {
-	id := msgID
-	if client != "" {
-		id = strings.TrimPrefix(msgID, client+".")
-	}
-	if !schema.ValidToken(id) {
-		return ""
-	}
-	return id
 }
 
 // chooseReply sets where d's events and result go. requested are the

@@ -59,7 +59,7 @@ func (w *Worker) reap(ctx context.Context, adv maxDeliverAdvisory) {
 	d := &delivery{}
 	d.subject, d.subjectErr = w.subj.ParseJob(raw.Subject)
 	d.client = d.subject.Client
-	d.id = jobID(raw.Header.Get(jetstream.MsgIDHeader), d.client)
+	d.id = schema.JobIDOf(d.client, raw.Header.Get(jetstream.MsgIDHeader))
 	codec, _ := schema.CodecFor(raw.Header.Get(schema.HeaderContentType))
 	var hdr schema.JobHeader
 	_ = codec.Unmarshal(raw.Data, &hdr)
