@@ -2,10 +2,12 @@ package broker_test
 
 import (
 	"context"
+	"fmt"
 	"io"
 	"log/slog"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -63,11 +65,82 @@ func TestTopologyIsProvisionedAndIdempotent(t *testing.T) {
 		t.Fatal(err)
 	}
 	ci, _ := cons.Info(ctx(t))
-	if ci.Config.FilterSubject != "kiln.jobs.chat.qwen3-4b.high" || ci.Config.MaxDeliver != 5 || ci.Config.AckWait != 30*time.Second {
+	if !slices.Equal(ci.Config.FilterSubjects, []string{"kiln.jobs.chat.qwen3-4b.high", "kiln.jobs.chat.qwen3-4b.high.*"}) ||
+		ci.Config.MaxDeliver != 5 || ci.Config.AckWait != 30*time.Second {
 		t.Fatalf("consumer %+v", ci.Config)
 	}
 	if _, err := topology.EnsureConsumer(ctx(t), js, cfg, "chat", "qwen3-4b", "high"); err != nil {
 		t.Fatalf("second EnsureConsumer: %v", err)
+	}
+}
+
+// TestClientJobSubjects checks the two shapes of job subject on a real
+// broker: KILN_JOBS stores both and announces both on the wake subjects, a
+// consumer of one (kind, model, lane) takes both and the consumers of the
+// other lanes and models do not overlap it (a work-queue stream refuses
+// overlapping filters), and a consumer an older kiln made with the
+// anonymous filter only is widened once, keeping its other settings.
+func TestClientJobSubjects(t *testing.T) {
+	t.Parallel()
+	b := brokertest.Run(t, nil)
+	nc := brokertest.Connect(t, b)
+	js, _ := jetstream.New(nc)
+	cfg := topology.Config{}.WithDefaults()
+	s := cfg.Subjects()
+
+	// An older kiln's consumer: one filter subject, an operator's MaxDeliver.
+	old := cfg.ConsumerConfig("chat", "m", "normal")
+	old.FilterSubjects, old.FilterSubject, old.MaxDeliver = nil, s.Job("chat", "m", "normal"), 2
+	if _, err := js.CreateConsumer(ctx(t), cfg.JobsStream(), old); err != nil {
+		t.Fatal(err)
+	}
+	cons, err := topology.EnsureConsumer(ctx(t), js, cfg, "chat", "m", "normal")
+	if err != nil {
+		t.Fatalf("widening an older consumer: %v", err)
+	}
+	got := cons.CachedInfo().Config
+	if !slices.Equal(got.FilterSubjects, s.JobFilters("chat", "m", "normal")) || got.FilterSubject != "" || got.MaxDeliver != 2 {
+		t.Fatalf("the older consumer after EnsureConsumer: filters %q %q, MaxDeliver %d", got.FilterSubject, got.FilterSubjects, got.MaxDeliver)
+	}
+	for _, other := range [][3]string{{"chat", "m", "high"}, {"chat", "m2", "normal"}, {"image", "m", "normal"}} {
+		if _, err := topology.EnsureConsumer(ctx(t), js, cfg, other[0], other[1], other[2]); err != nil {
+			t.Fatalf("consumer %v beside it: %v", other, err)
+		}
+	}
+
+	wakes, err := nc.SubscribeSync(s.Wakes())
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i, subject := range []string{s.Job("chat", "m", "normal"), s.ClientJob("chat", "m", "normal", "room-1")} {
+		if _, err := js.Publish(ctx(t), subject, []byte("job"), jetstream.WithMsgID(fmt.Sprint(i))); err != nil {
+			t.Fatalf("publish on %s: %v", subject, err)
+		}
+		wake, err := wakes.NextMsg(10 * time.Second)
+		if err != nil {
+			t.Fatalf("no wake for %s: %v", subject, err)
+		}
+		if want := strings.Replace(subject, ".jobs.", ".wake.", 1); wake.Subject != want || len(wake.Data) != 0 {
+			t.Errorf("wake %s (%d bytes), want %s without a body", wake.Subject, len(wake.Data), want)
+		}
+	}
+	batch, err := cons.Fetch(2, jetstream.FetchMaxWait(10*time.Second))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var fetched []string
+	for m := range batch.Messages() {
+		fetched = append(fetched, m.Subject())
+		_ = m.Ack()
+	}
+	if want := []string{s.Job("chat", "m", "normal"), s.ClientJob("chat", "m", "normal", "room-1")}; !slices.Equal(fetched, want) {
+		t.Fatalf("the consumer took %q, want %q", fetched, want)
+	}
+	// Nothing else is a job.
+	for _, subject := range []string{"kiln.jobs.chat.m", "kiln.jobs.chat.m.normal.room-1.extra"} {
+		if _, err := js.Publish(ctx(t), subject, []byte("job")); err == nil {
+			t.Errorf("KILN_JOBS stored a job on %s", subject)
+		}
 	}
 }
 

@@ -114,14 +114,20 @@ func WithPrefix(prefix string) Option {
 	}
 }
 
-// WithClientID sets the id used in reply subjects (default a new random id).
-// Give each controller its own id so broker permissions can keep replies apart.
+// WithClientID sets the client's id: the token its jobs are published
+// under (schema.Subjects.ClientJob), which names their reply, result and
+// cancel subjects. Broker permissions (`kiln broker init-auth`) let each
+// controller publish under its own id only, so that id is what keeps its
+// jobs, replies and results apart from everyone else's; the worker takes
+// it from the job's subject and from nothing else. Without it the client's
+// jobs are anonymous (an open broker only): their results are anyone's to
+// read and their cancels anyone's to send.
 func WithClientID(id string) Option {
 	return func(c *Client) error {
 		if !schema.ValidToken(id) {
 			return fmt.Errorf("kiln: client id %q is not a subject token", id)
 		}
-		c.id = id
+		c.id, c.client = id, id
 		return nil
 	}
 }
@@ -154,7 +160,8 @@ type Client struct {
 	js              jetstream.JetStream
 	topo            topology.Config
 	subj            schema.Subjects
-	id              string
+	id              string // the token of its reply subjects
+	client          string // the token of its job subjects (WithClientID); "" when anonymous
 	codec           schema.Codec
 	skipWorkerCheck bool
 	resultPoll      time.Duration
@@ -185,7 +192,9 @@ func New(nc *nats.Conn, opts ...Option) (*Client, error) {
 	return c, nil
 }
 
-// ID is the client's id, as used in its reply subjects.
+// ID is the client's id, as used in its reply subjects: the one
+// WithClientID set, else a random one (and the client's jobs are
+// anonymous).
 func (c *Client) ID() string { return c.id }
 
 // Close stops the client's registry watch. The connection stays open.
@@ -228,9 +237,12 @@ func (c *Client) run(ctx context.Context, job schema.Job, fn func(schema.Event) 
 
 // Submit validates and publishes a job and returns a handle to wait on it.
 // An empty id gets a new one (schema.NewID), an empty lane is normal, an
-// empty reply subject is the client's own. It fails with ErrInvalid (the job
-// breaks a limit), ErrNoWorker (no live worker serves the model) or
-// ErrQueueFull (the queue is at its limit) without publishing.
+// empty reply subject is the client's own. A reply subject must be one of
+// the client's own (schema.Subjects.ReplyTo: under <prefix>.reply.<id>. or
+// _INBOX.<id>.), or for an anonymous client, one outside kiln's own
+// subjects. It fails with ErrInvalid (the job breaks a limit or that
+// rule), ErrNoWorker (no live worker serves the model) or ErrQueueFull (the
+// queue is at its limit) without publishing.
 func (c *Client) Submit(ctx context.Context, job schema.Job) (*Pending, error) {
 	h := job.Header()
 	if h.ID == "" {
@@ -252,6 +264,9 @@ func (c *Client) Submit(ctx context.Context, job schema.Job) (*Pending, error) {
 	default:
 		return nil, fmt.Errorf("kiln: unknown job type %T", job)
 	}
+	if verr == nil {
+		_, verr = c.subj.ReplyTo(c.client, h.ID, h.ReplyTo)
+	}
 	if verr != nil {
 		return nil, fmt.Errorf("%w: %w", ErrInvalid, verr)
 	}
@@ -266,17 +281,17 @@ func (c *Client) Submit(ctx context.Context, job schema.Job) (*Pending, error) {
 			return nil, fmt.Errorf("%w has %s model %q resident (kiln status shows the fleet)", ErrNoWorker, kind, h.Model)
 		}
 	}
-	m, err := topology.NewMsg(c.subj.Job(kind, h.Model, h.Lane), c.codec, job)
+	m, err := topology.NewMsg(c.subj.ClientJob(kind, h.Model, h.Lane, c.client), c.codec, job)
 	if err != nil {
 		return nil, fmt.Errorf("kiln: %w", err)
 	}
 	m.Header.Set(schema.HeaderReplyTo, h.ReplyTo)
-	m.Header.Set(schema.HeaderClient, c.id)
 	p := &Pending{ID: h.ID, c: c, ch: make(chan *nats.Msg, 4096)}
 	if p.sub, err = c.nc.ChanSubscribe(h.ReplyTo, p.ch); err != nil {
 		return nil, fmt.Errorf("kiln: subscribe %s: %w", h.ReplyTo, err)
 	}
-	if err := c.publish(ctx, m, h.ID); err != nil {
+	// The stream deduplicates on the message id: each client's ids apart.
+	if err := c.publish(ctx, m, schema.JobKey(c.client, h.ID)); err != nil {
 		p.Close()
 		var apiErr *jetstream.APIError
 		if errors.As(err, &apiErr) && strings.Contains(apiErr.Description, "maximum") {
@@ -330,20 +345,33 @@ func transient(err error) bool {
 		errors.Is(err, nats.ErrConnectionReconnecting) || errors.Is(err, nats.ErrNoServers)
 }
 
-// Cancel asks for job id to stop: a queued job ends cancelled when a worker
-// takes it, a running one within one token or step.
+// Cancel asks for job id, submitted by this client, to stop: a queued job
+// ends cancelled when a worker takes it, a running one within one token or
+// step. A job of another client with the same id goes on.
 func (c *Client) Cancel(ctx context.Context, id string) error {
+	return c.CancelFor(ctx, c.client, id)
+}
+
+// CancelFor asks for job id that client submitted ("" for an anonymous job)
+// to stop, as Cancel does for the client's own: what an operator does for
+// any client. A controller's permissions let it cancel its own jobs only
+// (else the broker refuses it and this returns an error).
+func (c *Client) CancelFor(ctx context.Context, client, id string) error {
 	if !schema.ValidToken(id) {
 		return fmt.Errorf("%w: %q is not a job id", ErrInvalid, id)
+	}
+	if client != "" && !schema.ValidToken(client) {
+		return fmt.Errorf("%w: %q is not a client id", ErrInvalid, client)
 	}
 	kv, err := c.cancelBucket(ctx)
 	if err != nil {
 		return err
 	}
-	if _, err := kv.Put(ctx, id, []byte(time.Now().UTC().Format(time.RFC3339Nano))); err != nil {
+	key := schema.JobKey(client, id)
+	if _, err := kv.Put(ctx, key, []byte(time.Now().UTC().Format(time.RFC3339Nano))); err != nil {
 		return fmt.Errorf("kiln: cancel %s: %w", id, err)
 	}
-	if err := c.nc.Publish(c.subj.Cancel(id), nil); err != nil {
+	if err := c.nc.Publish(c.subj.ClientCancel(client, id), nil); err != nil {
 		return fmt.Errorf("kiln: cancel %s: %w", id, err)
 	}
 	if _, ok := ctx.Deadline(); !ok {
@@ -355,7 +383,7 @@ func (c *Client) Cancel(ctx context.Context, id string) error {
 }
 
 // Result fetches the stored result of job id, submitted by this client
-// (its id), or ErrNotFound.
+// (under its id; anonymously when it has none), or ErrNotFound.
 func (c *Client) Result(ctx context.Context, id string) (*schema.Result, error) {
 	if !schema.ValidToken(id) {
 		return nil, fmt.Errorf("%w: %q is not a job id", ErrInvalid, id)
@@ -364,7 +392,7 @@ func (c *Client) Result(ctx context.Context, id string) (*schema.Result, error) 
 	if err != nil {
 		return nil, err
 	}
-	raw, err := st.GetLastMsgForSubject(ctx, c.subj.ClientResult(id, c.id))
+	raw, err := st.GetLastMsgForSubject(ctx, c.subj.ClientResult(id, c.client))
 	if errors.Is(err, jetstream.ErrMsgNotFound) {
 		return nil, ErrNotFound
 	}

@@ -180,7 +180,11 @@ func (c *Client) Queue(ctx context.Context) ([]QueueDepth, error) {
 	consumed := map[string]bool{}
 	lister := st.ListConsumers(ctx)
 	for info := range lister.Info() {
-		subj, err := c.subj.ParseJob(info.Config.FilterSubject)
+		filter := info.Config.FilterSubject
+		if len(info.Config.FilterSubjects) > 0 {
+			filter = info.Config.FilterSubjects[0] // the anonymous subject, then the clients'
+		}
+		subj, err := c.subj.ParseJob(filter)
 		if err != nil {
 			continue
 		}

@@ -86,15 +86,28 @@ func FuzzDecodeEvent(f *testing.F) {
 // FuzzSubjects checks the subject parser and token rules on arbitrary text.
 func FuzzSubjects(f *testing.F) {
 	f.Add("kiln.jobs.chat.qwen3-4b.normal", "x")
+	f.Add("kiln.jobs.chat.qwen3-4b.normal.room-1", "kiln.reply.room-1.j")
 	f.Add("kiln.jobs..", "a.b")
+	f.Add("kiln.jobs.chat.m.high.x", "$KV.kiln_workers.x")
 	f.Fuzz(func(t *testing.T, subject, token string) {
 		s := Subjects{}
-		if js, err := s.ParseJob(subject); err == nil && s.Job(js.Kind, js.Model, js.Lane) != subject {
+		js, err := s.ParseJob(subject)
+		if err == nil && s.ClientJob(js.Kind, js.Model, js.Lane, js.Client) != subject {
 			t.Fatalf("ParseJob(%q) = %+v does not rebuild", subject, js)
 		}
 		if ValidToken(token) {
-			if js, err := s.ParseJob(s.Job(KindChat, token, LaneHigh)); err != nil || js.Model != token {
+			if js, err := s.ParseJob(s.ClientJob(KindChat, token, LaneHigh, token)); err != nil || js.Model != token || js.Client != token {
 				t.Fatalf("token %q does not survive a subject", token)
+			}
+		}
+		// The reply rule: a client's job replies under its own subjects
+		// only, nobody's into NATS's.
+		if err == nil {
+			if to, rerr := s.ReplyTo(js.Client, "j", token); rerr == nil && to != "" {
+				own := js.Client == "" || strings.HasPrefix(to, "kiln.reply."+js.Client+".") || strings.HasPrefix(to, InboxPrefix+js.Client+".")
+				if !own || strings.HasPrefix(to, "$") || to != token && token != "" {
+					t.Fatalf("ReplyTo(%q, j, %q) allowed %q", js.Client, token, to)
+				}
 			}
 		}
 		_, _ = CodecFor(token)

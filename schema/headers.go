@@ -10,8 +10,8 @@ const (
 	// reply_to, so that even a job whose body cannot be decoded gets its
 	// error back.
 	HeaderReplyTo = "Kiln-Reply-To"
-	// HeaderClient names the client that submitted a job: the worker stores
-	// the result under Subjects.ClientResult(job, client). A value that is
-	// not a subject token is ignored.
-	HeaderClient = "Kiln-Client"
 )
+
+// A job's client is not a header: it is the client token of the job's
+// subject (Subjects.ClientJob), the one thing about a sender that broker
+// permissions enforce. (Kiln-Client, which named it before, is ignored.)

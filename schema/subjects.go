@@ -2,6 +2,7 @@ package schema
 
 import (
 	"fmt"
+	"slices"
 	"strings"
 )
 
@@ -21,19 +22,55 @@ func (s Subjects) p() string {
 	return s.Prefix
 }
 
-// Job is the subject a job of kind for model is published on in lane.
+// Job is the subject an anonymous job of kind for model is published on in
+// lane: <prefix>.jobs.<kind>.<model>.<lane>. Its sender is unknown, so its
+// result is kept under Result(job) and its reply subject is any outside
+// kiln's own (ReplyTo). Only an open broker (or an admin) takes it.
 func (s Subjects) Job(kind, model, lane string) string {
 	return s.p() + ".jobs." + kind + "." + model + "." + lane
 }
 
-// Jobs is the wildcard of every subject under <prefix>.jobs. KILN_JOBS
-// stores only Job("*", "*", "*"): exactly kind, model and lane.
+// ClientJob is the subject client publishes a job on:
+// <prefix>.jobs.<kind>.<model>.<lane>.<client>. The client token is the
+// job's identity: broker permissions let each controller publish under
+// its own id only, and the worker answers, stores and cancels the job
+// under that token (ReplyTo, ClientResult, ClientCancel), never under a
+// header or body field. An empty client gives Job(kind, model, lane).
+func (s Subjects) ClientJob(kind, model, lane, client string) string {
+	if client == "" {
+		return s.Job(kind, model, lane)
+	}
+	return s.Job(kind, model, lane) + "." + client
+}
+
+// JobFilters are the subjects of the jobs of one (kind, model, lane), the
+// anonymous one and every client's: the filters of its consumer.
+func (s Subjects) JobFilters(kind, model, lane string) []string {
+	j := s.Job(kind, model, lane)
+	return []string{j, j + ".*"}
+}
+
+// Jobs is the wildcard of every job subject (KILN_JOBS captures the two
+// shapes of JobFilters for every kind, model and lane).
 func (s Subjects) Jobs() string { return s.p() + ".jobs.>" }
 
-// Wake is the subject the job stream republishes each stored job's headers
-// on (no body), so that idle workers wake at once instead of polling.
+// ClientJobs is the wildcard of the job subjects of client:
+// <prefix>.jobs.*.*.*.<client>, what a controller may publish to.
+func (s Subjects) ClientJobs(client string) string { return s.ClientJob("*", "*", "*", client) }
+
+// Wake is the subject the job stream republishes each stored anonymous
+// job's headers on (no body), so that idle workers wake at once instead of
+// polling. A client's job wakes on Wake(...)+"."+client: WakeFilters has
+// both.
 func (s Subjects) Wake(kind, model, lane string) string {
 	return s.p() + ".wake." + kind + "." + model + "." + lane
+}
+
+// WakeFilters are the wake subjects of the jobs of one (kind, model,
+// lane), as JobFilters are their job subjects.
+func (s Subjects) WakeFilters(kind, model, lane string) []string {
+	w := s.Wake(kind, model, lane)
+	return []string{w, w + ".*"}
 }
 
 // Wakes is the wildcard of every wake subject: where KILN_JOBS republishes.
@@ -51,14 +88,14 @@ func (s Subjects) Replies() string { return s.p() + ".reply.>" }
 // jobs: <prefix>.reply.<client>.>.
 func (s Subjects) ClientReplies(client string) string { return s.p() + ".reply." + client + ".>" }
 
-// Result is the subject a job's final result is kept on in KILN_RESULTS
-// when the job names no client (published by hand, without HeaderClient).
+// Result is the subject an anonymous job's final result is kept on in
+// KILN_RESULTS (a job published on Job(...), without a client token).
 func (s Subjects) Result(job string) string { return s.p() + ".results." + job }
 
 // ClientResult is the subject of the result of a job that client submitted
-// (its HeaderClient): <prefix>.results.<job>.<client>, so that a broker
-// permission can let each client read its own results only. An empty client
-// gives Result(job).
+// (on ClientJob(..., client)): <prefix>.results.<job>.<client>, so that a
+// broker permission can let each client read its own results only. An
+// empty client gives Result(job).
 func (s Subjects) ClientResult(job, client string) string {
 	if client == "" {
 		return s.Result(job)
@@ -73,11 +110,55 @@ func (s Subjects) Results() string { return s.p() + ".results.>" }
 // submitted: <prefix>.results.*.<client>.
 func (s Subjects) ClientResults(client string) string { return s.p() + ".results.*." + client }
 
-// Cancel is the core subject that asks the worker running job to stop.
+// Cancel is the core subject that asks the worker running anonymous job to
+// stop: <prefix>.cancel.<job>.
 func (s Subjects) Cancel(job string) string { return s.p() + ".cancel." + job }
 
-// Cancels is the wildcard of every cancel subject.
-func (s Subjects) Cancels() string { return s.p() + ".cancel.*" }
+// ClientCancel is the core subject that asks the worker running client's
+// job to stop: <prefix>.cancel.<client>.<job>, that is <prefix>.cancel.
+// followed by JobKey(client, job). It stops that client's job only. An
+// empty client gives Cancel(job).
+func (s Subjects) ClientCancel(client, job string) string {
+	return s.p() + ".cancel." + JobKey(client, job)
+}
+
+// ClientCancels is the wildcard of client's cancel subjects:
+// <prefix>.cancel.<client>.*, what a controller may publish to.
+func (s Subjects) ClientCancels(client string) string { return s.ClientCancel(client, "*") }
+
+// Cancels is the wildcard of every cancel subject, anonymous and client.
+func (s Subjects) Cancels() string { return s.p() + ".cancel.>" }
+
+// ParseCancel returns the job key (JobKey) a cancel subject names.
+func (s Subjects) ParseCancel(subject string) (key string, ok bool) {
+	key, ok = strings.CutPrefix(subject, s.p()+".cancel.")
+	return key, ok && key != ""
+}
+
+// JobKey is what tells one client's job from another's with the same id:
+// client.job, or job for an anonymous job. It is the job's Nats-Msg-Id (so
+// the stream deduplicates each client's ids apart), its key in the
+// kiln_cancel bucket and the tail of its cancel subject.
+func JobKey(client, job string) string {
+	if client == "" {
+		return job
+	}
+	return client + "." + job
+}
+
+// JobIDOf is the job id that key, a job's Nats-Msg-Id, names for a job of
+// client ("" when anonymous): the inverse of JobKey. A key without the
+// client's prefix is taken as the id itself (a hand-published job); ""
+// when it names no valid id.
+func JobIDOf(client, key string) string {
+	if client != "" {
+		key = strings.TrimPrefix(key, client+".")
+	}
+	if !ValidToken(key) {
+		return ""
+	}
+	return key
+}
 
 // Status is the subject of a worker's status endpoint (the NATS
 // micro-service framework): a request gets the worker's heartbeat.
@@ -125,16 +206,75 @@ func (s Subjects) ParseEvent(subject string) (topic, worker string, err error) {
 // JobSubject is a parsed job subject.
 type JobSubject struct {
 	Kind, Model, Lane string
+	// Client is the client token of a ClientJob subject, "" for an
+	// anonymous job (a Job subject). It is the job's only identity.
+	Client string
 }
 
-// ParseJob splits a job subject into kind, model and lane.
+// ParseJob splits a job subject, <prefix>.jobs.<kind>.<model>.<lane> with
+// an optional .<client>, into its parts. A client token must be a
+// ValidToken.
 func (s Subjects) ParseJob(subject string) (JobSubject, error) {
 	rest, ok := strings.CutPrefix(subject, s.p()+".jobs.")
 	parts := strings.Split(rest, ".")
-	if !ok || len(parts) != 3 {
-		return JobSubject{}, fmt.Errorf("schema: %q is not a job subject (%s.jobs.<kind>.<model>.<lane>)", subject, s.p())
+	if !ok || len(parts) < 3 || len(parts) > 4 || slices.Contains(parts, "") {
+		return JobSubject{}, fmt.Errorf("schema: %q is not a job subject (%s.jobs.<kind>.<model>.<lane>[.<client>])", subject, s.p())
 	}
-	return JobSubject{Kind: parts[0], Model: parts[1], Lane: parts[2]}, nil
+	js := JobSubject{Kind: parts[0], Model: parts[1], Lane: parts[2]}
+	if len(parts) == 4 {
+		if !ValidToken(parts[3]) {
+			return JobSubject{}, fmt.Errorf("schema: the client token of job subject %q is not a client id (letters, digits, '-' and '_', at most 128 bytes)", clip(subject))
+		}
+		js.Client = parts[3]
+	}
+	return js, nil
+}
+
+// InboxPrefix begins every NATS inbox subject (nats.go's _INBOX.); a
+// controller's inboxes are _INBOX.<client>.>, which broker permissions
+// give it alone. (schema imports no NATS code, so it is spelled here.)
+const InboxPrefix = "_INBOX."
+
+// ReplyTo decides where the events and the result of a job go, from the
+// client token of its subject ("" for an anonymous job), its id (""
+// when unknown) and the reply subject it asked for (its reply_to; "" for
+// the default). The worker publishes with its own rights, so this rule is
+// what keeps one client from making it publish into another's subjects or
+// kiln's own:
+//
+//   - a client's job replies under that client's own subjects only:
+//     <prefix>.reply.<client>.… or _INBOX.<client>.…; its default is
+//     Reply(client, job);
+//   - an anonymous job may reply on any subject outside kiln's own
+//     namespace (<prefix>.…, but for <prefix>.reply.…) and NATS's ($…);
+//     it has no default.
+//
+// A subject it refuses gives "" and a bad_value error on reply_to; so does
+// one that is not publishable (spaces, wildcards, more than 256 bytes).
+func (s Subjects) ReplyTo(client, job, requested string) (string, *Error) {
+	if requested == "" {
+		if client == "" || !ValidToken(job) {
+			return "", nil
+		}
+		return s.Reply(client, job), nil
+	}
+	if !ValidSubject(requested) {
+		return "", Errorf(CodeBadValue, "reply_to", "%q is not a subject one can publish to (no spaces, no wildcards, at most 256 bytes)", clip(requested))
+	}
+	if client != "" {
+		own, inbox := s.p()+".reply."+client+".", InboxPrefix+client+"."
+		if strings.HasPrefix(requested, own) || strings.HasPrefix(requested, inbox) {
+			return requested, nil
+		}
+		return "", Errorf(CodeBadValue, "reply_to", "%q is not a reply subject of client %s: use %s… or %s… (or none, for %s<job>)",
+			clip(requested), client, own, inbox, own)
+	}
+	if strings.HasPrefix(requested, "$") ||
+		strings.HasPrefix(requested, s.p()+".") && !strings.HasPrefix(requested, s.p()+".reply.") {
+		return "", Errorf(CodeBadValue, "reply_to", "%q is one of kiln's or NATS's own subjects (%s.…, $…): use %s.reply.… or a subject of your own",
+			clip(requested), s.p(), s.p())
+	}
+	return requested, nil
 }
 
 // ValidToken reports whether s can stand as one subject token: non-empty,

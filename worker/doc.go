@@ -42,13 +42,31 @@
 // hold, not the worker's Config: the worker reads them from the consumer
 // it binds to.
 //
+// # Whose job it is
+//
+// A job's client is the last token of its subject,
+// <prefix>.jobs.<kind>.<model>.<lane>.<client>, which broker permissions
+// pin to each controller's own id; a job on the 3-token subject is
+// anonymous (an open broker, or an admin). The worker trusts nothing else
+// about the sender, no header and no body field, and keeps each client's
+// jobs apart by that token: its events and result go only to a reply
+// subject that schema.Subjects.ReplyTo allows (the client's own
+// <prefix>.reply.<client>.… or _INBOX.<client>.…; for an anonymous job,
+// anything outside kiln's and NATS's own subjects), else the job is
+// refused with bad_value on reply_to; its result is stored under
+// <prefix>.results.<job>.<client> and looked up there only; a cancel stops
+// it only when it names that client (schema.JobKey). So the worker, which
+// may publish results, events and registry entries, never does so for a
+// client into someone else's subjects.
+//
 // # Around the jobs
 //
 //   - Heartbeats on the events subject and in the kiln_workers registry
 //     every HeartbeatInterval, and a NATS micro service (MicroName) whose
 //     status endpoint answers with the same heartbeat.
 //   - Cancels: the kiln_cancel bucket mirrored in memory, and the cancel
-//     subject, which stops the running job at its next token or step.
+//     subjects, which stop the running job at its next token or step; both
+//     are keyed by schema.JobKey(client, id).
 //   - Device faults (Config.Device): a transient error the card reports as
 //     a fault resets the card with back-off after the job is handed back;
 //     MaxFaults in a row make the worker unhealthy; a lost card stops it

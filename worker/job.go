@@ -9,7 +9,6 @@ import (
 	"sync"
 	"time"
 
-	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/kiln-project/kiln/broker/topology"
@@ -29,17 +28,20 @@ import (
 // delivery is one fetched job message and what the worker learned of it
 // before decoding the body.
 type delivery struct {
-	msg      jetstream.Msg
-	rt       *route
-	run      string // this delivery's run id (schema.NewID): names its events and result
-	attempt  int    // JetStream's delivery count; a broker crash can repeat it
-	enqueued time.Time
-	fetched  time.Time
-	codec    schema.Codec
-	id       string // job id, "" until known
-	client   string // the submitting client (HeaderClient), "" when none
-	replyTo  string // "" until known
-	events   *eventStream
+	msg        jetstream.Msg
+	rt         *route
+	run        string // this delivery's run id (schema.NewID): names its events and result
+	attempt    int    // JetStream's delivery count; a broker crash can repeat it
+	enqueued   time.Time
+	fetched    time.Time
+	codec      schema.Codec
+	subject    schema.JobSubject
+	subjectErr error         // the subject is no job subject: whose job it is is unknown
+	client     string        // the client token of the subject, the job's identity; "" when anonymous
+	id         string        // job id, "" until known
+	replyTo    string        // where its events go (chooseReply); "" for nowhere
+	replyErr   *schema.Error // the reply subject it asked for was refused
+	events     *eventStream
 }
 
 // eventStream numbers and publishes one run's events.
@@ -73,10 +75,15 @@ func (s *eventStream) emit(ev schema.Event) error {
 func (w *Worker) process(rt *route, msg jetstream.Msg) {
 	d := w.receive(rt, msg)
 	ctx := context.Background()
+	if d.subjectErr != nil {
+		// Nobody can be told: the job has no id or reply subject here.
+		w.reject(ctx, d, schema.Errorf(schema.CodeBadSubject, "", "%v", d.subjectErr))
+		return
+	}
 	codec, err := schema.CodecForBody(msg.Headers().Get(schema.HeaderContentType), msg.Data())
 	d.codec = codec
 	if err != nil {
-		salvage(d)
+		d.salvage(w.subj)
 		w.reject(ctx, d, requestError(err, schema.CodeBadContentType))
 		return
 	}
@@ -84,12 +91,13 @@ func (w *Worker) process(rt *route, msg jetstream.Msg) {
 }
 
 // receive reads what a delivery says before its body is decoded: the
-// attempt and queue time from its metadata, the job id, reply subject and
-// client from its headers, so that even a job whose body cannot be decoded
-// gets its error back. It names the delivery's run: a new id for every
-// delivery, unique whatever the worker's name or the delivery count (both
-// repeat: a restarted worker keeps its name, a broker crash can lose the
-// count).
+// attempt and queue time from its metadata, the client from its subject
+// (the one thing about the sender the broker enforces), the job id and
+// reply subject from its headers, so that even a job whose body cannot be
+// decoded gets its error back. It names the delivery's run: a new id for
+// every delivery, unique whatever the worker's name or the delivery count
+// (both repeat: a restarted worker keeps its name, a broker crash can lose
+// the count).
 func (w *Worker) receive(rt *route, msg jetstream.Msg) *delivery {
 	d := &delivery{msg: msg, rt: rt, run: schema.NewID(), attempt: 1, fetched: time.Now()}
 	d.events = &eventStream{w: w, d: d}
@@ -97,47 +105,53 @@ func (w *Worker) receive(rt *route, msg jetstream.Msg) *delivery {
 		d.attempt = int(meta.NumDelivered)
 		d.enqueued = meta.Timestamp
 	}
+	d.subject, d.subjectErr = w.subj.ParseJob(msg.Subject())
+	if d.subjectErr != nil {
+		return d
+	}
+	d.client = d.subject.Client
 	h := msg.Headers()
-	if id := h.Get(jetstream.MsgIDHeader); schema.ValidToken(id) {
-		d.id = id
-	}
-	d.replyTo, _ = replySubject(h, nil)
-	if c := h.Get(schema.HeaderClient); schema.ValidToken(c) {
-		d.client = c
-	}
+	d.id = schema.JobIDOf(d.client, h.Get(jetstream.MsgIDHeader))
+	d.chooseReply(w.subj, h.Get(schema.HeaderReplyTo))
 	return d
 }
 
-// replySubject decides where a job's events and result go, from its NATS
-// headers and, once the body is read, its header fields (nil before): the
-// body's reply_to when it is a subject one can publish to, else the
-// Kiln-Reply-To header when that is one, else "" (the result is only
-// stored). A body reply_to is checked before it can replace the header's,
-// so a bad one cannot take the answer away: refused says why it was not
-// taken, and the job is refused with it, answered on the header's subject.
-func replySubject(h nats.Header, body *schema.JobHeader) (subject string, refused *schema.Error) {
-	if r := h.Get(schema.HeaderReplyTo); schema.ValidSubject(r) {
-		subject = r
+// chooseReply sets where d's events and result go. requested are the
+// reply subjects the job asked for, the one that counts first: the body's
+// reply_to, then the Kiln-Reply-To header ("" where there is none). Each
+// goes through schema.Subjects.ReplyTo, the rule that keeps a client's
+// answers under its own reply subjects and anyone's out of kiln's own: a
+// body reply_to is checked before it can replace the header's, so a bad one
+// cannot take the answer away. When the first one given is refused, the job
+// is refused with that error (replyErr) and answered on the next one
+// allowed, else on its client's default reply subject.
+func (d *delivery) chooseReply(subj schema.Subjects, requested ...string) {
+	d.replyTo, d.replyErr = "", nil
+	for _, r := range requested {
+		if r == "" {
+			continue
+		}
+		to, err := subj.ReplyTo(d.client, d.id, r)
+		if err == nil {
+			d.replyTo = to
+			return
+		}
+		if d.replyErr == nil {
+			d.replyErr = err
+		}
 	}
-	if body == nil || body.ReplyTo == "" {
-		return subject, nil
-	}
-	if !schema.ValidSubject(body.ReplyTo) {
-		return subject, schema.Errorf(schema.CodeBadValue, "reply_to",
-			"%q is not a subject one can publish to (no spaces, no wildcards, at most 256 bytes)", clip(body.ReplyTo))
-	}
-	return body.ReplyTo, nil
+	d.replyTo, _ = subj.ReplyTo(d.client, d.id, "")
 }
 
 // learn takes what the body's header fields say of where the job comes
-// from: its id when the headers had none, its reply subject as
-// replySubject decides. refused is replySubject's.
-func learn(d *delivery, body *schema.JobHeader) (refused *schema.Error) {
-	if d.id == "" && schema.ValidToken(body.ID) {
+// from: its id (the body's takes over from Nats-Msg-Id), its reply subject
+// as chooseReply allows. It returns chooseReply's refusal.
+func (d *delivery) learn(subj schema.Subjects, body *schema.JobHeader) *schema.Error {
+	if schema.ValidToken(body.ID) {
 		d.id = body.ID
 	}
-	d.replyTo, refused = replySubject(d.msg.Headers(), body)
-	return refused
+	d.chooseReply(subj, body.ReplyTo, d.msg.Headers().Get(schema.HeaderReplyTo))
+	return d.replyErr
 }
 
 // salvage reads what it can of a body that cannot be decoded as its job
@@ -146,19 +160,10 @@ func learn(d *delivery, body *schema.JobHeader) (refused *schema.Error) {
 // and their types ignored) but within the same shape bounds, so hostile
 // bytes are refused before anything is allocated for them. What a partial
 // decoding yields is checked as any id and reply_to are.
-func salvage(d *delivery) {
+func (d *delivery) salvage(subj schema.Subjects) {
 	var body schema.JobHeader
 	_ = d.codec.Unmarshal(d.msg.Data(), &body)
-	learn(d, &body)
-}
-
-// clip shortens an outside value for an error message.
-func clip(s string) string {
-	const most = 64
-	if len(s) <= most {
-		return s
-	}
-	return s[:most] + "…"
+	_ = d.learn(subj, &body)
 }
 
 // jobPointer is *T for a job type T (schema.ChatJob, schema.ImageJob).
@@ -191,13 +196,13 @@ func runJob[T any, PT jobPointer[T]](ctx context.Context, w *Worker, d *delivery
 // a value of the wrong type is an error naming it), checks it against its
 // subject and the limits, and normalises it (the default lane, the
 // deadline in UTC). The id of the body takes over from the header's, and
-// its reply_to, when valid, from Kiln-Reply-To (see replySubject). An
-// error is the request's fault.
+// its reply_to from Kiln-Reply-To as chooseReply allows. An error is the
+// request's fault.
 func decode[T any, PT jobPointer[T]](w *Worker, d *delivery, validate func(PT, *schema.JobSubject, schema.Limits) *schema.Error) (*T, *schema.Error) {
 	args := new(T)
 	job := PT(args)
 	if err := d.codec.DecodeJob(d.msg.Data(), job); err != nil {
-		salvage(d)
+		d.salvage(w.subj)
 		code := schema.CodeBadMsgpack
 		if d.codec == schema.JSON {
 			code = schema.CodeBadJSON
@@ -205,18 +210,12 @@ func decode[T any, PT jobPointer[T]](w *Worker, d *delivery, validate func(PT, *
 		return nil, requestError(err, code)
 	}
 	hdr := job.Header()
-	refused := learn(d, hdr)
-	subject, err := w.subj.ParseJob(d.msg.Subject())
-	if err != nil {
-		return nil, schema.Errorf(schema.CodeBadSubject, "", "%v", err)
-	}
-	if refused != nil {
+	if refused := d.learn(w.subj, hdr); refused != nil {
 		return nil, refused
 	}
-	if verr := validate(job, &subject, w.cfg.Limits); verr != nil {
+	if verr := validate(job, &d.subject, w.cfg.Limits); verr != nil {
 		return nil, verr
 	}
-	d.id = hdr.ID // validated: the body's id is the job's id
 	if hdr.Lane == "" {
 		hdr.Lane = schema.LaneNormal
 	}
@@ -243,7 +242,7 @@ func requestError(err error, code schema.ErrorCode) *schema.Error {
 func (w *Worker) occupy(ctx context.Context, d *delivery) (jctx context.Context, release func()) {
 	jctx, cancel := context.WithCancelCause(ctx)
 	w.mu.Lock()
-	w.current = &runningJob{id: d.id, cancel: cancel}
+	w.current = &runningJob{id: d.id, key: schema.JobKey(d.client, d.id), cancel: cancel}
 	w.state = schema.StateBusy
 	w.mu.Unlock()
 	return jctx, func() {
@@ -262,8 +261,10 @@ func (w *Worker) occupy(ctx context.Context, d *delivery) (jctx context.Context,
 // (with its own run) is sent again and nothing runs. Every delivery looks,
 // the first included: the delivery count cannot tell a first delivery, since
 // a broker that crashes loses its recent counts and delivers again from 1.
-// (A failed look only costs a run: finish keeps the first result.) A job
-// cancelled or past its deadline while it was queued ends here (queued).
+// (A failed look only costs a run: finish keeps the first result.) Both the
+// stored result and the cancels are looked up under the job's client only,
+// so a job cannot reach another client's by reusing its id. A job cancelled
+// or past its deadline while it was queued ends here (queued).
 func (w *Worker) admit(ctx context.Context, d *delivery, hdr *schema.JobHeader, log *slog.Logger) bool {
 	if res := w.storedResult(ctx, d.id, d.client); res != nil {
 		log.Info("job already finished, re-sending its result", "first_run", res.Run)
@@ -271,7 +272,7 @@ func (w *Worker) admit(ctx context.Context, d *delivery, hdr *schema.JobHeader, 
 		_ = d.msg.Ack()
 		return false
 	}
-	if res := queued(hdr, w.wasCancelled(d.id), time.Now()); res != nil {
+	if res := queued(hdr, w.wasCancelled(schema.JobKey(d.client, d.id)), time.Now()); res != nil {
 		w.finish(ctx, d, res, log)
 		return false
 	}

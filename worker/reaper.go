@@ -53,23 +53,24 @@ func (w *Worker) reap(ctx context.Context, adv maxDeliverAdvisory) {
 	if err != nil {
 		return // already gone
 	}
-	id := raw.Header.Get(jetstream.MsgIDHeader)
+	// Whose job it is, its id and where it is answered, as a delivery of
+	// it would tell (receive, salvage): the body is read leniently about
+	// fields (this is any job kind, and perhaps not a valid one) but bounded
+	// in shape, so hostile bytes are refused before anything is allocated.
+	d := &delivery{}
+	d.subject, d.subjectErr = w.subj.ParseJob(raw.Subject)
+	d.client = d.subject.Client
+	d.id = schema.JobIDOf(d.client, raw.Header.Get(jetstream.MsgIDHeader))
 	codec, _ := schema.CodecForBody(raw.Header.Get(schema.HeaderContentType), raw.Data)
-	// Lenient about fields (this is any job kind, and perhaps not a valid
-	// one), bounded in shape: hostile bytes are refused before anything is
-	// allocated for them.
 	var hdr schema.JobHeader
 	_ = codec.Unmarshal(raw.Data, &hdr)
 	if schema.ValidToken(hdr.ID) {
-		id = hdr.ID
+		d.id = hdr.ID
 	}
-	reply, _ := replySubject(raw.Header, &hdr)
-	client := raw.Header.Get(schema.HeaderClient)
-	if !schema.ValidToken(client) {
-		client = ""
-	}
+	d.chooseReply(w.subj, hdr.ReplyTo, raw.Header.Get(schema.HeaderReplyTo))
+	id, client := d.id, d.client
 	log := w.log.With("job", id, "deliveries", adv.Deliveries)
-	if schema.ValidToken(id) && w.storedResult(ctx, id, client) == nil {
+	if d.subjectErr == nil && schema.ValidToken(id) && w.storedResult(ctx, id, client) == nil {
 		// The reaper's answer is a run of its own: no delivery made it.
 		res := &schema.Result{JobID: id, Run: schema.NewID(), Status: schema.StatusError, Worker: w.cfg.Name, Attempt: int(adv.Deliveries),
 			Error: schema.Errorf(schema.CodeFailed, "", "delivered %d times and no worker finished it (each worker that took it crashed, was killed or stopped)", adv.Deliveries)}
@@ -77,9 +78,9 @@ func (w *Worker) reap(ctx context.Context, adv maxDeliverAdvisory) {
 			log.Warn("reaper: could not store the result", "err", err)
 			return
 		}
-		if reply != "" {
+		if d.replyTo != "" {
 			ev := schema.Event{JobID: id, Run: res.Run, Attempt: res.Attempt, Seq: 1, Type: schema.EventResult, Result: res}
-			_ = topology.Publish(w.nc, reply, codec, &ev)
+			_ = topology.Publish(w.nc, d.replyTo, codec, &ev)
 		}
 		log.Warn("job ran out of deliveries; answered with an error result")
 	}

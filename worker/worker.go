@@ -63,6 +63,7 @@ type Worker struct {
 
 type runningJob struct {
 	id     string
+	key    string // schema.JobKey: what a cancel names
 	cancel context.CancelCauseFunc
 }
 
@@ -191,13 +192,15 @@ func (w *Worker) start(ctx context.Context) error {
 			w.log.Info("the consumer's settings differ from the worker's topology; the consumer's hold",
 				"consumer", topology.ConsumerName(rt.kind, rt.model, rt.lane), "ack_wait", rt.ackWait, "max_deliver", rt.maxDeliver)
 		}
-		sub, err := w.nc.Subscribe(w.subj.Wake(rt.kind, rt.model, rt.lane), func(*nats.Msg) { w.signalWake(rt) })
-		if err != nil {
-			return fmt.Errorf("worker: wake subscription: %w", err)
+		for _, wake := range w.subj.WakeFilters(rt.kind, rt.model, rt.lane) {
+			sub, err := w.nc.Subscribe(wake, func(*nats.Msg) { w.signalWake(rt) })
+			if err != nil {
+				return fmt.Errorf("worker: wake subscription: %w", err)
+			}
+			w.subs = append(w.subs, sub)
 		}
-		w.subs = append(w.subs, sub)
 	}
-	sub, err := w.nc.Subscribe(w.subj.Cancel("*"), w.onCancel)
+	sub, err := w.nc.Subscribe(w.subj.Cancels(), w.onCancel)
 	if err != nil {
 		return fmt.Errorf("worker: cancel subscription: %w", err)
 	}
@@ -342,22 +345,28 @@ func (w *Worker) setState(s string) {
 	w.mu.Unlock()
 }
 
-// onCancel handles kiln.cancel.<id>: it stops the running job if it is that one.
+// onCancel handles kiln.cancel.<client>.<id> (kiln.cancel.<id> for an
+// anonymous job): it stops the running job if it is that client's job of
+// that id.
 func (w *Worker) onCancel(m *nats.Msg) {
-	id := m.Subject[len(w.subj.Cancel("")):]
+	key, ok := w.subj.ParseCancel(m.Subject)
+	if !ok {
+		return
+	}
 	w.mu.Lock()
 	cur := w.current
-	w.cancelled[id] = time.Now()
+	w.cancelled[key] = time.Now()
 	w.mu.Unlock()
-	if cur != nil && cur.id == id {
-		w.log.Info("cancel requested", "job", id)
+	if cur != nil && cur.key == key {
+		w.log.Info("cancel requested", "job", cur.id, "key", key)
 		cur.cancel(ErrCancelRequested)
 	}
 }
 
 // watchCancels mirrors the kiln_cancel bucket in memory, so that checking
-// whether a job was cancelled while queued costs no round trip. A cancel on
-// kiln.cancel.<id> is recorded too, in case it arrives first.
+// whether a job was cancelled while queued costs no round trip. Its keys
+// are schema.JobKey(client, id), as the cancel subjects' tails are. A
+// cancel on the subject is recorded too, in case it arrives first.
 func (w *Worker) watchCancels(ctx context.Context) error {
 	watch, err := w.cancelKV.WatchAll(context.WithoutCancel(ctx), jetstream.IgnoreDeletes())
 	if err != nil {
@@ -386,12 +395,13 @@ func (w *Worker) watchCancels(ctx context.Context) error {
 	}
 }
 
-// wasCancelled reports whether id was cancelled, and forgets ids older
-// than the queue's max age (they cannot come back).
-func (w *Worker) wasCancelled(id string) bool {
+// wasCancelled reports whether the job of key (schema.JobKey) was
+// cancelled, and forgets keys older than the queue's max age (they cannot
+// come back).
+func (w *Worker) wasCancelled(key string) bool {
 	w.mu.Lock()
 	defer w.mu.Unlock()
-	_, ok := w.cancelled[id]
+	_, ok := w.cancelled[key]
 	if len(w.cancelled) > 1024 {
 		horizon := time.Now().Add(-w.cfg.Topology.JobMaxAge)
 		for k, t := range w.cancelled {

@@ -24,7 +24,11 @@ var update = flag.Bool("update", false, "rewrite testdata with what the code wri
 // TestConfFilesAsWritten compares the includes of a set with fixed keys,
 // time and password with testdata: what `kiln broker init-auth` writes.
 // Brokers in the field run these files, so they change only on purpose
-// (then regenerate testdata with -update and say why in the commit).
+// (then regenerate testdata with -update and say why). Last changes: a
+// controller publishes jobs, cancels and cancel keys under its own id only
+// (kiln.jobs.*.*.*.<id>, kiln.cancel.<id>.*, $KV.kiln_cancel.<id>.*), a
+// worker hears cancels of both shapes (kiln.cancel.>) and reads the worker
+// registry (its janitor).
 func TestConfFilesAsWritten(t *testing.T) {
 	for _, prefix := range []string{"kiln", "art"} {
 		s := &Set{

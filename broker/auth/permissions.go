@@ -8,6 +8,7 @@ import (
 	"github.com/nats-io/nkeys"
 
 	"github.com/kiln-project/kiln/broker/topology"
+	"github.com/kiln-project/kiln/schema"
 )
 
 // Permissions are what a user may publish and subscribe to, as
@@ -23,9 +24,12 @@ type Permissions struct {
 // Permissions returns what id may do with the subjects, streams and buckets
 // of topo; nil means full rights in the account (admin).
 //
-//   - controllers publish jobs and cancels, read the worker registry (the
-//     "no live worker" check) and their own results, and subscribe to their
-//     own reply subjects and inboxes only;
+//   - controllers publish jobs and cancels under their own id only (the
+//     client token of schema.Subjects.ClientJob and ClientCancel, and their
+//     own keys of the cancel bucket), read the worker registry (the "no
+//     live worker" check) and their own results, and subscribe to their
+//     own reply subjects and inboxes only. The job subject's token is how
+//     a worker knows whose job it is;
 //   - workers take jobs and publish replies, results, events and their
 //     registry entry, and answer the requests they serve;
 //   - observers read events, the registry and queue depths, and ask
@@ -38,7 +42,7 @@ func (id Identity) Permissions(topo topology.Config) *Permissions {
 	switch id.Role {
 	case RoleController:
 		pub := []string{
-			s.Jobs(), s.Cancels(), topology.KVKey(topo.CancelBucket(), "*"),
+			s.ClientJobs(id.Name), s.ClientCancels(id.Name), topology.KVKey(topo.CancelBucket(), schema.JobKey(id.Name, "*")),
 			api(topology.APIAccountInfo), api(topology.APIStreamInfo, cancelKV), api(topology.APIStreamInfo, results),
 			api(topology.APIDirectGet, results, s.ClientResults(id.Name)),
 			topology.FlowControlSubjects,

@@ -212,9 +212,9 @@ func (a *account) strangers(t *testing.T) {
 	}
 }
 
-// controller checks that a controller submits and cancels, reads its own
-// replies and results and nobody else's, takes no jobs and publishes nothing
-// a worker does.
+// controller checks that a controller submits and cancels under its own id
+// only, reads its own replies and results and nobody else's, takes no jobs
+// and publishes nothing a worker does.
 func (a *account) controller(t *testing.T) {
 	ctx := testContext(t)
 	s, topo := a.subj, a.topo
@@ -226,21 +226,41 @@ func (a *account) controller(t *testing.T) {
 	}
 	defer c.Close()
 
-	// Submits (reading the registry first) and cancels.
+	// Submits (reading the registry first) on its own job subject, and
+	// cancels its own jobs.
+	jobs1 := subscribe(t, a.root, s.ClientJobs("room-1"))
 	p, err := c.Submit(ctx, chatJob("job-room-1"))
 	if err != nil {
 		t.Fatalf("submit: %v", err)
 	}
 	defer p.Close()
-	cancels := subscribe(t, a.root, s.Cancel(p.ID))
+	if m := next(t, jobs1, "room-1's job"); m.Subject != s.ClientJob(schema.KindChat, "echo", schema.LaneNormal, "room-1") ||
+		m.Header.Get(jetstream.MsgIDHeader) != schema.JobKey("room-1", p.ID) {
+		t.Errorf("room-1's job on %s with message id %q", m.Subject, m.Header.Get(jetstream.MsgIDHeader))
+	}
+	cancels := subscribe(t, a.root, s.ClientCancel("room-1", p.ID))
 	if err := c.Cancel(ctx, p.ID); err != nil {
 		t.Fatalf("cancel: %v", err)
 	}
 	next(t, cancels, "the cancel of room-1's job")
 	if kv, err := a.rootJS.KeyValue(ctx, topo.CancelBucket()); err != nil {
 		t.Fatal(err)
-	} else if _, err := kv.Get(ctx, p.ID); err != nil {
+	} else if _, err := kv.Get(ctx, schema.JobKey("room-1", p.ID)); err != nil {
 		t.Errorf("room-1's job is not in the cancel bucket: %v", err)
+	}
+
+	// Submits and cancels under no other id, nor anonymously.
+	deniedPub(t, nc, "publishing a job as room-2", s.ClientJob(schema.KindChat, "echo", schema.LaneNormal, "room-2"))
+	deniedPub(t, nc, "publishing an anonymous job", s.Job(schema.KindChat, "echo", schema.LaneNormal))
+	deniedPub(t, nc, "cancelling room-2's job", s.ClientCancel("room-2", "job-y"))
+	deniedPub(t, nc, "cancelling an anonymous job", s.Cancel("job-y"))
+	deniedPub(t, nc, "putting room-2's job in the cancel bucket", topology.KVKey(topo.CancelBucket(), schema.JobKey("room-2", "job-y")))
+	deniedPub(t, nc, "putting an anonymous job in the cancel bucket", topology.KVKey(topo.CancelBucket(), "job-y"))
+	// The client's cancel gets no acknowledgement from the bucket.
+	refused, cancel := context.WithTimeout(ctx, time.Second)
+	defer cancel()
+	if err := c.CancelFor(refused, "room-2", "job-y"); err == nil {
+		t.Error("room-1 cancelled room-2's job")
 	}
 
 	// Reads its own replies and results.
@@ -322,9 +342,8 @@ func (a *account) worker(t *testing.T) {
 	}
 
 	// Takes a job.
-	job := encode(t, s.Job(schema.KindChat, "echo", schema.LaneHigh), chatJob("job-w"))
-	job.Header.Set(schema.HeaderClient, "room-1")
-	if _, err := a.rootJS.PublishMsg(ctx, job, jetstream.WithMsgID("job-w")); err != nil {
+	job := encode(t, s.ClientJob(schema.KindChat, "echo", schema.LaneHigh, "room-1"), chatJob("job-w"))
+	if _, err := a.rootJS.PublishMsg(ctx, job, jetstream.WithMsgID(schema.JobKey("room-1", "job-w"))); err != nil {
 		t.Fatal(err)
 	}
 	next(t, wakes, "the wake of a stored job")
@@ -384,11 +403,14 @@ func (a *account) worker(t *testing.T) {
 		t.Errorf("read a stored result: %v", err)
 	}
 
-	// Hears cancels, on the subject and in the bucket.
-	if err := a.root.Publish(s.Cancel("job-w"), nil); err != nil {
-		t.Fatal(err)
+	// Hears cancels, on the subject and in the bucket, of client and
+	// anonymous jobs.
+	for _, cancel := range []string{s.ClientCancel("room-1", "job-w"), s.Cancel("job-w")} {
+		if err := a.root.Publish(cancel, nil); err != nil {
+			t.Fatal(err)
+		}
+		next(t, cancels, "a cancel on "+cancel)
 	}
-	next(t, cancels, "a cancel")
 	rootCancelKV, err := a.rootJS.KeyValue(ctx, topo.CancelBucket())
 	if err != nil {
 		t.Fatal(err)
@@ -447,7 +469,9 @@ func (a *account) worker(t *testing.T) {
 
 	// Submits and cancels nothing.
 	deniedPub(t, nc, "publishing a job", s.Job(schema.KindChat, "echo", schema.LaneNormal))
+	deniedPub(t, nc, "publishing a client's job", s.ClientJob(schema.KindChat, "echo", schema.LaneNormal, "room-1"))
 	deniedPub(t, nc, "publishing a cancel", s.Cancel("job-x"))
+	deniedPub(t, nc, "publishing a client's cancel", s.ClientCancel("room-1", "job-x"))
 	deniedPub(t, nc, "putting into the cancel bucket", topology.KVKey(topo.CancelBucket(), "job-x"))
 	deniedPub(t, nc, "making a consumer on the results", topology.APISubject(topology.APIConsumerCreate, results))
 }
@@ -522,7 +546,9 @@ func (a *account) observer(t *testing.T) {
 
 	// Submits, cancels, reads replies and results, publishes nothing.
 	deniedPub(t, nc, "publishing a job", s.Job(schema.KindChat, "echo", schema.LaneNormal))
+	deniedPub(t, nc, "publishing a job as itself", s.ClientJob(schema.KindChat, "echo", schema.LaneNormal, "lobby"))
 	deniedPub(t, nc, "publishing a cancel", s.Cancel("job-x"))
+	deniedPub(t, nc, "publishing a cancel as itself", s.ClientCancel("lobby", "job-x"))
 	deniedPub(t, nc, "putting into the cancel bucket", topology.KVKey(topo.CancelBucket(), "job-x"))
 	deniedPub(t, nc, "reading a result", topology.APISubject(topology.APIDirectGet, results, s.ClientResult("job-done", "room-1")))
 	deniedPub(t, nc, "publishing a heartbeat", s.Heartbeat("fake"))

@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"strings"
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
@@ -19,51 +18,40 @@ type job struct {
 	seq     uint64
 	subject string
 	id      string // "" when neither Nats-Msg-Id nor the body has a valid one
-	client  string // the submitting client (schema.HeaderClient), "" when none
+	client  string // the client token of its subject, "" when anonymous
 	replyTo string // "" when the job has no usable reply subject
 	codec   schema.Codec
 }
 
-// read takes a job's id from its Nats-Msg-Id header, its reply subject from
-// the Kiln-Reply-To header, each from the body when the header has none
-// that is valid. The body is decoded with the bounded codec, which refuses
-// hostile shapes before it allocates for them.
+// read learns of a job what the worker would (worker.delivery): its client
+// from the client token of its subject (the one thing about the sender the
+// broker enforces; a subject that is no job subject counts as anonymous),
+// its id from its Nats-Msg-Id header, else its body, and its reply subject
+// from the body's reply_to, else the Kiln-Reply-To header, each as
+// schema.Subjects.ReplyTo allows (a janitor in the broker process has every
+// right: the same rule keeps it from publishing into another client's
+// subjects or kiln's own), else the client's default reply subject. The
+// body is decoded with the bounded codec, which refuses hostile shapes
+// before it allocates for them.
 func (j *Janitor) read(m *jetstream.RawStreamMsg) job {
 	jb := job{seq: m.Sequence, subject: m.Subject}
+	if route, err := j.subj.ParseJob(m.Subject); err == nil {
+		jb.client = route.Client
+	}
 	jb.codec, _ = schema.CodecForBody(m.Header.Get(schema.HeaderContentType), m.Data)
-	if id := m.Header.Get(jetstream.MsgIDHeader); schema.ValidToken(id) {
-		jb.id = id
+	jb.id = schema.JobIDOf(jb.client, m.Header.Get(jetstream.MsgIDHeader))
+	var hdr schema.JobHeader
+	_ = jb.codec.Unmarshal(m.Data, &hdr)
+	if jb.id == "" && schema.ValidToken(hdr.ID) {
+		jb.id = hdr.ID
 	}
-	if c := m.Header.Get(schema.HeaderClient); schema.ValidToken(c) {
-		jb.client = c
-	}
-	if r := m.Header.Get(schema.HeaderReplyTo); j.replyAllowed(r) {
-		jb.replyTo = r
-	}
-	if jb.id == "" || jb.replyTo == "" {
-		var hdr schema.JobHeader
-		if jb.codec.Unmarshal(m.Data, &hdr) == nil {
-			if jb.id == "" && schema.ValidToken(hdr.ID) {
-				jb.id = hdr.ID
-			}
-			if jb.replyTo == "" && j.replyAllowed(hdr.ReplyTo) {
-				jb.replyTo = hdr.ReplyTo
-			}
+	for _, r := range []string{hdr.ReplyTo, m.Header.Get(schema.HeaderReplyTo), ""} {
+		if to, err := j.subj.ReplyTo(jb.client, jb.id, r); err == nil {
+			jb.replyTo = to
+			break
 		}
 	}
 	return jb
-}
-
-// replyAllowed reports whether a janitor publishes a job's result on
-// subject: a valid subject outside NATS's own ($JS, $KV, $SYS, ...) and,
-// under the kiln prefix, a reply subject only, never a result, event or
-// job subject (a janitor in the broker process has every right).
-func (j *Janitor) replyAllowed(subject string) bool {
-	if !schema.ValidSubject(subject) || strings.HasPrefix(subject, "$") {
-		return false
-	}
-	prefix := j.cfg.Topology.Prefix + "."
-	return !strings.HasPrefix(subject, prefix) || strings.HasPrefix(subject, prefix+"reply.")
 }
 
 // answer gives the job in m the result res, once: it stores res as the

@@ -13,7 +13,7 @@ import (
 
 // NewMsg encodes v with codec as a kiln message on subject: the body and
 // the Content-Type header that names the codec. Callers add any other kiln
-// header (schema.HeaderReplyTo, schema.HeaderClient) and publish it, with
+// header (schema.HeaderReplyTo) and publish it, with
 // core NATS or into a stream.
 //
 // It lives here, not in schema, because schema imports no NATS code; the

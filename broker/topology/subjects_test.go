@@ -2,9 +2,12 @@ package topology
 
 import (
 	"fmt"
+	"strings"
 	"testing"
 
 	"github.com/nats-io/nats-server/v2/server"
+
+	"github.com/kiln-project/kiln/schema"
 )
 
 func TestNATSSubjects(t *testing.T) {
@@ -36,6 +39,8 @@ func TestNATSSubjects(t *testing.T) {
 		{KVKey(c.CancelBucket(), "*"), "$KV.kiln_cancel.*", ""},
 		{KVStream(Config{Prefix: "art"}.CancelBucket()), "KV_art_cancel", ""},
 		{InboxPrefix("room-1"), "_INBOX.room-1", ""},
+		{schema.InboxPrefix + "room-1", InboxPrefix("room-1"), ""}, // the reply rule's spelling of an inbox
+		{strings.Join(c.JobSubjects(), " "), "kiln.jobs.*.*.* kiln.jobs.*.*.*.*", ""},
 		{Inboxes("room-1"), "_INBOX.room-1.>", ""},
 		{Inboxes(""), "_INBOX.>", ""},
 		{ServiceSubjects, "$SRV.>", ""},

@@ -13,6 +13,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"strings"
 	"time"
 
@@ -173,18 +174,28 @@ func JobMaxAgeOf(sc jetstream.StreamConfig) time.Duration {
 // ConsumerName is the durable consumer of one (kind, model, lane).
 func ConsumerName(kind, model, lane string) string { return kind + "_" + model + "_" + lane }
 
+// JobSubjects are the subjects KILN_JOBS captures: the anonymous job
+// subjects <prefix>.jobs.<kind>.<model>.<lane> and the client ones with a
+// fifth token, <prefix>.jobs.<kind>.<model>.<lane>.<client>
+// (schema.Subjects.Job and ClientJob). This is the one list of them: the
+// stream and the broker's checks read it here.
+func (c Config) JobSubjects() []string {
+	s := c.Subjects()
+	return []string{s.Job("*", "*", "*"), s.ClientJob("*", "*", "*", "*")}
+}
+
 // StreamConfigs returns the three stream configurations.
 func (c Config) StreamConfigs() []jetstream.StreamConfig {
 	c = c.WithDefaults()
 	s := c.Subjects()
-	// KILN_JOBS takes exactly kind, model and lane: a subject with a token
-	// more or less can never be a job and is refused at publish.
-	jobs := s.Job("*", "*", "*")
+	// KILN_JOBS takes exactly kind, model, lane and an optional client: a
+	// subject with a token more or less can never be a job and is refused
+	// at publish.
 	return []jetstream.StreamConfig{
 		{
 			Name:        c.JobsStream(),
 			Description: "kiln job queue: one message per accepted job, deleted on ack",
-			Subjects:    []string{jobs},
+			Subjects:    c.JobSubjects(),
 			Retention:   jetstream.WorkQueuePolicy,
 			Storage:     jetstream.FileStorage,
 			Replicas:    c.Replicas,
@@ -194,8 +205,8 @@ func (c Config) StreamConfigs() []jetstream.StreamConfig {
 			MaxMsgSize:  c.MaxMsgSize,
 			Duplicates:  c.DuplicateWindow,
 			RePublish: &jetstream.RePublish{
-				Source:      jobs,
-				Destination: s.Wake("{{wildcard(1)}}", "{{wildcard(2)}}", "{{wildcard(3)}}"),
+				Source:      s.Jobs(),
+				Destination: s.Wakes(),
 				HeadersOnly: true,
 			},
 			Metadata: map[string]string{MetadataJobMaxAge: c.JobMaxAge.String()},
@@ -376,19 +387,20 @@ func (c Config) bucketConfigs() []jetstream.KeyValueConfig {
 	}
 }
 
-// ConsumerConfig is the durable pull consumer of one (kind, model, lane).
+// ConsumerConfig is the durable pull consumer of one (kind, model, lane):
+// its anonymous jobs and every client's (schema.Subjects.JobFilters).
 func (c Config) ConsumerConfig(kind, model, lane string) jetstream.ConsumerConfig {
 	c = c.WithDefaults()
 	return jetstream.ConsumerConfig{
-		Durable:       ConsumerName(kind, model, lane),
-		Description:   fmt.Sprintf("kiln %s jobs for %s, %s lane", kind, model, lane),
-		FilterSubject: c.Subjects().Job(kind, model, lane),
-		AckPolicy:     jetstream.AckExplicitPolicy,
-		AckWait:       c.AckWait,
-		MaxDeliver:    c.MaxDeliver,
-		MaxAckPending: 1000,
-		DeliverPolicy: jetstream.DeliverAllPolicy,
-		Replicas:      c.Replicas,
+		Durable:        ConsumerName(kind, model, lane),
+		Description:    fmt.Sprintf("kiln %s jobs for %s, %s lane", kind, model, lane),
+		FilterSubjects: c.Subjects().JobFilters(kind, model, lane),
+		AckPolicy:      jetstream.AckExplicitPolicy,
+		AckWait:        c.AckWait,
+		MaxDeliver:     c.MaxDeliver,
+		MaxAckPending:  1000,
+		DeliverPolicy:  jetstream.DeliverAllPolicy,
+		Replicas:       c.Replicas,
 	}
 }
 
@@ -397,6 +409,11 @@ func (c Config) ConsumerConfig(kind, model, lane string) jetstream.ConsumerConfi
 // the streams Ensure finds: whoever provisioned it (an operator, the first
 // worker) set its AckWait and MaxDeliver, and those are the ones that hold.
 // Read them from the consumer's CachedInfo, not from c.
+//
+// Its filter is the one exception: a consumer made before jobs carried a
+// client token filters the anonymous subject only, and would leave every
+// client's job in the queue until its max age. Such a consumer gets the
+// filters of ConsumerConfig, once, and keeps the rest of its settings.
 func EnsureConsumer(ctx context.Context, js jetstream.JetStream, c Config, kind, model, lane string) (jetstream.Consumer, error) {
 	c = c.WithDefaults()
 	name := ConsumerName(kind, model, lane)
@@ -404,6 +421,10 @@ func EnsureConsumer(ctx context.Context, js jetstream.JetStream, c Config, kind,
 	err := retry(ctx, func(ctx context.Context) error {
 		var err error
 		cons, err = js.Consumer(ctx, c.JobsStream(), name)
+		if err == nil {
+			cons, err = widenFilter(ctx, js, c, cons, c.Subjects().JobFilters(kind, model, lane))
+			return err
+		}
 		if !errors.Is(err, jetstream.ErrConsumerNotFound) {
 			return err
 		}
@@ -417,6 +438,31 @@ func EnsureConsumer(ctx context.Context, js jetstream.JetStream, c Config, kind,
 		return nil, fmt.Errorf("topology: consumer %s: %w", name, err)
 	}
 	return cons, nil
+}
+
+// widenFilter gives cons the filters want when it filters fewer subjects
+// (the single subject of a consumer made by an older kiln), keeping the
+// rest of its configuration. A consumer that has them, or that an operator
+// filtered otherwise, is left as it is.
+func widenFilter(ctx context.Context, js jetstream.JetStream, c Config, cons jetstream.Consumer, want []string) (jetstream.Consumer, error) {
+	info := cons.CachedInfo()
+	if info == nil {
+		return cons, nil
+	}
+	cfg := info.Config
+	have := cfg.FilterSubjects
+	if cfg.FilterSubject != "" {
+		have = []string{cfg.FilterSubject}
+	}
+	if slices.Equal(have, want) || !slices.Equal(have, want[:1]) {
+		return cons, nil
+	}
+	cfg.FilterSubject, cfg.FilterSubjects = "", want
+	updated, err := js.UpdateConsumer(ctx, c.JobsStream(), cfg)
+	if err != nil {
+		return nil, fmt.Errorf("widen the filter to %v: %w", want, err)
+	}
+	return updated, nil
 }
 
 // retry runs f with a 2 s timeout per attempt until it succeeds, fails

@@ -235,12 +235,20 @@ func runCancel(ctx context.Context, e *env, args []string) error {
 	fs := newFlags(e, "cancel", "JOB_ID")
 	var cf connFlags
 	cf.register(fs)
+	owner := fs.String("client", "", "the client whose job it is, for an operator (default: this client's own, --client-id)")
 	nc, c, err := dialForJob(e, fs, &cf, args)
 	if err != nil {
 		return err
 	}
 	defer nc.Close()
-	if err := c.Cancel(ctx, fs.Arg(0)); err != nil {
+	// A cancel names the job's client: only that client's job of that id
+	// stops, and broker permissions let a controller name only itself.
+	if *owner != "" {
+		err = c.CancelFor(ctx, *owner, fs.Arg(0))
+	} else {
+		err = c.Cancel(ctx, fs.Arg(0))
+	}
+	if err != nil {
 		return err
 	}
 	fmt.Fprintf(e.stdout, "cancel requested for %s\n", fs.Arg(0))

@@ -164,6 +164,37 @@ func TestUpServesTheQueueCommands(t *testing.T) {
 	if code != 0 || !strings.Contains(out, "a stored answer") || !strings.Contains(out, "ok on w9") {
 		t.Fatalf("result: %d %q", code, out)
 	}
+	// A client's result, found whoever's it is (an operator's lookup).
+	m.Subject, m.Data = "kiln.results.01MINE.room-1", []byte(`{"job_id":"01MINE","status":"ok","text":"room one's answer","worker":"w9","attempt":1}`)
+	if _, err := nc.RequestMsg(m, 5*time.Second); err != nil {
+		t.Fatal(err)
+	}
+	code, out, _ = kiln(t, t.Context(), "result", "--nats", url, "01MINE")
+	if code != 0 || !strings.Contains(out, "room one's answer") {
+		t.Fatalf("result of a client's job: %d %q", code, out)
+	}
+	// A cancel names the job's client: --client (an operator's), else the
+	// command's own --client-id, else none (an anonymous job).
+	cancels, err := nc.SubscribeSync("kiln.cancel.>")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := nc.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct {
+		args    []string
+		subject string
+	}{
+		{[]string{"01SOMEJOB"}, "kiln.cancel.01SOMEJOB"},
+		{[]string{"--client-id", "room-2", "01SOMEJOB"}, "kiln.cancel.room-2.01SOMEJOB"},
+		{[]string{"--client-id", "room-2", "--client", "room-1", "01SOMEJOB"}, "kiln.cancel.room-1.01SOMEJOB"},
+	} {
+		kiln(t, t.Context(), append([]string{"cancel", "--nats", url}, tc.args...)...)
+		if m, err := cancels.NextMsg(5 * time.Second); err != nil || m.Subject != tc.subject {
+			t.Errorf("kiln cancel %s: %v %v, want a cancel on %s", strings.Join(tc.args, " "), m, err, tc.subject)
+		}
+	}
 	evCtx, evCancel := context.WithTimeout(t.Context(), 4*time.Second)
 	defer evCancel()
 	_, out, _ = kiln(t, evCtx, "events", "--nats", url, "--since", "1m")

@@ -61,7 +61,7 @@ func (c *connFlags) register(fs *flag.FlagSet) {
 	fs.StringVar(&c.url, "nats", getenv(envNATSURL, defaultNATSURL), "broker URL(s), comma-separated ($"+envNATSURL+")")
 	fs.StringVar(&c.prefix, "prefix", getenv(envPrefix, schema.DefaultPrefix), "subject prefix ($"+envPrefix+")")
 	fs.StringVar(&c.nkey, "nkey", getenv(envNkey, ""), "nkey seed file to log in with ($"+envNkey+")")
-	fs.StringVar(&c.clientID, "client-id", getenv(envClientID, ""), "client id: reply subjects, results, inbox ($"+envClientID+"; default random)")
+	fs.StringVar(&c.clientID, "client-id", getenv(envClientID, ""), "client id: the token of its jobs, replies, results, cancels and inbox, which broker permissions pin ($"+envClientID+"; default none: anonymous jobs, an open broker only)")
 	fs.StringVar(&c.tlsCA, "tls-ca", getenv(envTLSCA, ""), "CA file that signed the broker's TLS certificate ($"+envTLSCA+"; tls:// URLs)")
 }
 

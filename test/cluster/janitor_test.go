@@ -25,8 +25,8 @@ func TestClusterAnswersJobsNobodyServes(t *testing.T) {
 		t.Fatal(err)
 	}
 	for _, tc := range []struct{ subject, code string }{
-		{"kiln.jobs.chat.nobody.normal", "no_worker"},
-		{"kiln.jobs.chat.nobody.urgent", "bad_subject"},
+		{"kiln.jobs.chat.nobody.normal.room-1", "no_worker"},
+		{"kiln.jobs.chat.nobody.urgent.room-1", "bad_subject"},
 	} {
 		id := schema.NewID()
 		reply := "kiln.reply.room-1." + id
@@ -36,9 +36,8 @@ func TestClusterAnswersJobsNobodyServes(t *testing.T) {
 		}
 		msg := nats.NewMsg(tc.subject)
 		msg.Data = []byte(`{"id": "` + id + `", "model": "nobody", "messages": [{"role": "user", "content": "hello"}]}`)
-		msg.Header.Set("Nats-Msg-Id", id)
+		msg.Header.Set("Nats-Msg-Id", "room-1."+id)
 		msg.Header.Set("Kiln-Reply-To", reply)
-		msg.Header.Set("Kiln-Client", "room-1")
 		msg.Header.Set("Content-Type", "application/json")
 		var published bool
 		for range 50 { // the stream may still be electing its leader
