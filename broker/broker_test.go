@@ -42,12 +42,12 @@ func TestTopologyIsProvisionedAndIdempotent(t *testing.T) {
 	c := info.Config
 	if c.Retention != jetstream.WorkQueuePolicy || c.Discard != jetstream.DiscardNew || c.MaxMsgs != 77 ||
 		c.Duplicates != 2*time.Minute || c.MaxAge != 10*time.Minute+topology.JobMaxAgeMargin || c.MaxMsgSize != 8<<20 ||
-		c.Storage != jetstream.FileStorage || len(c.Subjects) != 1 || c.Subjects[0] != "kiln.jobs.*.*.*" ||
+		c.Storage != jetstream.FileStorage || !slices.Equal(c.Subjects, []string{"kiln.jobs.*.*.*", "kiln.jobs.*.*.*.*"}) ||
 		topology.JobMaxAgeOf(c) != 10*time.Minute {
 		t.Fatalf("KILN_JOBS config %+v", c)
 	}
-	if c.RePublish == nil || !c.RePublish.HeadersOnly || c.RePublish.Source != "kiln.jobs.*.*.*" ||
-		c.RePublish.Destination != "kiln.wake.{{wildcard(1)}}.{{wildcard(2)}}.{{wildcard(3)}}" {
+	if c.RePublish == nil || !c.RePublish.HeadersOnly || c.RePublish.Source != "kiln.jobs.>" ||
+		c.RePublish.Destination != "kiln.wake.>" {
 		t.Fatalf("KILN_JOBS republish %+v", c.RePublish)
 	}
 	res, _ := js.Stream(ctx(t), "KILN_RESULTS")
