@@ -390,28 +390,7 @@ func TestReaperAnswersAHostileBody(t *testing.T) {
 	if _, err := js.PublishMsg(ctx, m); err != nil {
 		t.Fatal(err)
 	}
-	cons, err := topology.EnsureConsumer(ctx, js, bb.Topology, schema.KindChat, "ghost", schema.LaneNormal)
-	if err != nil {
-		t.Fatal(err)
-	}
-	// Two deliveries that die without an answer (as a worker killed each
-	// time would), then a pull that finds it out of deliveries.
-	for range 2 {
-		batch, err := cons.Fetch(1, jetstream.FetchMaxWait(5*time.Second))
-		if err != nil {
-			t.Fatal(err)
-		}
-		m, ok := <-batch.Messages()
-		if !ok {
-			t.Fatal("no delivery")
-		}
-		_ = m.Nak()
-	}
-	if batch, err := cons.Fetch(1, jetstream.FetchMaxWait(time.Second)); err == nil {
-		for m := range batch.Messages() {
-			t.Fatalf("delivered a third time: %v", m.Subject())
-		}
-	}
+	exhaustDeliveries(t, js, bb.Topology, "ghost", 2)
 	wait.For(t, 20*time.Second, 10*time.Millisecond, func() error {
 		if len(got.results("raw.reaped")) == 0 {
 			return errors.New("no result on raw.reaped")

@@ -693,29 +693,7 @@ func TestJobOutOfDeliveriesStillGetsOneResult(t *testing.T) {
 		t.Fatal(err)
 	}
 	js, _ := jetstream.New(brokertest.Connect(t, bb.Broker))
-	cons, err := topology.EnsureConsumer(ctx, js, bb.Topology, schema.KindChat, "ghost", schema.LaneNormal)
-	if err != nil {
-		t.Fatal(err)
-	}
-	// Two deliveries that die without an answer (as a worker killed each time would).
-	for range 2 {
-		batch, err := cons.Fetch(1, jetstream.FetchMaxWait(5*time.Second))
-		if err != nil {
-			t.Fatal(err)
-		}
-		m, ok := <-batch.Messages()
-		if !ok {
-			t.Fatal("no delivery")
-		}
-		_ = m.Nak()
-	}
-	// The next pull (a live worker asking for work) finds it out of
-	// deliveries: the server's advisory reaches the reaper.
-	if batch, err := cons.Fetch(1, jetstream.FetchMaxWait(time.Second)); err == nil {
-		for m := range batch.Messages() {
-			t.Fatalf("delivered a third time: %v", m.Subject())
-		}
-	}
+	exhaustDeliveries(t, js, bb.Topology, "ghost", 2)
 	res, err := p.Wait(ctx, nil)
 	if !errors.Is(err, client.ErrFailed) || res.Error.Code != schema.CodeFailed || !strings.Contains(res.Error.Message, "delivered 2 times") {
 		t.Fatalf("result %+v, err %v", res, err)
@@ -782,5 +760,34 @@ func TestLateEventsOfAnOlderRunAreDropped(t *testing.T) {
 	}
 	if got := strings.Join(seen, " "); got != "started#old token#olda started#new token#newb result#new" {
 		t.Fatalf("events %s", got)
+	}
+}
+
+// exhaustDeliveries takes the one queued chat job of model through all of
+// its deliveries (maxDeliver of them) without answering it, as workers
+// killed each time would; the next pull, a live worker asking for work,
+// finds it out of deliveries, so the server's advisory reaches the reaper.
+func exhaustDeliveries(t *testing.T, js jetstream.JetStream, topo topology.Config, model string, maxDeliver int) {
+	t.Helper()
+	ctx := workertest.Context(t)
+	cons, err := topology.EnsureConsumer(ctx, js, topo, schema.KindChat, model, schema.LaneNormal)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for range maxDeliver {
+		batch, err := cons.Fetch(1, jetstream.FetchMaxWait(5*time.Second))
+		if err != nil {
+			t.Fatal(err)
+		}
+		m, ok := <-batch.Messages()
+		if !ok {
+			t.Fatal("no delivery")
+		}
+		_ = m.Nak()
+	}
+	if batch, err := cons.Fetch(1, jetstream.FetchMaxWait(time.Second)); err == nil {
+		for m := range batch.Messages() {
+			t.Fatalf("delivered a third time: %v", m.Subject())
+		}
 	}
 }
