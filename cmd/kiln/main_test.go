@@ -78,12 +78,13 @@ func (u *upProcess) wait() (int, string) {
 // fleetStatus is what the tests read of `kiln status --json`.
 type fleetStatus struct {
 	Workers []struct {
-		Worker    string
-		State     string
-		CardTempC float64 `json:"card_temp_c"`
-		SoCTempC  float64 `json:"soc_temp_c"`
-		Governor  struct{ State string }
-		Models    []struct{ Name, Kind string }
+		Worker     string
+		State      string
+		CardTempC  float64 `json:"card_temp_c"`
+		SoCTempC   float64 `json:"soc_temp_c"`
+		Governor   struct{ State string }
+		CurrentJob string `json:"current_job"`
+		Models     []struct{ Name, Kind string }
 	}
 	Queue []any
 }
@@ -145,9 +146,9 @@ func TestUpServesTheQueueCommands(t *testing.T) {
 	if code != 1 || !strings.Contains(errOut, "no stored result for 01NOSUCHJOB") {
 		t.Fatalf("result of an unknown job: %d %q", code, errOut)
 	}
-	code, out, errOut = kiln(t, t.Context(), "cancel", "--nats", url, "01SOMEJOB")
-	if code != 0 || !strings.Contains(out, "cancel requested for 01SOMEJOB") {
-		t.Fatalf("cancel: %d %q %q", code, out, errOut)
+	code, _, errOut = kiln(t, t.Context(), "cancel", "--nats", url, "01SOMEJOB")
+	if code != 1 || !strings.Contains(errOut, "no job 01SOMEJOB") {
+		t.Fatalf("cancel of an unknown job: %d %q", code, errOut)
 	}
 	// A result stored as a worker stores it reads back through `kiln result`.
 	nc, err := nats.Connect(url)
@@ -163,6 +164,10 @@ func TestUpServesTheQueueCommands(t *testing.T) {
 	code, out, _ = kiln(t, t.Context(), "result", "--nats", url, "01DONE")
 	if code != 0 || !strings.Contains(out, "a stored answer") || !strings.Contains(out, "ok on w9") {
 		t.Fatalf("result: %d %q", code, out)
+	}
+	code, _, errOut = kiln(t, t.Context(), "cancel", "--nats", url, "01DONE")
+	if code != 1 || !strings.Contains(errOut, "job 01DONE has finished already (ok on w9): nothing to cancel") {
+		t.Fatalf("cancel of a finished job: %d %q", code, errOut)
 	}
 	evCtx, evCancel := context.WithTimeout(t.Context(), 4*time.Second)
 	defer evCancel()
