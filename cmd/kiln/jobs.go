@@ -285,7 +285,7 @@ func runImage(ctx context.Context, e *env, args []string) error {
 		return json.NewEncoder(e.stdout).Encode(map[string]any{"job_id": res.JobID, "status": res.Status, "file": *out,
 			"bytes": len(res.Image), "mime": res.Mime, "worker": res.Worker, "usage": res.Usage, "seed": res.Seed, "diffusion": res.Diffusion})
 	}
-	fmt.Fprintf(e.stdout, "wrote %s (%d bytes, %s, %d ms on %s)%s\n", *out, len(res.Image), res.Mime, res.Usage.TotalMS, res.Worker, madeWith(res))
+	fmt.Fprintf(e.stdout, "wrote %s (%d bytes, %s, %d ms on %s%s)\n", *out, len(res.Image), res.Mime, res.Usage.TotalMS, res.Worker, madeWith(res))
 	return nil
 }
 
