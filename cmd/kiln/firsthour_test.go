@@ -374,7 +374,7 @@ func TestJobsFromTheCommandLine(t *testing.T) {
 			t.Fatalf("kiln cancel of a queued job: %d %q %q", code, out, errOut)
 		}
 		code, out, errOut = kiln(t, t.Context(), "cancel", "--nats", url, running)
-		if code != 0 || !strings.Contains(out, "job "+running+" cancelled (cancelled on cli-card0: cancelled while running)") {
+		if code != 0 || !strings.Contains(out, "job "+running+" cancelled while running, on cli-card0\n") {
 			t.Fatalf("kiln cancel of a running job: %d %q %q", code, out, errOut)
 		}
 		code, _, errOut = first.wait()
@@ -385,8 +385,12 @@ func TestJobsFromTheCommandLine(t *testing.T) {
 		if code != 1 || !strings.Contains(errOut, "kiln chat: job "+queued+" cancelled before it started") {
 			t.Fatalf("the chat cancelled while queued: %d %q", code, errOut)
 		}
+		code, out, _ = kiln(t, t.Context(), "result", "--nats", url, running)
+		if code != 1 || !strings.Contains(out, "\ncancelled while running\n") || strings.Contains(out, "cancelled: cancelled") {
+			t.Fatalf("kiln result of the cancelled job: %d %q", code, out)
+		}
 		code, _, errOut = kiln(t, t.Context(), "cancel", "--nats", url, running)
-		if code != 1 || !strings.Contains(errOut, "job "+running+" has finished already (cancelled on cli-card0") {
+		if code != 1 || !strings.Contains(errOut, "job "+running+" has finished already (cancelled while running, on cli-card0): nothing to cancel") {
 			t.Fatalf("kiln cancel of a finished job: %d %q", code, errOut)
 		}
 	})

@@ -362,7 +362,7 @@ func runCancel(ctx context.Context, e *env, args []string) error {
 	res := awaitResult(ctx, c, id, cancelWait)
 	switch {
 	case res != nil && res.Status == schema.StatusCancelled:
-		fmt.Fprintf(e.stdout, "job %s cancelled (%s)\n", id, ended(res))
+		fmt.Fprintf(e.stdout, "job %s %s\n", id, ended(res))
 	case res != nil:
 		return fmt.Errorf("job %s finished before the cancel reached it (%s)", id, ended(res))
 	default:
@@ -420,7 +420,7 @@ func runResult(ctx context.Context, e *env, args []string) error {
 	fmt.Fprintf(e.stdout, "job %s: %s on %s (attempt %d), queued %d ms, ran %d ms\n",
 		res.JobID, res.Status, res.Worker, res.Attempt, res.Usage.QueueMS, res.Usage.TotalMS)
 	if res.Error != nil {
-		fmt.Fprintf(e.stdout, "error: %s\n", res.Error)
+		fmt.Fprintf(e.stdout, "%s\n", outcome(res))
 	}
 	if res.Text != "" {
 		fmt.Fprintln(e.stdout, res.Text)

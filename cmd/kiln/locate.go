@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"strings"
 	"sync"
 	"time"
 
@@ -135,14 +136,19 @@ func jsonID(m *jetstream.RawStreamMsg) string {
 	return h.ID
 }
 
-// ended says how a stored result ended, for people: "ok on w1".
+// outcome says how a result ended, once: "ok", "cancelled while running",
+// "refused: over_limit on messages: …" (client.JobError's sentence).
+func outcome(res *schema.Result) string {
+	if res.Status == schema.StatusOK {
+		return res.Status
+	}
+	return strings.TrimPrefix((&client.JobError{Result: res}).Error(), "kiln: job "+res.JobID+" ")
+}
+
+// ended is outcome and the worker: "cancelled while running, on w1".
 func ended(res *schema.Result) string {
-	s := res.Status
-	if res.Worker != "" {
-		s += " on " + res.Worker
+	if res.Worker == "" {
+		return outcome(res)
 	}
-	if res.Error != nil {
-		s += ": " + res.Error.Message
-	}
-	return s
+	return outcome(res) + ", on " + res.Worker
 }

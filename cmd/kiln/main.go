@@ -190,7 +190,8 @@ func usage(w io.Writer, cmds map[string]command) {
 		fmt.Fprintf(tw, "  %s\t--%s\t%s\n", s.env, s.flag, s.what)
 	}
 	tw.Flush()
-	fmt.Fprintln(w, "The card simulator reads KILN_SIM_* (test/cardsim/README.md).")
+	fmt.Fprintln(w, "The card simulator reads KILN_SIM_* (test/cardsim/README.md); the broker configs in deploy/nats")
+	fmt.Fprintln(w, "read KILN_NODE, KILN_CLUSTER_LISTEN, KILN_ROUTE_1..3 and KILN_LEAF_LISTEN (docs/deploy.md).")
 }
 
 // newFlags returns a flag set that reports errors instead of exiting, with

@@ -166,7 +166,7 @@ func TestUpServesTheQueueCommands(t *testing.T) {
 		t.Fatalf("result: %d %q", code, out)
 	}
 	code, _, errOut = kiln(t, t.Context(), "cancel", "--nats", url, "01DONE")
-	if code != 1 || !strings.Contains(errOut, "job 01DONE has finished already (ok on w9): nothing to cancel") {
+	if code != 1 || !strings.Contains(errOut, "job 01DONE has finished already (ok, on w9): nothing to cancel") {
 		t.Fatalf("cancel of a finished job: %d %q", code, errOut)
 	}
 	evCtx, evCancel := context.WithTimeout(t.Context(), 4*time.Second)
