@@ -233,9 +233,7 @@ type Heartbeat struct {
 	CurrentJob  string         `msgpack:"current_job,omitempty" json:"current_job,omitempty"`
 	JobsOK      int64          `msgpack:"jobs_ok" json:"jobs_ok"`
 	JobsFailed  int64          `msgpack:"jobs_failed" json:"jobs_failed"`
-	// JobsRefused counts the jobs refused as invalid (the sender's fault:
-	// an error code of the invalid_request class); JobsFailed the others.
-	JobsRefused int64 `msgpack:"jobs_refused" json:"jobs_refused"`
+	JobsRefused int64          `msgpack:"jobs_refused" json:"jobs_refused"` // invalid jobs (the sender's fault); JobsFailed counts the others
 	TokensPerS  float64        `msgpack:"tokens_per_s,omitempty" json:"tokens_per_s,omitempty"`
 	UptimeS     int64          `msgpack:"uptime_s" json:"uptime_s"`
 	Governor    GovernorStatus `msgpack:"governor" json:"governor"`

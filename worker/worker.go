@@ -55,7 +55,7 @@ type Worker struct {
 	cancelled map[string]time.Time // ids cancelled (kiln_cancel mirror), pruned after JobMaxAge
 
 	jobsOK, jobsFailed atomic.Int64
-	jobsRefused        atomic.Int64 // invalid jobs: the sender's fault, not the card's
+	jobsRefused        atomic.Int64  // invalid jobs: the sender's fault, not the card's
 	tokensPerS         atomic.Uint64 // float64 bits: decode rate of the last chat job done
 
 	hw  health        // thermal governor, device faults (governor.go, faults.go)
