@@ -15,7 +15,9 @@
 // A job that restarts on another card (its worker died) shows up as a
 // "started" event with a higher Attempt; the client drops any late event of
 // an older attempt, so streamed text never interleaves. Cancelling ctx of
-// Chat or Image cancels the job.
+// Chat or Image cancels the job (the error is a *CancelledError, matching
+// ErrCancelled). A job refused as invalid, before publishing or by a
+// worker, is a *JobError matching ErrInvalid.
 //
 // The client imports schema (the wire contract), broker/topology (stream,
 // bucket and subject names, the message builder; it links no nats-server)
