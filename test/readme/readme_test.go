@@ -26,6 +26,7 @@ import (
 	"errors"
 	"fmt"
 	"image/png"
+	"io"
 	"net"
 	"os"
 	"os/exec"
@@ -56,6 +57,8 @@ type expectation struct {
 	command   *regexp.Regexp // the command as the README writes it
 	mode      mode
 	prints    []string // regexps that its stdout and stderr must match
+	stdout    string   // runs: a regexp its stdout alone must match
+	ready     string   // background: a regexp it prints once it is ready for the next command
 	why       string   // skip: why not
 	retry     bool     // runs: retried until it succeeds (a result stored once its job is done)
 	cleanExit bool     // tail: exit 0 on Ctrl-C
@@ -74,9 +77,9 @@ var firstHour = []*expectation{
 	{command: regexp.MustCompile(`^build/kiln events$`), mode: tail, cleanExit: true,
 		prints: []string{` heartbeat \S+\s+ready card `}},
 	{command: regexp.MustCompile(`^build/kiln chat --model qwen3-tiny .*"write a haiku"$`), mode: runs,
-		prints: []string{`kiln: job \S+ submitted to chat/qwen3-tiny \(normal lane\)`, `(?m)^\S.*\S`}},
+		prints: []string{`kiln: job \S+ submitted to chat/qwen3-tiny \(normal lane\)`}, stdout: `\S`},
 	{command: regexp.MustCompile(`^echo "write a haiku" \| build/kiln chat --model qwen3-tiny .* -$`), mode: runs,
-		prints: []string{`kiln: job \S+ submitted to chat/qwen3-tiny`}},
+		prints: []string{`kiln: job \S+ submitted to chat/qwen3-tiny`}, stdout: `\S`},
 	{command: regexp.MustCompile(`^build/kiln image "a red fox" -o fox\.png`), mode: runs,
 		prints: []string{`wrote fox\.png \(\d+ bytes, image/png, \d+ ms on \S+, seed \d+, 4 steps, 512×512\)`},
 		check:  pngFile("fox.png", 512, 512), writes: []string{"fox.png"}},
@@ -84,7 +87,7 @@ var firstHour = []*expectation{
 		prints: []string{`runtime `, `CARD\s+ID\s+PCI`}},
 	{command: regexp.MustCompile(`^build/kiln tokenize --tokenizer \S+ "hello"$`), mode: runs,
 		prints: []string{`^\[\d+(,\d+)*\]\n$`}},
-	{command: regexp.MustCompile(`^nats -s \$kiln sub 'my\.inbox' &$`), mode: background,
+	{command: regexp.MustCompile(`^nats -s \$kiln sub 'my\.inbox' &$`), mode: background, ready: `Subscribing on my\.inbox`,
 		prints: []string{`"type":"started"`, `"type":"token"`, `"type":"result"`, `"status":"ok"`}},
 	{command: regexp.MustCompile(`^nats -s \$kiln pub kiln\.jobs\.chat\.qwen3-tiny\.normal .*-H Nats-Msg-Id:job-1 -H Kiln-Reply-To:my\.inbox `), mode: runs,
 		prints: []string{`Published \d+ bytes to "kiln\.jobs\.chat\.qwen3-tiny\.normal"`}},
@@ -329,7 +332,9 @@ func TestREADMEFirstHour(t *testing.T) {
 				e *expectation
 				c string
 			}{start(t, root, env, script), e, c.text})
-			time.Sleep(500 * time.Millisecond) // as a person starts the next command
+			if e.ready != "" {
+				waitPrints(t, c.text, inBlock[len(inBlock)-1].p.out, []string{e.ready}, 30*time.Second)
+			}
 		case tail:
 			p := start(t, root, env, script)
 			waitPrints(t, c.text, p.out, e.prints, 30*time.Second)
@@ -394,11 +399,15 @@ func runToEnd(t *testing.T, root string, env []string, script, text string, e *e
 		defer cancel()
 		cmd := exec.CommandContext(ctx, "bash", "-c", script)
 		cmd.Dir, cmd.Env = root, env
-		out, err := cmd.CombinedOutput()
-		if err != nil {
-			return string(out), fmt.Errorf("%s: %v\n%s", text, err, out)
+		var stdout, out syncBuffer
+		cmd.Stdout, cmd.Stderr = io.MultiWriter(&stdout, &out), &out
+		if err := cmd.Run(); err != nil {
+			return out.String(), fmt.Errorf("%s: %v\n%s", text, err, out.String())
 		}
-		return string(out), printsAll(text, string(out), e.prints)
+		if e.stdout != "" && !regexp.MustCompile(e.stdout).MatchString(stdout.String()) {
+			return out.String(), fmt.Errorf("%s: its stdout does not match %s:\n%s", text, e.stdout, stdout.String())
+		}
+		return out.String(), printsAll(text, out.String(), e.prints)
 	}
 	var err error
 	if e.retry {
