@@ -20,7 +20,9 @@
 // discards what it had. The client passes one run's events at a time, from
 // its "started" on, and none of an older run after a newer one began, so
 // streamed text never interleaves (see Pending.Events). Cancelling ctx of
-// Chat or Image cancels the job.
+// Chat or Image cancels the job (the error is a *CancelledError, matching
+// ErrCancelled). A job refused as invalid, before publishing or by a
+// worker, is a *JobError matching ErrInvalid.
 //
 // The client imports schema (the wire contract), broker/topology (stream,
 // bucket and subject names, the message builder; it links no nats-server)
@@ -62,17 +64,42 @@ var (
 	ErrNotFound = errors.New("kiln: no such result")
 )
 
-// JobError is a job that ended without status ok. It matches ErrInvalid,
-// ErrCancelled, ErrExpired, ErrNoWorker or ErrFailed with errors.Is.
+// JobError is a job that ended without status ok, or that Submit refused
+// as invalid before publishing it (its Result then has status error and
+// the error naming the field and the limit, and no worker). It matches
+// ErrInvalid, ErrCancelled, ErrExpired, ErrNoWorker or ErrFailed with errors.Is.
 type JobError struct {
 	Result *schema.Result
 }
 
+// Error says what became of the job in one sentence, e.g. "kiln: job 01J…
+// cancelled while running" or "kiln: job 01J… refused: over_limit on
+// messages: …".
 func (e *JobError) Error() string {
-	if e.Result.Error != nil {
-		return fmt.Sprintf("kiln: job %s %s: %v", e.Result.JobID, e.Result.Status, e.Result.Error)
+	r := e.Result
+	word := r.Status
+	switch {
+	case r.Status == schema.StatusError && r.Error != nil && r.Error.Code.Invalid():
+		word = "refused"
+	case r.Status == schema.StatusError:
+		word = "failed"
 	}
-	return fmt.Sprintf("kiln: job %s %s", e.Result.JobID, e.Result.Status)
+	if r.Error == nil {
+		return fmt.Sprintf("kiln: job %s %s", r.JobID, word)
+	}
+	detail := r.Error.Message
+	if r.Error.Code.Invalid() {
+		where := ""
+		if r.Error.Field != "" {
+			where = " on " + r.Error.Field
+		}
+		detail = fmt.Sprintf("%s%s: %s", r.Error.Code, where, r.Error.Message)
+	}
+	// "cancelled" + "cancelled while running" reads once, not twice.
+	if rest, ok := strings.CutPrefix(detail, word+" "); ok {
+		return fmt.Sprintf("kiln: job %s %s %s", r.JobID, word, rest)
+	}
+	return fmt.Sprintf("kiln: job %s %s: %s", r.JobID, word, detail)
 }
 
 // Is maps the result's status and code to the sentinels.
@@ -91,6 +118,25 @@ func (e *JobError) Is(target error) bool {
 	}
 	return target == ErrFailed
 }
+
+// CancelledError is what Chat and Image return when their ctx ends before
+// the job's result: they cancelled the job. It matches ErrCancelled with
+// errors.Is, and unwraps to the context's cause (context.Canceled,
+// context.DeadlineExceeded or the cause given to the context).
+type CancelledError struct {
+	JobID string
+	Cause error
+}
+
+func (e *CancelledError) Error() string {
+	return fmt.Sprintf("kiln: job %s cancelled: %v", e.JobID, e.Cause)
+}
+
+// Is reports whether target is ErrCancelled.
+func (e *CancelledError) Is(target error) bool { return target == ErrCancelled }
+
+// Unwrap returns the context's cause.
+func (e *CancelledError) Unwrap() error { return e.Cause }
 
 // resultError returns nil for an ok result, else a *JobError.
 func resultError(res *schema.Result) error {
@@ -172,8 +218,14 @@ type Client struct {
 	cancelKV jetstream.KeyValue
 }
 
+// errNilConn is what New says of a nil connection.
+var errNilConn = errors.New("kiln: client.New needs a connection, got nil (nats.Connect's error?)")
+
 // New returns a client on nc.
 func New(nc *nats.Conn, opts ...Option) (*Client, error) {
+	if nc == nil {
+		return nil, errNilConn
+	}
 	js, err := jetstream.New(nc)
 	if err != nil {
 		return nil, fmt.Errorf("kiln: %w", err)
@@ -208,7 +260,8 @@ func (c *Client) Close() {
 }
 
 // Chat submits a chat job and streams its events to fn until the result.
-// A non-nil error from fn, or the end of ctx, cancels the job.
+// A non-nil error from fn, or the end of ctx, cancels the job: fn's error
+// is returned, or for ctx a *CancelledError (errors.Is ErrCancelled).
 func (c *Client) Chat(ctx context.Context, job *schema.ChatJob, fn func(schema.Event) error) (*schema.Result, error) {
 	return c.run(ctx, job, fn)
 }
@@ -228,9 +281,10 @@ func (c *Client) run(ctx context.Context, job schema.Job, fn func(schema.Event) 
 	res, err := p.Wait(ctx, fn)
 	if err != nil && res == nil {
 		// The caller gave up: the job is not wanted any more.
-		cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 2*time.Second)
-		_ = c.Cancel(cctx, p.ID)
-		cancel()
+		_ = p.Cancel(context.WithoutCancel(ctx))
+		if ctx.Err() != nil {
+			return nil, &CancelledError{JobID: p.ID, Cause: context.Cause(ctx)}
+		}
 	}
 	return res, err
 }
@@ -241,7 +295,7 @@ func (c *Client) run(ctx context.Context, job schema.Job, fn func(schema.Event) 
 // the client's own (schema.Subjects.ReplyTo: under <prefix>.reply.<id>. or
 // _INBOX.<id>.), or for an anonymous client, one outside kiln's own
 // subjects. It fails with ErrInvalid (the job breaks a limit or that
-// rule), ErrNoWorker (no live worker serves the model) or ErrQueueFull (the
+// rule: a *JobError naming the field, as a worker would refuse it), ErrNoWorker (no live worker serves the model) or ErrQueueFull (the
 // queue is at its limit) without publishing.
 func (c *Client) Submit(ctx context.Context, job schema.Job) (*Pending, error) {
 	h := job.Header()
@@ -268,7 +322,7 @@ func (c *Client) Submit(ctx context.Context, job schema.Job) (*Pending, error) {
 		_, verr = c.subj.ReplyTo(c.client, h.ID, h.ReplyTo)
 	}
 	if verr != nil {
-		return nil, fmt.Errorf("%w: %w", ErrInvalid, verr)
+		return nil, &JobError{Result: &schema.Result{JobID: h.ID, Status: schema.StatusError, Error: verr}}
 	}
 	if !c.skipWorkerCheck {
 		rctx, cancel := context.WithTimeout(ctx, requestTimeout)

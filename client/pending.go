@@ -31,6 +31,17 @@ func (p *Pending) Close() {
 	}
 }
 
+// Cancel asks for the job to stop (Client.Cancel of its id). It gives up
+// after 2 s when ctx has no deadline.
+func (p *Pending) Cancel(ctx context.Context) error {
+	if _, ok := ctx.Deadline(); !ok {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, 2*time.Second)
+		defer cancel()
+	}
+	return p.c.Cancel(ctx, p.ID)
+}
+
 // Wait passes the job's events to fn (nil is fine) until the result event,
 // and returns the result. A result whose status is not ok comes back with a
 // *JobError. An error from fn stops the wait and is returned. If no event

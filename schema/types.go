@@ -156,6 +156,41 @@ type Result struct {
 	// by a later delivery (the first one's ack was lost) keeps its own run.
 	Run     string `msgpack:"run,omitempty" json:"run,omitempty"`
 	Attempt int    `msgpack:"attempt,omitempty" json:"attempt,omitempty"`
+	// Seed is the seed the job ran with: its own, or the one the worker
+	// drew for it. Sent back in the job, with the same settings, it makes
+	// the same text or image. Set when the model ran.
+	Seed *uint64 `msgpack:"seed,omitempty" json:"seed,omitempty"`
+	// Sampling is how a chat picked its tokens, as applied; set on chat
+	// results when the model ran.
+	Sampling *Sampling `msgpack:"sampling,omitempty" json:"sampling,omitempty"`
+	// Diffusion is how an image was made, as applied; set on image results
+	// when the model ran.
+	Diffusion *Diffusion `msgpack:"diffusion,omitempty" json:"diffusion,omitempty"`
+}
+
+// Sampling is the sampling a chat ran with: the job's settings over the
+// model package's defaults. Greedy means every token was the most likely
+// one (temperature 0 or top_k 1) and the seed did not matter.
+type Sampling struct {
+	Greedy      bool    `msgpack:"greedy" json:"greedy"`
+	Temperature float64 `msgpack:"temperature" json:"temperature"`
+	// TopP 1 keeps every token; TopK 0 keeps every token.
+	TopP float64 `msgpack:"top_p" json:"top_p"`
+	TopK int     `msgpack:"top_k" json:"top_k"`
+	// RepetitionPenalty 0 or 1 is none; it looks at the reply's last
+	// PenaltyWindow tokens.
+	RepetitionPenalty float64 `msgpack:"repetition_penalty" json:"repetition_penalty"`
+	PenaltyWindow     int     `msgpack:"penalty_window,omitempty" json:"penalty_window,omitempty"`
+}
+
+// Diffusion is what an image job ran with: the schedule's steps (an
+// img2img job runs int(steps×strength) of them, from the schedule's tail),
+// the img2img strength (0 for txt2img) and the image's size in pixels.
+type Diffusion struct {
+	Steps    int     `msgpack:"steps" json:"steps"`
+	Strength float64 `msgpack:"strength,omitempty" json:"strength,omitempty"`
+	Width    int     `msgpack:"width" json:"width"`
+	Height   int     `msgpack:"height" json:"height"`
 }
 
 // Usage counts what a job cost.
@@ -209,6 +244,7 @@ type Heartbeat struct {
 	CurrentJob  string         `msgpack:"current_job,omitempty" json:"current_job,omitempty"`
 	JobsOK      int64          `msgpack:"jobs_ok" json:"jobs_ok"`
 	JobsFailed  int64          `msgpack:"jobs_failed" json:"jobs_failed"`
+	JobsRefused int64          `msgpack:"jobs_refused" json:"jobs_refused"` // invalid jobs (the sender's fault); JobsFailed counts the others
 	TokensPerS  float64        `msgpack:"tokens_per_s,omitempty" json:"tokens_per_s,omitempty"`
 	UptimeS     int64          `msgpack:"uptime_s" json:"uptime_s"`
 	Governor    GovernorStatus `msgpack:"governor" json:"governor"`

@@ -47,11 +47,12 @@ const (
 	DeviceLoadFailed  = "load_failed"  // the models could not be loaded at start: the worker exits
 )
 
-// startLoading loads the device's models in the background (Loader).
-func (w *Worker) startLoading(ctx context.Context) {
+// startLoading loads the device's models in the background (Loader) and
+// reports whether it does; "worker ready" is logged once they are loaded.
+func (w *Worker) startLoading(ctx context.Context) bool {
 	l, ok := w.cfg.Device.(Loader)
 	if !ok {
-		return
+		return false
 	}
 	w.hw.mu.Lock()
 	w.hw.resetting = true
@@ -70,7 +71,9 @@ func (w *Worker) startLoading(ctx context.Context) {
 		}
 		w.endReset()
 		w.deviceEvent(DeviceReady, fmt.Sprintf("models loaded in %v", time.Since(start).Round(time.Millisecond)))
+		w.logReady()
 	}()
+	return true
 }
 
 // noteFault records a device fault seen by the running job; the loop

@@ -21,20 +21,21 @@ func (w *Worker) Status() schema.Heartbeat {
 	}
 	w.mu.Unlock()
 	hb := schema.Heartbeat{
-		Worker:     w.cfg.Name,
-		Host:       host,
-		Card:       w.cfg.Card,
-		Version:    w.cfg.Version,
-		State:      state,
-		Models:     w.Models(),
-		CurrentJob: current,
-		JobsOK:     w.jobsOK.Load(),
-		JobsFailed: w.jobsFailed.Load(),
-		TokensPerS: math.Float64frombits(w.tokensPerS.Load()),
-		UptimeS:    int64(time.Since(w.startedAt).Seconds()),
-		Governor:   schema.GovernorStatus{State: "off"},
-		IntervalMS: w.cfg.Topology.HeartbeatInterval.Milliseconds(),
-		Time:       time.Now().UTC(),
+		Worker:      w.cfg.Name,
+		Host:        host,
+		Card:        w.cfg.Card,
+		Version:     w.cfg.Version,
+		State:       state,
+		Models:      w.Models(),
+		CurrentJob:  current,
+		JobsOK:      w.jobsOK.Load(),
+		JobsFailed:  w.jobsFailed.Load(),
+		JobsRefused: w.jobsRefused.Load(),
+		TokensPerS:  math.Float64frombits(w.tokensPerS.Load()),
+		UptimeS:     int64(time.Since(w.startedAt).Seconds()),
+		Governor:    schema.GovernorStatus{State: "off"},
+		IntervalMS:  w.cfg.Topology.HeartbeatInterval.Milliseconds(),
+		Time:        time.Now().UTC(),
 	}
 	w.governorStatus(&hb)
 	if w.cfg.StatusFunc != nil {

@@ -508,11 +508,14 @@ func (w *Worker) reject(ctx context.Context, d *delivery, verr *schema.Error) {
 func (w *Worker) finish(ctx context.Context, d *delivery, res *schema.Result, log *slog.Logger) {
 	res.JobID, res.Worker, res.Run, res.Attempt = d.id, w.cfg.Name, d.run, d.attempt
 	res.Usage.QueueMS = queueMS(d)
-	if res.Status == schema.StatusOK {
+	switch {
+	case res.Status == schema.StatusOK:
 		w.jobsOK.Add(1)
 		w.jobSucceeded()
 		w.noteRate(res)
-	} else {
+	case res.Error != nil && res.Error.Code.Invalid():
+		w.jobsRefused.Add(1)
+	default:
 		w.jobsFailed.Add(1)
 	}
 	if d.id != "" {

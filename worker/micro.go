@@ -34,7 +34,7 @@ func (w *Worker) startMicro() error {
 		Description: "kiln worker " + w.cfg.Name + ": chat and image jobs on one NPU card",
 		Metadata:    meta,
 		StatsHandler: func(*micro.Endpoint) any {
-			return map[string]any{"worker": w.cfg.Name, "jobs_ok": w.jobsOK.Load(), "jobs_failed": w.jobsFailed.Load()}
+			return map[string]any{"worker": w.cfg.Name, "jobs_ok": w.jobsOK.Load(), "jobs_failed": w.jobsFailed.Load(), "jobs_refused": w.jobsRefused.Load()}
 		},
 	})
 	if err != nil {

@@ -55,6 +55,7 @@ type Worker struct {
 	cancelled map[string]time.Time // ids cancelled (kiln_cancel mirror), pruned after JobMaxAge
 
 	jobsOK, jobsFailed atomic.Int64
+	jobsRefused        atomic.Int64  // invalid jobs: the sender's fault, not the card's
 	tokensPerS         atomic.Uint64 // float64 bits: decode rate of the last chat job done
 
 	hw  health        // thermal governor, device faults (governor.go, faults.go)
@@ -217,7 +218,7 @@ func (w *Worker) start(ctx context.Context) error {
 	if err := w.startGovernor(ctx); err != nil {
 		return fmt.Errorf("worker: %w", err)
 	}
-	w.startLoading(ctx)
+	loading := w.startLoading(ctx)
 	if err := w.startMicro(); err != nil {
 		w.log.Warn("not registered as a NATS micro service", "err", err)
 	}
@@ -225,15 +226,31 @@ func (w *Worker) start(ctx context.Context) error {
 	w.heartbeat(ctx)
 	go w.heartbeatLoop()
 	go w.loop()
-	models := make([]string, 0, len(w.routes))
-	for _, m := range w.Models() {
-		models = append(models, m.Kind+"/"+m.Name)
+	if loading {
+		w.log.Info("worker started, loading its models: it takes jobs once they are loaded", "models", w.modelNames())
+	} else {
+		w.logReady()
 	}
+	return nil
+}
+
+// logReady says the worker takes jobs now: at start, or once a Loader has
+// loaded the models.
+func (w *Worker) logReady() {
+	models := w.modelNames()
 	w.log.Info("worker ready", "models", models)
 	if len(models) == 0 {
 		w.log.Warn("worker serves no models: it heartbeats but takes no jobs")
 	}
-	return nil
+}
+
+// modelNames lists the served models as kind/name.
+func (w *Worker) modelNames() []string {
+	models := []string{}
+	for _, m := range w.Models() {
+		models = append(models, m.Kind+"/"+m.Name)
+	}
+	return models
 }
 
 // Run starts the worker, serves until ctx ends, then stops gracefully: the
@@ -319,7 +336,7 @@ func (w *Worker) finishStop() {
 		}
 	}
 	_ = w.nc.FlushWithContext(ctx)
-	w.log.Info("worker stopped", "jobs_ok", w.jobsOK.Load(), "jobs_failed", w.jobsFailed.Load())
+	w.log.Info("worker stopped", "jobs_ok", w.jobsOK.Load(), "jobs_failed", w.jobsFailed.Load(), "jobs_refused", w.jobsRefused.Load())
 	close(w.stopped)
 }
 

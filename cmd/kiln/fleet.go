@@ -29,6 +29,7 @@ func runStatus(ctx context.Context, e *env, args []string) error {
 	if err != nil {
 		return err
 	}
+	workers = liveStatus(ctx, nc, cf.topology().Subjects(), workers)
 	queue, err := c.Queue(ctx)
 	if err != nil {
 		return err
@@ -39,14 +40,14 @@ func runStatus(ctx context.Context, e *env, args []string) error {
 		return enc.Encode(map[string]any{"workers": workers, "queue": queue})
 	}
 	tw := tabwriter.NewWriter(e.stdout, 0, 4, 2, ' ', 0)
-	fmt.Fprintln(tw, "WORKER\tSTATE\tCARD °C\tSOC °C\tGOVERNOR\tMODELS\tCURRENT JOB\tOK\tFAILED\tTOK/S\tUP")
+	fmt.Fprintln(tw, "WORKER\tSTATE\tCARD °C\tSOC °C\tGOVERNOR\tMODELS\tCURRENT JOB\tOK\tFAILED\tREFUSED\tTOK/S\tUP")
 	for _, w := range workers {
 		var models []string
 		for _, m := range w.Models {
 			models = append(models, m.Kind+"/"+m.Name)
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%d\t%d\t%.1f\t%s\n", w.Worker, w.State, temp(w.CardTempC), temp(w.SoCTempC),
-			w.Governor.State, orDash(strings.Join(models, ",")), orDash(w.CurrentJob), w.JobsOK, w.JobsFailed, w.TokensPerS,
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%d\t%d\t%d\t%.1f\t%s\n", w.Worker, w.State, temp(w.CardTempC), temp(w.SoCTempC),
+			w.Governor.State, orDash(strings.Join(models, ",")), orDash(w.CurrentJob), w.JobsOK, w.JobsFailed, w.JobsRefused, w.TokensPerS,
 			(time.Duration(w.UptimeS) * time.Second).String())
 	}
 	if len(workers) == 0 {
@@ -129,8 +130,8 @@ func describe(ev client.FleetEvent) string {
 		if h.CurrentJob != "" {
 			job = " job " + h.CurrentJob
 		}
-		return fmt.Sprintf("%s heartbeat %-12s %s card %s°C soc %s°C ok %d failed %d%s", h.Time.Local().Format(time.TimeOnly),
-			h.Worker, h.State, temp(h.CardTempC), temp(h.SoCTempC), h.JobsOK, h.JobsFailed, job)
+		return fmt.Sprintf("%s heartbeat %-12s %s card %s°C soc %s°C ok %d failed %d refused %d%s", h.Time.Local().Format(time.TimeOnly),
+			h.Worker, h.State, temp(h.CardTempC), temp(h.SoCTempC), h.JobsOK, h.JobsFailed, h.JobsRefused, job)
 	case ev.Thermal != nil:
 		t := ev.Thermal
 		return fmt.Sprintf("%s thermal   %-12s %s -> %s at card %.1f°C soc %.1f°C %s", t.Time.Local().Format(time.TimeOnly),

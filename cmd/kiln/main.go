@@ -13,8 +13,10 @@ import (
 	"os"
 	"os/signal"
 	"sort"
+	"strconv"
 	"strings"
 	"syscall"
+	"text/tabwriter"
 	"time"
 
 	"github.com/lmittmann/tint"
@@ -35,6 +37,15 @@ type env struct {
 	stdin          io.Reader
 	stdout, stderr io.Writer
 	log            *slog.Logger
+
+	logFormat string // text, json or "" (by the terminal): --log-format, $KILN_LOG_FORMAT
+	debug     bool   // --debug, $KILN_DEBUG
+}
+
+// setLogger makes e.log (and slog's default) follow e.logFormat and e.debug.
+func (e *env) setLogger() {
+	e.log = newLogger(e.stderr, e.logFormat, e.debug)
+	slog.SetDefault(e.log)
 }
 
 func commands() map[string]command {
@@ -62,26 +73,81 @@ func wrapTokenize(ctx context.Context, e *env, args []string) error {
 	return runTokenize(ctx, args, e.stdin, e.stdout, e.stderr)
 }
 
-func runVersion(_ context.Context, e *env, _ []string) error {
+func runVersion(_ context.Context, e *env, args []string) error {
+	fs := newFlags(e, "version", "")
+	if err := parse(fs, args); err != nil {
+		return err
+	}
 	fmt.Fprintln(e.stdout, "kiln", version)
 	return nil
 }
 
 func main() {
-	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
-	code := run(ctx, os.Args[1:], os.Stdin, os.Stdout, os.Stderr)
+	stderr := os.Stderr
+	ctx, stop := signalContext(context.Background(), func(sig os.Signal) {
+		// slog's default is the command's logger (run sets it).
+		slog.Info("signal received: stopping (again to force)", "signal", sig.String())
+	})
+	code := run(ctx, os.Args[1:], os.Stdin, os.Stdout, stderr)
 	stop()
 	os.Exit(code)
 }
 
+// errInterrupted is the cause of the context of a command stopped by a
+// signal.
+var errInterrupted = errors.New("interrupted")
+
+// signalContext is ctx cancelled (cause errInterrupted, naming the signal)
+// at the first SIGINT or SIGTERM, after notify; a second one ends the
+// process the default way.
+func signalContext(ctx context.Context, notify func(os.Signal)) (context.Context, func()) {
+	ctx, cancel := context.WithCancelCause(ctx)
+	ch := make(chan os.Signal, 1)
+	signal.Notify(ch, os.Interrupt, syscall.SIGTERM)
+	done := make(chan struct{})
+	go func() {
+		select {
+		case sig := <-ch:
+			signal.Reset(os.Interrupt, syscall.SIGTERM)
+			notify(sig)
+			cancel(fmt.Errorf("%w by %s", errInterrupted, sigName(sig)))
+		case <-done:
+		}
+	}()
+	return ctx, func() {
+		signal.Stop(ch)
+		close(done)
+		cancel(nil)
+	}
+}
+
+func sigName(sig os.Signal) string {
+	switch sig {
+	case os.Interrupt:
+		return "SIGINT"
+	case syscall.SIGTERM:
+		return "SIGTERM"
+	}
+	return sig.String()
+}
+
 // run is main without the process: it returns the exit code.
 func run(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.Writer) int {
-	e := &env{stdin: stdin, stdout: stdout, stderr: stderr, log: newLogger(stderr)}
-	slog.SetDefault(e.log)
+	e := &env{stdin: stdin, stdout: stdout, stderr: stderr,
+		logFormat: strings.ToLower(os.Getenv(envLogFormat)), debug: os.Getenv(envDebug) != ""}
+	e.setLogger()
 	cmds := commands()
-	if len(args) == 0 || args[0] == "help" || args[0] == "-h" || args[0] == "--help" {
+	if len(args) == 0 || args[0] == "-h" || args[0] == "--help" || args[0] == "-help" {
 		usage(stdout, cmds)
 		return 0
+	}
+	if args[0] == "help" {
+		if len(args) == 1 {
+			usage(stdout, cmds)
+			return 0
+		}
+		// kiln help chat = kiln chat -h
+		args = append(args[1:len(args):len(args)], "-h")
 	}
 	cmd, ok := cmds[args[0]]
 	if !ok {
@@ -98,7 +164,7 @@ func run(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.
 	case errors.Is(err, errUsage):
 		return 2
 	}
-	fmt.Fprintf(stderr, "kiln %s: %v\n", args[0], err)
+	fmt.Fprintf(stderr, "kiln %s: %s\n", args[0], strings.TrimPrefix(err.Error(), "kiln: "))
 	return 1
 }
 
@@ -117,12 +183,19 @@ func usage(w io.Writer, cmds map[string]command) {
 	for _, n := range names {
 		fmt.Fprintf(w, "  %-9s %s\n", n, cmds[n].summary)
 	}
-	fmt.Fprintln(w, "\n`kiln <command> -h` shows a command's flags. Environment: KILN_NATS_URL, KILN_LISTEN, KILN_DATA,")
-	fmt.Fprintln(w, "KILN_CONFIG, KILN_AXCL_LIB, KILN_MODELS, KILN_PREFIX, KILN_LOG_FORMAT, KILN_NKEY, KILN_CLIENT_ID,")
-	fmt.Fprintln(w, "KILN_TLS_CA, KILN_GOVERNOR, KILN_CARD_TEMP, KILN_SOC_TEMP, KILN_SOC_ZONE (each also a flag; docs/DESIGN.md §6).")
+	fmt.Fprintln(w, "\n`kiln help <command>` or `kiln <command> -h` shows a command's flags.")
+	fmt.Fprintln(w, "\nenvironment (each the default of the flag beside it; docs/DESIGN.md §6):")
+	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+	for _, s := range environment {
+		fmt.Fprintf(tw, "  %s\t--%s\t%s\n", s.env, s.flag, s.what)
+	}
+	tw.Flush()
+	fmt.Fprintln(w, "The card simulator reads KILN_SIM_* (test/cardsim/README.md); the broker configs in deploy/nats")
+	fmt.Fprintln(w, "read KILN_NODE, KILN_CLUSTER_LISTEN, KILN_ROUTE_1..3 and KILN_LEAF_LISTEN (docs/deploy.md).")
 }
 
-// newFlags returns a flag set that reports errors instead of exiting.
+// newFlags returns a flag set that reports errors instead of exiting, with
+// the logging flags every command has.
 func newFlags(e *env, name, args string) *flag.FlagSet {
 	fs := flag.NewFlagSet("kiln "+name, flag.ContinueOnError)
 	fs.SetOutput(e.stderr)
@@ -130,6 +203,24 @@ func newFlags(e *env, name, args string) *flag.FlagSet {
 		fmt.Fprintf(e.stderr, "usage: kiln %s [flags] %s\n\nflags:\n", name, args)
 		fs.PrintDefaults()
 	}
+	fs.Func("log-format", "logs as `text` or json ($"+envLogFormat+"; default: text on a terminal, else json)", func(v string) error {
+		v = strings.ToLower(v)
+		if v != "text" && v != "json" {
+			return fmt.Errorf("%q is neither text nor json", v)
+		}
+		e.logFormat = v
+		e.setLogger()
+		return nil
+	})
+	fs.BoolFunc("debug", "debug logs ($"+envDebug+")", func(v string) error {
+		on, err := strconv.ParseBool(v)
+		if err != nil {
+			return err
+		}
+		e.debug = on
+		e.setLogger()
+		return nil
+	})
 	return fs
 }
 
@@ -158,15 +249,15 @@ func parse(fs *flag.FlagSet, args []string) error {
 	return fs.Parse(append([]string{"--"}, pos...))
 }
 
-// newLogger logs with tint on a terminal and JSON otherwise (journald, files);
-// KILN_LOG_FORMAT=text or json forces one.
-func newLogger(w io.Writer) *slog.Logger {
+// newLogger logs with tint on a terminal and JSON otherwise (journald,
+// files); format "text" or "json" forces one.
+func newLogger(w io.Writer, format string, debug bool) *slog.Logger {
 	level := slog.LevelInfo
-	if os.Getenv("KILN_DEBUG") != "" {
+	if debug {
 		level = slog.LevelDebug
 	}
 	tty := isTerminal(w)
-	switch strings.ToLower(os.Getenv("KILN_LOG_FORMAT")) {
+	switch format {
 	case "json":
 		return slog.New(slog.NewJSONHandler(w, &slog.HandlerOptions{Level: level}))
 	case "text":

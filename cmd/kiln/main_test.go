@@ -78,12 +78,13 @@ func (u *upProcess) wait() (int, string) {
 // fleetStatus is what the tests read of `kiln status --json`.
 type fleetStatus struct {
 	Workers []struct {
-		Worker    string
-		State     string
-		CardTempC float64 `json:"card_temp_c"`
-		SoCTempC  float64 `json:"soc_temp_c"`
-		Governor  struct{ State string }
-		Models    []struct{ Name, Kind string }
+		Worker     string
+		State      string
+		CardTempC  float64 `json:"card_temp_c"`
+		SoCTempC   float64 `json:"soc_temp_c"`
+		Governor   struct{ State string }
+		CurrentJob string `json:"current_job"`
+		Models     []struct{ Name, Kind string }
 	}
 	Queue []any
 }
@@ -145,9 +146,9 @@ func TestUpServesTheQueueCommands(t *testing.T) {
 	if code != 1 || !strings.Contains(errOut, "no stored result for 01NOSUCHJOB") {
 		t.Fatalf("result of an unknown job: %d %q", code, errOut)
 	}
-	code, out, errOut = kiln(t, t.Context(), "cancel", "--nats", url, "01SOMEJOB")
-	if code != 0 || !strings.Contains(out, "cancel requested for 01SOMEJOB") {
-		t.Fatalf("cancel: %d %q %q", code, out, errOut)
+	code, _, errOut = kiln(t, t.Context(), "cancel", "--nats", url, "01SOMEJOB")
+	if code != 1 || !strings.Contains(errOut, "no job 01SOMEJOB") {
+		t.Fatalf("cancel of an unknown job: %d %q", code, errOut)
 	}
 	// A result stored as a worker stores it reads back through `kiln result`.
 	nc, err := nats.Connect(url)
@@ -164,6 +165,10 @@ func TestUpServesTheQueueCommands(t *testing.T) {
 	if code != 0 || !strings.Contains(out, "a stored answer") || !strings.Contains(out, "ok on w9") {
 		t.Fatalf("result: %d %q", code, out)
 	}
+	code, _, errOut = kiln(t, t.Context(), "cancel", "--nats", url, "01DONE")
+	if code != 1 || !strings.Contains(errOut, "job 01DONE has finished already (ok, on w9): nothing to cancel") {
+		t.Fatalf("cancel of a finished job: %d %q", code, errOut)
+	}
 	// A client's result, found whoever's it is (an operator's lookup).
 	m.Subject, m.Data = "kiln.results.01MINE.room-1", []byte(`{"job_id":"01MINE","status":"ok","text":"room one's answer","worker":"w9","attempt":1}`)
 	if _, err := nc.RequestMsg(m, 5*time.Second); err != nil {
@@ -173,8 +178,21 @@ func TestUpServesTheQueueCommands(t *testing.T) {
 	if code != 0 || !strings.Contains(out, "room one's answer") {
 		t.Fatalf("result of a client's job: %d %q", code, out)
 	}
+	// Queued jobs nobody serves (yet): an anonymous one and two clients'.
+	for _, q := range []struct{ subject, msgID string }{
+		{"kiln.jobs.chat.nobody.normal", "01ANON"},
+		{"kiln.jobs.chat.nobody.normal.room-1", "room-1.01ROOM1"},
+		{"kiln.jobs.chat.nobody.normal.room-2", "room-2.01ROOM2"},
+	} {
+		job := &nats.Msg{Subject: q.subject, Header: nats.Header{"Content-Type": {"application/json"}, "Nats-Msg-Id": {q.msgID}},
+			Data: []byte(`{"model":"nobody","messages":[{"role":"user","content":"hi"}]}`)}
+		if _, err := nc.RequestMsg(job, 5*time.Second); err != nil {
+			t.Fatal(err)
+		}
+	}
 	// A cancel names the job's client: --client (an operator's), else the
-	// command's own --client-id, else none (an anonymous job).
+	// command's own --client-id, else the client the job is queued for
+	// (an operator's), else none (an anonymous job).
 	cancels, err := nc.SubscribeSync("kiln.cancel.>")
 	if err != nil {
 		t.Fatal(err)
@@ -186,13 +204,14 @@ func TestUpServesTheQueueCommands(t *testing.T) {
 		args    []string
 		subject string
 	}{
-		{[]string{"01SOMEJOB"}, "kiln.cancel.01SOMEJOB"},
-		{[]string{"--client-id", "room-2", "01SOMEJOB"}, "kiln.cancel.room-2.01SOMEJOB"},
-		{[]string{"--client-id", "room-2", "--client", "room-1", "01SOMEJOB"}, "kiln.cancel.room-1.01SOMEJOB"},
+		{[]string{"01ANON"}, "kiln.cancel.01ANON"},
+		{[]string{"--client-id", "room-2", "01ROOM2"}, "kiln.cancel.room-2.01ROOM2"},
+		{[]string{"--client-id", "room-2", "--client", "room-1", "01ROOM1"}, "kiln.cancel.room-1.01ROOM1"},
+		{[]string{"01ROOM1"}, "kiln.cancel.room-1.01ROOM1"},
 	} {
-		kiln(t, t.Context(), append([]string{"cancel", "--nats", url}, tc.args...)...)
+		code, out, errOut := kiln(t, t.Context(), append([]string{"cancel", "--nats", url}, tc.args...)...)
 		if m, err := cancels.NextMsg(5 * time.Second); err != nil || m.Subject != tc.subject {
-			t.Errorf("kiln cancel %s: %v %v, want a cancel on %s", strings.Join(tc.args, " "), m, err, tc.subject)
+			t.Errorf("kiln cancel %s: %v %v, want a cancel on %s (exit %d, %q %q)", strings.Join(tc.args, " "), m, err, tc.subject, code, out, errOut)
 		}
 	}
 	evCtx, evCancel := context.WithTimeout(t.Context(), 4*time.Second)

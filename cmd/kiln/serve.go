@@ -17,6 +17,7 @@ import (
 	"github.com/kiln-project/kiln/broker/topology"
 	"github.com/kiln-project/kiln/schema"
 	"github.com/kiln-project/kiln/worker"
+	"github.com/kiln-project/kiln/worker/axcl"
 	"github.com/kiln-project/kiln/worker/card"
 )
 
@@ -34,7 +35,7 @@ func (w *workerFlags) register(fs *flag.FlagSet) {
 	fs.IntVar(&w.card, "card", 0, "index of the card on this host, not the PCIe bus id (kiln up without it serves every card)")
 	fs.StringVar(&w.name, "name", "", "worker name (default <host>-card<N>)")
 	fs.StringVar(&w.models, "models", getenv(envModels, defaultModels), "folder of model packages, one sub-folder per model ($"+envModels+")")
-	fs.StringVar(&w.lib, "lib", getenv(envAXCLLib, ""), "path of libaxcl_rt.so ($"+envAXCLLib+"; default /usr/lib/axcl/libaxcl_rt.so)")
+	fs.StringVar(&w.lib, "lib", getenv(envAXCLLib, axcl.DefaultLibraryPath), "path of libaxcl_rt.so ($"+envAXCLLib+")")
 	fs.DurationVar(&w.grace, "grace", worker.DefaultShutdownGrace, "on stop, how long the running job may finish before it is handed back")
 	w.temp.register(fs)
 }

@@ -2,6 +2,7 @@ package main
 
 import (
 	"flag"
+	"net"
 	"os"
 	"strconv"
 	"time"
@@ -12,19 +13,21 @@ import (
 	"github.com/kiln-project/kiln/broker/janitor"
 	"github.com/kiln-project/kiln/broker/topology"
 	"github.com/kiln-project/kiln/schema"
+	"github.com/kiln-project/kiln/worker/axcl"
 )
 
-// Every environment variable kiln reads, with its default. Each has a flag
-// of the same meaning; a flag given on the command line wins.
+// Every environment variable kiln reads. Each has a flag of the same
+// meaning (environment lists them); a flag given on the command line wins.
 const (
 	envNATSURL   = "KILN_NATS_URL"   // clients and workers: the broker URL(s), comma-separated
-	envListen    = "KILN_LISTEN"     // kiln up / broker: client listen address
+	envListen    = "KILN_LISTEN"     // kiln up / broker: client listen address; clients: the URL when KILN_NATS_URL is unset
 	envData      = "KILN_DATA"       // kiln up / broker: JetStream store folder
 	envConfig    = "KILN_CONFIG"     // kiln up / broker: optional nats-server config file
-	envAXCLLib   = "KILN_AXCL_LIB"   // path of libaxcl_rt.so
+	envAXCLLib   = axcl.EnvLibrary   // path of libaxcl_rt.so
 	envModels    = "KILN_MODELS"     // folder of model packages, one sub-folder per model
 	envPrefix    = "KILN_PREFIX"     // subject prefix
-	envLogFormat = "KILN_LOG_FORMAT" // text or json (read in newLogger)
+	envLogFormat = "KILN_LOG_FORMAT" // text or json
+	envDebug     = "KILN_DEBUG"      // any value: debug logs
 	envNkey      = "KILN_NKEY"       // clients and workers: nkey seed file (kiln broker init-auth)
 	envClientID  = "KILN_CLIENT_ID"  // clients: the id broker permissions know this client by
 	envTLSCA     = "KILN_TLS_CA"     // clients and workers: CA file of the broker's TLS certificate
@@ -36,16 +39,69 @@ const (
 )
 
 const (
-	defaultNATSURL = nats.DefaultURL
-	defaultData    = "/var/lib/kiln"
-	defaultModels  = "/var/lib/kiln/models"
+	defaultData   = "/var/lib/kiln"
+	defaultModels = "/var/lib/kiln/models"
 )
+
+// setting is one environment variable and the flag of the same meaning.
+type setting struct {
+	env, flag, what string
+}
+
+// environment is every environment variable kiln reads, as `kiln help`
+// lists them (the thermal ones are in thermal.go's constants).
+var environment = []setting{
+	{envNATSURL, "nats", "broker URL(s) of the client commands and kiln worker; unset: nats://$KILN_LISTEN, else " + nats.DefaultURL},
+	{envListen, "listen", "kiln up / broker: the address clients connect to (default " + broker.DefaultListen + ")"},
+	{envData, "data", "kiln up / broker: the JetStream store folder (default " + defaultData + ")"},
+	{envConfig, "config", "kiln up / broker: a nats-server config file (accounts, TLS, cluster)"},
+	{envReplicas, "replicas", "kiln up / broker: stream replicas (default: from the cluster size)"},
+	{envLeaf, "leaf", "kiln broker: 1 = a leaf node of a central broker"},
+	{envPrefix, "prefix", "subject prefix (default " + schema.DefaultPrefix + ")"},
+	{envAXCLLib, "lib", "path of libaxcl_rt.so (default " + axcl.DefaultLibraryPath + ")"},
+	{envModels, "models", "folder of model packages, one sub-folder per model (default " + defaultModels + ")"},
+	{envGovernor, "governor", "off: no thermal governor"},
+	{envCardTemp, "card-temp", "card pause,resume,critical °C"},
+	{envSoCTemp, "soc-temp", "SoC pause,resume,critical °C"},
+	{envSoCZone, "soc-zone", "thermal zone file of the host SoC"},
+	{envNkey, "nkey", "nkey seed file to log in with (kiln broker init-auth)"},
+	{envClientID, "client-id", "the id broker permissions know a client by"},
+	{envTLSCA, "tls-ca", "CA file of the broker's TLS certificate (tls:// URLs)"},
+	{envLogFormat, "log-format", "text or json (default: text on a terminal, else json)"},
+	{envDebug, "debug", "any value: debug logs"},
+}
 
 func getenv(name, def string) string {
 	if v := os.Getenv(name); v != "" {
 		return v
 	}
 	return def
+}
+
+// defaultURL is the broker URL of a command without --nats:
+// $KILN_NATS_URL, else the address of $KILN_LISTEN (what `KILN_LISTEN=…
+// make run` listens on), else nats.DefaultURL.
+func defaultURL() string {
+	if v := os.Getenv(envNATSURL); v != "" {
+		return v
+	}
+	if v := os.Getenv(envListen); v != "" {
+		return "nats://" + dialAddr(v)
+	}
+	return nats.DefaultURL
+}
+
+// dialAddr is the address a client dials to reach a server listening on
+// listen: a wildcard or empty host is this host.
+func dialAddr(listen string) string {
+	host, port, err := net.SplitHostPort(listen)
+	if err != nil {
+		return listen
+	}
+	if ip := net.ParseIP(host); host == "" || ip != nil && ip.IsUnspecified() {
+		host = "127.0.0.1"
+	}
+	return net.JoinHostPort(host, port)
 }
 
 // connFlags are the flags of every command that talks to a broker.
@@ -58,7 +114,7 @@ type connFlags struct {
 }
 
 func (c *connFlags) register(fs *flag.FlagSet) {
-	fs.StringVar(&c.url, "nats", getenv(envNATSURL, defaultNATSURL), "broker URL(s), comma-separated ($"+envNATSURL+")")
+	fs.StringVar(&c.url, "nats", defaultURL(), "broker URL(s), comma-separated ($"+envNATSURL+", else nats://$"+envListen+")")
 	fs.StringVar(&c.prefix, "prefix", getenv(envPrefix, schema.DefaultPrefix), "subject prefix ($"+envPrefix+")")
 	fs.StringVar(&c.nkey, "nkey", getenv(envNkey, ""), "nkey seed file to log in with ($"+envNkey+")")
 	fs.StringVar(&c.clientID, "client-id", getenv(envClientID, ""), "client id: the token of its jobs, replies, results, cancels and inbox, which broker permissions pin ($"+envClientID+"; default none: anonymous jobs, an open broker only)")

@@ -12,6 +12,7 @@ package echo
 
 import (
 	"bytes"
+	"cmp"
 	"context"
 	"fmt"
 	"image"
@@ -31,7 +32,8 @@ import (
 	"github.com/kiln-project/kiln/worker"
 )
 
-// Chat streams "echo:" then each word of the last message as a token.
+// Chat streams "echo:" then each word of the last message as a token; the
+// result names the seed (the job's, else 0) and greedy sampling.
 var Chat = worker.HandlerFunc[schema.ChatJob](func(ctx context.Context, job *worker.Job[schema.ChatJob]) (*schema.Result, error) {
 	md := job.Args.Metadata
 	if err := misbehave(md, job.Attempt); err != nil {
@@ -45,7 +47,8 @@ var Chat = worker.HandlerFunc[schema.ChatJob](func(ctx context.Context, job *wor
 		limit, finish = job.Args.MaxTokens, schema.FinishLength
 	}
 	var text strings.Builder
-	res := &schema.Result{Usage: schema.Usage{PromptTokens: len(strings.Fields(last))}}
+	res := &schema.Result{Usage: schema.Usage{PromptTokens: len(strings.Fields(last))}, Seed: seedOf(job.Args.Seed),
+		Sampling: &schema.Sampling{Greedy: true, TopP: 1}} // echo picks no tokens: greedy is the truth
 	for i := 0; i < limit; i++ {
 		if err := wait(ctx, md); err != nil {
 			res.Text = text.String()
@@ -69,7 +72,9 @@ var Chat = worker.HandlerFunc[schema.ChatJob](func(ctx context.Context, job *wor
 	return res, nil
 })
 
-// Image reports each step and returns a 4×4 PNG whose colour comes from the seed.
+// Image reports each step and returns a 4×4 PNG whose colour comes from the
+// seed; the result names the seed, steps and strength (default 4 and 0.5)
+// and the size.
 var Image = worker.HandlerFunc[schema.ImageJob](func(ctx context.Context, job *worker.Job[schema.ImageJob]) (*schema.Result, error) {
 	md := job.Args.Metadata
 	if err := misbehave(md, job.Attempt); err != nil {
@@ -89,21 +94,31 @@ var Image = worker.HandlerFunc[schema.ImageJob](func(ctx context.Context, job *w
 			}
 		}
 	}
-	var seed uint64
-	if job.Args.Seed != nil {
-		seed = *job.Args.Seed
-	}
+	seed := seedOf(job.Args.Seed)
 	img := image.NewRGBA(image.Rect(0, 0, 4, 4))
 	for i := range img.Pix {
-		img.Pix[i] = byte(seed >> (8 * (i % 8)))
+		img.Pix[i] = byte(*seed >> (8 * (i % 8)))
 	}
 	img.Set(0, 0, color.RGBA{R: 255, A: 255})
 	var buf bytes.Buffer
 	if err := png.Encode(&buf, img); err != nil {
 		return nil, worker.Permanent(err)
 	}
-	return &schema.Result{Image: buf.Bytes(), Mime: "image/png"}, nil
+	d := &schema.Diffusion{Steps: steps, Width: 4, Height: 4}
+	if len(job.Args.InitImage) > 0 {
+		d.Strength = cmp.Or(job.Args.Strength, 0.5)
+	}
+	return &schema.Result{Image: buf.Bytes(), Mime: "image/png", Seed: seed, Diffusion: d}, nil
 })
+
+// seedOf is the job's seed, else 0: what the echo handlers ran with.
+func seedOf(seed *uint64) *uint64 {
+	s := uint64(0)
+	if seed != nil {
+		s = *seed
+	}
+	return &s
+}
 
 func misbehave(md map[string]string, attempt int) error {
 	if md["panic"] == "1" {

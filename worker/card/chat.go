@@ -30,7 +30,8 @@ import (
 // A prompt longer than the model's context allows is refused with
 // over_limit on "messages", naming the limit. max_tokens beyond what the
 // context leaves after the prompt is clamped: the reply then ends with
-// finish_reason "length" at the context end. Images (PNG or JPEG) go to
+// finish_reason "length" at the context end. The result names the seed
+// and the sampling the reply was made with. Images (PNG or JPEG) go to
 // the package's vision encoder, scaled to its input size, with the
 // placeholder tokens it replaces in the message; a model without one
 // refuses them with unsupported, an undecodable image is bad_value. A
@@ -193,9 +194,30 @@ func (h *chatHandler) sampling(a *schema.ChatJob) llm.Sampling {
 	if a.Seed != nil {
 		s.Seed = *a.Seed
 	} else {
-		s.Seed = rand.Uint64()
+		s.Seed = randomSeed()
 	}
 	return s
+}
+
+// randomSeed draws the seed of a job that has none: 53 bits, so that it
+// reads back exactly from a JSON result in any language (a float64 holds
+// integers up to 2^53).
+func randomSeed() uint64 { return rand.Uint64() >> 11 }
+
+// applied is the sampling s as a result reports it.
+func applied(s llm.Sampling) *schema.Sampling {
+	out := &schema.Sampling{Greedy: s.Greedy(), Temperature: s.Temperature, TopP: s.TopP, TopK: s.TopK,
+		RepetitionPenalty: s.RepetitionPenalty}
+	if s.RepetitionPenalty > 0 && s.RepetitionPenalty != 1 {
+		out.PenaltyWindow = s.PenaltyWindow
+		if out.PenaltyWindow <= 0 {
+			out.PenaltyWindow = llm.DefaultPenaltyWindow
+		}
+	}
+	if out.TopP <= 0 {
+		out.TopP = 1 // ≤ 0 keeps every token, as 1 does
+	}
+	return out
 }
 
 func (h *chatHandler) Handle(ctx context.Context, job *worker.Job[schema.ChatJob]) (*schema.Result, error) {
@@ -250,7 +272,8 @@ func (h *chatHandler) Handle(ctx context.Context, job *worker.Job[schema.ChatJob
 	if err == nil && !stop.Hit() {
 		emit(stop.Flush(detok.Flush()))
 	}
-	result := &schema.Result{Text: out.String()}
+	seed := req.Sampling.Seed
+	result := &schema.Result{Text: out.String(), Seed: &seed, Sampling: applied(req.Sampling)}
 	if res != nil {
 		result.Usage.PromptTokens = res.PromptTokens
 		result.Usage.CompletionTokens = res.CompletionTokens

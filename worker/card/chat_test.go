@@ -151,6 +151,11 @@ func TestChatStreamsOnSimulatedCard(t *testing.T) {
 	if len(reply) == 12 && res.FinishReason != schema.FinishLength {
 		t.Fatalf("finish %q after max_tokens", res.FinishReason)
 	}
+	// The result says how it was made: greedy (the package's top_k 1) and
+	// the seed the worker drew, exact through JSON.
+	if s := res.Sampling; s == nil || !s.Greedy || s.TopK != 1 || s.TopP != 1 || res.Seed == nil || *res.Seed >= 1<<53 {
+		t.Fatalf("sampling %+v, seed %v; want the package's greedy default and a drawn seed below 2^53", s, res.Seed)
+	}
 	// The same job again restores the system prompt from the prefix cache
 	// and gives the same reply.
 	again, err := c.Chat(workertest.Context(t), job, nil)
@@ -201,6 +206,31 @@ func TestChatStopStringCutsReply(t *testing.T) {
 	want := string(full)[:strings.Index(string(full), stop)]
 	if res.Text != want || out.Text() != want || res.FinishReason != schema.FinishStop {
 		t.Fatalf("text %q, streamed %q (%s), want %q", res.Text, out.Text(), res.FinishReason, want)
+	}
+}
+
+// TestChatResultSaysHowItSampled: a job that gives a temperature samples
+// (the package's greedy top_k no longer applies), and its result names the
+// sampling and the seed; the seed sent again repeats the reply.
+func TestChatResultSaysHowItSampled(t *testing.T) {
+	m, _ := simChat(t)
+	c := chatWorker(t, m)
+	warm := 0.7
+	job := func(seed *uint64) *schema.ChatJob {
+		j := simJob(schema.Message{Role: "user", Content: "tell me"})
+		j.MaxTokens, j.Temperature, j.Seed = 8, &warm, seed
+		return j
+	}
+	res, err := c.Chat(workertest.Context(t), job(nil), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if s := res.Sampling; s == nil || *s != (schema.Sampling{Temperature: 0.7, TopP: 1}) || res.Seed == nil {
+		t.Fatalf("sampling %+v, seed %v; want temperature 0.7, top_p 1, no top_k, not greedy, a seed", s, res.Seed)
+	}
+	again, err := c.Chat(workertest.Context(t), job(res.Seed), nil)
+	if err != nil || again.Text != res.Text || *again.Seed != *res.Seed {
+		t.Fatalf("seed %d again: %q (%v), first %q", *res.Seed, again.Text, err, res.Text)
 	}
 }
 

@@ -18,7 +18,8 @@ import (
 // package cannot serve (steps, strength, an init image that is not a
 // decodable PNG/JPEG, too large, too stretched, or img2img without a VAE
 // encoder) ends with an invalid_request code naming the field and the limit;
-// a device error is transient and the job is retried.
+// a device error is transient and the job is retried. The result names the
+// seed, the steps, the strength and the size it was made with.
 func ImageHandler(p *sd.Pipeline, log *slog.Logger) worker.Handler[schema.ImageJob] {
 	if log == nil {
 		log = slog.Default()
@@ -65,7 +66,8 @@ func (h *imageHandler) Handle(ctx context.Context, job *worker.Job[schema.ImageJ
 		"bytes", len(res.PNG), "total_ms", tm.Total.Milliseconds(), "device_ms", tm.Device.Milliseconds(),
 		"host_ms", tm.Host().Milliseconds(), "unet_ms", tm.UNet.Milliseconds(), "vae_decoder_ms", tm.VAEDecoder.Milliseconds(),
 		"image_ms", tm.Image.Milliseconds())
-	out := &schema.Result{Image: res.PNG, Mime: "image/png"}
+	out := &schema.Result{Image: res.PNG, Mime: "image/png", Seed: &req.Seed,
+		Diffusion: &schema.Diffusion{Steps: res.Steps, Strength: res.Strength, Width: res.Width, Height: res.Height}}
 	out.Usage.PromptTokens = res.Tokens
 	if !a.Progress { // the worker measures the first step from the progress event otherwise
 		out.Usage.TTFTMS = tm.FirstStep.Milliseconds()

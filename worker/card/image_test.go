@@ -134,6 +134,9 @@ func TestImageJobs(t *testing.T) {
 			t.Fatalf("result %+v", res)
 		}
 		pngSize(t, res.Image, 512, 512)
+		if res.Seed == nil || *res.Seed != 7 || res.Diffusion == nil || *res.Diffusion != (schema.Diffusion{Steps: 4, Width: 512, Height: 512}) {
+			t.Fatalf("the result says it was made with seed %v, %+v; want seed 7, 4 steps, 512×512", res.Seed, res.Diffusion)
+		}
 		fox = res.Image
 		stored, err := c.Result(ctx, res.JobID)
 		if err != nil || !bytes.Equal(stored.Image, res.Image) {
@@ -146,6 +149,16 @@ func TestImageJobs(t *testing.T) {
 		other, _, err := run(job("a red fox", 8))
 		if err != nil || bytes.Equal(other.Image, res.Image) {
 			t.Fatalf("another seed gave the same bytes (%v)", err)
+		}
+		// Without a seed the worker draws one and says which: sent back,
+		// it repeats the image.
+		drawn, _, err := run(&schema.ImageJob{JobHeader: schema.JobHeader{Model: "sd15-lcm"}, Prompt: "a red fox"})
+		if err != nil || drawn.Seed == nil {
+			t.Fatalf("no seed in the result of a job without one (%v)", err)
+		}
+		repeat, _, err := run(job("a red fox", *drawn.Seed))
+		if err != nil || !bytes.Equal(repeat.Image, drawn.Image) {
+			t.Fatalf("the drawn seed %d did not repeat the image (%v)", *drawn.Seed, err)
 		}
 	})
 
@@ -160,6 +173,9 @@ func TestImageJobs(t *testing.T) {
 			t.Fatalf("progress steps %v", got)
 		}
 		pngSize(t, res.Image, 512, 512)
+		if d := res.Diffusion; d == nil || *d != (schema.Diffusion{Steps: 4, Strength: 0.5, Width: 512, Height: 512}) {
+			t.Fatalf("img2img made with %+v, want 4 steps at the default strength 0.5", d)
+		}
 		if bytes.Equal(res.Image, fox) {
 			t.Fatal("img2img gave the txt2img image")
 		}

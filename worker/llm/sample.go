@@ -26,11 +26,15 @@ type Sampling struct {
 	// 0 or 1 means none.
 	RepetitionPenalty float64
 	// PenaltyWindow is how many of the latest generated tokens the penalty
-	// looks at (default 64).
+	// looks at (0: DefaultPenaltyWindow).
 	PenaltyWindow int
 	// Seed seeds the draw: the same seed and request give the same tokens.
 	Seed uint64
 }
+
+// DefaultPenaltyWindow is the repetition penalty's window when the
+// package names none.
+const DefaultPenaltyWindow = 64
 
 // Greedy reports whether s always picks the most likely token.
 func (s Sampling) Greedy() bool { return s.Temperature <= 0 || s.TopK == 1 }
@@ -96,7 +100,7 @@ func (sp *sampler) pick(s *Sampling, history []int) int {
 	if s.RepetitionPenalty > 0 && s.RepetitionPenalty != 1 && len(history) > 0 {
 		w := s.PenaltyWindow
 		if w <= 0 {
-			w = 64
+			w = DefaultPenaltyWindow
 		}
 		win := history[max(0, len(history)-w):]
 		for i, t := range win {

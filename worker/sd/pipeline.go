@@ -101,8 +101,10 @@ type Result struct {
 	PNG       []byte
 	Width     int
 	Height    int
-	Tokens    int   // CLIP tokens of the prompt, with start and end
-	Timesteps []int // the UNet steps that ran
+	Tokens    int     // CLIP tokens of the prompt, with start and end
+	Steps     int     // the schedule's steps (Request.Steps, or DefaultSteps)
+	Strength  float64 // img2img: the strength used (Request.Strength, or DefaultStrength); 0 for txt2img
+	Timesteps []int   // the UNet steps that ran
 	Timings   Timings
 }
 
@@ -383,9 +385,11 @@ func (p *Pipeline) Steps() []int { return SupportedSteps() }
 
 // plan is a checked request.
 type plan struct {
-	steps   []int // the timesteps to run
-	img2img bool
-	seed    uint64
+	steps    []int // the timesteps to run
+	n        int   // the schedule's steps
+	strength float64
+	img2img  bool
+	seed     uint64
 }
 
 // Check validates req against the package without doing any work; the
@@ -405,7 +409,7 @@ func (p *Pipeline) plan(req *Request) (*plan, error) {
 		return nil, &RequestError{Field: "steps", Err: ErrOutOfRange, Msg: fmt.Sprintf(
 			"%d steps are not supported by %s: use %s (0 means %d)", req.Steps, p.name, listInts(SupportedSteps()), DefaultSteps)}
 	}
-	pl := &plan{steps: sched, seed: req.Seed}
+	pl := &plan{steps: sched, n: n, seed: req.Seed}
 	if len(req.InitImage) == 0 {
 		if req.Strength != 0 {
 			return nil, &RequestError{Field: "strength", Err: ErrOutOfRange, Msg: "strength needs an init image"}
@@ -428,7 +432,7 @@ func (p *Pipeline) plan(req *Request) (*plan, error) {
 		return nil, &RequestError{Field: "strength", Err: ErrOutOfRange, Msg: fmt.Sprintf(
 			"%g with %d steps runs no step (int(steps×strength) = 0): use at least %g", s, n, 1/float64(n))}
 	}
-	pl.img2img, pl.steps = true, sched[n-k:]
+	pl.img2img, pl.steps, pl.strength = true, sched[n-k:], s
 	return pl, nil
 }
 
@@ -459,7 +463,7 @@ func (p *Pipeline) Generate(ctx context.Context, req *Request, progress func(ste
 	if err != nil {
 		return nil, err
 	}
-	res := &Result{Width: p.W, Height: p.H, Timesteps: pl.steps}
+	res := &Result{Width: p.W, Height: p.H, Steps: pl.n, Strength: pl.strength, Timesteps: pl.steps}
 	tm := &res.Timings
 	if pl.img2img {
 		if err := p.readInitImage(req.InitImage, tm); err != nil {
