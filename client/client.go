@@ -103,6 +103,15 @@ func (e *JobError) Error() string {
 }
 
 // Is maps the result's status and code to the sentinels.
+// Unwrap is the job's coded error (a *schema.Error: code, field, message),
+// nil when the result has none: errors.As finds the field a refusal names.
+func (e *JobError) Unwrap() error {
+	if e.Result.Error == nil {
+		return nil
+	}
+	return e.Result.Error
+}
+
 func (e *JobError) Is(target error) bool {
 	switch e.Result.Status {
 	case schema.StatusCancelled:

@@ -57,6 +57,7 @@ var environment = []setting{
 	{envConfig, "config", "kiln up / broker: a nats-server config file (accounts, TLS, cluster)"},
 	{envReplicas, "replicas", "kiln up / broker: stream replicas (default: from the cluster size)"},
 	{envLeaf, "leaf", "kiln broker: 1 = a leaf node of a central broker"},
+	{envUnservedGrace, "unserved-grace", "kiln up / broker / worker: how long a job for a model no live worker serves waits before it is answered no_worker (default " + janitor.DefaultGrace.String() + ")"},
 	{envPrefix, "prefix", "subject prefix (default " + schema.DefaultPrefix + ")"},
 	{envAXCLLib, "lib", "path of libaxcl_rt.so (default " + axcl.DefaultLibraryPath + ")"},
 	{envModels, "models", "folder of model packages, one sub-folder per model (default " + defaultModels + ")"},
@@ -65,7 +66,7 @@ var environment = []setting{
 	{envSoCTemp, "soc-temp", "SoC pause,resume,critical °C"},
 	{envSoCZone, "soc-zone", "thermal zone file of the host SoC"},
 	{envNkey, "nkey", "nkey seed file to log in with (kiln broker init-auth)"},
-	{envClientID, "client-id", "the id broker permissions know a client by"},
+	{envClientID, "client-id", "the id broker permissions know a client by: the token of its jobs, replies, results and cancels (unset: anonymous jobs)"},
 	{envTLSCA, "tls-ca", "CA file of the broker's TLS certificate (tls:// URLs)"},
 	{envLogFormat, "log-format", "text or json (default: text on a terminal, else json)"},
 	{envDebug, "debug", "any value: debug logs"},
@@ -117,7 +118,7 @@ func (c *connFlags) register(fs *flag.FlagSet) {
 	fs.StringVar(&c.url, "nats", defaultURL(), "broker URL(s), comma-separated ($"+envNATSURL+", else nats://$"+envListen+")")
 	fs.StringVar(&c.prefix, "prefix", getenv(envPrefix, schema.DefaultPrefix), "subject prefix ($"+envPrefix+")")
 	fs.StringVar(&c.nkey, "nkey", getenv(envNkey, ""), "nkey seed file to log in with ($"+envNkey+")")
-	fs.StringVar(&c.clientID, "client-id", getenv(envClientID, ""), "client id: the token of its jobs, replies, results, cancels and inbox, which broker permissions pin ($"+envClientID+"; default none: anonymous jobs, an open broker only)")
+	fs.StringVar(&c.clientID, "client-id", getenv(envClientID, ""), "client id: the token of its jobs, replies, results, cancels and inbox, which broker permissions pin ($"+envClientID+"; unset: anonymous jobs, for an open broker only)")
 	fs.StringVar(&c.tlsCA, "tls-ca", getenv(envTLSCA, ""), "CA file that signed the broker's TLS certificate ($"+envTLSCA+"; tls:// URLs)")
 }
 
