@@ -166,6 +166,8 @@ func runImage(ctx context.Context, e *env, args []string) error {
 	steps := fs.Int("steps", 0, "denoising steps (default: the model's)")
 	initPath := fs.String("init", "", "init image for img2img (PNG or JPEG)")
 	strength := fs.Float64("strength", 0, "img2img strength 0..1 (default: the model's)")
+	width := fs.Int("width", 0, "image width; a model makes one size and refuses others (default: the model's)")
+	height := fs.Int("height", 0, "image height (default: the model's)")
 	lane := fs.String("lane", schema.LaneNormal, "queue lane: high or normal")
 	timeout := fs.Duration("timeout", 0, "give up (and cancel the job) after this long")
 	asJSON := fs.Bool("json", false, "print one JSON line about the result instead of a progress bar")
@@ -182,7 +184,8 @@ func runImage(ctx context.Context, e *env, args []string) error {
 		return err
 	}
 	defer done()
-	job := &schema.ImageJob{JobHeader: schema.JobHeader{Model: m, Lane: *lane}, Prompt: prompt, Steps: *steps, Strength: *strength, Progress: true}
+	job := &schema.ImageJob{JobHeader: schema.JobHeader{Model: m, Lane: *lane}, Prompt: prompt, Steps: *steps, Strength: *strength,
+		Width: *width, Height: *height, Progress: true}
 	if *seed >= 0 {
 		s := uint64(*seed)
 		job.Seed = &s

@@ -146,10 +146,14 @@ func WriteSDPackage(dir string, s SDSpec) error {
 			return err
 		}
 	}
+	// The vendor's python/models/text_encoder/config.json: the stale bos/eos/pad ids of the
+	// model config (the tokenizer's are 49406/49407) and torch_dtype float16, which ax-llm
+	// reads as the two-byte type of 2-byte tensors.
 	te := map[string]any{
 		"architectures": []string{"CLIPTextModel"}, "model_type": "clip_text_model", "hidden_size": 768,
 		"intermediate_size": 3072, "num_attention_heads": 12, "num_hidden_layers": 12, "hidden_act": "quick_gelu",
-		"max_position_embeddings": 77, "vocab_size": 49408, "bos_token_id": 49406, "eos_token_id": 49407, "pad_token_id": 1,
+		"max_position_embeddings": 77, "vocab_size": 49408, "bos_token_id": 0, "eos_token_id": 2, "pad_token_id": 1,
+		"projection_dim": 768, "layer_norm_eps": 1e-05, "torch_dtype": "float16",
 	}
 	if err := writeJSON(filepath.Join(dir, "text_encoder", "config.json"), te); err != nil {
 		return err
