@@ -71,6 +71,16 @@ func find(m *npu.Model, dir axcl.Direction, s slot, taken ...int) (int, error) {
 	return match, nil
 }
 
+// find is find, noting in p.byShape a tensor bound by shape instead of by
+// the vendor's name.
+func (p *Pipeline) find(m *npu.Model, dir axcl.Direction, s slot, taken ...int) (int, error) {
+	i, err := find(m, dir, s, taken...)
+	if err == nil && s.name != "" && tensors(m, dir)[i].Name != s.name {
+		p.byShape = append(p.byShape, fmt.Sprintf("%s = %q", s.what, tensors(m, dir)[i].Name))
+	}
+	return i, err
+}
+
 // tensors are shape group 0's inputs or outputs of m.
 func tensors(m *npu.Model, dir axcl.Direction) []axcl.Tensor {
 	g := m.Describe()

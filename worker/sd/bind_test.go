@@ -32,6 +32,9 @@ func TestBindByShape(t *testing.T) {
 		}
 	}
 	p := openPipeline(t, spec)
+	if len(p.byShape) != 4 { // the UNet's three inputs and the VAE decoder's input (outputs are bound by shape anyway)
+		t.Errorf("bound by shape: %q", p.byShape)
+	}
 	req := &Request{Prompt: "a lighthouse at dusk", Seed: 3}
 	res, err := p.Generate(t.Context(), req, nil)
 	if err != nil {

@@ -143,6 +143,7 @@ type Pipeline struct {
 	tdim               int // time-embedding width
 	txtRows, imgRows   map[int][]float32
 	cmm                uint64
+	byShape            []string // tensors bound by shape, their vendor name absent: "unet input sample = \"in.0\""
 
 	// The model calls Generate makes, built by bind, and the device-thread
 	// function that makes them (see run).
@@ -229,6 +230,10 @@ func Open(ctx context.Context, dev *npu.Device, dir string, cfg Config) (_ *Pipe
 		p.moments = make([]float32, 2*lat)
 	}
 	p.png = newPNGWriter(p.W, p.H, cfg.PNGLevel)
+	if len(p.byShape) > 0 {
+		p.log.Warn("sd package bound partly by shape: the vendor's tensor names are absent", "model", p.name,
+			"tensors", strings.Join(p.byShape, ", "))
+	}
 	p.log.Info("sd package loaded", "model", p.name, "image", fmt.Sprintf("%dx%d", p.W, p.H),
 		"img2img", p.enc != nil, "cmm_mib", p.cmm>>20,
 		"dtypes", fmt.Sprintf("unet %s/%s/%s→%s, vae_decoder %s→%s", p.uSample.kind, p.uTime.kind, p.uEHS.kind, p.uOut.kind, p.decIn.kind, p.decOut.kind))
@@ -239,17 +244,17 @@ func Open(ctx context.Context, dev *npu.Device, dir string, cfg Config) (_ *Pipe
 // and checks the shapes fit together. Every error wraps ErrPackage.
 func (p *Pipeline) bind() error {
 	in, out := axcl.Input, axcl.Output
-	si, err := find(p.unet, in, shaped("unet input sample", UNetSample, 1, 4, -1, -1))
+	si, err := p.find(p.unet, in, shaped("unet input sample", UNetSample, 1, 4, -1, -1))
 	if err != nil {
 		return err
 	}
 	sd := tensors(p.unet, in)[si].Dims
 	p.h, p.w = sd[2], sd[3]
-	ei, err := find(p.unet, in, shaped("unet input encoder_hidden_states", UNetText, 1, textLen, -1), si)
+	ei, err := p.find(p.unet, in, shaped("unet input encoder_hidden_states", UNetText, 1, textLen, -1), si)
 	if err != nil {
 		return err
 	}
-	ti, err := find(p.unet, in, anyShape("unet input time embedding", UNetTimeInput), si, ei)
+	ti, err := p.find(p.unet, in, anyShape("unet input time embedding", UNetTimeInput), si, ei)
 	if err != nil {
 		return err
 	}
@@ -263,33 +268,33 @@ func (p *Pipeline) bind() error {
 	}
 	ehsDims := tensors(p.unet, in)[ei].Dims
 	ehsLen := ehsDims[1] * ehsDims[2]
-	uo, err := find(p.unet, out, shaped("unet output (noise)", "", 1, 4, p.h, p.w))
+	uo, err := p.find(p.unet, out, shaped("unet output (noise)", "", 1, 4, p.h, p.w))
 	if err != nil {
 		return err
 	}
-	di, err := find(p.dec, in, shaped("vae_decoder input", VAEDecoderInput, 1, 4, p.h, p.w))
+	di, err := p.find(p.dec, in, shaped("vae_decoder input", VAEDecoderInput, 1, 4, p.h, p.w))
 	if err != nil {
 		return err
 	}
-	do, err := find(p.dec, out, shaped("vae_decoder output (image)", "", 1, 3, 8*p.h, 8*p.w))
+	do, err := p.find(p.dec, out, shaped("vae_decoder output (image)", "", 1, 3, 8*p.h, 8*p.w))
 	if err != nil {
 		return err
 	}
 	p.H, p.W = 8*p.h, 8*p.w
-	tei, err := find(p.te, in, shaped("text encoder input", TextInputIDs, 1, textLen))
+	tei, err := p.find(p.te, in, shaped("text encoder input", TextInputIDs, 1, textLen))
 	if err != nil {
 		return err
 	}
-	teo, err := find(p.te, out, shaped("text encoder output", TextOutput, 1, textLen, ehsDims[2]))
+	teo, err := p.find(p.te, out, shaped("text encoder output", TextOutput, 1, textLen, ehsDims[2]))
 	if err != nil {
 		return err
 	}
 	var ii, io int
 	if p.enc != nil {
-		if ii, err = find(p.enc, in, shaped("vae_encoder input", VAEEncoderInput, 1, 3, p.H, p.W)); err != nil {
+		if ii, err = p.find(p.enc, in, shaped("vae_encoder input", VAEEncoderInput, 1, 3, p.H, p.W)); err != nil {
 			return err
 		}
-		if io, err = find(p.enc, out, shaped("vae_encoder output (moments)", VAEEncoderOutput, 1, 8, p.h, p.w)); err != nil {
+		if io, err = p.find(p.enc, out, shaped("vae_encoder output (moments)", VAEEncoderOutput, 1, 8, p.h, p.w)); err != nil {
 			return err
 		}
 	}
