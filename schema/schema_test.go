@@ -170,6 +170,15 @@ func TestValidateImage(t *testing.T) {
 		t.Fatalf("steps: %v", err)
 	}
 	j = base()
+	j.Width, j.Height = 768, 1024
+	if err := ValidateImage(j, sub, Limits{}); err != nil {
+		t.Fatalf("768x1024: %v", err)
+	}
+	j.Height = -1
+	if err := ValidateImage(j, sub, Limits{}); err == nil || err.Code != CodeOutOfRange || err.Field != "height" {
+		t.Fatalf("height -1: %v", err)
+	}
+	j = base()
 	j.Prompt = strings.Repeat("x", 2001)
 	if err := ValidateImage(j, sub, Limits{}); err == nil || err.Code != CodeOverLimit {
 		t.Fatalf("long prompt: %v", err)

@@ -81,7 +81,13 @@ type ImageJob struct {
 	Steps     int     `msgpack:"steps,omitempty" json:"steps,omitempty"`
 	InitImage []byte  `msgpack:"init_image,omitempty" json:"init_image,omitempty"`
 	Strength  float64 `msgpack:"strength,omitempty" json:"strength,omitempty"`
-	Format    string  `msgpack:"format,omitempty" json:"format,omitempty"`
+	// Width and Height, when set, are the image size asked for; a model
+	// makes one size (512×512, or 768 wide × 1024 high for the vendor's
+	// 1024x768 package) and refuses any other, naming the field. 0 takes
+	// the model's size.
+	Width  int    `msgpack:"width,omitempty" json:"width,omitempty"`
+	Height int    `msgpack:"height,omitempty" json:"height,omitempty"`
+	Format string `msgpack:"format,omitempty" json:"format,omitempty"`
 	// Progress asks for a progress event after every step.
 	Progress bool `msgpack:"progress,omitempty" json:"progress,omitempty"`
 }

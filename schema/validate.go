@@ -192,9 +192,13 @@ func ValidateChat(j *ChatJob, subject *JobSubject, l Limits) *Error {
 	return nil
 }
 
+// MaxImageSide bounds an image job's width and height; handlers refuse
+// any size their package does not make.
+const MaxImageSide = 8192
+
 // ValidateImage checks an image job against the limits. Handlers check
-// steps and strength against what their package supports and decode the
-// init image.
+// steps, strength, width and height against what their package supports
+// and decode the init image.
 func ValidateImage(j *ImageJob, subject *JobSubject, l Limits) *Error {
 	if err := ValidateHeader(&j.JobHeader, subject, l); err != nil {
 		return err
@@ -220,6 +224,14 @@ func ValidateImage(j *ImageJob, subject *JobSubject, l Limits) *Error {
 	}
 	if j.Strength < 0 || j.Strength > 1 {
 		return Errorf(CodeOutOfRange, "strength", "%g is outside 0..1", j.Strength)
+	}
+	for _, f := range []struct {
+		name string
+		v    int
+	}{{"width", j.Width}, {"height", j.Height}} {
+		if f.v < 0 || f.v > MaxImageSide {
+			return Errorf(CodeOutOfRange, f.name, "%d is outside 0..%d (0 means the model's size)", f.v, MaxImageSide)
+		}
 	}
 	if j.Strength > 0 && len(j.InitImage) == 0 {
 		return Errorf(CodeMissingField, "init_image", "strength is set but there is no init image")

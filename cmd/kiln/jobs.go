@@ -231,6 +231,8 @@ func runImage(ctx context.Context, e *env, args []string) error {
 	steps := fs.Int("steps", 0, "denoising steps (0: the model's, 4 for SD 1.5 LCM)")
 	initPath := fs.String("init", "", "init image for img2img (PNG or JPEG)")
 	strength := fs.Float64("strength", 0, "img2img strength 0..1 (0: the model's, 0.5 for SD 1.5 LCM)")
+	width := fs.Int("width", 0, "image width in pixels; a model makes one size and refuses others (0: the model's)")
+	height := fs.Int("height", 0, "image height in pixels (0: the model's)")
 	lane := fs.String("lane", schema.LaneNormal, "queue lane: high or normal")
 	timeout := fs.Duration("timeout", 0, "give up after this long, cancelling the job (0: never)")
 	asJSON := fs.Bool("json", false, "print one JSON line about the result instead of a progress bar")
@@ -252,7 +254,7 @@ func runImage(ctx context.Context, e *env, args []string) error {
 	}
 	defer done()
 	job := &schema.ImageJob{JobHeader: schema.JobHeader{Model: m, Lane: *lane}, Prompt: prompt, Steps: *steps, Strength: *strength,
-		Seed: seed.v, Progress: true}
+		Width: *width, Height: *height, Seed: seed.v, Progress: true}
 	if *initPath != "" {
 		if job.InitImage, err = os.ReadFile(*initPath); err != nil {
 			return fmt.Errorf("init image: %w", err)

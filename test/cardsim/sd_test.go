@@ -2,6 +2,7 @@ package cardsim
 
 import (
 	"encoding/binary"
+	"fmt"
 	"math"
 	"os"
 	"path/filepath"
@@ -72,9 +73,9 @@ func TestSDModels(t *testing.T) {
 		latent[i] = Unit(42, uint64(i))
 	}
 	runUNet := func(x []float32, t int, text []float32) []float32 {
-		c.put(unet.in[0][0], f32bytes(x))
-		c.put(unet.in[0][1], f32bytes(s.TimeEmbedding(t)))
-		c.put(unet.in[0][2], f32bytes(text))
+		c.put(unet.in[0][0], f32bytes(x)) // the vendor's order: sample, encoder_hidden_states, time row
+		c.put(unet.in[0][1], f32bytes(text))
+		c.put(unet.in[0][2], f32bytes(s.TimeEmbedding(t)))
 		c.ok("unet", c.Execute(unet.id, unet.ctx, 0, unet.io[0]))
 		return bytesF32(c.get(unet.out[0][0], len(x)*4))
 	}
@@ -137,6 +138,90 @@ func TestSDPackageFiles(t *testing.T) {
 		"vae_decoder.axmodel", "vae_encoder.axmodel"} {
 		if _, err := os.Stat(filepath.Join(dir, f)); err != nil {
 			t.Error(err)
+		}
+	}
+	var names []string
+	for _, in := range s.ModelSpecs()["unet.axmodel"].Inputs {
+		names = append(names, in.Name)
+	}
+	if want := []string{"sample", "encoder_hidden_states", UNetTimeInput}; !slices.Equal(names, want) {
+		t.Errorf("unet inputs %q, want the vendor's order %q", names, want)
+	}
+
+	big := SD15LCM1024x768()
+	dir = t.TempDir()
+	if err := WriteSDPackage(dir, big); err != nil {
+		t.Fatal(err)
+	}
+	for _, f := range []string{"vae_encoder.axmodel", "time_input_img2img.npy"} {
+		if _, err := os.Stat(filepath.Join(dir, f)); err == nil {
+			t.Errorf("the txt2img-only 1024x768 package has %s", f)
+		}
+	}
+	if d := big.ModelSpecs()["vae_decoder.axmodel"].Outputs[0].Dims[0]; !slices.Equal(d, []int{1, 3, 1024, 768}) {
+		t.Errorf("1024x768 vae_decoder output %v, want [1 3 1024 768] (height 1024, width 768)", d)
+	}
+}
+
+// TestSDUNetInputsByName: the simulated UNet finds its inputs by the vendor's names in any
+// order, and by shape when the names differ, so kiln's by-name binding and its shape
+// fallback both meet a UNet that computes the same thing.
+func TestSDUNetInputsByName(t *testing.T) {
+	c := openCard(t, "")
+	base := SD15LCM()
+	base.Width, base.Height = 32, 24
+	h, w := base.Height/8, base.Width/8
+	x := make([]float32, 4*h*w)
+	for i := range x {
+		x[i] = Unit(7, uint64(i))
+	}
+	text := make([]float32, 77*768)
+	for i := range text {
+		text[i] = Unit(8, uint64(i))
+	}
+	want := base.UNet(x, base.TimeEmbedding(759), text)
+	for _, tc := range []struct {
+		name string
+		edit func(string, *ModelSpec)
+	}{
+		{"vendor", nil},
+		{"time second", func(f string, m *ModelSpec) {
+			if f == "unet.axmodel" {
+				m.Inputs[1], m.Inputs[2] = m.Inputs[2], m.Inputs[1]
+			}
+		}},
+		{"other names", func(f string, m *ModelSpec) {
+			if f == "unet.axmodel" {
+				for i := range m.Inputs {
+					m.Inputs[i].Name = fmt.Sprintf("input.%d", i)
+				}
+			}
+		}},
+	} {
+		s := base
+		s.Edit = tc.edit
+		dir := t.TempDir()
+		if err := WriteSDPackage(dir, s); err != nil {
+			t.Fatal(err)
+		}
+		spec := s.ModelSpecs()["unet.axmodel"]
+		if tc.edit != nil {
+			tc.edit("unet.axmodel", spec)
+		}
+		unet := c.load(filepath.Join(dir, "unet.axmodel"), spec)
+		for i, in := range spec.Inputs {
+			v := x
+			switch in.Dims[0][len(in.Dims[0])-1] {
+			case 768:
+				v = text
+			case 1280:
+				v = base.TimeEmbedding(759)
+			}
+			c.put(unet.in[0][i], f32bytes(v))
+		}
+		c.ok("unet", c.Execute(unet.id, unet.ctx, 0, unet.io[0]))
+		if got := bytesF32(c.get(unet.out[0][0], len(x)*4)); !slices.Equal(got, want) {
+			t.Errorf("%s: unet output differs from the Go reference", tc.name)
 		}
 	}
 }

@@ -9,7 +9,10 @@ import (
 	"path/filepath"
 )
 
-// SDSpec describes a simulated Stable Diffusion 1.5 LCM package (research/sd-lcm.md §1).
+// SDSpec describes a simulated Stable Diffusion 1.5 LCM package shaped as the vendor publishes
+// it (AXERA-TECH/sd1.5-lcm.axera, HuggingFace AXERA-TECH/lcm-lora-sdv1-5 models/ and
+// models_1024x768/; research/sd-lcm.md §1; docs/sd.md): the vendor's file layout, tensor names,
+// input order and dtypes.
 type SDSpec struct {
 	Name          string // package folder name, e.g. "sd15-lcm"
 	Width, Height int    // image size (512×512); latents are Width/8 × Height/8
@@ -20,6 +23,10 @@ type SDSpec struct {
 	TokenizerDir string
 	// CMM claims of the four models.
 	TextEncoderBytes, UNetBytes, VAEDecoderBytes, VAEEncoderBytes int64
+	// Edit, when set, changes each model's spec (file is its path in the package, as in
+	// ModelSpecs) before it is written: tests make packages that differ from the vendor's
+	// (other tensor names, another input order).
+	Edit func(file string, m *ModelSpec)
 }
 
 // SD15LCM is the 512×512 AXERA-TECH lcm-lora-sdv1-5 layout with img2img.
@@ -30,10 +37,22 @@ func SD15LCM() SDSpec {
 	}
 }
 
+// SD15LCM1024x768 is the vendor's models_1024x768 variant: images 768 wide and 1024 high
+// (launcher.py --isize 1024x768 is <height>x<width>; ax-llm sd15_image_generator.cpp names it
+// "768x1024", width×height, and reads the size from the VAE decoder's [1,3,H,W] output), txt2img
+// only (no vae_encoder.axmodel, no time_input_img2img.npy).
+func SD15LCM1024x768() SDSpec {
+	return SDSpec{
+		Name: "sd15-lcm-1024x768", Width: 768, Height: 1024, Seed: 0x53443136,
+		TextEncoderBytes: 235 << 20, UNetBytes: 1700 << 20, VAEDecoderBytes: 110 << 20,
+	}
+}
+
 // Timesteps are the LCM 4-step schedule; row i of time_input_txt2img.npy belongs to Timesteps[i].
 var Timesteps = [4]int{999, 759, 499, 259}
 
-// UNetTimeInput is the name of the UNet's time-embedding input.
+// UNetTimeInput is the name of the UNet's time-embedding input: the output of the SiLU after
+// time_embedding, promoted to a graph input when the export removed the timestep input t.
 const UNetTimeInput = "/down_blocks.0/resnets.0/act_1/Mul_output_0"
 
 // TimeEmbedding returns the 1280 values the generator writes for timestep t:
@@ -60,10 +79,12 @@ func (s *SDSpec) ModelSpecs() map[string]*ModelSpec {
 		"unet.axmodel": {
 			Kind: KindSDUNet, Name: "unet", Compiler: "5.1-kilnsim", WeightBytes: s.UNetBytes, Groups: 1,
 			Params: []Param{{"seed", int64(s.Seed + 2)}},
+			// The export (model_convert/sd15_export_onnx.py) traces (sample, t,
+			// encoder_hidden_states), removes t and appends the time row last.
 			Inputs: []Tensor{
 				{"sample", FP32, [][]int{{1, 4, h, w}}},
-				{UNetTimeInput, FP32, [][]int{{1, 1280}}},
 				{"encoder_hidden_states", FP32, [][]int{{1, 77, 768}}},
+				{UNetTimeInput, FP32, [][]int{{1, 1280}}},
 			},
 			Outputs: []Tensor{{"out_sample", FP32, [][]int{{1, 4, h, w}}}},
 		},
@@ -100,6 +121,9 @@ func WriteSDPackage(dir string, s SDSpec) error {
 		return fmt.Errorf("cardsim: %w", err)
 	}
 	for name, m := range s.ModelSpecs() {
+		if s.Edit != nil {
+			s.Edit(name, m)
+		}
 		b, err := m.Marshal()
 		if err != nil {
 			return err
@@ -122,10 +146,14 @@ func WriteSDPackage(dir string, s SDSpec) error {
 			return err
 		}
 	}
+	// The vendor's python/models/text_encoder/config.json: the stale bos/eos/pad ids of the
+	// model config (the tokenizer's are 49406/49407) and torch_dtype float16, which ax-llm
+	// reads as the two-byte type of 2-byte tensors.
 	te := map[string]any{
 		"architectures": []string{"CLIPTextModel"}, "model_type": "clip_text_model", "hidden_size": 768,
 		"intermediate_size": 3072, "num_attention_heads": 12, "num_hidden_layers": 12, "hidden_act": "quick_gelu",
-		"max_position_embeddings": 77, "vocab_size": 49408, "bos_token_id": 49406, "eos_token_id": 49407, "pad_token_id": 1,
+		"max_position_embeddings": 77, "vocab_size": 49408, "bos_token_id": 0, "eos_token_id": 2, "pad_token_id": 1,
+		"projection_dim": 768, "layer_norm_eps": 1e-05, "torch_dtype": "float16",
 	}
 	if err := writeJSON(filepath.Join(dir, "text_encoder", "config.json"), te); err != nil {
 		return err

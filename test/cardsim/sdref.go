@@ -37,6 +37,74 @@ func (s *SDSpec) TextEncode(ids []int32) ([]float32, error) {
 	return out, nil
 }
 
+// Image runs the whole SD pipeline in Go from the op twins above and the formulas of
+// research/sd-lcm.md written out again (the LCM step, DDPM add_noise for img2img, the
+// posterior sample, latent/0.18215, the 8-bit rounding) and returns the planar 8-bit RGB
+// pixels a pipeline on the simulated card must give exactly. ids are the 77 token ids;
+// steps the timesteps that run; alphasCumprod the scheduler's table by timestep; noise fills
+// its argument with the next standard normals of the request's generator; init, for
+// img2img, the init image as planar RGB in [-1, 1].
+func (s *SDSpec) Image(ids []int32, steps []int, alphasCumprod []float32, noise func([]float32), init []float32) ([]uint8, error) {
+	ehs, err := s.TextEncode(ids)
+	if err != nil {
+		return nil, err
+	}
+	n := 4 * (s.Width / 8) * (s.Height / 8)
+	randn := func() []float32 { v := make([]float32, n); noise(v); return v }
+	ac := alphasCumprod
+	sq := func(v float64) float32 { return float32(math.Sqrt(v)) }
+	var x []float32
+	if init == nil {
+		x = randn()
+	} else {
+		mom := s.VAEEncode(init)
+		eps := randn()
+		x0 := make([]float32, n)
+		for i := range x0 {
+			std := float32(math.Exp(float64(float32(0.5 * min(max(mom[n+i], -30), 20)))))
+			x0[i] = float32((mom[i] + float32(std*eps[i])) * 0.18215)
+		}
+		z := randn()
+		a := float64(ac[steps[0]])
+		x = make([]float32, n)
+		for i := range x {
+			x[i] = float32(sq(a)*x0[i]) + float32(sq(1-a)*z[i])
+		}
+	}
+	for k, ts := range steps {
+		temb := s.TimeEmbedding(ts)
+		eps := s.UNet(x, temb, ehs)
+		a := float64(ac[ts])
+		st := 10 * float64(ts)
+		cSkip, cOut := float32(0.25/(st*st+0.25)), float32(st/math.Sqrt(st*st+0.25))
+		var z []float32
+		if k < len(steps)-1 {
+			z = randn()
+		}
+		for i := range x {
+			x0 := float32(x[i]-float32(sq(1-a)*eps[i])) / sq(a)
+			d := float32(cOut*x0) + float32(cSkip*x[i])
+			if z == nil {
+				x[i] = d
+			} else {
+				ap := float64(ac[steps[k+1]])
+				x[i] = float32(sq(ap)*d) + float32(sq(1-ap)*z[i])
+			}
+		}
+	}
+	for i := range x {
+		x[i] /= 0.18215
+	}
+	img := s.VAEDecode(x)
+	px := make([]uint8, len(img))
+	for i, v := range img {
+		v = float32(v/2) + 0.5
+		v = min(max(v, 0), 1)
+		px[i] = uint8(math.RoundToEven(float64(float32(v * 255))))
+	}
+	return px, nil
+}
+
 // UNet is the simulated UNet: sample [4][h][w] (h, w = Height/8, Width/8), time embedding
 // [1280], encoder_hidden_states [77][768] → out_sample [4][h][w].
 func (s *SDSpec) UNet(x, temb, ehs []float32) []float32 {

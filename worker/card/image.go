@@ -15,11 +15,12 @@ import (
 // the card: it turns the job into an sd.Request (a random seed when the job
 // has none), sends a progress event after every step when the job asks for
 // them, and returns the PNG with its token count and timings. A request the
-// package cannot serve (steps, strength, an init image that is not a
-// decodable PNG/JPEG, too large, too stretched, or img2img without a VAE
-// encoder) ends with an invalid_request code naming the field and the limit;
-// a device error is transient and the job is retried. The result names the
-// seed, the steps, the strength and the size it was made with.
+// package cannot serve (steps, strength, a width or height other than the
+// one size the package makes, an init image that is not a decodable
+// PNG/JPEG, too large, too stretched, or img2img without a VAE encoder) ends
+// with an invalid_request code naming the field and the limit; a device
+// error is transient and the job is retried. The result names the seed, the
+// steps, the strength and the size it was made with.
 func ImageHandler(p *sd.Pipeline, log *slog.Logger) worker.Handler[schema.ImageJob] {
 	if log == nil {
 		log = slog.Default()
@@ -34,7 +35,7 @@ type imageHandler struct {
 
 func (h *imageHandler) Handle(ctx context.Context, job *worker.Job[schema.ImageJob]) (*schema.Result, error) {
 	a := job.Args
-	req := &sd.Request{Prompt: a.Prompt, Steps: a.Steps, InitImage: a.InitImage, Strength: a.Strength}
+	req := &sd.Request{Prompt: a.Prompt, Steps: a.Steps, InitImage: a.InitImage, Strength: a.Strength, Width: a.Width, Height: a.Height}
 	if a.Seed != nil {
 		req.Seed = *a.Seed
 	} else {

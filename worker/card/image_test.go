@@ -138,6 +138,25 @@ func TestImageJobs(t *testing.T) {
 			t.Fatalf("the result says it was made with seed %v, %+v; want seed 7, 4 steps, 512×512", res.Seed, res.Diffusion)
 		}
 		fox = res.Image
+		// The package is in the vendor's layout and UNet input order
+		// (sample, encoder_hidden_states, time row), bound by name.
+		tok, err := tokenize.LoadCLIP(spec.TokenizerDir)
+		if err != nil {
+			t.Fatal(err)
+		}
+		ids := tok.Encode77("a red fox")
+		want, err := spec.Image(ids[:], sd.Timesteps[:], sd.AlphasCumprod()[:], sd.Noise(7), nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !bytes.Equal(planarRGB(t, res.Image), want) {
+			t.Fatal("the image differs from the Go reference pipeline")
+		}
+		sized := job("a red fox", 7)
+		sized.Width, sized.Height = 512, 512
+		if res, _, err := run(sized); err != nil || !bytes.Equal(res.Image, fox) {
+			t.Fatalf("width and height of the package's size changed the image (%v)", err)
+		}
 		stored, err := c.Result(ctx, res.JobID)
 		if err != nil || !bytes.Equal(stored.Image, res.Image) {
 			t.Fatalf("KILN_RESULTS holds another image (%v)", err)
@@ -193,6 +212,8 @@ func TestImageJobs(t *testing.T) {
 			{"not an image", func(j *schema.ImageJob) { j.InitImage = []byte("GIF? no, text") }, schema.CodeBadValue, "init_image"},
 			{"too large", func(j *schema.ImageJob) { j.InitImage = pngHeader(9000, 9000) }, schema.CodeOverLimit, "init_image"},
 			{"side ratio", func(j *schema.ImageJob) { j.InitImage = gradientPNG(t, 500, 100) }, schema.CodeOutOfRange, "init_image"},
+			{"width", func(j *schema.ImageJob) { j.Width, j.Height = 768, 1024 }, schema.CodeOutOfRange, "width"},
+			{"height", func(j *schema.ImageJob) { j.Height = 1024 }, schema.CodeOutOfRange, "height"},
 		} {
 			j := job("x", 1)
 			c.mod(j)
@@ -274,6 +295,27 @@ func TestImageJobs(t *testing.T) {
 type span struct {
 	kind       string
 	start, end time.Time
+}
+
+// planarRGB decodes a PNG into planar 8-bit RGB, the layout of the
+// reference's pixels.
+func planarRGB(t *testing.T, b []byte) []uint8 {
+	t.Helper()
+	img, err := png.Decode(bytes.NewReader(b))
+	if err != nil {
+		t.Fatal(err)
+	}
+	r := img.Bounds()
+	n := r.Dx() * r.Dy()
+	out := make([]uint8, 3*n)
+	for y := 0; y < r.Dy(); y++ {
+		for x := 0; x < r.Dx(); x++ {
+			cr, cg, cb, _ := img.At(r.Min.X+x, r.Min.Y+y).RGBA()
+			o := y*r.Dx() + x
+			out[o], out[n+o], out[2*n+o] = uint8(cr>>8), uint8(cg>>8), uint8(cb>>8)
+		}
+	}
+	return out
 }
 
 func pngSize(t *testing.T, b []byte, w, h int) {

@@ -76,3 +76,13 @@ func normal16(d []float32) {
 		d[j+8] = float32(r * float32(s))
 	}
 }
+
+// Noise returns the standard normal source Generate uses for a request
+// with this seed: each call fills d with the next draws, in Generate's
+// order (txt2img: the initial latent, then the noise after every step but
+// the last). References and tests replay a request with it.
+func Noise(seed uint64) func(d []float32) {
+	g := new(noiseSource)
+	g.seed(seed)
+	return g.randn
+}

@@ -94,6 +94,11 @@ type Request struct {
 	// init image: int(steps·strength) steps from its tail; 0 means
 	// DefaultStrength (t = 499, 259 with 4 steps).
 	Strength float64
+	// Width and Height, when not 0, are the image size the caller expects;
+	// a package makes one size (Size: its VAE decoder's output), and any
+	// other is refused. The vendor publishes 512×512 and, txt2img only,
+	// 768 wide × 1024 high (docs/sd.md).
+	Width, Height int
 }
 
 // Result is a finished image.
@@ -140,6 +145,7 @@ type Pipeline struct {
 	tdim               int // time-embedding width
 	txtRows, imgRows   map[int][]float32
 	cmm                uint64
+	byShape            []string // tensors bound by shape, their vendor name absent: "unet input sample = \"in.0\""
 
 	// The model calls Generate makes, built by bind, and the device-thread
 	// function that makes them (see run).
@@ -226,91 +232,108 @@ func Open(ctx context.Context, dev *npu.Device, dir string, cfg Config) (_ *Pipe
 		p.moments = make([]float32, 2*lat)
 	}
 	p.png = newPNGWriter(p.W, p.H, cfg.PNGLevel)
+	if len(p.byShape) > 0 {
+		p.log.Warn("sd package bound partly by shape: the vendor's tensor names are absent", "model", p.name,
+			"tensors", strings.Join(p.byShape, ", "))
+	}
 	p.log.Info("sd package loaded", "model", p.name, "image", fmt.Sprintf("%dx%d", p.W, p.H),
 		"img2img", p.enc != nil, "cmm_mib", p.cmm>>20,
 		"dtypes", fmt.Sprintf("unet %s/%s/%s→%s, vae_decoder %s→%s", p.uSample.kind, p.uTime.kind, p.uEHS.kind, p.uOut.kind, p.decIn.kind, p.decOut.kind))
 	return p, nil
 }
 
-func dims(m *npu.Model, dir axcl.Direction, i int) []int {
-	g := m.Describe()
-	if len(g) == 0 {
-		return nil
-	}
-	l := g[0].Inputs
-	if dir != axcl.Input {
-		l = g[0].Outputs
-	}
-	if i >= len(l) {
-		return nil
-	}
-	return l[i].Dims
-}
-
-// bind finds every tensor by index and checks the shapes fit together.
+// bind finds every tensor by the vendor's name, else by shape (see find),
+// and checks the shapes fit together. Every error wraps ErrPackage.
 func (p *Pipeline) bind() error {
-	sd := dims(p.unet, axcl.Input, 0)
-	if len(sd) != 4 || sd[0] != 1 || sd[1] != 4 || sd[2] < 1 || sd[3] < 1 {
-		return fmt.Errorf("sd: %s: unet input 0 has dims %v, want [1 4 h w]", p.name, sd)
+	in, out := axcl.Input, axcl.Output
+	si, err := p.find(p.unet, in, shaped("unet input sample", UNetSample, 1, 4, -1, -1))
+	if err != nil {
+		return err
 	}
+	sd := tensors(p.unet, in)[si].Dims
 	p.h, p.w = sd[2], sd[3]
-	od := dims(p.dec, axcl.Output, 0)
-	if len(od) != 4 || od[0] != 1 || od[1] != 3 || od[2] != 8*p.h || od[3] != 8*p.w {
-		return fmt.Errorf("sd: %s: vae_decoder output 0 has dims %v, want [1 3 %d %d]", p.name, od, 8*p.h, 8*p.w)
+	ei, err := p.find(p.unet, in, shaped("unet input encoder_hidden_states", UNetText, 1, textLen, -1), si)
+	if err != nil {
+		return err
 	}
-	p.H, p.W = od[2], od[3]
-	td := dims(p.unet, axcl.Input, 1)
-	if len(td) == 0 {
-		return fmt.Errorf("sd: %s: unet has no time-embedding input (index 1)", p.name)
+	ti, err := p.find(p.unet, in, anyShape("unet input time embedding", UNetTimeInput), si, ei)
+	if err != nil {
+		return err
+	}
+	if n := len(tensors(p.unet, in)); n != 3 {
+		return fmt.Errorf("%w: %s: unet has %d inputs, want 3 (sample, encoder_hidden_states, time embedding): %s",
+			ErrPackage, p.name, n, listTensors(tensors(p.unet, in)))
 	}
 	p.tdim = 1
-	for _, d := range td {
+	for _, d := range tensors(p.unet, in)[ti].Dims {
 		p.tdim *= d
 	}
-	lat := 4 * p.h * p.w
-	ehsLen := 0
-	if ed := dims(p.unet, axcl.Input, 2); len(ed) == 3 && ed[1] == textLen {
-		ehsLen = ed[1] * ed[2]
-	} else {
-		return fmt.Errorf("sd: %s: unet input 2 (encoder_hidden_states) has dims %v, want [1 %d F]", p.name, ed, textLen)
+	ehsDims := tensors(p.unet, in)[ei].Dims
+	ehsLen := ehsDims[1] * ehsDims[2]
+	uo, err := p.find(p.unet, out, shaped("unet output (noise)", "", 1, 4, p.h, p.w))
+	if err != nil {
+		return err
 	}
-	var err error
+	di, err := p.find(p.dec, in, shaped("vae_decoder input", VAEDecoderInput, 1, 4, p.h, p.w))
+	if err != nil {
+		return err
+	}
+	do, err := p.find(p.dec, out, shaped("vae_decoder output (image)", "", 1, 3, 8*p.h, 8*p.w))
+	if err != nil {
+		return err
+	}
+	p.H, p.W = 8*p.h, 8*p.w
+	tei, err := p.find(p.te, in, shaped("text encoder input", TextInputIDs, 1, textLen))
+	if err != nil {
+		return err
+	}
+	teo, err := p.find(p.te, out, shaped("text encoder output", TextOutput, 1, textLen, ehsDims[2]))
+	if err != nil {
+		return err
+	}
+	var ii, io int
+	if p.enc != nil {
+		if ii, err = p.find(p.enc, in, shaped("vae_encoder input", VAEEncoderInput, 1, 3, p.H, p.W)); err != nil {
+			return err
+		}
+		if io, err = p.find(p.enc, out, shaped("vae_encoder output (moments)", VAEEncoderOutput, 1, 8, p.h, p.w)); err != nil {
+			return err
+		}
+	}
+	lat := 4 * p.h * p.w
 	bindp := func(m *npu.Model, dir axcl.Direction, i, n int, dst **port) {
 		if err == nil {
 			*dst, err = bindPort(m, dir, i, n)
 		}
 	}
-	bindp(p.te, axcl.Output, 0, ehsLen, &p.teOut)
-	bindp(p.unet, axcl.Input, 0, lat, &p.uSample)
-	bindp(p.unet, axcl.Input, 1, p.tdim, &p.uTime)
-	bindp(p.unet, axcl.Input, 2, ehsLen, &p.uEHS)
-	bindp(p.unet, axcl.Output, 0, lat, &p.uOut)
-	bindp(p.dec, axcl.Input, 0, lat, &p.decIn)
-	bindp(p.dec, axcl.Output, 0, 3*p.H*p.W, &p.decOut)
+	bindp(p.te, out, teo, ehsLen, &p.teOut)
+	bindp(p.unet, in, si, lat, &p.uSample)
+	bindp(p.unet, in, ti, p.tdim, &p.uTime)
+	bindp(p.unet, in, ei, ehsLen, &p.uEHS)
+	bindp(p.unet, out, uo, lat, &p.uOut)
+	bindp(p.dec, in, di, lat, &p.decIn)
+	bindp(p.dec, out, do, 3*p.H*p.W, &p.decOut)
 	if p.enc != nil {
-		bindp(p.enc, axcl.Input, 0, 3*p.H*p.W, &p.encIn)
-		bindp(p.enc, axcl.Output, 0, 2*lat, &p.encOut)
+		bindp(p.enc, in, ii, 3*p.H*p.W, &p.encIn)
+		bindp(p.enc, out, io, 2*lat, &p.encOut)
 	}
 	if err != nil {
-		return fmt.Errorf("%w (package %s)", err, p.name)
+		return fmt.Errorf("%w: %w (package %s)", ErrPackage, err, p.name)
 	}
 	// input_ids: 77 int32 (the reference) or int64 (the ONNX original).
-	t := p.te.Describe()[0].Inputs
-	if len(t) == 0 {
-		return fmt.Errorf("sd: %s: text encoder has no input", p.name)
-	}
-	switch t[0].Size {
+	t := tensors(p.te, in)[tei]
+	switch t.Size {
 	case 4 * textLen:
 	case 8 * textLen:
 		p.idsWide = true
 	default:
-		return fmt.Errorf("sd: %s: text encoder input_ids is %d bytes; %d int32 or int64 ids expected", p.name, t[0].Size, textLen)
+		return fmt.Errorf("%w: %s: text encoder %s is %d bytes; %d int32 or int64 ids expected", ErrPackage, p.name, t.Name, t.Size, textLen)
 	}
-	ids, err := p.te.BufferAt(0, axcl.Input, 0)
+	ids, err := p.te.BufferAt(0, in, tei)
 	if err != nil {
 		return fmt.Errorf("sd: %s: text encoder input: %w", p.name, err)
 	}
-	p.teIn = &port{name: t[0].Name, buf: ids, bytes: make([]byte, t[0].Size)}
+	p.teIn = &port{name: t.Name, buf: ids, bytes: make([]byte, t.Size)}
 
 	p.textCall = call{model: p.te, inputs: []*port{p.teIn}, output: p.teOut}
 	p.unetFirst = call{model: p.unet, inputs: []*port{p.uSample, p.uTime, p.uEHS}, output: p.uOut}
@@ -408,6 +431,16 @@ func (p *Pipeline) plan(req *Request) (*plan, error) {
 	if sched == nil {
 		return nil, &RequestError{Field: "steps", Err: ErrOutOfRange, Msg: fmt.Sprintf(
 			"%d steps are not supported by %s: use %s (0 means %d)", req.Steps, p.name, listInts(SupportedSteps()), DefaultSteps)}
+	}
+	for _, f := range []struct {
+		field     string
+		got, want int
+	}{{"width", req.Width, p.W}, {"height", req.Height, p.H}} {
+		if f.got != 0 && f.got != f.want {
+			return nil, &RequestError{Field: f.field, Err: ErrOutOfRange, Msg: fmt.Sprintf(
+				"%d is not a size %s makes: it makes %d×%d images only (width %d, height %d; 0 means that size)",
+				f.got, p.name, p.W, p.H, p.W, p.H)}
+		}
 	}
 	pl := &plan{steps: sched, n: n, seed: req.Seed}
 	if len(req.InitImage) == 0 {

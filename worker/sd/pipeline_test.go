@@ -5,7 +5,6 @@ import (
 	"context"
 	"errors"
 	"image"
-	"math"
 	"slices"
 	"strings"
 	"testing"
@@ -14,10 +13,8 @@ import (
 	"github.com/kiln-project/kiln/worker/tokenize"
 )
 
-// reference runs the whole pipeline in Go from the simulator's op twins
-// (SDSpec.TextEncode/UNet/VAEDecode/VAEEncode) and the formulas of
-// research/sd-lcm.md written out again, and returns the 8-bit RGB pixels.
-// The pipeline on the simulated card must give exactly these pixels.
+// reference is the simulator's Go pipeline (cardsim.SDSpec.Image) with the
+// prompt's CLIP ids and this package's noise and scheduler table.
 func reference(t *testing.T, spec cardsim.SDSpec, prompt string, seed uint64, steps []int, init []float32) []uint8 {
 	t.Helper()
 	tok, err := tokenize.LoadCLIP(clipDir)
@@ -25,65 +22,9 @@ func reference(t *testing.T, spec cardsim.SDSpec, prompt string, seed uint64, st
 		t.Fatal(err)
 	}
 	ids := tok.Encode77(prompt)
-	ehs, err := spec.TextEncode(ids[:])
+	px, err := spec.Image(ids[:], steps, AlphasCumprod()[:], Noise(seed), init)
 	if err != nil {
 		t.Fatal(err)
-	}
-	n := 4 * (spec.Width / 8) * (spec.Height / 8)
-	var g noiseSource
-	g.seed(seed)
-	randn := func() []float32 { v := make([]float32, n); g.randn(v); return v }
-	ac := AlphasCumprod()
-	sq := func(v float64) float32 { return float32(math.Sqrt(v)) }
-	var x []float32
-	if init == nil {
-		x = randn()
-	} else {
-		mom := spec.VAEEncode(init)
-		eps := randn()
-		x0 := make([]float32, n)
-		for i := range x0 {
-			std := float32(math.Exp(float64(float32(0.5 * min(max(mom[n+i], -30), 20)))))
-			x0[i] = float32((mom[i] + float32(std*eps[i])) * 0.18215)
-		}
-		noise := randn()
-		a := float64(ac[steps[0]])
-		x = make([]float32, n)
-		for i := range x {
-			x[i] = float32(sq(a)*x0[i]) + float32(sq(1-a)*noise[i])
-		}
-	}
-	for k, ts := range steps {
-		row := slices.Index(Timesteps[:], ts)
-		temb := spec.TimeEmbedding(Timesteps[row])
-		eps := spec.UNet(x, temb, ehs)
-		a := float64(ac[ts])
-		s := 10 * float64(ts)
-		cSkip, cOut := float32(0.25/(s*s+0.25)), float32(s/math.Sqrt(s*s+0.25))
-		var noise []float32
-		if k < len(steps)-1 {
-			noise = randn()
-		}
-		for i := range x {
-			x0 := float32(x[i]-float32(sq(1-a)*eps[i])) / sq(a)
-			d := float32(cOut*x0) + float32(cSkip*x[i])
-			if noise == nil {
-				x[i] = d
-			} else {
-				ap := float64(ac[steps[k+1]])
-				x[i] = float32(sq(ap)*d) + float32(sq(1-ap)*noise[i])
-			}
-		}
-	}
-	for i := range x {
-		x[i] /= 0.18215
-	}
-	img := spec.VAEDecode(x)
-	px := make([]uint8, len(img))
-	for i, v := range img {
-		v = float32(v/2) + 0.5
-		v = min(max(v, 0), 1)
-		px[i] = uint8(math.RoundToEven(float64(float32(v * 255))))
 	}
 	return px
 }

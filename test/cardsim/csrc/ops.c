@@ -85,6 +85,24 @@ static int verr(char *err, size_t errn, const char *fmt, ...) {
 
 typedef struct { const char *name; int32_t dt; } want;
 
+/* The UNet's inputs by the vendor's names (sd1.5-lcm.axera model_convert/sd15_export_onnx.py: sample,
+ * encoder_hidden_states, then the time row appended last), else by shape as kiln's fallback does:
+ * the 4-dim input is the sample, the 3-dim one the text, the other the time row. */
+#define UNET_TIME "/down_blocks.0/resnets.0/act_1/Mul_output_0"
+static int unet_roles(const simspec *s, int g, int *xi, int *ti, int *ei) {
+    *xi = sim_find_in(s, "sample");
+    *ti = sim_find_in(s, UNET_TIME);
+    *ei = sim_find_in(s, "encoder_hidden_states");
+    if (*xi >= 0 && *ti >= 0 && *ei >= 0) return 0;
+    *xi = *ti = *ei = -1;
+    for (int i = 0; i < s->nin; i++) {
+        int *r = s->in[i].ndim[g] == 4 ? xi : s->in[i].ndim[g] == 3 ? ei : ti;
+        if (*r >= 0) return -1;
+        *r = i;
+    }
+    return *xi < 0 || *ti < 0 || *ei < 0 ? -1 : 0;
+}
+
 static int need_tensors(simspec *s, const want *in, int nin, const want *out, int nout, char *err, size_t errn) {
     for (int i = 0; i < nin; i++) {
         int k = sim_find_in(s, in[i].name);
@@ -172,7 +190,10 @@ axclError sim_validate(simspec *s, char *err, size_t errn) {
             if (s->in[i].dtype != DT_FP32) return verr(err, errn, "unet input %lld must be fp32", (long long)i), E_ENGINE_ILLEGAL;
         if (s->out[0].dtype != DT_FP32) return verr(err, errn, "unet output must be fp32", 0), E_ENGINE_ILLEGAL;
         for (int g = 0; g < s->ngroups; g++) {
-            simtensor *x = &s->in[0], *e = &s->in[2];
+            int xi, ti, ei;
+            if (unet_roles(s, g, &xi, &ti, &ei))
+                return verr(err, errn, "group %lld: unet inputs are neither named sample, " UNET_TIME ", encoder_hidden_states nor shaped [1,4,h,w], [1,N], [1,S,F]", (long long)g), E_ENGINE_ILLEGAL;
+            simtensor *x = &s->in[xi], *e = &s->in[ei];
             if (x->ndim[g] != 4 || x->dims[g][1] != 4 || s->out[0].elems[g] != x->elems[g] || e->ndim[g] != 3 || e->dims[g][2] < 8)
                 return verr(err, errn, "group %lld: sample [1,4,h,w], encoder_hidden_states [1,S,F>=8], output like sample", (long long)g), E_ENGINE_ILLEGAL;
         }
@@ -409,11 +430,13 @@ static axclError run_sd_text(simmodel *m, int g, void **in, void **out) {
 
 static axclError run_sd_unet(simmodel *m, int g, void **in, void **out) {
     simspec *s = &m->spec;
-    const float *x = in[0], *temb = in[1], *ehs = in[2];
+    int xi, ti, ei;
+    if (unet_roles(s, g, &xi, &ti, &ei)) return sim_fail(E_ENGINE_EXECUTE_FAIL, "unet inputs not found");
+    const float *x = in[xi], *temb = in[ti], *ehs = in[ei];
     float *eps = out[0];
-    const int64_t h = s->in[0].dims[g][2], w = s->in[0].dims[g][3];
-    const int64_t NT = (int64_t)s->in[1].elems[g];
-    const int64_t S = s->in[2].dims[g][1], F = s->in[2].dims[g][2];
+    const int64_t h = s->in[xi].dims[g][2], w = s->in[xi].dims[g][3];
+    const int64_t NT = (int64_t)s->in[ti].elems[g];
+    const int64_t S = s->in[ei].dims[g][1], F = s->in[ei].dims[g][2];
     float sv[8];
     for (int k = 0; k < 8; k++) {
         float acc = 0.0f;

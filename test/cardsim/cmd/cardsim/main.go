@@ -25,11 +25,12 @@ func main() {
 	qwenTok := flag.String("qwen3-tokenizer", "", "folder of Qwen3 tokenizer files to copy into the chat packages (default: worker/tokenize/testdata/qwen3 if present)")
 	clipTok := flag.String("clip-tokenizer", "", "folder of CLIP tokenizer files to copy into sd15-lcm/tokenizer (default: worker/tokenize/testdata/clip if present)")
 	big := flag.Bool("qwen3-4b", false, "also write qwen3-4b (full Qwen3-4B shapes, sparse embedding table)")
+	sdTall := flag.Bool("sd-1024x768", false, "also write sd15-lcm-1024x768 (the vendor's txt2img-only variant: 768 wide, 1024 high)")
 	flag.Parse()
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt)
 	defer stop()
 	if err := run(ctx, *libPath, *models, defaultDir(*qwenTok, "worker/tokenize/testdata/qwen3"),
-		defaultDir(*clipTok, "worker/tokenize/testdata/clip"), *big); err != nil {
+		defaultDir(*clipTok, "worker/tokenize/testdata/clip"), *big, *sdTall); err != nil {
 		fmt.Fprintln(os.Stderr, err)
 		os.Exit(1)
 	}
@@ -45,7 +46,7 @@ func defaultDir(flagValue, fallback string) string {
 	return ""
 }
 
-func run(ctx context.Context, libPath, models, qwenTok, clipTok string, big bool) error {
+func run(ctx context.Context, libPath, models, qwenTok, clipTok string, big, sdTall bool) error {
 	if libPath != "" {
 		if err := cardsim.Build(ctx, libPath); err != nil {
 			return err
@@ -68,12 +69,17 @@ func run(ctx context.Context, libPath, models, qwenTok, clipTok string, big bool
 		fmt.Printf("cardsim: wrote %s (%d layers, hidden %d, kv_dim %d, context %d, prefill groups %v, tokenizer %q)\n",
 			dir, s.Layers, s.Hidden, s.KVDim, s.MaxCtx, s.Histories, qwenTok)
 	}
-	sd := cardsim.SD15LCM()
-	sd.TokenizerDir = clipTok
-	dir := filepath.Join(models, sd.Name)
-	if err := cardsim.WriteSDPackage(dir, sd); err != nil {
-		return err
+	sds := []cardsim.SDSpec{cardsim.SD15LCM()}
+	if sdTall {
+		sds = append(sds, cardsim.SD15LCM1024x768())
 	}
-	fmt.Printf("cardsim: wrote %s (%dx%d, img2img %v, tokenizer %q)\n", dir, sd.Width, sd.Height, sd.VAEEncoder, clipTok)
+	for _, sd := range sds {
+		sd.TokenizerDir = clipTok
+		dir := filepath.Join(models, sd.Name)
+		if err := cardsim.WriteSDPackage(dir, sd); err != nil {
+			return err
+		}
+		fmt.Printf("cardsim: wrote %s (%dx%d, img2img %v, tokenizer %q)\n", dir, sd.Width, sd.Height, sd.VAEEncoder, clipTok)
+	}
 	return nil
 }
