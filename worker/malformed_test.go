@@ -155,11 +155,11 @@ func TestMalformedBodiesAreAnsweredOnce(t *testing.T) {
 		{"unknown field maxTokens (msgpack)", schema.KindChat, "", true,
 			func(id, _ string) []byte { return msgpackChat(id, "", map[string]any{"maxTokens": 5}) },
 			schema.CodeUnknownField, "maxTokens", ctMsgpack},
-		{"unknown field width on an image job", schema.KindImage, ctJSON, true,
+		{"unknown field negative_prompt on an image job", schema.KindImage, ctJSON, true,
 			func(id, _ string) []byte {
-				return fmt.Appendf(nil, `{"id":%q,"model":"echo","prompt":"a red fox","width":511}`, id)
+				return fmt.Appendf(nil, `{"id":%q,"model":"echo","prompt":"a red fox","negative_prompt":"blurry"}`, id)
 			},
-			schema.CodeUnknownField, "width", ctJSON},
+			schema.CodeUnknownField, "negative_prompt", ctJSON},
 		{"unknown field in a message", schema.KindChat, ctJSON, true,
 			func(id, _ string) []byte {
 				return fmt.Appendf(nil, `{"id":%q,"model":"echo","messages":[{"role":"user","content":"hi","name":"x"}]}`, id)

@@ -45,8 +45,9 @@ func (j *Janitor) read(m *jetstream.RawStreamMsg) job {
 	if jb.id == "" && schema.ValidToken(hdr.ID) {
 		jb.id = hdr.ID
 	}
-	for _, r := range []string{hdr.ReplyTo, m.Header.Get(schema.HeaderReplyTo), ""} {
-		if to, err := j.subj.ReplyTo(jb.client, jb.id, r); err == nil {
+	jb.replyTo, _ = j.subj.ReplyTo(jb.client, jb.id, "") // the client's default, if it has one
+	for _, r := range []string{hdr.ReplyTo, m.Header.Get(schema.HeaderReplyTo)} {
+		if to, err := j.subj.ReplyTo(jb.client, jb.id, r); r != "" && err == nil {
 			jb.replyTo = to
 			break
 		}

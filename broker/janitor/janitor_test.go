@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -420,7 +421,7 @@ func TestJanitorsAtOnceAnswerEachJobOnce(t *testing.T) {
 func TestSubjectThatCanNeverBeAJobIsRefusedAtPublish(t *testing.T) {
 	t.Parallel()
 	bb := setup(t, topology.Config{})
-	for _, subject := range []string{"kiln.jobs.chat.echo.normal.extra", "kiln.jobs.chat.echo", "kiln.jobs.chat.>"} {
+	for _, subject := range []string{"kiln.jobs.chat.echo.normal.room-1.extra", "kiln.jobs.chat.echo", "kiln.jobs.chat.>"} {
 		msg := nats.NewMsg(subject)
 		msg.Data = []byte(`{}`)
 		if _, err := bb.js.PublishMsg(testCtx(t), msg, jetstream.WithRetryAttempts(0)); !errors.Is(err, jetstream.ErrNoStreamResponse) {
@@ -446,7 +447,7 @@ func TestProvisionNarrowsAnOldQueueAndItsOddJobsAreAnswered(t *testing.T) {
 	if _, err := bb.js.UpdateStream(testCtx(t), old); err != nil {
 		t.Fatal(err)
 	}
-	odd := bb.publish(t, "kiln.jobs.chat.echo.normal.extra", schema.NewID(), "")
+	odd := bb.publish(t, "kiln.jobs.chat.echo.normal.room-1.extra", schema.NewID(), "")
 	if err := topology.Provision(testCtx(t), bb.js, bb.topo); err != nil {
 		t.Fatal(err)
 	}
@@ -454,7 +455,7 @@ func TestProvisionNarrowsAnOldQueueAndItsOddJobsAreAnswered(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if c := info.Config; len(c.Subjects) != 1 || c.Subjects[0] != "kiln.jobs.*.*.*" || c.MaxAge != 10*time.Minute+topology.JobMaxAgeMargin ||
+	if c := info.Config; !slices.Equal(c.Subjects, []string{"kiln.jobs.*.*.*", "kiln.jobs.*.*.*.*"}) || c.MaxAge != 10*time.Minute+topology.JobMaxAgeMargin ||
 		topology.JobMaxAgeOf(c) != 10*time.Minute {
 		t.Fatalf("KILN_JOBS after Provision: subjects %v, max age %v, metadata %v", c.Subjects, c.MaxAge, c.Metadata)
 	}
