@@ -83,7 +83,7 @@ type fleetStatus struct {
 		CardTempC float64 `json:"card_temp_c"`
 		SoCTempC  float64 `json:"soc_temp_c"`
 		Governor  struct{ State string }
-		Models    []struct{ Name, Kind string }
+		Models    []struct{ Name, Kind, State, Error string }
 	}
 	Queue []any
 }
