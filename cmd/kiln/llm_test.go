@@ -102,6 +102,11 @@ func TestUpServesBesideABrokenPackage(t *testing.T) {
 	if code != 0 || strings.TrimSpace(out) == "" {
 		t.Fatalf("kiln chat on the good chat package: %d %q %q", code, out, stderr)
 	}
+	// No live worker serves the broken package: the job is refused, not taken.
+	code, out, stderr = kiln(t, t.Context(), "chat", "--nats", url, "--model", "qwen3-broken", "--max-tokens", "5", "hi")
+	if code == 0 || !strings.Contains(stderr, "no_worker") && !strings.Contains(stderr, "no live worker") {
+		t.Fatalf("kiln chat on the broken package: %d %q %q", code, out, stderr)
+	}
 	png := filepath.Join(t.TempDir(), "out.png")
 	code, out, stderr = kiln(t, t.Context(), "image", "--nats", url, "--steps", "1", "a red fox", "-o", png)
 	if code != 0 || !strings.Contains(out, "wrote "+png) {
