@@ -219,12 +219,30 @@ const (
 	StateStopping  = "stopping"
 )
 
-// ModelInfo describes one resident model of a worker.
+// Model states in heartbeats (ModelInfo.State).
+const (
+	ModelLoading = "loading" // the package is being loaded onto the card
+	ModelReady   = "ready"   // loaded: the worker takes its jobs
+	ModelFailed  = "failed"  // the package did not load (Error says why): the worker takes none of its jobs
+)
+
+// ModelInfo describes one model of a worker. A model whose State is
+// ModelFailed is listed so that operators see it, but is not served: its
+// jobs wait for (or are answered no_worker when there is no) other worker.
 type ModelInfo struct {
 	Name   string `msgpack:"name" json:"name"`
 	Kind   string `msgpack:"kind" json:"kind"`
 	CMMMiB int    `msgpack:"cmm_mib,omitempty" json:"cmm_mib,omitempty"`
+	// State is ModelLoading, ModelReady or ModelFailed ("" from a worker
+	// without a card, or older than the field: served).
+	State string `msgpack:"state,omitempty" json:"state,omitempty"`
+	// Error says why a failed package did not load.
+	Error string `msgpack:"error,omitempty" json:"error,omitempty"`
 }
+
+// Serving reports whether the model takes jobs (or will once loaded): it
+// is not a package that failed to load.
+func (m *ModelInfo) Serving() bool { return m.State != ModelFailed }
 
 // GovernorStatus is the thermal governor's state as heartbeats report it.
 type GovernorStatus struct {
@@ -263,7 +281,7 @@ type Heartbeat struct {
 // Serves reports whether the worker has the model of the given kind resident.
 func (h *Heartbeat) Serves(kind, model string) bool {
 	for _, m := range h.Models {
-		if m.Name == model && m.Kind == kind {
+		if m.Name == model && m.Kind == kind && m.Serving() {
 			return true
 		}
 	}

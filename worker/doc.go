@@ -71,7 +71,9 @@
 //     a fault resets the card with back-off after the job is handed back;
 //     MaxFaults in a row make the worker unhealthy; a lost card stops it
 //     (ErrCardLost). A Device that is a Loader loads its models after the
-//     worker has registered.
+//     worker has registered; one that is a ModelChecker reports the models
+//     whose packages failed to load: the worker fetches none of their jobs,
+//     lists them failed in heartbeats and publishes load_failed for each.
 //   - The reaper: every worker listens (as a queue group) for JetStream's
 //     max-deliveries advisory, so a job whose every delivery died with its
 //     worker still ends with one error result.

@@ -32,6 +32,16 @@ type Loader interface {
 	Load(ctx context.Context) error
 }
 
+// ModelChecker is optionally implemented by a Device that loads each
+// model's package on its own, so that one package that fails to load does
+// not take the others down. The worker fetches no job for a model whose
+// ModelErr is non-nil: its jobs wait for a card that serves it (heartbeats
+// list the model as failed: StatusFunc says so). After each load or reset
+// the worker publishes a load_failed device event naming every such model.
+type ModelChecker interface {
+	ModelErr(kind, model string) error
+}
+
 // ErrCardLost is matched by the error of a worker that stopped because its
 // card was lost.
 var ErrCardLost = errors.New("worker: card lost")
@@ -44,7 +54,10 @@ const (
 	DeviceReady       = "ready"        // the card is back, models loaded, taking jobs
 	DeviceUnhealthy   = "unhealthy"    // too many faults in a row: no more jobs
 	DeviceLost        = "lost"         // the card is gone: the worker exits
-	DeviceLoadFailed  = "load_failed"  // the models could not be loaded at start: the worker exits
+	// DeviceLoadFailed: with Model set, that model's package did not load
+	// (the others serve); without, the card could not be loaded at start
+	// and the worker exits.
+	DeviceLoadFailed = "load_failed"
 )
 
 // startLoading loads the device's models in the background (Loader) and
@@ -70,6 +83,7 @@ func (w *Worker) startLoading(ctx context.Context) bool {
 			return
 		}
 		w.endReset()
+		w.modelEvents()
 		w.deviceEvent(DeviceReady, fmt.Sprintf("models loaded in %v", time.Since(start).Round(time.Millisecond)))
 		w.logReady()
 	}()
@@ -150,6 +164,7 @@ func (w *Worker) handleFault() {
 		}
 		if err == nil {
 			w.endReset()
+			w.modelEvents()
 			w.deviceEvent(DeviceReady, "card reset, models reloaded")
 			w.log.Info("card reset, models reloaded")
 			return
@@ -213,7 +228,29 @@ func (w *Worker) Err() error {
 	}
 }
 
-func (w *Worker) deviceEvent(typ, msg string) {
-	ev := schema.DeviceEvent{Worker: w.cfg.Name, Type: typ, Message: msg, Time: time.Now().UTC()}
+func (w *Worker) deviceEvent(typ, msg string) { w.modelEvent(typ, "", msg) }
+
+func (w *Worker) modelEvent(typ, model, msg string) {
+	ev := schema.DeviceEvent{Worker: w.cfg.Name, Type: typ, Model: model, Message: msg, Time: time.Now().UTC()}
 	w.publishEvent(w.subj.Device(w.cfg.Name), &ev)
+}
+
+// modelErr is the Device's ModelErr for the model (nil without a
+// ModelChecker).
+func (w *Worker) modelErr(kind, model string) error {
+	if mc, ok := w.cfg.Device.(ModelChecker); ok {
+		return mc.ModelErr(kind, model)
+	}
+	return nil
+}
+
+// modelEvents publishes a load_failed event for each model whose package
+// did not load (ModelChecker).
+func (w *Worker) modelEvents() {
+	for _, m := range w.Models() {
+		if err := w.modelErr(m.Kind, m.Name); err != nil {
+			w.log.Error("model not served: its package did not load", "model", m.Name, "kind", m.Kind, "err", err)
+			w.modelEvent(DeviceLoadFailed, m.Name, err.Error())
+		}
+	}
 }

@@ -38,6 +38,11 @@ func (w *Worker) Status() schema.Heartbeat {
 		Time:        time.Now().UTC(),
 	}
 	w.governorStatus(&hb)
+	for i := range hb.Models {
+		if err := w.modelErr(hb.Models[i].Kind, hb.Models[i].Name); err != nil {
+			hb.Models[i].State, hb.Models[i].Error = schema.ModelFailed, err.Error()
+		}
+	}
 	if w.cfg.StatusFunc != nil {
 		w.cfg.StatusFunc(&hb)
 	}

@@ -522,6 +522,10 @@ func (w *Worker) next() (jetstream.Msg, *route) {
 		if !rt.pending {
 			continue
 		}
+		if w.modelErr(rt.kind, rt.model) != nil {
+			rt.pending, rt.rung = false, false // its package did not load: leave its jobs to other cards
+			continue
+		}
 		var batch jetstream.MessageBatch
 		var err error
 		if rt.rung {

@@ -152,7 +152,7 @@ func servedBy(hbs []schema.Heartbeat) served {
 	s := served{}
 	for _, hb := range hbs {
 		for _, m := range hb.Models {
-			if !slices.Contains(s[m.Kind], m.Name) {
+			if m.Serving() && !slices.Contains(s[m.Kind], m.Name) {
 				s[m.Kind] = append(s[m.Kind], m.Name)
 			}
 		}

@@ -100,7 +100,11 @@ func runCardInfo(ctx context.Context, args []string, stdout, stderr io.Writer) e
 	if f.json {
 		return cardJSON(stdout, info)
 	}
-	fmt.Fprintf(stdout, "runtime  %s (%s)  soc %s\nlibrary  %s\n\n", info.FullVersion, info.Version, info.SoC, info.Library)
+	full := info.FullVersion
+	if full == "" {
+		full = "build unknown" // no axclrtGetFullVersion: an older SDK
+	}
+	fmt.Fprintf(stdout, "runtime  %s (%s)  soc %s\nlibrary  %s\n\n", full, info.Version, info.SoC, info.Library)
 	if len(info.Cards) == 0 {
 		fmt.Fprintln(stdout, "no card found")
 		return nil
@@ -108,6 +112,10 @@ func runCardInfo(ctx context.Context, args []string, stdout, stderr io.Writer) e
 	tw := tabwriter.NewWriter(stdout, 0, 0, 2, ' ', 0)
 	fmt.Fprintln(tw, "CARD\tID\tPCI\tFIRMWARE\tTEMP\tCMM USED/TOTAL\tMEM USED/TOTAL\tNPU\tCPU")
 	for _, c := range info.Cards {
+		if c.HealthUnknown {
+			fmt.Fprintf(tw, "%d\t%d\t-\tunknown\t-\t-\t-\t-\t-\t(the runtime has no axclrtGetDeviceProperties: health unknown)\n", c.Index, c.ID)
+			continue
+		}
 		fmt.Fprintf(tw, "%d\t%d\t%s\t%s\t%.1f °C\t%d / %d MiB\t%d / %d MiB\t%.0f %%\t%.0f %%\n",
 			c.Index, c.ID, c.PCI, c.Firmware, c.TemperatureC, c.CMMUsedMiB, c.CMMTotalMiB,
 			c.MemUsedMiB, c.MemTotalMiB, c.NPULoadPercent, c.CPULoadPercent)

@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/kiln-project/kiln/client"
+	"github.com/kiln-project/kiln/schema"
 )
 
 func runStatus(ctx context.Context, e *env, args []string) error {
@@ -41,10 +42,19 @@ func runStatus(ctx context.Context, e *env, args []string) error {
 	}
 	tw := tabwriter.NewWriter(e.stdout, 0, 4, 2, ' ', 0)
 	fmt.Fprintln(tw, "WORKER\tSTATE\tCARD °C\tSOC °C\tGOVERNOR\tMODELS\tCURRENT JOB\tOK\tFAILED\tREFUSED\tTOK/S\tUP")
+	var failed []string
 	for _, w := range workers {
 		var models []string
 		for _, m := range w.Models {
-			models = append(models, m.Kind+"/"+m.Name)
+			switch m.State {
+			case schema.ModelFailed:
+				models = append(models, m.Kind+"/"+m.Name+" (failed)")
+				failed = append(failed, fmt.Sprintf("%s\t%s/%s\t%s", w.Worker, m.Kind, m.Name, m.Error))
+			case schema.ModelLoading:
+				models = append(models, m.Kind+"/"+m.Name+" (loading)")
+			default:
+				models = append(models, m.Kind+"/"+m.Name)
+			}
 		}
 		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%d\t%d\t%d\t%.1f\t%s\n", w.Worker, w.State, temp(w.CardTempC), temp(w.SoCTempC),
 			w.Governor.State, orDash(strings.Join(models, ",")), orDash(w.CurrentJob), w.JobsOK, w.JobsFailed, w.JobsRefused, w.TokensPerS,
@@ -52,6 +62,13 @@ func runStatus(ctx context.Context, e *env, args []string) error {
 	}
 	if len(workers) == 0 {
 		fmt.Fprintln(tw, "(no live workers)")
+	}
+	if len(failed) > 0 {
+		fmt.Fprintln(tw)
+		fmt.Fprintln(tw, "WORKER\tFAILED MODEL\tWHY (the package did not load; the worker serves its other models)")
+		for _, f := range failed {
+			fmt.Fprintln(tw, f)
+		}
 	}
 	fmt.Fprintln(tw)
 	fmt.Fprintln(tw, "QUEUE\tLANE\tWAITING\tRUNNING\tRETRYING\tNOTE")

@@ -79,7 +79,7 @@ func pickModel(ctx context.Context, c *client.Client, kind, model string) (strin
 	var names []string
 	for _, w := range ws {
 		for _, m := range w.Models {
-			if m.Kind == kind && !seen[m.Name] {
+			if m.Kind == kind && m.Serving() && !seen[m.Name] {
 				seen[m.Name] = true
 				names = append(names, m.Name)
 			}

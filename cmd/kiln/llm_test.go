@@ -1,13 +1,12 @@
 package main
 
 import (
-	"context"
 	"encoding/json"
 	"os"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"testing"
-	"time"
 
 	"github.com/kiln-project/kiln/schema"
 	"github.com/kiln-project/kiln/test/cardsim"
@@ -52,23 +51,70 @@ func TestUpServesChat(t *testing.T) {
 	}
 }
 
-// A chat package with a missing layer file stops kiln up with the file named.
-func TestUpRefusesBrokenChatPackage(t *testing.T) {
+// One broken package never takes the card down: in a models folder with a
+// chat package missing a layer file beside a good chat and a good image
+// package, kiln up serves the two good ones (a chat and an image job
+// succeed), and kiln status names the broken one as failed with the file.
+func TestUpServesBesideABrokenPackage(t *testing.T) {
 	lib := cardsim.Library(t)
 	models := t.TempDir()
 	spec := cardsim.TinyQwen3()
 	spec.Layers, spec.TokenizerDir = 2, "../../worker/tokenize/testdata/qwen3"
-	dir := filepath.Join(models, "qwen3-tiny")
-	if err := cardsim.WriteLLMPackage(dir, spec); err != nil {
+	for _, name := range []string{"qwen3-tiny", "qwen3-broken"} {
+		if err := cardsim.WriteLLMPackage(filepath.Join(models, name), spec); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := os.Remove(filepath.Join(models, "qwen3-broken", spec.ModelDir, spec.LayerFile(1))); err != nil {
 		t.Fatal(err)
 	}
-	if err := os.Remove(filepath.Join(dir, spec.ModelDir, spec.LayerFile(1))); err != nil {
+	sdSpec := cardsim.SD15LCM()
+	sdSpec.TokenizerDir = "../../worker/tokenize/testdata/clip"
+	if err := cardsim.WriteSDPackage(filepath.Join(models, "sd15-lcm"), sdSpec); err != nil {
 		t.Fatal(err)
 	}
-	ctx, cancel := context.WithTimeout(t.Context(), 30*time.Second)
-	defer cancel()
-	code, _, stderr := kiln(t, ctx, "up", "--listen", freeAddr(t), "--data", t.TempDir(), "--models", models, "--lib", lib, "--grace", "1s")
-	if code == 0 || !strings.Contains(stderr, "qwen3_p128_l1_together.axmodel is missing") {
-		t.Fatalf("kiln up: %d %q", code, stderr)
+	url := startUp(t, "--models", models, "--lib", lib, "--name", "shelf-card0").url
+	st := waitStatus(t, url, func(st *fleetStatus) bool {
+		if !oneReadyWorker(3)(st) {
+			return false
+		}
+		for _, m := range st.Workers[0].Models {
+			if m.State == "" || m.State == schema.ModelLoading {
+				return false
+			}
+		}
+		return true
+	})
+	for _, m := range st.Workers[0].Models {
+		wantState := schema.ModelReady
+		if m.Name == "qwen3-broken" {
+			wantState = schema.ModelFailed
+			if !strings.Contains(m.Error, "qwen3_p128_l1_together.axmodel is missing") {
+				t.Errorf("failed model's error %q does not name the missing file", m.Error)
+			}
+		}
+		if m.State != wantState {
+			t.Errorf("model %s: state %q, want %q", m.Name, m.State, wantState)
+		}
+	}
+
+	code, out, stderr := kiln(t, t.Context(), "chat", "--nats", url, "--model", "qwen3-tiny", "--max-tokens", "5", "hi")
+	if code != 0 || strings.TrimSpace(out) == "" {
+		t.Fatalf("kiln chat on the good chat package: %d %q %q", code, out, stderr)
+	}
+	// No live worker serves the broken package: the job is refused, not taken.
+	code, out, stderr = kiln(t, t.Context(), "chat", "--nats", url, "--model", "qwen3-broken", "--max-tokens", "5", "hi")
+	if code == 0 || !strings.Contains(stderr, "no_worker") && !strings.Contains(stderr, "no live worker") {
+		t.Fatalf("kiln chat on the broken package: %d %q %q", code, out, stderr)
+	}
+	png := filepath.Join(t.TempDir(), "out.png")
+	code, out, stderr = kiln(t, t.Context(), "image", "--nats", url, "--steps", "1", "a red fox", "-o", png)
+	if code != 0 || !strings.Contains(out, "wrote "+png) {
+		t.Fatalf("kiln image on the good image package: %d %q %q", code, out, stderr)
+	}
+	code, out, stderr = kiln(t, t.Context(), "status", "--nats", url)
+	if code != 0 || !strings.Contains(out, "chat/qwen3-broken (failed)") ||
+		!regexp.MustCompile(`shelf-card0 +chat/qwen3-broken +.*qwen3_p128_l1_together\.axmodel is missing`).MatchString(out) {
+		t.Fatalf("kiln status does not name the broken package and why: %d %q %q", code, out, stderr)
 	}
 }

@@ -60,6 +60,7 @@ func commands() map[string]command {
 		"cancel":   {"cancel a queued or running job", runCancel},
 		"result":   {"fetch a job's stored result", runResult},
 		"card":     {"the card as the runtime sees it: info, inspect FILE", wrapCard},
+		"models":   {"check [DIR...]: what kiln will do with each model package, and why it refuses one", runModels},
 		"tokenize": {"token ids of text with a tokenizer (debugging, parity checks)", wrapTokenize},
 		"version":  {"print the version", runVersion},
 	}

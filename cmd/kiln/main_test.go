@@ -84,7 +84,7 @@ type fleetStatus struct {
 		SoCTempC   float64 `json:"soc_temp_c"`
 		Governor   struct{ State string }
 		CurrentJob string `json:"current_job"`
-		Models     []struct{ Name, Kind string }
+		Models     []struct{ Name, Kind, State, Error string }
 	}
 	Queue []any
 }

@@ -23,6 +23,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"sort"
 	"strings"
 	"sync"
@@ -61,10 +62,19 @@ func sources() (names []string, err error) {
 	return names, err
 }
 
+// Defines that build variants of the simulator from the one C source tree (pass them to
+// [Build]; [OldRuntimeLibrary] builds with both).
+const (
+	// NoFullVersion leaves axclrtGetFullVersion out, as the V2.25 API (pyaxcl) has it.
+	NoFullVersion = "KILNSIM_NO_FULLVERSION"
+	// NoDeviceProperties leaves axclrtGetDeviceProperties out, as the V2.25 API has it.
+	NoDeviceProperties = "KILNSIM_NO_DEVICE_PROPERTIES"
+)
+
 // Build compiles the simulator with $CC (default cc) into outPath (e.g.
-// build/cardsim/libaxcl_rt.so), creating its folder. The C sources are embedded, so Build
-// works from any working directory.
-func Build(ctx context.Context, outPath string) error {
+// build/cardsim/libaxcl_rt.so), creating its folder, with each of defines given as -D (e.g.
+// [NoFullVersion]). The C sources are embedded, so Build works from any working directory.
+func Build(ctx context.Context, outPath string, defines ...string) error {
 	cc, err := compiler()
 	if err != nil {
 		return err
@@ -106,7 +116,11 @@ func Build(ctx context.Context, outPath string) error {
 	}
 	tmp := tf.Name()
 	tf.Close()
-	args := append(append(append(cc[1:], CFlags...), "-o", tmp), cfiles...)
+	args := append(slices.Clone(cc[1:]), CFlags...)
+	for _, d := range defines {
+		args = append(args, "-D"+d)
+	}
+	args = append(append(args, "-o", tmp), cfiles...)
 	args = append(args, "-lm", "-lpthread")
 	cmd := exec.CommandContext(ctx, cc[0], args...)
 	out, err := cmd.CombinedOutput()
@@ -124,8 +138,8 @@ func Build(ctx context.Context, outPath string) error {
 	return nil
 }
 
-// sourceHash identifies the embedded sources, the compiler and the flags.
-func sourceHash() string {
+// sourceHash identifies the embedded sources, the compiler, the flags and the defines.
+func sourceHash(defines ...string) string {
 	h := sha256.New()
 	names, _ := sources()
 	for _, n := range names {
@@ -134,14 +148,23 @@ func sourceHash() string {
 		h.Write(b)
 	}
 	fmt.Fprintf(h, "CC=%s %s\n", os.Getenv("CC"), strings.Join(CFlags, " "))
+	if len(defines) > 0 {
+		fmt.Fprintf(h, "-D %s\n", strings.Join(defines, " -D "))
+	}
 	return hex.EncodeToString(h.Sum(nil))[:16]
 }
 
-var lib struct {
+// built caches one build per variant (its defines) per test process.
+type built struct {
 	once sync.Once
 	path string
 	err  error
 }
+
+var (
+	lib    built
+	oldLib built
+)
 
 // EnvRequireSim names the environment variable that makes a missing C compiler fail the tests
 // that need the simulator instead of skipping them: KILN_REQUIRE_SIM=1 (CI sets it, so a
@@ -181,20 +204,33 @@ func CC(tb testing.TB) []string {
 // exists) it skips tb, or fails it when KILN_REQUIRE_SIM is set.
 func Library(tb testing.TB) string {
 	tb.Helper()
-	lib.once.Do(func() {
-		p := filepath.Join(os.TempDir(), "kiln-cardsim-"+sourceHash(), "libaxcl_rt.so")
+	return lib.get(tb)
+}
+
+// OldRuntimeLibrary is [Library] built without the symbols that older runtimes (the V2.25
+// API) lack: axclrtGetFullVersion and axclrtGetDeviceProperties ([NoFullVersion],
+// [NoDeviceProperties]).
+func OldRuntimeLibrary(tb testing.TB) string {
+	tb.Helper()
+	return oldLib.get(tb, NoFullVersion, NoDeviceProperties)
+}
+
+func (b *built) get(tb testing.TB, defines ...string) string {
+	tb.Helper()
+	b.once.Do(func() {
+		p := filepath.Join(os.TempDir(), "kiln-cardsim-"+sourceHash(defines...), "libaxcl_rt.so")
 		if _, err := os.Stat(p); err == nil {
-			lib.path = p
+			b.path = p
 			return
 		}
-		lib.err = Build(context.Background(), p)
-		lib.path = p
+		b.err = Build(context.Background(), p, defines...)
+		b.path = p
 	})
-	if errors.Is(lib.err, ErrNoCompiler) {
-		noCompiler(tb, fmt.Errorf("cardsim: simulator not built: %w", lib.err))
+	if errors.Is(b.err, ErrNoCompiler) {
+		noCompiler(tb, fmt.Errorf("cardsim: simulator not built: %w", b.err))
 	}
-	if lib.err != nil {
-		tb.Fatalf("cardsim: %v", lib.err)
+	if b.err != nil {
+		tb.Fatalf("cardsim: %v", b.err)
 	}
-	return lib.path
+	return b.path
 }

@@ -85,6 +85,8 @@ var firstHour = []*expectation{
 		check:  pngFile("fox.png", 512, 512), writes: []string{"fox.png"}},
 	{command: regexp.MustCompile(`^build/kiln card info --lib build/cardsim/libaxcl_rt\.so$`), mode: runs,
 		prints: []string{`runtime `, `CARD\s+ID\s+PCI`}},
+	{command: regexp.MustCompile(`^build/kiln models check --lib build/cardsim/libaxcl_rt\.so build/models/\*$`), mode: runs,
+		prints: []string{`serves chat jobs \(runtime llm`, `serves image jobs \(runtime sd`, `encoder_hidden_states`}},
 	{command: regexp.MustCompile(`^build/kiln tokenize --tokenizer \S+ "hello"$`), mode: runs,
 		prints: []string{`^\[\d+(,\d+)*\]\n$`}},
 	{command: regexp.MustCompile(`^nats -s \$kiln sub '[^']+' &$`), mode: background, ready: `Subscribing on `,

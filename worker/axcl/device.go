@@ -19,6 +19,9 @@ type deviceFuncs struct {
 	getDevice func(id *int32) int32
 	// axclError axclrtSynchronizeDevice(void);
 	synchronizeDevice func() int32
+
+	// Optional, newer SDKs only (the V2.25 API has none).
+
 	// axclError axclrtGetDeviceProperties(int32_t deviceId, axclrtDeviceProperties *properties);
 	getDeviceProperties func(id int32, props *DeviceProperties) int32
 }
@@ -31,8 +34,11 @@ func (f *deviceFuncs) load(l *library) error {
 	b.bind(&f.resetDevice, "axclrtResetDevice")
 	b.bind(&f.getDevice, "axclrtGetDevice")
 	b.bind(&f.synchronizeDevice, "axclrtSynchronizeDevice")
-	b.bind(&f.getDeviceProperties, "axclrtGetDeviceProperties")
-	return b.err
+	if b.err != nil {
+		return b.err
+	}
+	l.optional(&f.getDeviceProperties, "axclrtGetDeviceProperties")
+	return nil
 }
 
 // DeviceCount is the number of cards the driver sees (axclrtGetDeviceCount).
@@ -95,9 +101,18 @@ func (rt *Runtime) SynchronizeDevice() error {
 // On the real card this runs several shell commands on the device and takes
 // tens to hundreds of milliseconds: call it between model calls, from the
 // thread that owns the device (it sets and resets the device internally).
+// [ErrUnsupported] when the runtime does not export it (older SDKs:
+// HasDeviceProperties): the card's health is then unknown.
 func (rt *Runtime) DeviceProperties(id DeviceID, p *DeviceProperties) error {
+	if rt.getDeviceProperties == nil {
+		return fmt.Errorf("axcl: axclrtGetDeviceProperties not exported by %s: %w", rt.path, ErrUnsupported)
+	}
 	return rt.check("axclrtGetDeviceProperties", rt.getDeviceProperties(int32(id), p))
 }
+
+// HasDeviceProperties reports whether the runtime exports
+// axclrtGetDeviceProperties.
+func (rt *Runtime) HasDeviceProperties() bool { return rt.getDeviceProperties != nil }
 
 // DeviceProperties mirrors axclrtDeviceProperties (240 bytes, alignment 8;
 // the layout is pinned by a test).

@@ -10,12 +10,13 @@ type runtimeFuncs struct {
 	finalize func() int32
 	// axclError axclrtGetVersion(int32_t *major, int32_t *minor, int32_t *patch);
 	getVersion func(major, minor, patch *int32) int32
-	// const char *axclrtGetFullVersion(void);
-	getFullVersion func() string
 	// const char *axclrtGetSocName(void);
 	getSocName func() string
 
-	// Optional, newer SDKs only.
+	// Optional, newer SDKs only (the V2.25 API has no axclrtGetFullVersion).
+
+	// const char *axclrtGetFullVersion(void);
+	getFullVersion func() string
 
 	// const char *axclrtGetErrorString(axclError error);
 	getErrorString func(code int32) string
@@ -28,11 +29,11 @@ func (f *runtimeFuncs) load(l *library) error {
 	b.bind(&f.init, "axclInit")
 	b.bind(&f.finalize, "axclFinalize")
 	b.bind(&f.getVersion, "axclrtGetVersion")
-	b.bind(&f.getFullVersion, "axclrtGetFullVersion")
 	b.bind(&f.getSocName, "axclrtGetSocName")
 	if b.err != nil {
 		return b.err
 	}
+	l.optional(&f.getFullVersion, "axclrtGetFullVersion")
 	l.optional(&f.getErrorString, "axclrtGetErrorString")
 	l.optional(&f.getLastError, "axclrtGetLastError")
 	return nil
@@ -64,8 +65,17 @@ func (rt *Runtime) Version() (Version, error) {
 }
 
 // FullVersion is the runtime's build string, e.g. "V3.10.2_20251215140224"
-// (axclrtGetFullVersion).
-func (rt *Runtime) FullVersion() string { return rt.getFullVersion() }
+// (axclrtGetFullVersion); "" when the runtime does not export it (older
+// SDKs: HasFullVersion).
+func (rt *Runtime) FullVersion() string {
+	if rt.getFullVersion == nil {
+		return ""
+	}
+	return rt.getFullVersion()
+}
+
+// HasFullVersion reports whether the runtime exports axclrtGetFullVersion.
+func (rt *Runtime) HasFullVersion() bool { return rt.getFullVersion != nil }
 
 // SocName is the chip name, e.g. "AX650N" (axclrtGetSocName).
 func (rt *Runtime) SocName() string { return rt.getSocName() }

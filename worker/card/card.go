@@ -47,11 +47,18 @@ type Card struct {
 	mu     sync.RWMutex // held for reading by a running handler, for writing by Reset
 	dev    *npu.Device
 	models map[string]*servedModel
+	failed map[string]error // the packages that did not load, by name
+	loaded bool             // the first Load has finished
 }
 
+// ErrPackage is matched by the load error of a package that no runtime
+// recognises any more (it changed on disk since Open).
+var ErrPackage = errors.New("card: not a model package")
+
 var (
-	_ worker.Device = (*Card)(nil)
-	_ worker.Loader = (*Card)(nil)
+	_ worker.Device       = (*Card)(nil)
+	_ worker.Loader       = (*Card)(nil)
+	_ worker.ModelChecker = (*Card)(nil)
 )
 
 // Open opens the card of cfg and finds the model packages in
@@ -72,6 +79,7 @@ func Open(ctx context.Context, cfg Config) (*Card, error) {
 		chat:   map[string]worker.Handler[schema.ChatJob]{},
 		image:  map[string]worker.Handler[schema.ImageJob]{},
 		models: map[string]*servedModel{},
+		failed: map[string]error{},
 	}
 	lib := cfg.Library
 	if lib == "" {
@@ -174,43 +182,52 @@ func (c *Card) ImageHandlers() map[string]worker.Handler[schema.ImageJob] {
 }
 
 // Load implements worker.Loader: it loads the packages found by Open onto
-// the card.
+// the card, each on its own: a package that fails to load is logged and
+// marked failed (ModelErr, heartbeats) and the others serve. Load fails
+// only when the card itself fails meanwhile.
 func (c *Card) Load(ctx context.Context) error {
 	c.mu.RLock()
 	dev := c.dev
 	c.mu.RUnlock()
-	models, err := c.loadAll(ctx, dev)
+	models, failed, err := c.loadAll(ctx, dev)
 	if err != nil {
 		return err
 	}
 	c.mu.Lock()
-	c.models = models
+	c.models, c.failed, c.loaded = models, failed, true
 	c.mu.Unlock()
 	return nil
 }
 
-// loadAll loads every package of c.order onto dev; on an error it unloads
-// what it loaded.
-func (c *Card) loadAll(ctx context.Context, dev *npu.Device) (map[string]*servedModel, error) {
-	models := map[string]*servedModel{}
+// loadAll loads every package of c.order onto dev. A package that fails
+// to load is left out, its error in failed. When the device reports itself
+// unusable after a failure the card is at fault, not the package: loadAll
+// unloads what it loaded and returns the error.
+func (c *Card) loadAll(ctx context.Context, dev *npu.Device) (models map[string]*servedModel, failed map[string]error, err error) {
+	models, failed = map[string]*servedModel{}, map[string]error{}
 	for _, name := range c.order {
 		path := filepath.Join(c.dir, name)
 		var m *servedModel
-		err := fmt.Errorf("model %s: no runtime recognises %s any more", name, path)
+		err := fmt.Errorf("model %s: %w: no runtime recognises %s any more", name, ErrPackage, path)
 		if rt := runtimeFor(path); rt != nil {
 			m, err = c.loadModel(ctx, dev, rt, name, path)
 		}
-		if err != nil {
+		if err == nil {
+			models[name] = m
+			continue
+		}
+		if derr := dev.Err(); derr != nil || ctx.Err() != nil {
 			for _, m := range models {
 				if m.close != nil {
 					_ = m.close(ctx)
 				}
 			}
-			return nil, err
+			return nil, nil, errors.Join(err, derr, ctx.Err())
 		}
-		models[name] = m
+		c.log.Error("model package not served: it did not load", "model", name, "folder", path, "err", err)
+		failed[name] = err
 	}
-	return models, nil
+	return models, failed, nil
 }
 
 func (c *Card) loadModel(ctx context.Context, dev *npu.Device, rt *modelRuntime, name, path string) (*servedModel, error) {
@@ -231,10 +248,19 @@ func chatOn(c *Card, name string) worker.Handler[schema.ChatJob] {
 		defer c.mu.RUnlock()
 		m := c.models[name]
 		if m == nil || m.chat == nil {
-			return nil, fmt.Errorf("model %s is not loaded on the card", name)
+			return nil, c.notLoaded(name)
 		}
 		return m.chat.Handle(ctx, job)
 	})
+}
+
+// notLoaded is a handler's error for a model not loaded now (c.mu held):
+// the job goes back to the queue for a card that serves the model.
+func (c *Card) notLoaded(name string) error {
+	if err := c.failed[name]; err != nil {
+		return fmt.Errorf("model %s is not served on this card: its package did not load: %w", name, err)
+	}
+	return fmt.Errorf("model %s is not loaded on the card", name)
 }
 
 // imageOn is chatOn for image models.
@@ -244,7 +270,7 @@ func imageOn(c *Card, name string) worker.Handler[schema.ImageJob] {
 		defer c.mu.RUnlock()
 		m := c.models[name]
 		if m == nil || m.image == nil {
-			return nil, fmt.Errorf("model %s is not loaded on the card", name)
+			return nil, c.notLoaded(name)
 		}
 		return m.image.Handle(ctx, job)
 	})
@@ -259,13 +285,13 @@ func (c *Card) Reset(ctx context.Context) error {
 	if err := c.unloadLocked(ctx); err != nil {
 		c.log.Warn("unload card for reset", "err", err)
 	}
-	c.dev, c.models = nil, map[string]*servedModel{}
+	c.dev, c.models, c.loaded = nil, map[string]*servedModel{}, false
 	c.mu.Unlock()
 	dev, err := c.openDevice(ctx)
 	if err != nil {
 		return err
 	}
-	models, err := c.loadAll(ctx, dev)
+	models, failed, err := c.loadAll(ctx, dev)
 	if err != nil {
 		if cerr := dev.Close(ctx); cerr != nil {
 			c.log.Warn("close card", "err", cerr)
@@ -273,9 +299,18 @@ func (c *Card) Reset(ctx context.Context) error {
 		return err
 	}
 	c.mu.Lock()
-	c.dev, c.models = dev, models
+	c.dev, c.models, c.failed, c.loaded = dev, models, failed, true
 	c.mu.Unlock()
 	return nil
+}
+
+// ModelErr implements worker.ModelChecker: why the package of model did
+// not load on the last Load or Reset (nil when it serves, or is still
+// loading). The worker fetches no job for such a model.
+func (c *Card) ModelErr(kind, model string) error {
+	c.mu.RLock()
+	defer c.mu.RUnlock()
+	return c.failed[model]
 }
 
 // Close unloads the models (newest first) and closes the device. It waits

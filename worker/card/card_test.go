@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 
 	"github.com/kiln-project/kiln/schema"
@@ -113,5 +114,103 @@ func TestOpenLoadsPackagesOnTheCard(t *testing.T) {
 	}
 	if err := c.Lost(); err != nil {
 		t.Fatalf("Lost on a healthy card: %v", err)
+	}
+}
+
+// One package that fails to load does not take the card down: the good one
+// serves, the broken one is marked failed with its reason (ModelErr,
+// heartbeats), and a reset reloads them the same way.
+func TestBrokenPackageLeavesTheOthersServing(t *testing.T) {
+	lib := cardsim.Library(t)
+	models := t.TempDir()
+	spec := cardsim.TinyQwen3()
+	spec.Layers, spec.TokenizerDir = 2, "../tokenize/testdata/qwen3"
+	for _, name := range []string{"qwen3-broken", "qwen3-tiny"} {
+		if err := cardsim.WriteLLMPackage(filepath.Join(models, name), spec); err != nil {
+			t.Fatal(err)
+		}
+	}
+	missing := spec.LayerFile(1)
+	if err := os.Remove(filepath.Join(models, "qwen3-broken", spec.ModelDir, missing)); err != nil {
+		t.Fatal(err)
+	}
+	c, err := card.Open(t.Context(), card.Config{Library: lib, ModelsDir: models, Logger: quiet})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = c.Close(t.Context()) })
+	hb := schema.Heartbeat{Models: []schema.ModelInfo{
+		{Name: "qwen3-broken", Kind: schema.KindChat}, {Name: "qwen3-tiny", Kind: schema.KindChat}}}
+	c.Status(&hb)
+	if hb.Models[0].State != schema.ModelLoading || hb.Models[1].State != schema.ModelLoading {
+		t.Fatalf("status before load: %+v", hb.Models)
+	}
+	check := func(when string) {
+		t.Helper()
+		if err := c.ModelErr(schema.KindChat, "qwen3-broken"); err == nil || !strings.Contains(err.Error(), missing) {
+			t.Errorf("%s: ModelErr(broken) = %v, want the missing %s named", when, err, missing)
+		}
+		if err := c.ModelErr(schema.KindChat, "qwen3-tiny"); err != nil {
+			t.Errorf("%s: ModelErr(good) = %v", when, err)
+		}
+		hb := schema.Heartbeat{Models: []schema.ModelInfo{
+			{Name: "qwen3-broken", Kind: schema.KindChat}, {Name: "qwen3-tiny", Kind: schema.KindChat}}}
+		c.Status(&hb)
+		broken, good := hb.Models[0], hb.Models[1]
+		if broken.State != schema.ModelFailed || !strings.Contains(broken.Error, missing) || broken.Serving() {
+			t.Errorf("%s: broken model in heartbeat %+v", when, broken)
+		}
+		if good.State != schema.ModelReady || good.CMMMiB <= 0 || !hb.Serves(schema.KindChat, "qwen3-tiny") ||
+			hb.Serves(schema.KindChat, "qwen3-broken") {
+			t.Errorf("%s: heartbeat %+v", when, hb)
+		}
+		job := worker.NewJob(&schema.ChatJob{Messages: []schema.Message{{Role: "user", Content: "hi"}}, MaxTokens: 2}, nil)
+		if _, err := c.ChatHandlers()["qwen3-tiny"].Handle(t.Context(), job); err != nil {
+			t.Errorf("%s: chat on the good package: %v", when, err)
+		}
+		if _, err := c.ChatHandlers()["qwen3-broken"].Handle(t.Context(), job); err == nil || !strings.Contains(err.Error(), "did not load") {
+			t.Errorf("%s: chat on the broken package: %v", when, err)
+		}
+	}
+	if err := c.Load(t.Context()); err != nil {
+		t.Fatalf("Load with one broken package: %v", err)
+	}
+	check("after Load")
+	if err := c.Reset(t.Context()); err != nil {
+		t.Fatalf("Reset with one broken package: %v", err)
+	}
+	check("after Reset")
+}
+
+// On a runtime without axclrtGetDeviceProperties (older SDKs) a Card opens,
+// loads and serves; its health is unknown (no temperature in heartbeats,
+// Temp fails so that the governor leaves the card out).
+func TestOldRuntimeCardHealthUnknown(t *testing.T) {
+	lib := cardsim.OldRuntimeLibrary(t)
+	models := t.TempDir()
+	spec := cardsim.TinyQwen3()
+	spec.Layers, spec.TokenizerDir = 2, "../tokenize/testdata/qwen3"
+	if err := cardsim.WriteLLMPackage(filepath.Join(models, "qwen3-tiny"), spec); err != nil {
+		t.Fatal(err)
+	}
+	c, err := card.Open(t.Context(), card.Config{Library: lib, ModelsDir: models, Logger: quiet})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = c.Close(t.Context()) })
+	if err := c.Load(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+	hb := schema.Heartbeat{Models: []schema.ModelInfo{{Name: "qwen3-tiny", Kind: schema.KindChat}}}
+	c.Status(&hb)
+	if hb.CardTempC != 0 || hb.CMMTotalMiB != 0 || hb.Models[0].State != schema.ModelReady {
+		t.Fatalf("status on an old runtime: %+v", hb)
+	}
+	if _, err := c.Temp(t.Context()); !errors.Is(err, npu.ErrNoProperties) {
+		t.Fatalf("Temp on an old runtime = %v, want npu.ErrNoProperties", err)
+	}
+	job := worker.NewJob(&schema.ChatJob{Messages: []schema.Message{{Role: "user", Content: "hi"}}, MaxTokens: 2}, nil)
+	if _, err := c.ChatHandlers()["qwen3-tiny"].Handle(t.Context(), job); err != nil {
+		t.Fatalf("chat on an old runtime: %v", err)
 	}
 }

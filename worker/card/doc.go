@@ -1,11 +1,17 @@
 // Package card owns the card a worker process holds: it finds the model
-// packages in the models folder, loads them onto the card in order and
-// unloads them newest first, resets the card under a lock after a device
+// packages in the models folder, loads them onto the card in order, each
+// on its own (a package that fails to load is marked failed with its
+// reason and the others serve), and unloads them newest first, resets the card under a lock after a device
 // fault (reloading the same packages), tells device faults and lost cards
 // from other errors (IsFault), and reports the card's status and
 // temperatures for heartbeats and the thermal governor.
 //
-// A Card is the worker's worker.Device and worker.Loader. Its handlers
+// Check (kiln models check) reports what kiln will do with package
+// folders: files, runtime, tokenizer, every model's tensors, and why a
+// package is refused.
+//
+// A Card is the worker's worker.Device, worker.Loader and
+// worker.ModelChecker. Its handlers
 // (ChatHandlers, ImageHandlers) stay valid across resets: each calls
 // whichever instance of its model is loaded now. The adapters that turn a
 // job into an engine call live here too: ChatHandler serves chat jobs with

@@ -20,14 +20,21 @@ func (c *Card) device() *npu.Device {
 	return c.dev
 }
 
-// Status adds the card's health to a heartbeat: each served model's CMM,
+// Status adds the card's health to a heartbeat: each model's state (why a
+// package failed to load) and CMM,
 // the card's temperature, NPU load and CMM use (worker.Config.StatusFunc).
 func (c *Card) Status(hb *schema.Heartbeat) {
 	c.mu.RLock()
 	dev := c.dev
 	for i := range hb.Models {
-		if m := c.models[hb.Models[i].Name]; m != nil {
-			hb.Models[i].CMMMiB = m.cmmMiB
+		info := &hb.Models[i]
+		switch m, err := c.models[info.Name], c.failed[info.Name]; {
+		case m != nil:
+			info.CMMMiB, info.State = m.cmmMiB, schema.ModelReady
+		case err != nil:
+			info.State, info.Error = schema.ModelFailed, err.Error()
+		case !c.loaded && dev != nil:
+			info.State = schema.ModelLoading
 		}
 	}
 	c.mu.RUnlock()

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"math"
 	"runtime"
 	"runtime/debug"
 	"sync"
@@ -28,6 +29,10 @@ var (
 	ErrBudget = errors.New("npu: CMM budget exceeded")
 	// ErrOutOfRange: an offset or length outside a device buffer.
 	ErrOutOfRange = errors.New("npu: out of range")
+	// ErrNoProperties: the runtime does not export axclrtGetDeviceProperties
+	// (older SDKs, the V2.25 API): the card's health (temperature, load,
+	// CMM, firmware) is unknown. It also matches axcl.ErrUnsupported.
+	ErrNoProperties = fmt.Errorf("npu: card health unknown: %w", axcl.ErrUnsupported)
 )
 
 // Config configures Open. The zero value opens the first card of the
@@ -442,7 +447,7 @@ func (d *Device) run(ready chan<- error) {
 
 	var tick <-chan time.Time
 	var nextSample time.Time
-	if d.cfg.SampleInterval > 0 {
+	if d.cfg.SampleInterval > 0 && d.rt.HasDeviceProperties() {
 		t := time.NewTicker(d.cfg.SampleInterval)
 		defer t.Stop()
 		tick = t.C
@@ -498,10 +503,20 @@ func (d *Device) open() error {
 	} else {
 		d.engineOwned = true
 	}
+	d.budget = d.cfg.CMMBudget
+	if !rt.HasDeviceProperties() {
+		// Older runtimes: no health, and no CMM total to budget against
+		// unless Config sets one; the runtime refuses what does not fit.
+		if d.budget == 0 {
+			d.budget = math.MaxUint64
+		}
+		d.log.Warn("npu: the runtime has no axclrtGetDeviceProperties: card health (temperature, load, CMM) unknown",
+			"device", int(d.id), "index", d.cfg.Index, "lib", rt.Path())
+		return nil
+	}
 	if err := d.sample(); err != nil {
 		return fmt.Errorf("npu: read properties of device %d: %w", d.id, err)
 	}
-	d.budget = d.cfg.CMMBudget
 	if d.budget == 0 {
 		d.budget = d.props.CMMTotalBytes()
 	}
@@ -525,13 +540,16 @@ func (d *Device) sample() error {
 }
 
 // Properties returns the latest sample of the card's health. It never
-// calls the runtime.
+// calls the runtime. ErrNoProperties when the runtime cannot report it.
 func (d *Device) Properties(ctx context.Context) (Properties, error) {
 	if err := ctx.Err(); err != nil {
 		return Properties{}, err
 	}
 	if err := d.Err(); err != nil {
 		return Properties{}, err
+	}
+	if !d.rt.HasDeviceProperties() {
+		return Properties{}, ErrNoProperties
 	}
 	d.propsMu.Lock()
 	defer d.propsMu.Unlock()
@@ -541,6 +559,9 @@ func (d *Device) Properties(ctx context.Context) (Properties, error) {
 // Refresh samples the properties now, on the device thread, and returns
 // the new sample.
 func (d *Device) Refresh(ctx context.Context) (Properties, error) {
+	if !d.rt.HasDeviceProperties() {
+		return Properties{}, ErrNoProperties
+	}
 	if err := d.Do(ctx, func(*Thread) error { return d.sample() }); err != nil {
 		return Properties{}, err
 	}

@@ -12,7 +12,7 @@ import (
 type Info struct {
 	Library     string `json:"library"`
 	Version     string `json:"runtime_version"`
-	FullVersion string `json:"runtime_full_version"`
+	FullVersion string `json:"runtime_full_version"` // "" when the runtime has no axclrtGetFullVersion
 	SoC         string `json:"soc"`
 	Cards       []Card `json:"cards"`
 }
@@ -30,6 +30,9 @@ type Card struct {
 	MemTotalMiB    uint64  `json:"mem_total_mib"`
 	NPULoadPercent float64 `json:"npu_load_percent"`
 	CPULoadPercent float64 `json:"cpu_load_percent"`
+	// HealthUnknown: the runtime has no axclrtGetDeviceProperties (older
+	// SDKs), so every field but Index and ID is unknown (zero).
+	HealthUnknown bool `json:"health_unknown,omitempty"`
 }
 
 // CardFromProperties fills a Card from one properties sample.
@@ -98,6 +101,10 @@ func cardInfo(rt *axcl.Runtime) (info *Info, err error) {
 		return nil, fmt.Errorf("npu: list devices: %w", err)
 	}
 	for i, id := range ids {
+		if !rt.HasDeviceProperties() {
+			info.Cards = append(info.Cards, Card{Index: i, ID: int(id), HealthUnknown: true})
+			continue
+		}
 		var p axcl.DeviceProperties
 		if err := rt.DeviceProperties(id, &p); err != nil {
 			return nil, fmt.Errorf("npu: properties of card %d (id %d): %w", i, id, err)

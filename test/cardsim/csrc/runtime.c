@@ -450,7 +450,9 @@ EXPORT axclError axclrtGetVersion(int32_t *major, int32_t *minor, int32_t *patch
     return 0;
 }
 
+#ifndef KILNSIM_NO_FULLVERSION /* a V2.25-era runtime has no axclrtGetFullVersion */
 EXPORT const char *axclrtGetFullVersion(void) { return "V3.10.2_kilnsim"; }
+#endif
 EXPORT const char *axclrtGetSocName(void) { return "AX650N"; }
 
 /* ---------------------------------------------------------------- devices */
@@ -551,7 +553,7 @@ EXPORT axclError axclrtSynchronizeDevice(void) {
     return r;
 }
 
-static int read_temp_file(int32_t *mc) {
+static __attribute__((unused)) int read_temp_file(int32_t *mc) {
     if (!g_cfg.temp_file[0]) return 0;
     FILE *f = fopen(g_cfg.temp_file, "r");
     if (!f) return 0;
@@ -568,6 +570,7 @@ static int read_temp_file(int32_t *mc) {
     return 1;
 }
 
+#ifndef KILNSIM_NO_DEVICE_PROPERTIES /* a V2.25-era runtime has no axclrtGetDeviceProperties */
 EXPORT axclError axclrtGetDeviceProperties(int32_t id, axclrtDeviceProperties *p) {
     if (!p) return sim_fail(E_DEVICE_NULL, "null properties");
     pthread_mutex_lock(&g_mu);
@@ -612,6 +615,7 @@ EXPORT axclError axclrtGetDeviceProperties(int32_t id, axclrtDeviceProperties *p
     }
     return 0;
 }
+#endif /* KILNSIM_NO_DEVICE_PROPERTIES */
 
 /* ---------------------------------------------------------------- contexts API */
 
