@@ -295,31 +295,13 @@ func TestMalformedBodiesAreAnsweredOnce(t *testing.T) {
 	}
 }
 
-// logBuffer is a log destination that tests read while a worker writes.
-type logBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (b *logBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-func (b *logBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.String()
-}
-
 // A malformed job with no reply subject anywhere (no headers, no reply_to
 // in the body) cannot be answered; its error result is still stored under
 // the body's id, the job is terminated, and the worker says so at Warn.
 func TestMalformedBodyWithoutReplySubjectIsStored(t *testing.T) {
 	t.Parallel()
 	bb := setup(t, topology.Config{})
-	logs := &logBuffer{}
+	logs := &wait.Buffer{}
 	bb.Worker(t, "w1", func(cfg *worker.Config) {
 		cfg.Logger = slog.New(slog.NewTextHandler(logs, &slog.HandlerOptions{Level: slog.LevelWarn}))
 	})

@@ -36,7 +36,7 @@ func (d slowLoad) Load(ctx context.Context) error {
 // loaded, not when it registers.
 func TestReadyLoggedOnceModelsLoad(t *testing.T) {
 	bb := setup(t, topology.Config{})
-	var logs logBuffer
+	var logs wait.Buffer
 	card := slowLoad{release: make(chan struct{})}
 	w := bb.Worker(t, "ready1", func(c *worker.Config) {
 		c.Chat = map[string]worker.Handler[schema.ChatJob]{model: echo.Chat}

@@ -3,7 +3,6 @@ package main
 import (
 	"context"
 	"encoding/json"
-	"errors"
 	"flag"
 	"fmt"
 	"io"
@@ -68,20 +67,10 @@ func parseCard(name string, args []string, stderr io.Writer) (cardFlags, []strin
 		fmt.Fprintln(stderr, "\nflags:")
 		fs.PrintDefaults()
 	}
-	var pos []string
-	for {
-		if err := fs.Parse(args); err != nil {
-			if errors.Is(err, flag.ErrHelp) {
-				return f, nil, err
-			}
-			return f, nil, errUsage
-		}
-		if fs.NArg() == 0 {
-			return f, pos, nil
-		}
-		pos = append(pos, fs.Arg(0))
-		args = fs.Args()[1:]
+	if err := parse(fs, args); err != nil { // flags may follow the arguments
+		return f, nil, err
 	}
+	return f, fs.Args(), nil
 }
 
 func runCardInfo(ctx context.Context, args []string, stdout, stderr io.Writer) error {

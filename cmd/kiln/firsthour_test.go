@@ -1,7 +1,6 @@
 package main
 
 import (
-	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -13,7 +12,6 @@ import (
 	"regexp"
 	"slices"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -27,28 +25,10 @@ import (
 	"github.com/kiln-project/kiln/worker"
 )
 
-// syncBuffer is an output that a running command writes while the test reads.
-type syncBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (b *syncBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-func (b *syncBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.String()
-}
-
 // running is a kiln command running in-process in the background.
 type running struct {
 	cancel         context.CancelCauseFunc
-	stdout, stderr syncBuffer
+	stdout, stderr wait.Buffer
 	done           chan struct{}
 	code           int
 }

@@ -33,7 +33,6 @@ import (
 	"path/filepath"
 	"regexp"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -194,26 +193,9 @@ var assignment = regexp.MustCompile(`^(export )?[A-Za-z_][A-Za-z0-9_]*=\S*$`)
 // bash and what it runs, as in a terminal).
 type proc struct {
 	cmd  *exec.Cmd
-	out  *syncBuffer
+	out  *wait.Buffer
 	done chan struct{}
 	err  error
-}
-
-type syncBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (b *syncBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-func (b *syncBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.String()
 }
 
 func start(t *testing.T, root string, env []string, script string) *proc {
@@ -221,7 +203,7 @@ func start(t *testing.T, root string, env []string, script string) *proc {
 	cmd := exec.Command("bash", "-c", script)
 	cmd.Dir, cmd.Env = root, env
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
-	p := &proc{cmd: cmd, out: &syncBuffer{}, done: make(chan struct{})}
+	p := &proc{cmd: cmd, out: &wait.Buffer{}, done: make(chan struct{})}
 	cmd.Stdout, cmd.Stderr = p.out, p.out
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
@@ -250,7 +232,7 @@ func (p *proc) stop(sig syscall.Signal, d time.Duration) error {
 }
 
 // waitPrints waits until out matches every regexp of prints.
-func waitPrints(t *testing.T, what string, out *syncBuffer, prints []string, d time.Duration) {
+func waitPrints(t *testing.T, what string, out *wait.Buffer, prints []string, d time.Duration) {
 	t.Helper()
 	wait.For(t, d, 100*time.Millisecond, func() error {
 		return printsAll(what, out.String(), prints)
@@ -401,7 +383,7 @@ func runToEnd(t *testing.T, root string, env []string, script, text string, e *e
 		defer cancel()
 		cmd := exec.CommandContext(ctx, "bash", "-c", script)
 		cmd.Dir, cmd.Env = root, env
-		var stdout, out syncBuffer
+		var stdout, out wait.Buffer
 		cmd.Stdout, cmd.Stderr = io.MultiWriter(&stdout, &out), &out
 		if err := cmd.Run(); err != nil {
 			return out.String(), fmt.Errorf("%s: %v\n%s", text, err, out.String())
