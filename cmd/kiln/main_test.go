@@ -6,6 +6,8 @@ import (
 	"encoding/json"
 	"fmt"
 	"net"
+	"os"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -219,5 +221,17 @@ func TestUpServesTheQueueCommands(t *testing.T) {
 	_, out, _ = kiln(t, evCtx, "events", "--nats", url, "--since", "1m")
 	if !strings.Contains(out, "heartbeat") || !strings.Contains(out, "shelf-card0") {
 		t.Fatalf("events: %q", out)
+	}
+}
+
+func TestSecondUpOnTheSameStoreExitsNamingTheFirst(t *testing.T) {
+	data := t.TempDir()
+	u := startUp(t, "--models", t.TempDir(), "--data", data)
+	waitStatus(t, u.url, oneReadyWorker(0))
+	ctx, cancel := context.WithTimeout(t.Context(), 30*time.Second)
+	defer cancel()
+	code, _, errOut := kiln(t, ctx, "up", "--listen", freeAddr(t), "--data", data, "--models", t.TempDir())
+	if code != 1 || !strings.Contains(errOut, "is held by process "+strconv.Itoa(os.Getpid())) {
+		t.Fatalf("a second kiln up on %s: exit %d, %q; want exit 1 naming process %d", data, code, errOut, os.Getpid())
 	}
 }
