@@ -107,6 +107,20 @@ func TestSmolVLMPackageAsPublished(t *testing.T) {
 	if w := want(tokenize.Message{Role: "user", Content: "Can you describe this image?", Images: 1}, [][]byte{px}); got != w || streamed != w {
 		t.Fatalf("image job: result %q, streamed %q, reference %q", got, streamed, w)
 	}
+	// Two images and text past the 320-token prefill chunk: the second run
+	// and the tail go beyond the package's one prefill group.
+	dark := pngOf(t, 512, 512, func(x, y int) color.RGBA { return color.RGBA{uint8(y / 8), 0, uint8(x / 8), 255} })
+	darkPx := make([]byte, 0, 512*512*3)
+	for y := range 512 {
+		for x := range 512 {
+			darkPx = append(darkPx, uint8(y/8), 0, uint8(x/8))
+		}
+	}
+	long := "Compare the two pictures. " + strings.Repeat("fire, clay and patience ", 10)
+	got, streamed = ask(schema.Message{Role: "user", Content: long, Images: [][]byte{img, dark}})
+	if w := want(tokenize.Message{Role: "user", Content: long, Images: 2}, [][]byte{px, darkPx}); got != w || streamed != w {
+		t.Fatalf("two-image job: result %q, streamed %q, reference %q", got, streamed, w)
+	}
 	got, streamed = ask(schema.Message{Role: "user", Content: "Tell me about clay."})
 	if w := want(tokenize.Message{Role: "user", Content: "Tell me about clay."}, nil); got != w || streamed != w {
 		t.Fatalf("text job: result %q, streamed %q, reference %q", got, streamed, w)
