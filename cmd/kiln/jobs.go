@@ -1,6 +1,7 @@
 package main
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -118,6 +119,27 @@ func readPrompt(e *env, args []string) (string, error) {
 	return prompt, nil
 }
 
+// readImages reads chat images from paths, refusing before anything is
+// sent a file that is neither PNG nor JPEG or is over the job's image
+// limit (schema.DefaultLimits; the worker checks again).
+func readImages(paths []string) ([][]byte, error) {
+	var out [][]byte
+	for _, path := range paths {
+		b, err := os.ReadFile(path)
+		if err != nil {
+			return nil, fmt.Errorf("--image: %w", err)
+		}
+		if !bytes.HasPrefix(b, []byte("\x89PNG\r\n\x1a\n")) && !bytes.HasPrefix(b, []byte{0xff, 0xd8, 0xff}) {
+			return nil, fmt.Errorf("--image %s: not a PNG or JPEG file", path)
+		}
+		if limit := schema.DefaultLimits.MaxImageBytes; len(b) > limit {
+			return nil, fmt.Errorf("--image %s: %d bytes, at most %d allowed", path, len(b), limit)
+		}
+		out = append(out, b)
+	}
+	return out, nil
+}
+
 // submit publishes job and says so on stderr, naming the job.
 func submit(ctx context.Context, e *env, c *client.Client, job schema.Job) (*client.Pending, error) {
 	p, err := c.Submit(ctx, job)
@@ -151,7 +173,9 @@ func runChat(ctx context.Context, e *env, args []string) error {
 	cf.register(fs)
 	var temperature optFloat
 	var seed optUint
+	var images pathList
 	model := fs.String("model", "", "chat model (default: the only one served)")
+	fs.Var(&images, "image", "attach a PNG or JPEG `image` to the prompt (repeatable; a vision model's package)")
 	system := fs.String("system", "", "system prompt")
 	maxTokens := fs.Int("max-tokens", 0, "most tokens to generate (0: up to the context)")
 	fs.Var(&temperature, "temperature", "sampling `temperature` 0..2, 0 = greedy (default: the model's; the packages' is greedy)")
@@ -175,6 +199,10 @@ func runChat(ctx context.Context, e *env, args []string) error {
 	if strings.TrimSpace(prompt) == "" {
 		return errors.New("the PROMPT is empty: the model needs something to answer")
 	}
+	pictures, err := readImages(images)
+	if err != nil {
+		return err
+	}
 	ctx, c, m, done, err := startJob(ctx, e, &cf, *timeout, schema.KindChat, *model)
 	if err != nil {
 		return err
@@ -185,7 +213,7 @@ func runChat(ctx context.Context, e *env, args []string) error {
 	if *system != "" {
 		job.Messages = append(job.Messages, schema.Message{Role: "system", Content: *system})
 	}
-	job.Messages = append(job.Messages, schema.Message{Role: "user", Content: prompt})
+	job.Messages = append(job.Messages, schema.Message{Role: "user", Content: prompt, Images: pictures})
 	p, err := submit(ctx, e, c, job)
 	if err != nil {
 		return err

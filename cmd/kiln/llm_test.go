@@ -1,7 +1,11 @@
 package main
 
 import (
+	"bytes"
 	"encoding/json"
+	"image"
+	"image/jpeg"
+	"image/png"
 	"os"
 	"path/filepath"
 	"regexp"
@@ -116,5 +120,64 @@ func TestUpServesBesideABrokenPackage(t *testing.T) {
 	if code != 0 || !strings.Contains(out, "chat/qwen3-broken (failed)") ||
 		!regexp.MustCompile(`shelf-card0 +chat/qwen3-broken +.*qwen3_p128_l1_together\.axmodel is missing`).MatchString(out) {
 		t.Fatalf("kiln status does not name the broken package and why: %d %q %q", code, out, stderr)
+	}
+}
+
+// kiln chat --image attaches PNG and JPEG files to the prompt: on the
+// simulated vision package each image adds its placeholder rows to the
+// prompt (144 on qwen3-vl-tiny), and a file that is neither is refused
+// before anything is sent.
+func TestChatSendsImages(t *testing.T) {
+	lib := cardsim.Library(t)
+	models := t.TempDir()
+	spec := cardsim.TinyQwen3VL()
+	spec.Layers = 2
+	spec.TokenizerDir = "../../worker/tokenize/testdata/qwen3"
+	if err := cardsim.WriteLLMPackage(filepath.Join(models, "qwen3-vl-tiny"), spec); err != nil {
+		t.Fatal(err)
+	}
+	dir := t.TempDir()
+	img := image.NewRGBA(image.Rect(0, 0, 40, 30))
+	for i := range img.Pix {
+		img.Pix[i] = byte(i * 7)
+	}
+	var pngBytes, jpegBytes bytes.Buffer
+	if err := png.Encode(&pngBytes, img); err != nil {
+		t.Fatal(err)
+	}
+	if err := jpeg.Encode(&jpegBytes, img, nil); err != nil {
+		t.Fatal(err)
+	}
+	files := map[string][]byte{"a.png": pngBytes.Bytes(), "b.jpg": jpegBytes.Bytes(), "notes.txt": []byte("not a picture")}
+	for name, b := range files {
+		if err := os.WriteFile(filepath.Join(dir, name), b, 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	url := startUp(t, "--models", models, "--lib", lib, "--name", "shelf-card0").url
+	waitStatus(t, url, oneReadyWorker(1))
+
+	chat := func(args ...string) schema.Result {
+		t.Helper()
+		args = append([]string{"chat", "--nats", url, "--json", "--max-tokens", "4"}, args...)
+		code, out, stderr := kiln(t, t.Context(), args...)
+		var res schema.Result
+		if code != 0 || json.Unmarshal([]byte(out), &res) != nil || res.Status != schema.StatusOK {
+			t.Fatalf("kiln %v: %d %q %q", args, code, out, stderr)
+		}
+		return res
+	}
+	text := chat("describe it")
+	one := chat("--image", filepath.Join(dir, "a.png"), "describe it")
+	two := chat("--image", filepath.Join(dir, "a.png"), "--image", filepath.Join(dir, "b.jpg"), "describe it")
+	rows := spec.Vision.Grid * spec.Vision.Grid
+	if one.Usage.PromptTokens < text.Usage.PromptTokens+rows || two.Usage.PromptTokens < one.Usage.PromptTokens+rows {
+		t.Fatalf("prompt tokens: text %d, one image %d, two images %d; want each image to add at least %d",
+			text.Usage.PromptTokens, one.Usage.PromptTokens, two.Usage.PromptTokens, rows)
+	}
+
+	code, _, stderr := kiln(t, t.Context(), "chat", "--nats", url, "--image", filepath.Join(dir, "notes.txt"), "describe it")
+	if code == 0 || !strings.Contains(stderr, "notes.txt: not a PNG or JPEG file") {
+		t.Fatalf("a text file as --image: %d %q", code, stderr)
 	}
 }

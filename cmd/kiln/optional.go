@@ -1,7 +1,9 @@
 package main
 
 import (
+	"errors"
 	"strconv"
+	"strings"
 )
 
 // optFloat is a float flag that may be left out: nil then, "let the model
@@ -41,5 +43,18 @@ func (o *optUint) Set(s string) error {
 		return err
 	}
 	o.v = &u
+	return nil
+}
+
+// pathList is a repeatable path flag (--image a.png --image b.jpg), in order.
+type pathList []string
+
+func (p *pathList) String() string { return strings.Join(*p, ",") }
+
+func (p *pathList) Set(s string) error {
+	if s == "" {
+		return errors.New("empty path")
+	}
+	*p = append(*p, s)
 	return nil
 }

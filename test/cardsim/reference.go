@@ -7,6 +7,7 @@ import (
 	"math"
 	"os"
 	"path/filepath"
+	"strings"
 	"sync"
 )
 
@@ -276,11 +277,16 @@ type Reference struct {
 	Embed    []uint16 // Vocab × Hidden bf16
 	Hidden   int
 	Vocab    int
+	// Image, when the package has a vision encoder, is its input size and rows per image.
+	Image *VisionSpec
+	// vision encodes images as the package's encoder does (nil without one).
+	vision *LLMSpec
 }
 
 // pkgConfig is the part of config.json (axllm 2026 format) the reference reads.
 type pkgConfig struct {
 	Template  string `json:"template_filename_axmodel"`
+	Vision    string `json:"filename_image_encoder_axmodel"`
 	Layers    int    `json:"axmodel_num"`
 	Post      string `json:"filename_post_axmodel"`
 	Embed     string `json:"filename_tokens_embed"`
@@ -298,6 +304,11 @@ func LoadReference(dir string) (*Reference, error) {
 	var c pkgConfig
 	if err := json.Unmarshal(b, &c); err != nil {
 		return nil, fmt.Errorf("cardsim: config.json: %w", err)
+	}
+	if c.Template == "" {
+		if err := vendorLayout(dir, b, &c); err != nil {
+			return nil, err
+		}
 	}
 	if c.Layers < 1 || c.EmbedNum < 1 || c.EmbedSize < 1 {
 		return nil, errors.New("cardsim: config.json: axmodel_num, tokens_embed_num and tokens_embed_size must be positive")
@@ -338,6 +349,18 @@ func LoadReference(dir string) (*Reference, error) {
 	}
 	ref.Post = &Post{Seed: uint64(param(s, "seed")), Hidden: c.EmbedSize, Vocab: c.EmbedNum, Rank: int(rank)}
 	ref.PostBF16 = s.Outputs[0].DType == BF16
+	if c.Vision != "" {
+		s, err := load(c.Vision)
+		if err != nil {
+			return nil, err
+		}
+		if s.Kind != KindVision || len(s.Inputs) != 1 || len(s.Inputs[0].Dims) != 1 || len(s.Inputs[0].Dims[0]) != 4 {
+			return nil, fmt.Errorf("cardsim: %s is not a vision encoder", c.Vision)
+		}
+		in := s.Inputs[0].Dims[0]
+		ref.Image = &VisionSpec{Width: in[2], Height: in[1], Grid: int(param(s, "grid"))}
+		ref.vision = &LLMSpec{Hidden: c.EmbedSize, Seed: uint64(param(s, "seed")) - 0x20000, Vision: ref.Image}
+	}
 	eb, err := os.ReadFile(filepath.Join(dir, c.Embed))
 	if err != nil {
 		return nil, fmt.Errorf("cardsim: %w", err)
@@ -352,9 +375,44 @@ func LoadReference(dir string) (*Reference, error) {
 	return ref, nil
 }
 
+// vendorLayout fills c for a package without an axllm config.json, laid out as the vendor
+// publishes SmolVLM-256M (LayoutSmolVLM): Hugging Face's config.json (text_config) and the
+// model files found by their names.
+func vendorLayout(dir string, raw []byte, c *pkgConfig) error {
+	var hf struct {
+		Text struct {
+			Layers int `json:"num_hidden_layers"`
+			Hidden int `json:"hidden_size"`
+			Vocab  int `json:"vocab_size"`
+		} `json:"text_config"`
+	}
+	if err := json.Unmarshal(raw, &hf); err != nil {
+		return fmt.Errorf("cardsim: config.json: %w", err)
+	}
+	l0, _ := filepath.Glob(filepath.Join(dir, "*_p*_l0_together.axmodel"))
+	if len(l0) != 1 {
+		return fmt.Errorf("cardsim: %s: want one *_p*_l0_together.axmodel, found %d", dir, len(l0))
+	}
+	base := filepath.Base(l0[0])
+	arch := base[:strings.Index(base, "_p")]
+	c.Template = strings.Replace(base, "_l0_", "_l%d_", 1)
+	c.Layers, c.EmbedSize, c.EmbedNum = hf.Text.Layers, hf.Text.Hidden, hf.Text.Vocab
+	c.Post, c.Embed = arch+"_post.axmodel", EmbedFile
+	if v, _ := filepath.Glob(filepath.Join(dir, "*_vision_nhwc.axmodel")); len(v) == 1 {
+		c.Vision = filepath.Base(v[0])
+	}
+	return nil
+}
+
 // Hidden returns the last layer's output rows (bf16) for tokens at positions 0..n-1, computed
 // with full causal attention and no cache.
 func (r *Reference) HiddenStates(tokens []int) ([][]uint16, error) {
+	return r.hiddenStates(tokens, nil)
+}
+
+// hiddenStates is HiddenStates with the input rows of some positions replaced (rows[pos],
+// bf16), as a vision encoder's output replaces its placeholders.
+func (r *Reference) hiddenStates(tokens []int, rows map[int][]uint16) ([][]uint16, error) {
 	n, d := len(tokens), r.Hidden
 	if n == 0 {
 		return nil, errors.New("cardsim: no tokens")
@@ -365,6 +423,9 @@ func (r *Reference) HiddenStates(tokens []int) ([][]uint16, error) {
 			return nil, fmt.Errorf("cardsim: token %d outside vocabulary %d", tok, r.Vocab)
 		}
 		copy(x[i*d:], r.Embed[tok*d:(tok+1)*d])
+		if row, ok := rows[i]; ok {
+			copy(x[i*d:], row)
+		}
 	}
 	idx := make([]uint32, n)
 	mask := make([]uint16, n*n)
@@ -383,17 +444,21 @@ func (r *Reference) HiddenStates(tokens []int) ([][]uint16, error) {
 		}
 		x = out
 	}
-	rows := make([][]uint16, n)
-	for i := range rows {
-		rows[i] = x[i*d : (i+1)*d]
+	states := make([][]uint16, n)
+	for i := range states {
+		states[i] = x[i*d : (i+1)*d]
 	}
-	return rows, nil
+	return states, nil
 }
 
 // Logits returns the post model's logits after the last token, rounded as the post model's
 // output tensor is (bf16 or fp32), as float32.
 func (r *Reference) Logits(tokens []int) ([]float32, error) {
-	rows, err := r.HiddenStates(tokens)
+	return r.logits(tokens, nil)
+}
+
+func (r *Reference) logits(tokens []int, replaced map[int][]uint16) ([]float32, error) {
+	rows, err := r.hiddenStates(tokens, replaced)
 	if err != nil {
 		return nil, err
 	}
@@ -408,10 +473,60 @@ func (r *Reference) Logits(tokens []int) ([]float32, error) {
 
 // Greedy appends n tokens to prompt by argmax (lowest id on ties) and returns the new ones.
 func (r *Reference) Greedy(prompt []int, n int) ([]int, error) {
+	return r.greedy(prompt, nil, n)
+}
+
+// GreedyImages is Greedy for a prompt with images: each run of imageID placeholders in prompt
+// takes the encoder's rows (bf16) of the images in order, Image.Grid² rows per image, as the
+// package's vision encoder computes them from RGB bytes (Image.Width × Image.Height × 3).
+func (r *Reference) GreedyImages(prompt []int, imageID int, images [][]byte, n int) ([]int, error) {
+	if r.vision == nil {
+		return nil, errors.New("cardsim: the package has no vision encoder")
+	}
+	per, d := r.Image.Grid*r.Image.Grid, r.Hidden
+	var starts []int
+	for i := 0; i < len(prompt); {
+		if prompt[i] != imageID {
+			i++
+			continue
+		}
+		j := i
+		for j < len(prompt) && prompt[j] == imageID {
+			j++
+		}
+		if (j-i)%per != 0 {
+			return nil, fmt.Errorf("cardsim: a run of %d placeholders at %d; an image takes %d", j-i, i, per)
+		}
+		for k := i; k < j; k += per {
+			starts = append(starts, k)
+		}
+		i = j
+	}
+	if len(starts) != len(images) {
+		return nil, fmt.Errorf("cardsim: %d images for %d placeholder runs", len(images), len(starts))
+	}
+	rows := map[int][]uint16{}
+	for k, px := range images {
+		enc := r.vision.VisionEncode(px)
+		if enc == nil {
+			return nil, fmt.Errorf("cardsim: image %d has %d bytes, want %d×%d×3", k, len(px), r.Image.Width, r.Image.Height)
+		}
+		for t := 0; t < per; t++ {
+			row := make([]uint16, d)
+			for i := range row {
+				row[i] = FloatToBF16(enc[t*d+i])
+			}
+			rows[starts[k]+t] = row
+		}
+	}
+	return r.greedy(prompt, rows, n)
+}
+
+func (r *Reference) greedy(prompt []int, rows map[int][]uint16, n int) ([]int, error) {
 	toks := append([]int(nil), prompt...)
 	var out []int
 	for i := 0; i < n; i++ {
-		lg, err := r.Logits(toks)
+		lg, err := r.logits(toks, rows)
 		if err != nil {
 			return nil, err
 		}

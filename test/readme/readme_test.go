@@ -82,6 +82,8 @@ var firstHour = []*expectation{
 	{command: regexp.MustCompile(`^build/kiln image "a red fox" -o fox\.png`), mode: runs,
 		prints: []string{`wrote fox\.png \(\d+ bytes, image/png, \d+ ms on \S+, seed \d+, 4 steps, 512×512\)`},
 		check:  pngFile("fox.png", 512, 512), writes: []string{"fox.png"}},
+	{command: regexp.MustCompile(`^build/kiln chat --model qwen3-vl-tiny --image fox\.png .*"what is in it\?"$`), mode: runs,
+		prints: []string{`kiln: job \S+ submitted to chat/qwen3-vl-tiny`}, stdout: `\S`},
 	{command: regexp.MustCompile(`^build/kiln card info --lib build/cardsim/libaxcl_rt\.so$`), mode: runs,
 		prints: []string{`runtime `, `CARD\s+ID\s+PCI`}},
 	{command: regexp.MustCompile(`^build/kiln models check --lib build/cardsim/libaxcl_rt\.so build/models/\*$`), mode: runs,

@@ -69,7 +69,20 @@ type packageConfig struct {
 	Vision        string `json:"filename_image_encoder_axmodel"`
 	ImageTokenID  int    `json:"vision_image_token_id"`
 	VisionInput   string `json:"vision_input"`
+	// Hugging Face's keys, in the config.json the SmolVLM-256M package
+	// ships (python/infer_axmodel.py reads it with AutoConfig).
+	ModelType      string `json:"model_type"`
+	HFImageTokenID int    `json:"image_token_id"`
 }
+
+// SmolVLMImageToken is the placeholder text of SmolVLM's image rows; its id
+// is config.json's image_token_id (49190 in SmolVLM-256M-Instruct).
+const SmolVLMImageToken = "<image>"
+
+// visionFile matches the vision encoder SmolVLM-256M-Instruct.axera
+// publishes: <name>_vision_nhwc.axmodel, uint8 NHWC RGB in
+// (model_convert/build_VE.sh, python/infer_axmodel.py).
+var visionFile = regexp.MustCompile(`^.+_vision_nhwc\.axmodel$`)
 
 // postConfig is post_config.json.
 type postConfig struct {
@@ -162,6 +175,8 @@ func ReadPackage(dir string) (*Package, error) {
 	if cfg.Vision != "" {
 		p.Vision = filepath.Join(dir, cfg.Vision)
 		p.ImageTokenID, p.VisionInput = cfg.ImageTokenID, cfg.VisionInput
+	} else if err := findVision(p, &cfg); err != nil {
+		return nil, err
 	}
 	for _, f := range append(append([]string{p.Post, p.Embed}, p.Layers...), p.Vision) {
 		if f == "" {
@@ -231,6 +246,39 @@ func (pc postConfig) sampling() Sampling {
 		s.TopK = pc.TopK
 	}
 	return s
+}
+
+// findVision finds a vendor-named vision encoder (*_vision_nhwc.axmodel)
+// beside the layer files of a package whose config.json names none: the
+// SmolVLM-256M package. Its placeholder is Hugging Face's image_token_id
+// (else the tokenizer's <image>, looked up when the model loads), and its
+// chat template is SmolVLM's (model_type idefics3).
+func findVision(p *Package, cfg *packageConfig) error {
+	entries, err := os.ReadDir(filepath.Dir(p.Layers[0]))
+	if err != nil {
+		return pkgErr("%v", err)
+	}
+	var found []string
+	for _, e := range entries {
+		if !e.IsDir() && visionFile.MatchString(e.Name()) {
+			found = append(found, filepath.Join(filepath.Dir(p.Layers[0]), e.Name()))
+		}
+	}
+	switch {
+	case len(found) > 1:
+		return pkgErr("%s holds several vision encoders (%s)", p.Dir, strings.Join(found, ", "))
+	case len(found) == 0:
+		return nil
+	}
+	p.Vision, p.VisionInput = found[0], "nhwc_uint8"
+	p.ImageTokenID = cfg.HFImageTokenID
+	if cfg.ImageTokenID > 0 {
+		p.ImageTokenID = cfg.ImageTokenID
+	}
+	if p.TokenizerType == "" && (cfg.ModelType == "idefics3" || strings.HasPrefix(strings.ToLower(filepath.Base(found[0])), "smolvlm")) {
+		p.TokenizerType = "SmolVLM"
+	}
+	return nil
 }
 
 // discover finds the model files of a package without a config.json.

@@ -47,6 +47,13 @@ func (m *Model) loadVision(ctx context.Context) error {
 	if p.Vision == "" {
 		return nil
 	}
+	if p.ImageTokenID <= 0 && p.VisionInput == "nhwc_uint8" {
+		// A SmolVLM package whose config.json has no image_token_id: the
+		// tokenizer's <image> is the placeholder.
+		if id, ok := m.tok.TokenID(SmolVLMImageToken); ok {
+			p.ImageTokenID = id
+		}
+	}
 	if p.VisionInput != "nhwc_uint8" || p.ImageTokenID <= 0 {
 		m.log.Warn("llm: vision encoder not loaded: kiln drives encoders that take NHWC uint8 images and name their placeholder token",
 			"vision_input", p.VisionInput, "vision_image_token_id", p.ImageTokenID)

@@ -156,18 +156,20 @@ axclError sim_validate(simspec *s, char *err, size_t errn) {
         return 0;
     }
     case KIND_VISION: {
-        want in[] = {{"input", DT_UINT8}};
-        want out[] = {{"output", 0}};
-        if (need_tensors(s, in, 1, out, 1, err, errn)) return E_ENGINE_ILLEGAL;
+        /* One image in, one embedding out, whatever their names: the vendor's
+         * encoders call them pixel_values/last_hidden_state (SmolVLM) or
+         * input/output. */
+        if (s->nin != 1 || s->nout != 1 || s->in[0].dtype != DT_UINT8)
+            return verr(err, errn, "vision: want one uint8 input and one output", 0), E_ENGINE_ILLEGAL;
         int64_t G = sim_param(s, "grid", 0);
-        int32_t odt = OUT(s, "output")->dtype;
+        int32_t odt = s->out[0].dtype;
         if (D < 1 || D > 65536 || G < 1 || G > 256 || (odt != DT_BF16 && odt != DT_FP32))
             return verr(err, errn, "bad hidden/grid or output dtype %lld", (long long)odt), E_ENGINE_ILLEGAL;
         for (int g = 0; g < s->ngroups; g++) {
-            simtensor *t = IN(s, "input");
+            simtensor *t = &s->in[0];
             if (t->ndim[g] != 4 || t->dims[g][0] != 1 || t->dims[g][3] != 3 || t->dims[g][1] % G || t->dims[g][2] % G ||
                 (uint64_t)t->dims[g][1] * (uint64_t)t->dims[g][2] / (uint64_t)(G * G) > 65536 ||
-                OUT(s, "output")->elems[g] != (uint64_t)(G * G * D))
+                s->out[0].elems[g] != (uint64_t)(G * G * D))
                 return verr(err, errn, "group %lld: input must be [1,H,W,3] uint8 with H,W divisible by grid; output grid*grid*hidden", (long long)g),
                        E_ENGINE_ILLEGAL;
         }
