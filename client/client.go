@@ -222,7 +222,7 @@ type Client struct {
 	resultPoll      time.Duration
 
 	mu       sync.Mutex
-	registry *registry
+	registry *topology.Registry
 	results  jetstream.Stream
 	cancelKV jetstream.KeyValue
 }
@@ -263,7 +263,7 @@ func (c *Client) Close() {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if c.registry != nil {
-		c.registry.stop()
+		c.registry.Stop()
 		c.registry = nil
 	}
 }
@@ -340,7 +340,7 @@ func (c *Client) Submit(ctx context.Context, job schema.Job) (*Pending, error) {
 		if err != nil {
 			return nil, err
 		}
-		if !reg.serves(kind, h.Model) && !c.servedNow(rctx, kind, h.Model) {
+		if !serving(reg.Live(), kind, h.Model) && !c.servedNow(rctx, kind, h.Model) {
 			return nil, fmt.Errorf("%w has %s model %q resident (kiln status shows the fleet)", ErrNoWorker, kind, h.Model)
 		}
 	}

@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"sort"
-	"sync"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -15,82 +14,26 @@ import (
 	"github.com/kiln-project/kiln/schema"
 )
 
-// registry mirrors the kiln_workers bucket through a watch, so that the
-// live-worker check before each publish costs no round trip.
-type registry struct {
-	mu      sync.Mutex
-	workers map[string]schema.Heartbeat
-	seen    map[string]time.Time
-	w       jetstream.KeyWatcher
-}
-
-func (c *Client) workers(ctx context.Context) (*registry, error) {
+// workers returns the client's mirror of the worker registry, starting it
+// on first use.
+func (c *Client) workers(ctx context.Context) (*topology.Registry, error) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if c.registry != nil {
 		return c.registry, nil
 	}
-	kv, err := c.js.KeyValue(ctx, c.topo.WorkersBucket())
+	r, err := topology.WatchRegistry(ctx, c.js, c.topo)
 	if err != nil {
-		return nil, fmt.Errorf("kiln: worker registry %s (is the broker provisioned?): %w", c.topo.WorkersBucket(), err)
-	}
-	w, err := kv.WatchAll(context.WithoutCancel(ctx))
-	if err != nil {
-		return nil, fmt.Errorf("kiln: watch worker registry: %w", err)
-	}
-	r := &registry{workers: map[string]schema.Heartbeat{}, seen: map[string]time.Time{}, w: w}
-	initial := make(chan struct{})
-	go r.run(initial)
-	select {
-	case <-initial:
-	case <-ctx.Done():
-		_ = w.Stop()
-		return nil, ctx.Err()
+		return nil, fmt.Errorf("kiln: %w", err)
 	}
 	c.registry = r
 	return r, nil
 }
 
-func (r *registry) run(initial chan struct{}) {
-	once := sync.Once{}
-	for e := range r.w.Updates() {
-		if e == nil {
-			once.Do(func() { close(initial) })
-			continue
-		}
-		r.mu.Lock()
-		if e.Operation() == jetstream.KeyValuePut {
-			var hb schema.Heartbeat
-			if schema.JSON.Unmarshal(e.Value(), &hb) == nil {
-				r.workers[e.Key()] = hb
-				r.seen[e.Key()] = time.Now()
-			}
-		} else {
-			delete(r.workers, e.Key())
-			delete(r.seen, e.Key())
-		}
-		r.mu.Unlock()
-	}
-	once.Do(func() { close(initial) })
-}
-
-func (r *registry) stop() { _ = r.w.Stop() }
-
-// live reports whether a registry entry is fresh: heard from within three
-// heartbeat periods.
-func (r *registry) live(key string, hb schema.Heartbeat) bool {
-	period := time.Duration(hb.IntervalMS) * time.Millisecond
-	if period <= 0 {
-		period = topology.DefaultHeartbeatInterval
-	}
-	return time.Since(r.seen[key]) < 3*period && hb.State != schema.StateUnhealthy && hb.State != schema.StateStopping
-}
-
-func (r *registry) serves(kind, model string) bool {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	for key, hb := range r.workers {
-		if r.live(key, hb) && hb.Serves(kind, model) {
+// serving reports whether one of hbs takes jobs and serves model as kind.
+func serving(hbs []schema.Heartbeat, kind, model string) bool {
+	for _, hb := range hbs {
+		if hb.TakesJobs() && hb.Serves(kind, model) {
 			return true
 		}
 	}
@@ -104,40 +47,16 @@ func (r *registry) serves(kind, model string) bool {
 // live worker".
 func (c *Client) servedNow(ctx context.Context, kind, model string) bool {
 	ws, err := c.Workers(ctx)
-	if err != nil {
-		return true
-	}
-	for _, hb := range ws {
-		if hb.Serves(kind, model) && hb.State != schema.StateUnhealthy && hb.State != schema.StateStopping {
-			return true
-		}
-	}
-	return false
+	return err != nil || serving(ws, kind, model)
 }
 
 // Workers lists the live workers' latest heartbeats, sorted by name.
 func (c *Client) Workers(ctx context.Context) ([]schema.Heartbeat, error) {
-	kv, err := c.js.KeyValue(ctx, c.topo.WorkersBucket())
+	ws, err := topology.ReadRegistry(ctx, c.js, c.topo)
 	if err != nil {
-		return nil, fmt.Errorf("kiln: worker registry: %w", err)
+		return nil, fmt.Errorf("kiln: %w", err)
 	}
-	keys, err := kv.ListKeys(ctx)
-	if err != nil {
-		return nil, fmt.Errorf("kiln: worker registry: %w", err)
-	}
-	var out []schema.Heartbeat
-	for key := range keys.Keys() {
-		e, err := kv.Get(ctx, key)
-		if err != nil {
-			continue
-		}
-		var hb schema.Heartbeat
-		if schema.JSON.Unmarshal(e.Value(), &hb) == nil {
-			out = append(out, hb)
-		}
-	}
-	sort.Slice(out, func(i, j int) bool { return out[i].Worker < out[j].Worker })
-	return out, nil
+	return ws, nil
 }
 
 // QueueDepth is the state of one (kind, model, lane) consumer, or of jobs

@@ -279,6 +279,12 @@ type Heartbeat struct {
 }
 
 // Serves reports whether the worker has the model of the given kind resident.
+// TakesJobs reports whether the worker is one that fetches jobs, now or
+// once it has loaded or cooled: not unhealthy, not stopping.
+func (h *Heartbeat) TakesJobs() bool {
+	return h.State != StateUnhealthy && h.State != StateStopping
+}
+
 func (h *Heartbeat) Serves(kind, model string) bool {
 	for _, m := range h.Models {
 		if m.Name == model && m.Kind == kind && m.Serving() {

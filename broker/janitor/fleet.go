@@ -2,155 +2,64 @@ package janitor
 
 import (
 	"context"
-	"fmt"
 	"maps"
 	"slices"
 	"strings"
-	"sync"
-	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
 
+	"github.com/kiln-project/kiln/broker/topology"
 	"github.com/kiln-project/kiln/schema"
 )
 
-// fleet mirrors the worker registry (kiln_workers) through a watch, so that
-// a sweep knows what the fleet serves without a round trip. A janitor
-// answers no_worker only after reading the registry afresh (read): the
-// watch may lag a worker that has just registered.
+// fleet is the janitor's view of the worker registry: a watched mirror
+// (topology.Registry) for each sweep, and a fresh read before it answers
+// no_worker, since the watch may lag a worker that has just registered.
 type fleet struct {
-	js     jetstream.JetStream
-	bucket string
-	period time.Duration // heartbeat period of an entry that does not say its own
-
-	kv    jetstream.KeyValue   // nil until the bucket was found
-	watch jetstream.KeyWatcher // nil until started
-
-	mu      sync.Mutex
-	workers map[string]member // registry key -> latest entry
+	js   jetstream.JetStream
+	topo topology.Config
+	reg  *topology.Registry // nil until started
 }
-
-type member struct {
-	hb   schema.Heartbeat
-	seen time.Time
-}
-
-// served is what a fleet serves: for each kind, its model names, sorted.
-type served map[string][]string
 
 // mirror starts the watch if it is not running yet and returns what the
-// live workers serve. (The registry's entries expire after three
-// heartbeats, which a watch does not see: an entry not heard from for
-// three periods is left out.)
+// live workers serve.
 func (f *fleet) mirror(ctx context.Context) (served, error) {
-	if err := f.start(ctx); err != nil {
-		return nil, err
-	}
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	var hbs []schema.Heartbeat
-	for _, m := range f.workers {
-		period := time.Duration(m.hb.IntervalMS) * time.Millisecond
-		if period <= 0 {
-			period = f.period
-		}
-		if time.Since(m.seen) < 3*period {
-			hbs = append(hbs, m.hb)
-		}
-	}
-	return servedBy(hbs), nil
-}
-
-func (f *fleet) start(ctx context.Context) error {
-	if f.watch != nil {
-		return nil
-	}
-	if f.kv == nil {
-		kv, err := f.js.KeyValue(ctx, f.bucket)
+	if f.reg == nil {
+		reg, err := topology.WatchRegistry(ctx, f.js, f.topo)
 		if err != nil {
-			return fmt.Errorf("worker registry %s: %w", f.bucket, err)
+			return nil, err
 		}
-		f.kv = kv
+		f.reg = reg
 	}
-	w, err := f.kv.WatchAll(context.WithoutCancel(ctx))
-	if err != nil {
-		return fmt.Errorf("watch worker registry %s: %w", f.bucket, err)
-	}
-	f.mu.Lock()
-	f.workers = map[string]member{}
-	f.mu.Unlock()
-	initial := make(chan struct{})
-	go f.follow(w, initial)
-	select {
-	case <-initial:
-	case <-ctx.Done():
-		_ = w.Stop()
-		return ctx.Err()
-	}
-	f.watch = w
-	return nil
-}
-
-// follow applies the watch's updates until it stops; initial is closed
-// once the registry's current entries are in.
-func (f *fleet) follow(w jetstream.KeyWatcher, initial chan struct{}) {
-	var once sync.Once
-	defer once.Do(func() { close(initial) })
-	for e := range w.Updates() {
-		if e == nil {
-			once.Do(func() { close(initial) })
-			continue
-		}
-		f.mu.Lock()
-		if e.Operation() == jetstream.KeyValuePut {
-			var hb schema.Heartbeat
-			if schema.JSON.Unmarshal(e.Value(), &hb) == nil {
-				f.workers[e.Key()] = member{hb: hb, seen: time.Now()}
-			}
-		} else {
-			delete(f.workers, e.Key())
-		}
-		f.mu.Unlock()
-	}
+	return servedBy(f.reg.Live()), nil
 }
 
 // read reads the registry afresh: its entries are the live workers.
 func (f *fleet) read(ctx context.Context) (served, error) {
-	if f.kv == nil {
-		if err := f.start(ctx); err != nil {
-			return nil, err
-		}
-	}
-	keys, err := f.kv.ListKeys(ctx)
+	hbs, err := topology.ReadRegistry(ctx, f.js, f.topo)
 	if err != nil {
-		return nil, fmt.Errorf("worker registry %s: %w", f.bucket, err)
-	}
-	var hbs []schema.Heartbeat
-	for key := range keys.Keys() {
-		e, err := f.kv.Get(ctx, key)
-		if err != nil {
-			continue // gone since it was listed
-		}
-		var hb schema.Heartbeat
-		if schema.JSON.Unmarshal(e.Value(), &hb) == nil {
-			hbs = append(hbs, hb)
-		}
-	}
-	if err := ctx.Err(); err != nil {
 		return nil, err
 	}
 	return servedBy(hbs), nil
 }
 
 func (f *fleet) close() {
-	if f.watch != nil {
-		_ = f.watch.Stop()
+	if f.reg != nil {
+		f.reg.Stop()
 	}
 }
 
+// served is what a fleet serves: for each kind, its model names, sorted.
+type served map[string][]string
+
+// servedBy is what the workers of hbs that take jobs serve (a failed
+// package, an unhealthy or stopping worker serves nothing).
 func servedBy(hbs []schema.Heartbeat) served {
 	s := served{}
 	for _, hb := range hbs {
+		if !hb.TakesJobs() {
+			continue
+		}
 		for _, m := range hb.Models {
 			if m.Serving() && !slices.Contains(s[m.Kind], m.Name) {
 				s[m.Kind] = append(s[m.Kind], m.Name)

@@ -12,9 +12,10 @@
 //   - a subject that can never be a job (unknown kind or lane, a model token
 //     that is not a model name, a wildcard token, a token more or less):
 //     bad_subject, naming the part, at once;
-//   - a (kind, model) that no registered worker serves, in any state
-//     (loading included): no_worker, or unknown_model when the fleet serves
-//     the model as the other kind, once the job has waited Grace and the
+//   - a (kind, model) that no registered worker that takes jobs serves
+//     (loading and paused count; unhealthy and stopping do not):
+//     no_worker, or unknown_model when the fleet serves the model as the
+//     other kind, once the job has waited Grace and the
 //     janitor has seen the route unserved for Grace, so that a worker that
 //     is just starting (it registers before its models load) or restarting
 //     still gets its job;
@@ -136,7 +137,7 @@ func New(nc *nats.Conn, cfg Config) (*Janitor, error) {
 		log:      cfg.Logger.With("component", "janitor"),
 		stop:     make(chan struct{}),
 		done:     make(chan struct{}),
-		fleet:    &fleet{js: js, bucket: cfg.Topology.WorkersBucket(), period: cfg.Topology.HeartbeatInterval},
+		fleet:    &fleet{js: js, topo: cfg.Topology},
 		unserved: map[string]time.Time{},
 	}, nil
 }
