@@ -30,6 +30,8 @@ type symbols struct {
 	sizeofProps func() int32
 	lastError   func() string
 	parseSpec   func(buf unsafe.Pointer, n uint64, errBuf unsafe.Pointer, errLen uint64) int32
+	stats       func(out *Stats, n int32) int32
+	resetStats  func()
 }
 
 var bound struct {
@@ -55,6 +57,8 @@ func bind(path string) (*symbols, error) {
 			"kilnsim_sizeof_props": &s.sizeofProps,
 			"kilnsim_last_error":   &s.lastError,
 			"kilnsim_parse_spec":   &s.parseSpec,
+			"kilnsim_stats":        &s.stats,
+			"kilnsim_reset_stats":  &s.resetStats,
 		} {
 			sym, err := purego.Dlsym(h, name)
 			if err != nil {
@@ -98,7 +102,7 @@ func (c *Control) SetFaults(tb testing.TB, spec string) {
 
 // Config applies settings to the running simulator: "key=value,…" with the keys exec_us,
 // nocompute, ambient_c, heat_c_per_s, cool_per_s, temp_file, log, hang_cap_ms, cmm_mib and
-// props_us (README.md, "Controls"). It fails tb if they are refused. undo, when not empty, is
+// props_us, and the latency model's sync_us, unpinned_us and bind_align (README.md, "Controls"). It fails tb if they are refused. undo, when not empty, is
 // applied when tb ends. Settings hold until the runtime is initialised again (axclInit starts
 // over from the defaults and the environment), so call Config once the card is open.
 func (c *Control) Config(tb testing.TB, spec, undo string) {
@@ -125,3 +129,35 @@ func (c *Control) SizeofProps() int { return int(c.sizeofProps()) }
 
 // LastError is the message of the last error the simulator returned on the calling OS thread.
 func (c *Control) LastError() string { return c.lastError() }
+
+// Stats counts the runtime calls of the process since the last ResetStats (or load), for
+// benchmarks: how many calls waited for the card (a round trip each, sync_us in the latency
+// model) and how much work went through streams instead.
+type Stats struct {
+	SyncCalls     uint64 // calls that waited for the card: the three below
+	SyncExecutes  uint64 // axclrtEngineExecute
+	SyncCopies    uint64 // axclrtMemcpy (not host to host), axclrtMemset
+	StreamSyncs   uint64 // axclrtSynchronizeStream[WithTimeout], axclrtSynchronizeDevice
+	AsyncExecutes uint64 // axclrtEngineExecuteAsync (queued)
+	AsyncCopies   uint64 // axclrtMemcpyAsync (queued)
+	Binds         uint64 // axclrtEngineSet{Input,Output}Buffer*
+	Unpinned      uint64 // host<->device transfers of host memory not from axclrtMallocHost
+	Pinned        uint64 // host<->device transfers of memory from axclrtMallocHost
+}
+
+// Sub is s − o, field by field.
+func (s Stats) Sub(o Stats) Stats {
+	return Stats{s.SyncCalls - o.SyncCalls, s.SyncExecutes - o.SyncExecutes, s.SyncCopies - o.SyncCopies,
+		s.StreamSyncs - o.StreamSyncs, s.AsyncExecutes - o.AsyncExecutes, s.AsyncCopies - o.AsyncCopies,
+		s.Binds - o.Binds, s.Unpinned - o.Unpinned, s.Pinned - o.Pinned}
+}
+
+// Stats reads the call counters (every device of the process).
+func (c *Control) Stats() Stats {
+	var s Stats
+	c.stats(&s, int32(unsafe.Sizeof(s)/8))
+	return s
+}
+
+// ResetStats zeroes the call counters.
+func (c *Control) ResetStats() { c.resetStats() }

@@ -125,6 +125,19 @@ func Qwen3_4B() LLMSpec {
 	}
 }
 
+// Qwen3_0_6B is the full Qwen3-0.6B shape of the LLM-8850 package (28 layers, hidden 1024,
+// kv_dim 1024 = 8 KV heads × 128, context 2559, prefill groups with history 0, 512, 1024,
+// 1536, 2048; research/llm-runtime.md §2.1, §2.2), for no-compute benchmarks. The CMM sizes
+// are w8a16 estimates: ~15 M weights per layer, a 151936 × 1024 int8 post.
+func Qwen3_0_6B() LLMSpec {
+	return LLMSpec{
+		Name: "qwen3-0.6b", Arch: "qwen3", ModelDir: "qwen3-0.6b-ax650",
+		Layers: 28, Hidden: 1024, KVDim: 1024, Vocab: 151936, MaxCtx: 2559, Prefill: 128,
+		Histories: []int{0, 512, 1024, 1536, 2048}, Seed: 0x30364231,
+		PostRank: 16, LayerWeightBytes: 16 << 20, PostWeightBytes: 149 << 20,
+	}
+}
+
 func (s *LLMSpec) validate() error {
 	if s.Name == "" || s.Arch == "" || s.ModelDir == "" {
 		return errors.New("cardsim: LLMSpec needs Name, Arch and ModelDir")

@@ -673,13 +673,14 @@ static axclError set_buf(void *io, int isin, uint32_t index, const void *buf, ui
         r = sim_fail(E_ENGINE_ILLEGAL, "%s %u: buffer %p is not device memory", isin ? "input" : "output", index, buf);
     else {
         void *h;
-        r = sim_resolve((uint64_t)(uintptr_t)buf, size, &h);
-        if (!r) {
-            (isin ? o->in_addr : o->out_addr)[index] = (uint64_t)(uintptr_t)buf;
-            (isin ? o->in_size : o->out_size)[index] = size;
-        } else {
+        sim_count_bind();
+        if (sim_resolve((uint64_t)(uintptr_t)buf, size, &h))
             r = sim_fail(E_ENGINE_ILLEGAL, "%s %u: buffer %p size %llu is not device memory", isin ? "input" : "output", index, buf,
                          (unsigned long long)size);
+        /* the offset into the allocation: the low 34 bits of a device address (runtime.c) */
+        else if (!(r = sim_check_bind((uint64_t)(uintptr_t)buf & ((1ull << 34) - 1), isin, index))) {
+            (isin ? o->in_addr : o->out_addr)[index] = (uint64_t)(uintptr_t)buf;
+            (isin ? o->in_size : o->out_size)[index] = size;
         }
     }
     pthread_mutex_unlock(&g_mu);
@@ -739,6 +740,12 @@ EXPORT axclError axclrtEngineSetDynamicBatchSize(void *io, uint32_t batch) {
 /* ---------------------------------------------------------------- execute */
 
 EXPORT axclError axclrtEngineExecute(uint64_t id, uint64_t ctx, uint32_t group, void *io) {
+    sim_round_trip('x');
+    return sim_execute(id, ctx, group, io);
+}
+
+/* sim_execute is axclrtEngineExecute without the round trip (also what a stream runs). */
+axclError sim_execute(uint64_t id, uint64_t ctx, uint32_t group, void *io) {
     void *in[SIM_MAX_TENSORS], *out[SIM_MAX_TENSORS];
     pthread_mutex_lock(&g_mu);
     axclError r = 0;

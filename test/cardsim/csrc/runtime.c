@@ -29,6 +29,7 @@ static __thread void *t_ctx;
 static __thread uint64_t t_ctx_serial; /* guards against a stale t_ctx whose address was reused */
 static uint64_t g_ctx_serial;
 static __thread char t_err[512];
+__thread long t_hang_deadline_ms; /* stream.c: a hung execute inside a timed sync gives up after this */
 
 /* ---------------------------------------------------------------- logging */
 
@@ -117,8 +118,10 @@ axclError sim_exec_fault(simdev *d) {
         uint64_t gen = g_wake_gen;
         struct timespec dl;
         clock_gettime(CLOCK_REALTIME, &dl);
-        dl.tv_sec += g_cfg.hang_cap_ms / 1000;
-        dl.tv_nsec += (g_cfg.hang_cap_ms % 1000) * 1000000L;
+        long cap = g_cfg.hang_cap_ms;
+        if (t_hang_deadline_ms > 0 && t_hang_deadline_ms < cap) cap = t_hang_deadline_ms;
+        dl.tv_sec += cap / 1000;
+        dl.tv_nsec += (cap % 1000) * 1000000L;
         if (dl.tv_nsec >= 1000000000L) dl.tv_sec++, dl.tv_nsec -= 1000000000L;
         while (gen == g_wake_gen) {
             if (pthread_cond_timedwait(&g_cond, &g_mu, &dl) == ETIMEDOUT) break;
@@ -169,6 +172,7 @@ static int set_opt(const char *k, const char *v) {
     else if (!strcmp(k, "hang_cap_ms")) g_cfg.hang_cap_ms = d < 0 ? 0 : (long)d;
     else if (!strcmp(k, "cmm_mib")) g_cfg.cmm_bytes = (uint64_t)(d < 0 ? 0 : d) << 20;
     else if (!strcmp(k, "props_us")) g_cfg.props_us = d < 0 ? 0 : (long)d;
+    else if (sim_lat_opt(k, d) == 0) {} /* stream.c: sync_us unpinned_us bind_align */
     else return -1;
     return 0;
 }
@@ -379,6 +383,10 @@ EXPORT axclError axclInit(const char *config) {
     env_opt("KILN_SIM_HANG_CAP_MS", "hang_cap_ms");
     env_opt("KILN_SIM_CMM_MIB", "cmm_mib");
     env_opt("KILN_SIM_PROPS_US", "props_us");
+    sim_lat_defaults();
+    env_opt("KILN_SIM_SYNC_US", "sync_us");
+    env_opt("KILN_SIM_UNPINNED_US", "unpinned_us");
+    env_opt("KILN_SIM_BIND_ALIGN", "bind_align");
     const char *tf = getenv("KILN_SIM_TEMP_FILE");
     if (tf) set_opt("temp_file", tf);
     if (parse_faults(getenv("KILN_SIM_FAULTS"))) {
@@ -429,6 +437,7 @@ EXPORT axclError axclFinalize(void) {
     pthread_mutex_lock(&g_mu);
     for (int i = 0; i < g_ndev; i++) release_device(&g_devs[i]);
     sim_engine_reset();
+    sim_streams_reset();
     free_ctxs_of(NULL);
     g_ndev = 0;
     g_inited = 0;
@@ -544,6 +553,7 @@ EXPORT axclError axclrtGetDevice(int32_t *id) {
 }
 
 EXPORT axclError axclrtSynchronizeDevice(void) {
+    sim_round_trip('s');
     pthread_mutex_lock(&g_mu);
     axclError r = 0;
     simdev *d = bound_dev();
@@ -777,6 +787,7 @@ EXPORT axclError axclrtMallocHost(void **p, size_t size) {
     if (sim_need_ctx(&r)) {
         *p = malloc(size ? size : 1);
         if (!*p) r = sim_fail(E_MEM_NO_MEMORY, "host out of memory");
+        else sim_pin_add(*p, size);
     }
     pthread_mutex_unlock(&g_mu);
     return r;
@@ -786,12 +797,16 @@ EXPORT axclError axclrtFreeHost(void *p) {
     if (sim_is_device_addr((uint64_t)(uintptr_t)p)) return sim_fail(E_MEM_ILLEGAL, "%p is device memory", p);
     pthread_mutex_lock(&g_mu);
     axclError r = 0;
-    if (sim_need_ctx(&r)) free(p);
+    if (sim_need_ctx(&r)) {
+        if (sim_pin_del(p)) r = sim_fail(E_MEM_ILLEGAL, "%p is not from axclrtMallocHost", p);
+        else free(p);
+    }
     pthread_mutex_unlock(&g_mu);
     return r;
 }
 
 EXPORT axclError axclrtMemset(void *p, uint8_t v, size_t n) {
+    sim_round_trip('c');
     pthread_mutex_lock(&g_mu);
     axclError r = 0;
     simdev *d = sim_need_ctx(&r);
@@ -803,6 +818,13 @@ EXPORT axclError axclrtMemset(void *p, uint8_t v, size_t n) {
 }
 
 EXPORT axclError axclrtMemcpy(void *dst, const void *src, size_t n, int32_t kind) {
+    if (kind != 0) sim_round_trip('c');
+    return sim_memcpy(dst, src, n, kind);
+}
+
+/* sim_memcpy is axclrtMemcpy without the round trip (also what a stream runs). */
+axclError sim_memcpy(void *dst, const void *src, size_t n, int32_t kind) {
+    long extra_us = 0;
     pthread_mutex_lock(&g_mu);
     axclError r = 0;
     simdev *d = sim_need_ctx(&r);
@@ -842,8 +864,13 @@ EXPORT axclError axclrtMemcpy(void *dst, const void *src, size_t n, int32_t kind
         r = sim_fail(E_MEM_ILLEGAL, "memcpy kind %d", kind);
     }
     if (!r && n) memmove(hd, hs, n);
+    if (!r && (kind == 1 || kind == 2)) extra_us = sim_host_transfer(kind == 1 ? src : dst, n);
 out:
     pthread_mutex_unlock(&g_mu);
+    if (extra_us > 0) {
+        struct timespec ts = {extra_us / 1000000, (extra_us % 1000000) * 1000};
+        while (nanosleep(&ts, &ts) && errno == EINTR) {}
+    }
     return r;
 }
 

@@ -190,4 +190,28 @@ axclError sim_validate(simspec *s, char *err, size_t errn);
 axclError sim_run(simmodel *m, int group, void **in, void **out);
 void sim_nocompute(simmodel *m, int group, void **in, void **out);
 
+/* stream.c: streams, the latency model (sync round trips, unpinned transfers), the alignment of
+ * offset binds, call counters */
+typedef struct simlat {
+    long sync_us;        /* cost of one synchronous call that waits for the card */
+    long unpinned_us;    /* extra cost of a transfer from/to host memory not from axclrtMallocHost */
+    uint64_t bind_align; /* an IO buffer bound at an offset into its allocation must be a multiple */
+} simlat;
+typedef struct simstats {
+    uint64_t sync_calls, sync_executes, sync_copies, stream_syncs, async_executes, async_copies, binds, unpinned, pinned;
+} simstats;
+extern simlat g_lat;
+void sim_lat_defaults(void);
+int sim_lat_opt(const char *k, double d);
+void sim_round_trip(char what);
+void sim_count_bind(void);
+void sim_pin_add(void *p, size_t n);
+int sim_pin_del(void *p);
+long sim_host_transfer(const void *p, size_t n);
+axclError sim_check_bind(uint64_t off, int isin, uint32_t index);
+void sim_streams_reset(void);
+axclError sim_memcpy(void *dst, const void *src, size_t n, int32_t kind);   /* runtime.c: axclrtMemcpy, no round trip */
+axclError sim_execute(uint64_t id, uint64_t ctx, uint32_t group, void *io); /* engine.c: axclrtEngineExecute, no round trip */
+extern __thread long t_hang_deadline_ms; /* runtime.c: a hung execute gives up after this many ms (0: the cap) */
+
 #endif
