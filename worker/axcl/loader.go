@@ -47,6 +47,7 @@ type Runtime struct {
 	memoryFuncs
 	engineFuncs
 	engineIOFuncs
+	streamFuncs
 }
 
 // library resolves symbols of one dlopen handle.
@@ -120,6 +121,7 @@ func Load(path string) (*Runtime, error) {
 		rt.memoryFuncs.load,
 		rt.engineFuncs.load,
 		rt.engineIOFuncs.load,
+		rt.streamFuncs.load,
 	} {
 		if err := load(lib); err != nil {
 			_ = purego.Dlclose(h)

@@ -6,11 +6,8 @@ import (
 	"errors"
 	"fmt"
 	"math"
-	"syscall"
 	"time"
-	"unsafe"
 
-	"github.com/kiln-project/kiln/worker/axcl"
 	"github.com/kiln-project/kiln/worker/npu"
 )
 
@@ -133,7 +130,7 @@ type state struct {
 	chunkH    int
 	chunkG    int
 	decMask   []byte
-	raw       []byte // logits as read: memory-mapped, outside the Go heap
+	raw       []byte // logits as read
 	history   []int
 	resident  []int  // tokens whose K/V rows 0..len-1 on the card are valid
 	row       []byte // embedding row of the decode step when it is not the token's (an image row)
@@ -153,30 +150,10 @@ var (
 	maskVisible = [2]byte{0, 0}
 )
 
-func (st *state) init(s *Shape) error {
-	maxH := 0
-	for _, g := range s.Prefill {
-		maxH = max(maxH, g.History)
-	}
-	st.chunkIn = make([]byte, s.Chunk*s.Hidden*2)
-	st.chunkIdx = make([]byte, s.Chunk*4)
-	st.chunkMask = make([]byte, s.Chunk*(maxH+s.Chunk)*2)
-	st.decMask = make([]byte, (s.Context+1)*2)
-	n := s.Vocab * 2
-	if s.PostFP32 {
-		n = s.Vocab * 4
-	}
-	// Outside the Go heap, so the runtime's memcpy can take its address
-	// without the binding copying or pinning anything.
-	raw, err := syscall.Mmap(-1, 0, n, syscall.PROT_READ|syscall.PROT_WRITE, syscall.MAP_ANON|syscall.MAP_PRIVATE)
-	if err != nil {
-		return fmt.Errorf("llm: logits buffer: %w", err)
-	}
-	st.raw = raw
+func (st *state) init(s *Shape) {
 	st.history = make([]int, 0, s.Context)
 	st.resident = make([]int, 0, s.Context)
 	st.maskAt = -1
-	return nil
 }
 
 func (m *Model) bindSteps() {
@@ -193,32 +170,33 @@ func (m *Model) embedRow(tok int) []byte {
 
 // decodeStep runs token st.tok at position st.pos through the decode group
 // of every layer, appends its K/V rows, and with st.logits runs the post
-// model and reads the logits (device thread). It allocates nothing: the
-// embedding row and the logits move between the card and memory outside
-// the Go heap (the mapped table, the mapped logits buffer) through the
-// runtime's memcpy, and the position and the mask element are copied on
-// the card from tables made at load.
+// model and reads the logits (device thread). Everything is queued on the
+// device's stream and waited for once, at the end: the embedding row goes
+// up from pinned memory, the position and the mask element are copied on
+// the card from tables made at load, each layer writes its K/V rows
+// straight into the cache row (in place) or into the staging outputs that
+// are then copied there, and the logits come back into pinned memory. It
+// allocates nothing.
 func (m *Model) decodeStep(t *npu.Thread) error {
 	st, s := &m.st, &m.shape
 	p := st.pos
 	if p >= s.Context || st.tok < 0 || st.tok >= s.Vocab {
 		return fmt.Errorf("llm: decode token %d at position %d: outside vocabulary %d or context %d", st.tok, p, s.Vocab, s.Context)
 	}
-	if st.row != nil {
-		if err := t.Write(m.hid[0], 0, st.row); err != nil {
-			return err
-		}
-	} else {
-		row := m.embedRow(st.tok)
-		if err := t.Runtime().Memcpy(uintptr(m.hid[0].Ptr()), uintptr(unsafe.Pointer(&row[0])), uint64(len(row)), axcl.HostToDevice); err != nil {
-			return err
-		}
+	row := st.row
+	if row == nil {
+		row = m.embedRow(st.tok)
 	}
-	if err := t.Copy(m.idx, 0, m.posTab, uint64(p)*4, 4); err != nil {
+	n := copy(m.pin.row.Bytes(), row)
+	if err := t.WriteAsync(m.hid[0], 0, m.pin.row, 0, uint64(n)); err != nil {
+		return err
+	}
+	// indices and mask: shared by every layer, written once per token.
+	if err := t.CopyAsync(m.idx, 0, m.posTab, uint64(p)*4, 4); err != nil {
 		return err
 	}
 	if st.maskAt == p-1 && p > 0 {
-		if err := t.Copy(m.mask, uint64(p-1)*2, m.zero, 0, 2); err != nil {
+		if err := t.CopyAsync(m.mask, uint64(p-1)*2, m.zero, 0, 2); err != nil {
 			return err
 		}
 	} else {
@@ -230,41 +208,51 @@ func (m *Model) decodeStep(t *npu.Thread) error {
 			}
 		}
 		copy(st.decMask[2*s.Context:], maskVisible[:])
-		if err := t.Write(m.mask, 0, st.decMask); err != nil {
+		if err := t.WriteAsync(m.mask, 0, m.pin.decMask, 0, uint64(len(st.decMask))); err != nil {
 			return err
 		}
 	}
 	st.maskAt = p
 	kv := uint64(s.KVDim * 2)
 	for i, l := range m.layers {
-		if err := t.Execute(l, s.Decode); err != nil {
+		if m.kv.inPlace {
+			if err := m.bindRow(t, i, uint64(p)*kv+m.kv.skew); err != nil {
+				return err
+			}
+		}
+		if err := t.ExecuteAsync(l, s.Decode); err != nil {
 			return err
 		}
-		if err := t.Copy(m.kc[i], uint64(p)*kv, m.kOut, 0, kv); err != nil {
+		if m.kv.inPlace {
+			continue
+		}
+		if err := t.CopyAsync(m.kc[i], uint64(p)*kv, m.kOut, 0, kv); err != nil {
 			return err
 		}
-		if err := t.Copy(m.vc[i], uint64(p)*kv, m.vOut, 0, kv); err != nil {
+		if err := t.CopyAsync(m.vc[i], uint64(p)*kv, m.vOut, 0, kv); err != nil {
 			return err
 		}
 	}
 	if !st.logits {
-		return nil
+		return t.Sync()
 	}
 	return m.postStep(t, 0)
 }
 
-// postStep runs the post model on row r of the last layer's output and
-// reads the logits.
+// postStep runs the post model on row r of the last layer's output, reads
+// the logits and waits for everything queued.
 func (m *Model) postStep(t *npu.Thread, r int) error {
 	n := uint64(m.shape.Hidden * 2)
-	if err := t.Copy(m.postIn, 0, m.hid[len(m.layers)%2], uint64(r)*n, n); err != nil {
+	if err := t.CopyAsync(m.postIn, 0, m.hid[len(m.layers)%2], uint64(r)*n, n); err != nil {
 		return err
 	}
-	if err := t.Execute(m.post, 0); err != nil {
+	if err := t.ExecuteAsync(m.post, 0); err != nil {
 		return err
 	}
-	raw := m.st.raw
-	return t.Runtime().Memcpy(uintptr(unsafe.Pointer(&raw[0])), uintptr(m.pOut.Ptr()), uint64(len(raw)), axcl.DeviceToHost)
+	if err := t.ReadAsync(m.pin.logits, 0, m.pOut, 0, uint64(len(m.st.raw))); err != nil {
+		return err
+	}
+	return t.Sync()
 }
 
 // chunkStep runs the staged chunk (st.chunkN tokens at st.pos) through
@@ -511,6 +499,7 @@ func (m *Model) Generate(ctx context.Context, req Request, fn func(Token) error)
 	}
 	m.mu.Lock()
 	defer m.mu.Unlock()
+	defer m.dev.Busy()() // no properties sample between the tokens of a reply
 	res := &Result{PromptTokens: len(req.Prompt)}
 	if err := m.check(req.Prompt); err != nil {
 		return res, err

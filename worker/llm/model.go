@@ -29,6 +29,12 @@ type Options struct {
 	MinPrefix int
 	// Progress, when set, is called after each model file is loaded.
 	Progress func(done, total int)
+	// KVStaging makes decode write each token's K/V rows through the
+	// staging outputs and a copy on the card, as prefill chunks do, instead
+	// of binding the outputs straight into the cache row (the default when
+	// rows are KVBindAlign aligned). For a card on which `kiln card probe
+	// kv-inplace` finds the two differ.
+	KVStaging bool
 }
 
 func (o Options) withDefaults() Options {
@@ -96,6 +102,8 @@ type Model struct {
 	posTab *npu.Buffer // uint32 positions 0..Context-1: the decode indices, copied on the card
 	zero   *npu.Buffer // a visible (0) mask element, copied on the card
 	owned  []*npu.Buffer
+	pin    pinned       // pinned host buffers (kvbind.go)
+	kv     kvWrite      // how decode writes the K/V rows (kvbind.go)
 	vision *visionModel // nil: text only
 	embed  []byte       // memory-mapped table
 	cmm    uint64       // CMM charged by Load
@@ -164,13 +172,17 @@ func Load(ctx context.Context, dev *npu.Device, dir string, opts *Options) (_ *M
 	m.cmm = used1 - min(used0, used1)
 	m.samp = newSampler(m.shape.Vocab)
 	m.prefixes = newPrefixCache(o.PrefixCacheBytes, o.PrefixCacheEntries)
-	if err := m.st.init(&m.shape); err != nil {
+	m.st.init(&m.shape)
+	if err := m.allocPinned(ctx); err != nil {
+		return nil, fmt.Errorf("llm: %s: pinned host buffers: %w", pkg.Name, err)
+	}
+	if err := m.chooseKVWrite(); err != nil {
 		return nil, err
 	}
 	m.bindSteps()
 	m.log.Info("llm: model loaded", "layers", shape.Layers, "hidden", shape.Hidden, "kv_dim", shape.KVDim,
 		"context", shape.Context, "chunk", shape.Chunk, "prefill_histories", histories(shape.Prefill),
-		"vocab", m.shape.Vocab, "cmm_mib", m.cmm>>20)
+		"vocab", m.shape.Vocab, "cmm_mib", m.cmm>>20, "kv_rows", m.kv.mode())
 	return m, nil
 }
 
@@ -375,6 +387,7 @@ func (m *Model) release(ctx context.Context) error {
 			for _, b := range m.owned {
 				errs = append(errs, t.Free(b))
 			}
+			errs = append(errs, m.pin.free(t))
 			return errors.Join(errs...)
 		}))
 	}
@@ -383,10 +396,7 @@ func (m *Model) release(ctx context.Context) error {
 		errs = append(errs, syscall.Munmap(m.embed))
 		m.embed = nil
 	}
-	if m.st.raw != nil {
-		errs = append(errs, syscall.Munmap(m.st.raw))
-		m.st.raw = nil
-	}
+	m.pin.forget(&m.st)
 	if err := errors.Join(errs...); err != nil {
 		return fmt.Errorf("llm: close %s: %w", m.pkg.Name, err)
 	}

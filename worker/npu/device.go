@@ -109,6 +109,7 @@ type Device struct {
 	lostErr  error        // set before lostCh closes
 	hung     atomic.Bool  // the thread is stuck in a runtime call
 	execFrom atomic.Int64 // monotonicNow() when the running execute started, 0 if none
+	busy     atomic.Int32 // replies running (Busy): the sampler keeps off the card meanwhile
 
 	propsMu sync.Mutex
 	props   Properties
@@ -459,7 +460,10 @@ func (d *Device) run(ready chan<- error) {
 			d.serve(r)
 			d.poll(nextSample)
 		case <-tick:
-			if d.Err() == nil {
+			// Never mid-reply: the properties call runs commands on the
+			// card (tens to hundreds of ms). Samples land between jobs;
+			// the thermal governor refreshes on its own near a threshold.
+			if d.Err() == nil && d.busy.Load() == 0 {
 				d.sample()
 			}
 			nextSample = time.Now().Add(d.cfg.SampleInterval)
@@ -620,6 +624,7 @@ func (d *Device) teardown() {
 	for b := range d.buffers {
 		keep("free buffer", d.th.Free(b))
 	}
+	keep("streams and pinned buffers", d.th.releaseStreams())
 	if d.engineOwned {
 		keep("engine finalize", rt.EngineFinalize())
 		d.engineOwned = false

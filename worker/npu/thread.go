@@ -14,6 +14,7 @@ type Thread struct {
 	d         *Device
 	inited    bool
 	deviceSet bool
+	ss        streamState // stream.go
 }
 
 // Runtime is the loaded runtime, for calls this package does not wrap.
