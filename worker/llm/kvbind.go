@@ -190,6 +190,22 @@ func (m *Model) ProbeKVInPlace(ctx context.Context, prompt []int, n int) (*KVPro
 		if err := m.setKVMode(ctx, inPlace); err != nil {
 			return nil, nil, err
 		}
+		// Zero the rows the run writes: a row the other run left behind
+		// must not stand in for one this run failed to write.
+		if err := m.do(ctx, func(t *npu.Thread) error {
+			n := uint64(len(prompt)+n) * m.kv.row
+			for i := range s.Layers {
+				if err := t.Fill(m.kc[i], 0, n, 0); err != nil {
+					return err
+				}
+				if err := t.Fill(m.vc[i], 0, n, 0); err != nil {
+					return err
+				}
+			}
+			return nil
+		}); err != nil {
+			return nil, nil, err
+		}
 		var toks []int
 		if _, err := m.Generate(ctx, Request{Prompt: prompt, MaxTokens: n, StopIDs: []int{}}, func(t Token) error {
 			toks = append(toks, t.ID)
