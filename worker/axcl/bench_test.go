@@ -89,3 +89,73 @@ func BenchmarkCopy(b *testing.B) {
 	run("h2d", func() error { return rt.CopyToDevice(x, host) })
 	run("d2h", func() error { return rt.CopyFromDevice(host, x) })
 }
+
+// BenchmarkBind weighs the two ways decode can point a layer's K/V outputs
+// at the token's cache row: rebinding the decode IO per token
+// (rebind_by_index: one allocation-free axclrtEngineSetOutputBufferByIndex
+// at a 2 KiB-aligned row offset; set_buffer is the same call through
+// purego's reflective path), or one IO per row made at load (per_row_io:
+// creating an IO and binding all its tensors, paid context × layers times,
+// with no bind per token).
+func BenchmarkBind(b *testing.B) {
+	b.Setenv("KILN_SIM_NOCOMPUTE", "1")
+	rt, _ := simLib(b)
+	path, _ := tinyLayer(b, b.TempDir())
+	runtime.LockOSThread()
+	defer runtime.UnlockOSThread()
+	must(b, rt.Init(""))
+	defer rt.Finalize()
+	ids, err := rt.DeviceList()
+	must(b, err)
+	must(b, rt.SetDevice(ids[0]))
+	defer rt.ResetDevice(ids[0])
+	ctx, err := rt.CreateContext(ids[0])
+	must(b, err)
+	must(b, rt.EngineInit(VNPUDisable))
+	m, err := rt.LoadModel(path)
+	must(b, err)
+	info, err := rt.IOInfo(m)
+	must(b, err)
+	groups, err := rt.Describe(info)
+	must(b, err)
+	io, err := rt.CreateIO(info)
+	must(b, err)
+	const rows = 256
+	cache, err := rt.Malloc(rows*2048, MallocHugeFirst)
+	must(b, err)
+	run := func(name string, op func(i int) error) {
+		b.Run(name, func(b *testing.B) {
+			runtime.LockOSThread()
+			must(b, rt.SetCurrentContext(ctx))
+			b.ReportAllocs()
+			i := 0
+			for b.Loop() {
+				if err := op(i); err != nil {
+					b.Fatal(err)
+				}
+				i++
+			}
+		})
+	}
+	row := func(i int) DevicePtr { return cache + DevicePtr(i%rows*2048) }
+	run("rebind_by_index", func(i int) error { return rt.BindBuffer(io, Output, 0, row(i), 64) })
+	run("set_buffer", func(i int) error { return rt.SetBuffer(io, Output, 0, row(i), 64) })
+	g := groups[0]
+	run("per_row_io", func(i int) error {
+		rio, err := rt.CreateIO(info)
+		if err != nil {
+			return err
+		}
+		for j := range g.Inputs {
+			if err := rt.BindBuffer(rio, Input, j, cache, g.Inputs[j].Size); err != nil {
+				return err
+			}
+		}
+		for j := range g.Outputs {
+			if err := rt.BindBuffer(rio, Output, j, row(i), g.Outputs[j].Size); err != nil {
+				return err
+			}
+		}
+		return rt.DestroyIO(rio)
+	})
+}
