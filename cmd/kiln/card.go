@@ -16,6 +16,7 @@ import (
 // cardUsage is the help text of kiln card.
 const cardUsage = `usage: kiln card info [--json] [--lib PATH]
        kiln card inspect [--json] [--lib PATH] FILE
+       kiln card probe kv-inplace [--json] [--lib PATH] [--tokens N] PACKAGE
 
 info     the runtime version and, per card, its id (PCIe bus number), PCI
          address, firmware, temperature, CMM used/total and NPU/CPU load,
@@ -23,6 +24,7 @@ info     the runtime version and, per card, its id (PCIe bus number), PCI
 inspect  loads the model FILE (.axmodel) on the first card and prints its
          shape groups and, per group, every input and output: name, data
          type, layout, dims and bytes. Nothing is executed.
+probe    measurements on a real card (kiln card probe for the list).
 
 The runtime library is --lib, else KILN_AXCL_LIB, else
 /usr/lib/axcl/libaxcl_rt.so (point it at the card simulator to try kiln
@@ -40,6 +42,8 @@ func runCard(ctx context.Context, args []string, stdout, stderr io.Writer) error
 		return runCardInfo(ctx, args[1:], stdout, stderr)
 	case "inspect":
 		return runCardInspect(ctx, args[1:], stdout, stderr)
+	case "probe":
+		return runCardProbe(ctx, args[1:], stdout, stderr)
 	case "help", "-h", "--help":
 		fmt.Fprint(stdout, cardUsage)
 		return nil
