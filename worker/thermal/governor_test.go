@@ -184,8 +184,9 @@ func TestMonitor(t *testing.T) {
 	}
 }
 
-// Near the pause threshold Admit reads the card afresh (CardNow) instead
-// of the cached sample; far from it, and in Check, the cached one.
+// Near the pause threshold Admit and Check read the card afresh (CardNow)
+// instead of the cached sample, which ages during a long reply (the device
+// does not sample mid-reply); far from it, the cached one.
 func TestMonitorAdmitReadsFreshNearPause(t *testing.T) {
 	cached, fresh := 60.0, 81.0
 	freshReads := 0
@@ -200,11 +201,17 @@ func TestMonitorAdmitReadsFreshNearPause(t *testing.T) {
 	if st := m.Admit(ctx); st != OK || freshReads != 0 {
 		t.Fatalf("far from pause: %s after %d fresh reads, want ok after none", st, freshReads)
 	}
+	if st := m.Check(ctx); st != OK || freshReads != 0 {
+		t.Fatalf("far from pause: Check %s after %d fresh reads, want ok after none", st, freshReads)
+	}
 	cached = 78 // within 3 °C of pause: the cached sample may be old
 	if st := m.Check(ctx); st != OK || freshReads != 0 {
 		t.Fatalf("Check: %s after %d fresh reads", st, freshReads)
 	}
 	if st := m.Admit(ctx); st != Hot || freshReads != 1 {
 		t.Fatalf("near pause: Admit %s after %d fresh reads, want hot after one", st, freshReads)
+	}
+	if st := m.Check(ctx); st != Hot || freshReads != 2 {
+		t.Fatalf("near pause: Check %s after %d fresh reads, want hot after two", st, freshReads)
 	}
 }

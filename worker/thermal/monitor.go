@@ -19,9 +19,11 @@ type MonitorConfig struct {
 	// SoC reads the host SoC; nil leaves it out.
 	SoC Source
 	// CardNow, when set, samples the card afresh (Card may return a cached
-	// sample). Admit uses it instead of Card once the card is within
-	// FreshMarginC of its pause threshold, so that the decision to start a
-	// job near the threshold does not rest on an old sample.
+	// sample). Check and Admit use it instead of Card once the card is
+	// within FreshMarginC of its pause threshold, so that decisions near the
+	// threshold do not rest on an old sample: the device samples its
+	// properties only between replies, so during a long reply the cached
+	// sample ages (worker/npu Device.Busy).
 	CardNow Source
 	// FreshMarginC is that margin (default 3 °C).
 	FreshMarginC float64
@@ -118,18 +120,13 @@ func (m *Monitor) Stop() {
 }
 
 // Check samples the sources now, updates the governor and reports a
-// transition, and returns the state.
-func (m *Monitor) Check(ctx context.Context) State { return m.check(ctx, false) }
-
-// Admit is Check before starting a job: near the card's pause threshold it
+// transition, and returns the state. Near the card's pause threshold it
 // reads the card through CardNow.
-func (m *Monitor) Admit(ctx context.Context) State { return m.check(ctx, true) }
-
-func (m *Monitor) check(ctx context.Context, admit bool) State {
+func (m *Monitor) Check(ctx context.Context) State {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	card := m.cfg.Card
-	if admit && m.cfg.CardNow != nil && !math.IsNaN(m.last.CardC) && m.last.CardC >= m.cfg.Limits.Card.PauseC-m.cfg.FreshMarginC {
+	if m.cfg.CardNow != nil && !math.IsNaN(m.last.CardC) && m.last.CardC >= m.cfg.Limits.Card.PauseC-m.cfg.FreshMarginC {
 		card = m.cfg.CardNow
 	}
 	r := Reading{CardC: m.read(ctx, "card", card), SoCC: m.read(ctx, "soc", m.cfg.SoC)}
@@ -141,6 +138,9 @@ func (m *Monitor) check(ctx context.Context, admit bool) State {
 	}
 	return m.gov.State()
 }
+
+// Admit is Check before starting a job (a job boundary).
+func (m *Monitor) Admit(ctx context.Context) State { return m.Check(ctx) }
 
 // read returns the source's temperature, or Unknown (warning once per
 // input until it reads again).
