@@ -69,6 +69,9 @@ const (
 	NoFullVersion = "KILNSIM_NO_FULLVERSION"
 	// NoDeviceProperties leaves axclrtGetDeviceProperties out, as the V2.25 API has it.
 	NoDeviceProperties = "KILNSIM_NO_DEVICE_PROPERTIES"
+	// NoStreams leaves the stream calls out (axclrt*Stream*, axclrtMemcpyAsync,
+	// axclrtEngineExecuteAsync): a runtime on which kiln runs everything synchronously.
+	NoStreams = "KILNSIM_NO_STREAMS"
 )
 
 // Build compiles the simulator with $CC (default cc) into outPath (e.g.
@@ -214,6 +217,14 @@ func OldRuntimeLibrary(tb testing.TB) string {
 	tb.Helper()
 	return oldLib.get(tb, NoFullVersion, NoDeviceProperties)
 }
+
+// NoStreamsLibrary is [Library] built without the stream calls ([NoStreams]).
+func NoStreamsLibrary(tb testing.TB) string {
+	tb.Helper()
+	return noStreamsLib.get(tb, NoStreams)
+}
+
+var noStreamsLib built
 
 func (b *built) get(tb testing.TB, defines ...string) string {
 	tb.Helper()

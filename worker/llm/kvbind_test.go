@@ -288,3 +288,28 @@ func TestNoPropertiesSampleMidReply(t *testing.T) {
 		time.Sleep(5 * time.Millisecond)
 	}
 }
+
+// TestDecodeWithoutStreams: on a runtime without the stream calls the same
+// decode path runs synchronously — in place, bit-identical to the
+// reference — with one synchronous call per copy and execute.
+func TestDecodeWithoutStreams(t *testing.T) {
+	dir, ref := kvPackage(t, kvSpec())
+	dev, err := npu.Open(bg, npu.Config{Library: cardsim.NoStreamsLibrary(t), SampleInterval: -1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { dev.Close(context.Background()) })
+	if dev.Runtime().HasStreams() {
+		t.Fatal("the simulator built without streams has them")
+	}
+	m, err := Load(bg, dev, dir, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { m.Close(context.Background()) })
+	prompt := randomPrompt(rand.New(rand.NewPCG(13, 14)), 20)
+	got, _ := generate(t, m, greedy(prompt, 4))
+	if toks, logits := refCheck(t, m, ref, prompt, got); !toks || !logits || !m.kv.inPlace {
+		t.Fatalf("without streams (%s): greedy %v: reference tokens %v, logits %v", m.kv.mode(), got, toks, logits)
+	}
+}

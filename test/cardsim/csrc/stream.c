@@ -166,7 +166,7 @@ typedef struct simstream {
 
 static simstream *g_streams;
 
-static simstream *find_stream(void *s) {
+static __attribute__((unused)) simstream *find_stream(void *s) {
     for (simstream *x = g_streams; x; x = x->next)
         if (x == s && x->magic == STREAM_MAGIC) return x;
     return NULL;
@@ -188,6 +188,7 @@ void sim_streams_reset(void) {
     }
 }
 
+#ifndef KILNSIM_NO_STREAMS /* a runtime without streams: kiln runs everything synchronously */
 EXPORT axclError axclrtCreateStream(void **stream) {
     if (!stream) return sim_fail(E_STREAM_NULL, "null stream out-param");
     pthread_mutex_lock(&g_mu);
@@ -307,3 +308,4 @@ static axclError sync(void *stream, int32_t timeout_ms) {
 
 EXPORT axclError axclrtSynchronizeStream(void *stream) { return sync(stream, -1); }
 EXPORT axclError axclrtSynchronizeStreamWithTimeout(void *stream, int32_t timeout) { return sync(stream, timeout); }
+#endif /* KILNSIM_NO_STREAMS */
