@@ -177,7 +177,20 @@ func (m *Model) embedRow(tok int) []byte {
 // straight into the cache row (in place) or into the staging outputs that
 // are then copied there, and the logits come back into pinned memory. It
 // allocates nothing.
-func (m *Model) decodeStep(t *npu.Thread) error {
+func (m *Model) decodeStep(t *npu.Thread) error { return settle(t, m.queueDecode(t)) }
+
+// settle waits for the work queued on the device's stream and returns err,
+// else the wait's error. It waits after a failure too: nothing a failed
+// step queued may run into the next one.
+func settle(t *npu.Thread, err error) error {
+	if serr := t.Sync(); err == nil {
+		err = serr
+	}
+	return err
+}
+
+// queueDecode queues decodeStep's work.
+func (m *Model) queueDecode(t *npu.Thread) error {
 	st, s := &m.st, &m.shape
 	p := st.pos
 	if p >= s.Context || st.tok < 0 || st.tok >= s.Vocab {
@@ -234,13 +247,13 @@ func (m *Model) decodeStep(t *npu.Thread) error {
 		}
 	}
 	if !st.logits {
-		return t.Sync()
+		return nil
 	}
 	return m.postStep(t, 0)
 }
 
-// postStep runs the post model on row r of the last layer's output, reads
-// the logits and waits for everything queued.
+// postStep queues the post model on row r of the last layer's output and
+// the read of the logits.
 func (m *Model) postStep(t *npu.Thread, r int) error {
 	n := uint64(m.shape.Hidden * 2)
 	if err := t.CopyAsync(m.postIn, 0, m.hid[len(m.layers)%2], uint64(r)*n, n); err != nil {
@@ -249,10 +262,7 @@ func (m *Model) postStep(t *npu.Thread, r int) error {
 	if err := t.ExecuteAsync(m.post, 0); err != nil {
 		return err
 	}
-	if err := t.ReadAsync(m.pin.logits, 0, m.pOut, 0, uint64(len(m.st.raw))); err != nil {
-		return err
-	}
-	return t.Sync()
+	return t.ReadAsync(m.pin.logits, 0, m.pOut, 0, uint64(len(m.st.raw)))
 }
 
 // chunkStep runs the staged chunk (st.chunkN tokens at st.pos) through
@@ -285,7 +295,7 @@ func (m *Model) chunkStep(t *npu.Thread) error {
 	if !st.logits {
 		return nil
 	}
-	return m.postStep(t, st.chunkN-1)
+	return settle(t, m.postStep(t, st.chunkN-1))
 }
 
 // stageChunk fills the host staging buffers for tokens at st.pos in a group
