@@ -41,17 +41,22 @@ func (k *kvWrite) mode() string {
 func (m *Model) chooseKVWrite() error {
 	s, l0 := &m.shape, m.layers[0]
 	k := kvWrite{row: uint64(s.KVDim * 2)}
+	// The decode group's K/V outputs: by name, else by the per-group name
+	// <name>_<group> of llm_build2 engines (as the vendor runner looks them up).
+	index := func(name string) (int, error) {
+		if i, err := l0.Index(npu.Out(name)); err == nil {
+			return i, nil
+		}
+		return l0.Index(npu.Out(fmt.Sprintf("%s_%d", name, s.Decode)))
+	}
 	var err error
-	if k.kIdx, err = l0.Index(npu.Out("K_cache_out")); err != nil {
+	if k.kIdx, err = index("K_cache_out"); err != nil {
 		return err
 	}
-	if k.vIdx, err = l0.Index(npu.Out("V_cache_out")); err != nil {
+	if k.vIdx, err = index("V_cache_out"); err != nil {
 		return err
 	}
-	kt, err := l0.Tensor(s.Decode, npu.Out("K_cache_out"))
-	if err != nil {
-		return err
-	}
+	kt := l0.Describe()[s.Decode].Outputs[k.kIdx]
 	switch {
 	case m.opts.KVStaging:
 		k.why = "Options.KVStaging"
