@@ -83,12 +83,20 @@ func TestSamplingFollowsTheDistribution(t *testing.T) {
 }
 
 // TestDecodeAllocatesNothingPerToken: a longer reply costs no more
-// allocations than a short one.
+// allocations than a short one, with the K/V rows copied (the test
+// package's 64-byte rows) and bound in place (2048-byte rows).
 func TestDecodeAllocatesNothingPerToken(t *testing.T) {
 	if raceEnabled {
 		t.Skip("allocation counts are not meaningful under the race detector")
 	}
 	m, _, _ := loadTest(t, nil)
+	inPlace, _, _ := loadKV(t, kvSpec(), nil)
+	for _, m := range []*Model{m, inPlace} {
+		decodeAllocs(t, m)
+	}
+}
+
+func decodeAllocs(t *testing.T, m *Model) {
 	run := func(n int) func() {
 		return func() {
 			_, err := m.Generate(bg, Request{Prompt: []int{1, 2, 3}, MaxTokens: n, StopIDs: []int{}}, func(Token) error { return nil })
@@ -99,7 +107,7 @@ func TestDecodeAllocatesNothingPerToken(t *testing.T) {
 	}
 	short, long := testing.AllocsPerRun(5, run(4)), testing.AllocsPerRun(5, run(64))
 	if long > short {
-		t.Fatalf("%v allocations for 4 tokens, %v for 64", short, long)
+		t.Fatalf("K/V rows by %s: %v allocations for 4 tokens, %v for 64", m.kv.mode(), short, long)
 	}
 }
 
