@@ -491,6 +491,7 @@ func (p *Pipeline) Generate(ctx context.Context, req *Request, progress func(ste
 	if p.closed {
 		return nil, ErrClosed
 	}
+	defer p.dev.Busy()() // no properties sample between the steps of an image
 	start := time.Now()
 	pl, err := p.plan(req)
 	if err != nil {
