@@ -46,8 +46,9 @@ type Config struct {
 	Index int
 	// AXCLConfig is the axcl.json passed to axclInit; "" for the defaults.
 	AXCLConfig string
-	// ExecuteTimeout bounds one engine execute; past it the device is
-	// marked lost. Default 60s.
+	// ExecuteTimeout bounds one engine execute, and one wait for the
+	// device's stream (Thread.Sync); past it the device is marked lost.
+	// Default 60s.
 	ExecuteTimeout time.Duration
 	// CMMBudget is the device memory kiln may use, in bytes. 0 means the
 	// card's CMM total as reported by the device properties.
