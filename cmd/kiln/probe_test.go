@@ -48,3 +48,32 @@ func TestCardProbeKVInPlace(t *testing.T) {
 		t.Fatal("an unknown probe succeeded")
 	}
 }
+
+// kiln card probe copy on the simulator with a 300 µs round trip: every
+// measurement is there and the runtime has streams (timings are not
+// asserted).
+func TestCardProbeCopy(t *testing.T) {
+	lib := cardsim.Library(t)
+	t.Setenv("KILN_SIM_SYNC_US", "300")
+	code, out, errOut := kiln(t, t.Context(), "card", "probe", "copy", "--json", "--rounds", "5", "--lib", lib)
+	if code != 0 {
+		t.Fatalf("kiln card probe copy: %d %s", code, errOut)
+	}
+	var c map[string]any
+	if err := json.Unmarshal([]byte(out), &c); err != nil {
+		t.Fatalf("probe copy: %q (%v)", out, err)
+	}
+	for _, k := range []string{"d2d_sync_us", "h2d_pinned_sync_us", "h2d_unpinned_sync_us", "d2h_pinned_sync_us",
+		"d2h_unpinned_sync_us", "stream_sync_us", "queued_copy_us", "properties_sample_us"} {
+		if v, ok := c[k].(float64); !ok || v <= 0 {
+			t.Errorf("%s = %v", k, c[k])
+		}
+	}
+	if c["bytes"] != 2048.0 || c["rounds"] != 5.0 || c["streams"] != true {
+		t.Errorf("probe copy: %v", c)
+	}
+	code, out, _ = kiln(t, t.Context(), "card", "probe", "copy", "--rounds", "3", "--lib", lib)
+	if code != 0 || !strings.Contains(out, "device→device, synchronous") {
+		t.Fatalf("probe copy text: %d %q", code, out)
+	}
+}
