@@ -9,6 +9,7 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
+	"slices"
 )
 
 // LLMSpec describes a simulated Qwen3-style chat package (research/llm-runtime.md §1–§3).
@@ -26,6 +27,10 @@ type LLMSpec struct {
 	// MaxCtx is the decode context (pulsar2 --kv_cache_len): the decode mask has MaxCtx+1
 	// elements and K_cache has MaxCtx rows.
 	MaxCtx int
+	// DecodeContexts, when set, makes several decode groups, as 2026 ax-llm packages may carry
+	// (2k/4k/8k contexts; ax-llm src/runner/LLM_init.cpp): groups 0..len-1 decode with these
+	// contexts, in this order; the largest must be MaxCtx. Unset: one decode group, group 0.
+	DecodeContexts []int
 	// Prefill is the prefill chunk (128).
 	Prefill int
 	// Histories lists the history capacity of each prefill group, in group order (group i+1).
@@ -132,8 +137,11 @@ func (s *LLMSpec) validate() error {
 	if s.Layers < 1 || s.Hidden < 1 || s.KVDim < 1 || s.Vocab < 1 || s.Prefill < 1 || s.MaxCtx < 1 {
 		return errors.New("cardsim: LLMSpec sizes must be positive")
 	}
-	if len(s.Histories)+1 > 16 {
-		return errors.New("cardsim: at most 15 prefill groups")
+	if len(s.Histories)+len(s.decodeContexts()) > 16 {
+		return errors.New("cardsim: at most 16 shape groups")
+	}
+	if len(s.DecodeContexts) > 0 && slices.Max(s.DecodeContexts) != s.MaxCtx || slices.Min(s.decodeContexts()) < 1 {
+		return fmt.Errorf("cardsim: decode contexts %v must be positive with MaxCtx %d the largest", s.DecodeContexts, s.MaxCtx)
 	}
 	for _, h := range s.Histories {
 		if h < 0 || h+s.Prefill > s.MaxCtx+1 {
@@ -160,15 +168,18 @@ const EmbedFile = "model.embed_tokens.weight.bfloat16.bin"
 // LayerSpec returns the model spec of layer i.
 func (s *LLMSpec) LayerSpec(i int) *ModelSpec {
 	d, k, p := s.Hidden, s.KVDim, s.Prefill
-	g := 1 + len(s.Histories)
-	dims := func(dec []int, pre func(h int) []int) [][]int {
-		out := [][]int{dec}
+	g := len(s.decodeContexts()) + len(s.Histories)
+	dims := func(dec func(ctx int) []int, pre func(h int) []int) [][]int {
+		var out [][]int
+		for _, c := range s.decodeContexts() {
+			out = append(out, dec(c))
+		}
 		for _, h := range s.Histories {
 			out = append(out, pre(h))
 		}
 		return out
 	}
-	cache := dims([]int{1, s.MaxCtx, k}, func(h int) []int {
+	cache := dims(func(c int) []int { return []int{1, c, k} }, func(h int) []int {
 		if h == 0 {
 			return []int{1, 1, d}
 		}
@@ -179,19 +190,30 @@ func (s *LLMSpec) LayerSpec(i int) *ModelSpec {
 		WeightBytes: s.LayerWeightBytes, Groups: g,
 		Params: []Param{{"seed", int64(s.Seed + 1 + uint64(i))}, {"hidden", int64(d)}, {"kv_dim", int64(k)}},
 		Inputs: []Tensor{
-			{"input", BF16, dims([]int{1, 1, d}, func(int) []int { return []int{1, p, d} })},
-			{"indices", Uint32, dims([]int{1, 1}, func(int) []int { return []int{1, p} })},
-			{"mask", BF16, dims([]int{1, 1, s.MaxCtx + 1}, func(h int) []int { return []int{1, p, h + p} })},
+			{"input", BF16, dims(fixed(1, 1, d), func(int) []int { return []int{1, p, d} })},
+			{"indices", Uint32, dims(fixed(1, 1), func(int) []int { return []int{1, p} })},
+			{"mask", BF16, dims(func(c int) []int { return []int{1, 1, c + 1} }, func(h int) []int { return []int{1, p, h + p} })},
 			{"K_cache", BF16, cache},
 			{"V_cache", BF16, cache},
 		},
 		Outputs: []Tensor{
-			{"K_cache_out", BF16, dims([]int{1, 1, k}, func(int) []int { return []int{1, p, k} })},
-			{"V_cache_out", BF16, dims([]int{1, 1, k}, func(int) []int { return []int{1, p, k} })},
-			{"output", BF16, dims([]int{1, 1, d}, func(int) []int { return []int{1, p, d} })},
+			{"K_cache_out", BF16, dims(fixed(1, 1, k), func(int) []int { return []int{1, p, k} })},
+			{"V_cache_out", BF16, dims(fixed(1, 1, k), func(int) []int { return []int{1, p, k} })},
+			{"output", BF16, dims(fixed(1, 1, d), func(int) []int { return []int{1, p, d} })},
 		},
 	}
 }
+
+// decodeContexts are the contexts of the decode groups, in group order.
+func (s *LLMSpec) decodeContexts() []int {
+	if len(s.DecodeContexts) > 0 {
+		return s.DecodeContexts
+	}
+	return []int{s.MaxCtx}
+}
+
+// fixed is dims that do not depend on the decode group's context.
+func fixed(dims ...int) func(int) []int { return func(int) []int { return dims } }
 
 // PostSpec returns the post model's spec.
 func (s *LLMSpec) PostSpec() *ModelSpec {
@@ -320,7 +342,6 @@ func WriteLLMPackage(dir string, s LLMSpec) error {
 		"bos":                       false,
 		"eos":                       false,
 		"devices":                   []int{0},
-		"kilnsim":                   true,
 	}
 	if s.Vision != nil {
 		cfg["filename_image_encoder_axmodel"] = s.ModelDir + "/" + s.Vision.File
