@@ -54,6 +54,9 @@ type LLMSpec struct {
 	TokenizerSubdir string // default "<Arch>_tokenizer"
 	// Vision adds a vision encoder to the package.
 	Vision *VisionSpec
+	// ConfigExtra adds keys to the axllm config.json (the 2026 binary's loading and serving
+	// settings, ax-llm docs/configuration.md).
+	ConfigExtra map[string]any
 	// Layout is how the package folder is laid out: "" is the axllm layout (a config.json
 	// naming every file); LayoutSmolVLM is SmolVLM-256M-Instruct.axera's (see WriteLLMPackage).
 	Layout string
@@ -115,6 +118,23 @@ func TinySmolVLM() LLMSpec {
 			OutFP32: true, WeightBytes: 4 << 20, ImageTokenID: 49190, InputName: "pixel_values", OutputName: "last_hidden_state"},
 		Layout: LayoutSmolVLM,
 	}
+}
+
+// TinyAxllm2026 is TinyQwen3 shaped as a 2026 ax-llm package may be (research/llm-runtime.md
+// §1.3, §2.2; ax-llm src/runner/LLM_init.cpp): three decode groups of contexts 255, 1023 and
+// 511 (the largest not first), then the prefill groups, and a config.json carrying the 2026
+// binary's loading and serving keys besides the required ones. The tensor names are one per
+// index, as the card runtime reports them (axcl_rt_engine.h has no per-group name).
+func TinyAxllm2026() LLMSpec {
+	s := TinyQwen3()
+	s.Name, s.ModelDir = "qwen3-axllm-tiny", "qwen3-axllm-tiny-ax650"
+	s.DecodeContexts = []int{255, 1023, 511}
+	s.ConfigExtra = map[string]any{
+		"use_mmap_load_layer": true, "dynamic_load_enable": false, "mem_guard_enable": true, "mem_guard_floor_mb": 128,
+		"mem_guard_on_unsafe": "abort", "kv_cache_slots": 1, "kv_cache_slot_location": "device",
+		"port": 8000, "server_timeout_ms": 300000, "vlm_type": "None",
+	}
+	return s
 }
 
 // Qwen3_4B has the full shapes of the AXERA-TECH Qwen3-4B package for the LLM-8850: 36 layers,
@@ -342,6 +362,9 @@ func WriteLLMPackage(dir string, s LLMSpec) error {
 		"bos":                       false,
 		"eos":                       false,
 		"devices":                   []int{0},
+	}
+	for k, v := range s.ConfigExtra {
+		cfg[k] = v
 	}
 	if s.Vision != nil {
 		cfg["filename_image_encoder_axmodel"] = s.ModelDir + "/" + s.Vision.File
