@@ -192,7 +192,9 @@ type bufferSizes struct {
 // may have several (2k/4k/8k contexts), and kiln decodes in the one with
 // the largest context, the group the vendor's runner defaults to
 // (decode_grpid = decode_grpids_.back(), max_token_len = the largest
-// capacity). The others stay bound to the same buffers and unused.
+// capacity). The others stay bound to the same buffers and unused (the
+// vendor's decode loop switches to the smallest that holds the rows so far,
+// src/runner/LLM_decode.cpp; kiln does not, docs/llm.md).
 func deriveShape(path string, groups []axcl.ShapeGroup) (Shape, bufferSizes, []layerIO, error) {
 	var s Shape
 	var z bufferSizes
