@@ -66,8 +66,9 @@ var ErrNoRuntime = errors.New("card: no card runtime")
 // Check opens the card (or the simulator) and, for each package folder of
 // dirs in order, lists its files, the runtime that recognises it, its
 // tokenizer and every model file's shape groups and tensors, then loads it
-// the way the worker does and unloads it: a package that does not load is
-// Refused with the loader's error. It fails only when the card does (no
+// the way the worker does, recording what the runtime binds to each role
+// (Bindings), and unloads it: a package that does not load is Refused with
+// the loader's error. It fails only when the card does (no
 // runtime, a device fault).
 func Check(ctx context.Context, cfg CheckConfig, dirs []string) (_ []PackageReport, err error) {
 	if cfg.Logger == nil {
