@@ -15,9 +15,10 @@ func llmRuntime() modelRuntime {
 	return modelRuntime{name: "llm", kind: schema.KindChat, detect: llm.Detect, open: openLLM}
 }
 
-func openLLM(ctx context.Context, dev *npu.Device, model, dir string, log *slog.Logger) (*servedModel, error) {
+func openLLM(ctx context.Context, dev *npu.Device, model, dir string, log *slog.Logger, bind *npu.Bindings) (*servedModel, error) {
 	m, err := llm.Load(ctx, dev, dir, &llm.Options{
-		Logger: log, // Load adds the package's model name
+		Logger:   log, // Load adds the package's model name
+		Bindings: bind,
 		Progress: func(done, total int) {
 			if done == total || done%8 == 0 {
 				log.Info("loading chat model", "model", model, "loaded", done, "of", total)

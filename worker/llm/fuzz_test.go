@@ -15,6 +15,8 @@ func FuzzReadPackage(f *testing.F) {
 	f.Add([]byte(``), []byte(`{"enable_temperature":true,"temperature":0.7,"enable_top_p_sampling":true,"top_p":0.9}`))
 	f.Add([]byte(`{"template_filename_axmodel":"%d%d","axmodel_num":1000000000}`), []byte(`[]`))
 	f.Add([]byte(`{"axmodel_num":-1,"tokens_embed_num":-5}`), []byte(`{"top_k":"x"}`))
+	f.Add([]byte(`{"template_filename_axmodel":"m/a_p128_l%d_together.axmodel","axmodel_num":2,"filename_post_axmodel":"m/a_post.axmodel","tokenizer_type":"Qwen3","url_tokenizer_model":"t/tokenizer.json","layer_types":["full_attention",7],"vlm_type":"None","kv_cache_slots":2,"devices":[0,1]}`), []byte(`{}`))
+	f.Add([]byte(`{"template_filename_axmodel":"m/a_p128_l%d_together.axmodel","axmodel_num":2,"filename_post_axmodel":"m/a_post.axmodel","sliding_window":{"x":[]},"unknown":null}`), []byte(`{}`))
 	f.Fuzz(func(t *testing.T, config, post []byte) {
 		dir := t.TempDir()
 		md := filepath.Join(dir, "m")

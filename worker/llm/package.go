@@ -69,6 +69,8 @@ type packageConfig struct {
 	Vision        string `json:"filename_image_encoder_axmodel"`
 	ImageTokenID  int    `json:"vision_image_token_id"`
 	VisionInput   string `json:"vision_input"`
+	VLMType       string `json:"vlm_type"`
+	VLMTypeAlias  string `json:"VLM_TYPE"`
 	// Hugging Face's keys, in the config.json the SmolVLM-256M package
 	// ships (python/infer_axmodel.py reads it with AutoConfig).
 	ModelType      string `json:"model_type"`
@@ -145,6 +147,11 @@ func ReadPackage(dir string) (*Package, error) {
 		if err := json.Unmarshal(raw, &cfg); err != nil {
 			return nil, pkgErr("%s: %v", filepath.Join(dir, "config.json"), err)
 		}
+		if cfg.Template != "" {
+			if err := checkAxllmConfig(filepath.Join(dir, "config.json"), raw, &cfg); err != nil {
+				return nil, err
+			}
+		}
 	}
 	if cfg.ModelName != "" {
 		p.Name = cfg.ModelName
@@ -198,6 +205,11 @@ func ReadPackage(dir string) (*Package, error) {
 		arch = m[1]
 	}
 	p.Tokenizer = tokenizerDir(dir, cfg.Tokenizer, arch)
+	if cfg.Template != "" {
+		if err := tokenizerNamed(dir, cfg.Tokenizer, p.Tokenizer); err != nil {
+			return nil, err
+		}
+	}
 	postPath := filepath.Join(dir, "post_config.json")
 	if cfg.PostConfig != "" {
 		postPath = filepath.Join(dir, cfg.PostConfig)
@@ -324,20 +336,23 @@ func discover(p *Package) error {
 	return nil
 }
 
+// hasTokenizerJSON reports whether folder d holds tokenizer.json(.gz).
+func hasTokenizerJSON(d string) bool {
+	for _, f := range []string{"tokenizer.json", "tokenizer.json.gz"} {
+		if _, err := os.Stat(filepath.Join(d, f)); err == nil {
+			return true
+		}
+	}
+	return false
+}
+
 // tokenizerDir finds the tokenizer folder: the one config.json names (when
 // it is a tokenizer.json or a folder holding one), else <arch>_tokenizer
 // (the Qwen3 packages also ship a qwen2.5_tokenizer for the chat template of
 // their Python helper), else dir itself (tokenize.LoadDir then looks for
 // tokenizer.json there or in its one *tokenizer subfolder).
 func tokenizerDir(dir, named, arch string) string {
-	has := func(d string) bool {
-		for _, f := range []string{"tokenizer.json", "tokenizer.json.gz"} {
-			if _, err := os.Stat(filepath.Join(d, f)); err == nil {
-				return true
-			}
-		}
-		return false
-	}
+	has := hasTokenizerJSON
 	if named != "" && !strings.Contains(named, "://") {
 		p := filepath.Join(dir, named)
 		if st, err := os.Stat(p); err == nil && st.IsDir() && has(p) {

@@ -69,6 +69,7 @@ func (m *Model) loadVision(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
+	p.recordVision(m.opts.Bindings, vm.Describe(), out)
 	v.info, v.fp32 = info, out.DataType == axcl.TypeFP32
 	if v.in, err = vm.BufferAt(0, axcl.Input, 0); err != nil {
 		return err
