@@ -4,7 +4,8 @@
 //	go run ./test/cardsim/cmd/cardsim -lib build/cardsim/libaxcl_rt.so -models build/models
 //
 // which writes build/models/qwen3-tiny/, build/models/qwen3-vl-tiny/ (with a simulated vision
-// encoder), build/models/smolvlm-tiny/ (laid out as SmolVLM-256M-Instruct.axera publishes it) and build/models/sd15-lcm/ (add -qwen3-4b for the
+// encoder), build/models/smolvlm-tiny/ (laid out as SmolVLM-256M-Instruct.axera publishes it),
+// build/models/qwen3-vl-2b-tiny/ (laid out as Qwen3-VL.AXERA builds Qwen3-VL-2B) and build/models/sd15-lcm/ (add -qwen3-4b for the
 // full Qwen3-4B shapes, meant for KILN_SIM_NOCOMPUTE=1 benchmarks).
 package main
 
@@ -58,7 +59,7 @@ func run(ctx context.Context, libPath, models, qwenTok, clipTok string, big, sdT
 	}
 	smol := cardsim.TinySmolVLM()
 	smol.Name = "smolvlm-tiny"
-	llms := []cardsim.LLMSpec{cardsim.TinyQwen3(), cardsim.TinyQwen3VL(), smol}
+	llms := []cardsim.LLMSpec{cardsim.TinyQwen3(), cardsim.TinyQwen3VL(), smol, cardsim.TinyQwen3VLVendor()}
 	if big {
 		llms = append(llms, cardsim.Qwen3_4B())
 	}
