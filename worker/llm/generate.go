@@ -139,7 +139,7 @@ type state struct {
 	row       []byte      // embedding row of the decode step when it is not the token's (an image row)
 	runs      []int       // prompt positions where each image's rows start
 	imgRows   []byte      // the images' rows, bf16
-	deep      []float32   // deepstack features: per image, per layer, Tokens rows (qwen3vl.go)
+	deep      []byte      // deepstack features, fp32: per image, per layer, Tokens rows (qwen3vl.go)
 	dsBuf     []byte      // staging for the deepstack additions, one chunk of rows
 	mpos      [3][]uint32 // mRoPE positions of the prompt (t, h, w), with images
 	ropeShift int         // decode position − KV row after an image prompt (≤ 0)

@@ -32,6 +32,9 @@ type PatchLayout struct {
 // PatchBytes is the size of one patch row of the encoder input: Temporal × Patch² × 3.
 func (l PatchLayout) PatchBytes() int { return l.Temporal * l.Patch * l.Patch * 3 }
 
+// maxSide bounds the image side and patch sizes Patchify takes (no product overflows).
+const maxSide = 1 << 14
+
 // Patchify writes the w×h RGB image img into dst in the order of Qwen3-VL.AXERA's
 // Qwen2VLImageProcessorExport._preprocess (python/preprocess.py) with do_rescale and
 // do_normalize off: the patches grouped by merge window — window row, window column, then
@@ -42,7 +45,8 @@ func (l PatchLayout) PatchBytes() int { return l.Temporal * l.Patch * l.Patch * 
 // of Patch·Merge. It allocates nothing.
 func (l PatchLayout) Patchify(dst, img []byte, w, h int) error {
 	ps, m := l.Patch, l.Merge
-	if ps < 1 || m < 1 || l.Temporal < 1 || w%(ps*m) != 0 || h%(ps*m) != 0 || w < 1 || h < 1 {
+	if ps < 1 || m < 1 || l.Temporal < 1 || ps > maxSide || m > maxSide || l.Temporal > 16 || w < 1 || h < 1 || w > maxSide || h > maxSide ||
+		w%(ps*m) != 0 || h%(ps*m) != 0 {
 		return fmt.Errorf("llm: patchify: %d×%d is not made of %d-pixel patches merged %d×%d", w, h, ps, m, m)
 	}
 	if len(img) != w*h*3 || len(dst) != w*h*3*l.Temporal {
@@ -200,14 +204,21 @@ func (m *Model) addDeepstack(t *npu.Thread, layer int) error {
 		if err := t.Read(buf, out, off); err != nil {
 			return err
 		}
-		add := st.deep[((k*v.info.Deepstack+layer)*v.info.Tokens+a-r)*d:]
-		for i := 0; i < (b-a)*d; i++ {
-			h := math.Float32frombits(uint32(binary.LittleEndian.Uint16(buf[2*i:])) << 16)
-			binary.LittleEndian.PutUint16(buf[2*i:], bf16(h+add[i]))
-		}
+		addBF16(buf, st.deep[((k*v.info.Deepstack+layer)*v.info.Tokens+a-r)*d*4:])
 		if err := t.Write(out, off, buf); err != nil {
 			return err
 		}
 	}
 	return nil
+}
+
+// addBF16 adds the little-endian fp32 value i of add to the bf16 value i of rows in
+// float32 and rounds the sum to bf16.
+func addBF16(rows, add []byte) {
+	n := len(rows) / 2
+	add = add[:4*n]
+	for i := 0; i < n; i++ {
+		h := math.Float32frombits(uint32(binary.LittleEndian.Uint16(rows[2*i:])) << 16)
+		binary.LittleEndian.PutUint16(rows[2*i:], bf16(h+math.Float32frombits(binary.LittleEndian.Uint32(add[4*i:]))))
+	}
 }

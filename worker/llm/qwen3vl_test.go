@@ -3,14 +3,17 @@ package llm
 import (
 	"context"
 	"errors"
+	"fmt"
 	"math/rand/v2"
 	"os"
 	"path/filepath"
 	"slices"
+	"strings"
 	"sync"
 	"testing"
 
 	"github.com/kiln-project/kiln/test/cardsim"
+	"github.com/kiln-project/kiln/worker/axcl"
 )
 
 // TestPatchify: the patches are Qwen3-VL.AXERA's preprocess.py layout, computed here the
@@ -264,5 +267,60 @@ func TestQwen3VLImagePastPrefill(t *testing.T) {
 	}
 	if _, err := m.Generate(context.Background(), Request{Prompt: qwenPrompt(filler[:10], 1, nil), MaxTokens: 2, Images: [][]byte{qwenImage(3)}}, nil); err != nil {
 		t.Fatalf("the next request: %v", err)
+	}
+}
+
+// TestVisionInputQwen3VL: Qwen3-VL's encoder is bound by the vendor's tensor names
+// (hidden_states → hidden_states_out, deepstack_feature_0..2) in whatever order the model
+// lists them, by shape when the names are others, and refused — naming what it has — when
+// neither tells the tensors apart or the shapes do not fit config.json's patch layout.
+func TestVisionInputQwen3VL(t *testing.T) {
+	s := cardsim.TinyQwen3VLVendor()
+	shape := &Shape{Hidden: s.Hidden, Vocab: s.Vocab}
+	pkg := &Package{Vision: "v.axmodel", ImageTokenID: 151655, Patches: &PatchLayout{Patch: 16, Temporal: 2, Merge: 2}}
+	wantV := Vision{Width: 384, Height: 384, Tokens: 144, ImageTokenID: 151655, Deepstack: 3}
+	check := func(name string, g []axcl.ShapeGroup, p *Package, in, out int, deep []int) {
+		t.Helper()
+		v, b, err := p.visionInput(g, shape)
+		if err != nil || v != wantV || b.in != in || b.out != out || !slices.Equal(b.deep, deep) {
+			t.Fatalf("%s: vision %+v, binding %+v (%v); want in %d, out %d, deepstack %v", name, v, b, err, in, out, deep)
+		}
+	}
+	check("as exported", groupsOf(s.VisionModelSpec()), pkg, 0, 0, []int{1, 2, 3})
+
+	g := groupsOf(s.VisionModelSpec())
+	o := g[0].Outputs
+	g[0].Outputs = []axcl.Tensor{o[3], o[1], o[0], o[2]} // deepstack_2, _0, embeddings, _1
+	check("outputs in another order", g, pkg, 0, 2, []int{1, 3, 0})
+
+	g = groupsOf(s.VisionModelSpec())
+	g[0].Inputs[0].Name = "img"
+	for i := range g[0].Outputs {
+		g[0].Outputs[i].Name = fmt.Sprintf("out%d", i)
+	}
+	check("other names: by shape", g, pkg, 0, 0, []int{1, 2, 3})
+
+	for _, c := range []struct {
+		name   string
+		edit   func(g []axcl.ShapeGroup, p *Package)
+		reason string
+	}{
+		{"two unnamed uint8 inputs", func(g []axcl.ShapeGroup, _ *Package) {
+			g[0].Inputs[0].Name = "a"
+			g[0].Inputs = append(g[0].Inputs, g[0].Inputs[0])
+			g[0].Inputs[1].Name = "b"
+		}, "no vision input named hidden_states, pixel_values, input and no single uint8 4-dimensional input; inputs: a uint8 [1 576 512 3], b uint8 [1 576 512 3]"},
+		{"another patch size", func(_ []axcl.ShapeGroup, p *Package) { p.Patches = &PatchLayout{Patch: 14, Temporal: 2, Merge: 2} },
+			"do not fit patch 14, temporal patch 2, merge 2 (config.json vision_config)"},
+		{"rows for another merge", func(_ []axcl.ShapeGroup, p *Package) { p.Patches = &PatchLayout{Patch: 16, Temporal: 2, Merge: 4} },
+			"do not fit patch 16, temporal patch 2, merge 4"},
+		{"a deepstack output of another size", func(g []axcl.ShapeGroup, _ *Package) { resize(named(t, g[0].Outputs, "deepstack_feature_1"), 72, 64) },
+			"deepstack output deepstack_feature_1 is fp32 [72 64], want bf16 or fp32 like hidden_states_out [144 64]"},
+	} {
+		g, p := groupsOf(s.VisionModelSpec()), *pkg
+		c.edit(g, &p)
+		if _, _, err := p.visionInput(g, shape); !errors.Is(err, ErrPackage) || !strings.Contains(err.Error(), c.reason) {
+			t.Fatalf("%s: err = %v, want ErrPackage saying %q", c.name, err, c.reason)
+		}
 	}
 }

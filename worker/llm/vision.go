@@ -167,9 +167,9 @@ func (m *Model) prepareImages(ctx context.Context, req *Request) (int, error) {
 		st.imgRows = make([]byte, need)
 	}
 	st.imgRows = st.imgRows[:need]
-	per := v.info.Tokens * m.shape.Hidden // values per image and output
+	per := v.info.Tokens * m.shape.Hidden * 4 // fp32 bytes per image and deepstack feature
 	if need := len(req.Images) * v.info.Deepstack * per; cap(st.deep) < need {
-		st.deep = make([]float32, need)
+		st.deep = make([]byte, need)
 	}
 	st.deep = st.deep[:len(req.Images)*v.info.Deepstack*per]
 	for k, px := range req.Images {
@@ -182,27 +182,35 @@ func (m *Model) prepareImages(ctx context.Context, req *Request) (int, error) {
 		if err != nil {
 			return 0, fmt.Errorf("llm: encode image %d: %w", k, err)
 		}
-		rows := st.imgRows[k*v.info.Tokens*rowBytes : (k+1)*v.info.Tokens*rowBytes]
-		if !v.fp32[0] {
-			copy(rows, v.raws[0])
-		} else {
-			for i := 0; i < len(rows)/2; i++ {
-				h := bf16(math.Float32frombits(binary.LittleEndian.Uint32(v.raws[0][4*i:])))
-				binary.LittleEndian.PutUint16(rows[2*i:], h)
-			}
-		}
+		toBF16(st.imgRows[k*v.info.Tokens*rowBytes:(k+1)*v.info.Tokens*rowBytes], v.raws[0], v.fp32[0])
 		for l := 0; l < v.info.Deepstack; l++ {
-			dst, raw := st.deep[(k*v.info.Deepstack+l)*per:(k*v.info.Deepstack+l+1)*per], v.raws[1+l]
-			for i := range dst {
-				if v.fp32[1+l] {
-					dst[i] = math.Float32frombits(binary.LittleEndian.Uint32(raw[4*i:]))
-				} else {
-					dst[i] = math.Float32frombits(uint32(binary.LittleEndian.Uint16(raw[2*i:])) << 16)
-				}
-			}
+			toFP32(st.deep[(k*v.info.Deepstack+l)*per:(k*v.info.Deepstack+l+1)*per], v.raws[1+l], v.fp32[1+l])
 		}
 	}
 	return st.runs[0], nil
+}
+
+// toBF16 writes the encoder output raw (fp32 or bf16 values) into dst as bf16.
+func toBF16(dst, raw []byte, fp32 bool) {
+	if !fp32 {
+		copy(dst, raw)
+		return
+	}
+	for i := 0; i < len(dst)/2; i++ {
+		binary.LittleEndian.PutUint16(dst[2*i:], bf16(math.Float32frombits(binary.LittleEndian.Uint32(raw[4*i:]))))
+	}
+}
+
+// toFP32 writes the encoder output raw (fp32 or bf16 values) into dst as
+// little-endian fp32.
+func toFP32(dst, raw []byte, fp32 bool) {
+	if fp32 {
+		copy(dst, raw)
+		return
+	}
+	for i := 0; i < len(dst)/4; i++ {
+		binary.LittleEndian.PutUint32(dst[4*i:], uint32(binary.LittleEndian.Uint16(raw[2*i:]))<<16)
+	}
 }
 
 // imageRow is the encoder's row for prompt position pos, or nil when pos
