@@ -83,7 +83,7 @@ func (l PatchLayout) Patchify(dst, img []byte, w, h int) error {
 func mropePositions(pos *[3][]uint32, prompt []int, starts []int, gridH, gridW int) int {
 	next, img := 0, 0
 	for i := 0; i < len(prompt); {
-		if img < len(starts) && i == starts[img] {
+		if img < len(starts) && i == starts[img] && gridH > 0 && gridW > 0 && i+gridH*gridW <= len(prompt) {
 			for k := 0; k < gridH*gridW; k++ {
 				pos[0][i+k] = uint32(next)
 				pos[1][i+k] = uint32(next + k/gridW)

@@ -93,10 +93,18 @@ func (m *Model) loadVision(ctx context.Context) error {
 		}
 		v.outs, v.fp32, v.raws = append(v.outs, b), append(v.fp32, t.DataType == axcl.TypeFP32), append(v.raws, make([]byte, t.Size))
 	}
-	if p.Patches != nil {
+	switch {
+	case p.Patches != nil:
 		v.layout = p.Patches
 		v.patches = make([]byte, info.Width*info.Height*3*p.Patches.Temporal)
 		v.gridH, v.gridW = info.Height/p.Patches.Patch/p.Patches.Merge, info.Width/p.Patches.Patch/p.Patches.Merge
+	case m.shape.MRoPE:
+		// mRoPE layers with a classic encoder: its rows taken as a square grid.
+		side := int(math.Sqrt(float64(info.Tokens)))
+		if side*side != info.Tokens {
+			return pkgErr("%s: %d rows per image are no square grid for the 3-row positions of %s", p.Vision, info.Tokens, p.Layers[0])
+		}
+		v.gridH, v.gridW = side, side
 	}
 	return nil
 }
