@@ -323,7 +323,7 @@ func WriteLLMPackage(dir string, s LLMSpec) error {
 	switch s.Layout {
 	case LayoutSmolVLM:
 		return writeSmolVLMFiles(dir, &s)
-	case LayoutQwen3VL:
+	case LayoutQwen3VL, LayoutQwen3VLM5Stack:
 		return writeQwen3VLFiles(dir, &s)
 	}
 	tokSub := s.TokenizerSubdir

@@ -3,6 +3,7 @@ package cardsim
 import (
 	"errors"
 	"fmt"
+	"os"
 	"path/filepath"
 )
 
@@ -14,6 +15,19 @@ import (
 // Hugging Face's config.json (model_type qwen3_vl) and tokenizer files, which the demo reads
 // with AutoConfig/AutoTokenizer. No axllm keys.
 const LayoutQwen3VL = "qwen3vl"
+
+// LayoutQwen3VLM5Stack is the layout of M5Stack's Qwen3-VL-2B-Instruct-axmodel for the LLM-8850
+// (docs.m5stack.com m5_llm_8850_qwen3_vl_2b): the model folder Qwen3-VL-2B-Instruct-ax8850/
+// with the same model files, post_config.json and a qwen3-vl-tokenizer/ folder beside it, and
+// no config.json (the runner is given the sizes on its command line).
+const LayoutQwen3VLM5Stack = "qwen3vl-m5stack"
+
+// TinyQwen3VLM5Stack is TinyQwen3VLVendor laid out as M5Stack publishes it (LayoutQwen3VLM5Stack).
+func TinyQwen3VLM5Stack() LLMSpec {
+	s := TinyQwen3VLVendor()
+	s.Name, s.ModelDir, s.Layout = "qwen3-vl-2b-m5stack-tiny", "Qwen3-VL-2B-Instruct-ax8850", LayoutQwen3VLM5Stack
+	return s
+}
 
 // Qwen3-VL special tokens at the ids of the Qwen3 tokenizer (Qwen3-VL.AXERA
 // python/infer_image.py: 151652 <|vision_start|>, 151655 <|image_pad|>, 151656 <|video_pad|>).
@@ -72,6 +86,23 @@ func writeQwen3VLFiles(dir string, s *LLMSpec) error {
 	if v == nil || v.Merge == 0 || !s.MRoPE || s.Vocab <= 151656 {
 		return errors.New("cardsim: a Qwen3-VL-layout package needs a patch Vision, MRoPE and a vocabulary of at least 151657 tokens")
 	}
+	tokCfg := map[string]any{"eos_token": "<|im_end|>", "pad_token": "<|endoftext|>"}
+	if s.Layout == LayoutQwen3VLM5Stack {
+		post := map[string]any{
+			"enable_temperature": false, "temperature": 0.7,
+			"enable_repetition_penalty": false, "repetition_penalty": 1.0, "penalty_window": 30,
+			"enable_top_p_sampling": false, "top_p": 0.8,
+			"enable_top_k_sampling": true, "top_k": 1,
+		}
+		if err := writeJSON(filepath.Join(dir, "post_config.json"), post); err != nil {
+			return err
+		}
+		tok := filepath.Join(dir, "qwen3-vl-tokenizer")
+		if err := os.MkdirAll(tok, 0o755); err != nil {
+			return fmt.Errorf("cardsim: %w", err)
+		}
+		return writeByteLevelTokenizer(tok, s.Vocab, qwen3VLSpecials, tokCfg)
+	}
 	heads := 16
 	cfg := map[string]any{
 		"architectures":         []string{"Qwen3VLForConditionalGeneration"},
@@ -94,8 +125,7 @@ func writeQwen3VLFiles(dir string, s *LLMSpec) error {
 	if err := writeJSON(filepath.Join(dir, "config.json"), cfg); err != nil {
 		return err
 	}
-	return writeByteLevelTokenizer(dir, s.Vocab, qwen3VLSpecials,
-		map[string]any{"eos_token": "<|im_end|>", "pad_token": "<|endoftext|>"})
+	return writeByteLevelTokenizer(dir, s.Vocab, qwen3VLSpecials, tokCfg)
 }
 
 // qwenVision is the reference of Qwen3-VL's simulated encoder (csrc/ops.c

@@ -318,7 +318,9 @@ type pkgConfig struct {
 // layer and post model file, and the embedding table.
 func LoadReference(dir string) (*Reference, error) {
 	b, err := os.ReadFile(filepath.Join(dir, "config.json"))
-	if err != nil {
+	if errors.Is(err, os.ErrNotExist) {
+		b = []byte("{}") // LayoutQwen3VLM5Stack: everything from the files
+	} else if err != nil {
 		return nil, fmt.Errorf("cardsim: %w", err)
 	}
 	var c pkgConfig
@@ -443,6 +445,32 @@ func vendorLayout(dir string, raw []byte, c *pkgConfig) error {
 		if v, _ := filepath.Glob(filepath.Join(dir, sub, pat)); len(v) == 1 {
 			c.Vision = filepath.Join(sub, filepath.Base(v[0]))
 		}
+	}
+	if c.Layers > 0 {
+		return nil
+	}
+	// No config.json (LayoutQwen3VLM5Stack): count the layers, read the sizes from the models.
+	for c.Layers < 1024 {
+		if _, err := os.Stat(filepath.Join(dir, fmt.Sprintf(c.Template, c.Layers))); err != nil {
+			break
+		}
+		c.Layers++
+	}
+	read := func(name, param string) int {
+		b, err := os.ReadFile(filepath.Join(dir, name))
+		if err != nil {
+			return 0
+		}
+		s, err := ParseModelSpec(b)
+		if err != nil {
+			return 0
+		}
+		v, _ := s.Param(param)
+		return int(v)
+	}
+	c.EmbedSize, c.EmbedNum = read(fmt.Sprintf(c.Template, 0), "hidden"), read(c.Post, "vocab")
+	if c.Patch == 0 && strings.HasSuffix(c.Vision, "_vision.axmodel") {
+		c.Patch, c.TemporalPatch = 16, 2
 	}
 	return nil
 }

@@ -78,11 +78,14 @@ type packageConfig struct {
 	HFImageTokenID int    `json:"image_token_id"`
 	// and in Qwen3-VL's (Qwen3-VL.AXERA python/infer_image.py reads it with
 	// AutoConfig; python/utils.py get_rope_index uses spatial_merge_size).
-	VisionConfig struct {
-		Patch         int `json:"patch_size"`
-		TemporalPatch int `json:"temporal_patch_size"`
-		Merge         int `json:"spatial_merge_size"`
-	} `json:"vision_config"`
+	VisionConfig visionConfig `json:"vision_config"`
+}
+
+// visionConfig is the part of Hugging Face's vision_config of Qwen3-VL kiln reads.
+type visionConfig struct {
+	Patch         int `json:"patch_size"`
+	TemporalPatch int `json:"temporal_patch_size"`
+	Merge         int `json:"spatial_merge_size"`
 }
 
 // VisionPatches is the VisionInput of Qwen3-VL's encoder: uint8 patches
@@ -95,6 +98,10 @@ const Qwen3VLModelType = "qwen3_vl"
 // SmolVLMImageToken is the placeholder text of SmolVLM's image rows; its id
 // is config.json's image_token_id (49190 in SmolVLM-256M-Instruct).
 const SmolVLMImageToken = "<image>"
+
+// Qwen3VLImageToken is the placeholder text of Qwen3-VL's image rows
+// (151655); without config.json its id comes from the tokenizer.
+const Qwen3VLImageToken = "<|image_pad|>"
 
 // visionFile matches the vision encoders the vendor publishes:
 // SmolVLM-256M-Instruct.axera's <name>_vision_nhwc.axmodel, uint8 NHWC RGB
@@ -291,8 +298,21 @@ func findVision(p *Package, cfg *packageConfig) error {
 	}
 	p.Vision, p.VisionInput = found[0], "nhwc_uint8"
 	p.ImageTokenID = cfg.HFImageTokenID
-	if cfg.ModelType == Qwen3VLModelType {
+	arch := ""
+	if m := layerFile.FindStringSubmatch(filepath.Base(p.Layers[0])); m != nil {
+		arch = m[1]
+	}
+	// Qwen3-VL: Hugging Face's config.json says so (Qwen3-VL.AXERA's python demo), or the
+	// layers' own name does — M5Stack's Qwen3-VL-2B-Instruct-axmodel for the LLM-8850 ships
+	// no config.json, only qwen3_vl_text_* layers, a *_vision.axmodel, post_config.json and a
+	// qwen3-vl-tokenizer folder (docs.m5stack.com m5_llm_8850_qwen3_vl_2b).
+	if cfg.ModelType == Qwen3VLModelType || (cfg.ModelType == "" && strings.HasPrefix(arch, "qwen3_vl") && strings.HasSuffix(found[0], "_vision.axmodel")) {
 		vc := cfg.VisionConfig
+		if vc == (visionConfig{}) {
+			// The vendor's runner is told patch 16 (run_*_axcl_*.sh --patch_size 16); the
+			// processor's temporal patch and merge are 2 (python/infer_image.py).
+			vc = visionConfig{Patch: 16, TemporalPatch: 2, Merge: 2}
+		}
 		if vc.Patch < 1 || vc.TemporalPatch < 1 || vc.Merge < 1 || vc.Patch > 1024 || vc.TemporalPatch > 16 || vc.Merge > 16 {
 			return pkgErr("%s: vision_config patch_size %d, temporal_patch_size %d, spatial_merge_size %d: want positive patch sizes",
 				filepath.Join(p.Dir, "config.json"), vc.Patch, vc.TemporalPatch, vc.Merge)

@@ -324,3 +324,51 @@ func TestVisionInputQwen3VL(t *testing.T) {
 		}
 	}
 }
+
+// TestQwen3VLM5StackLayout: M5Stack's Qwen3-VL-2B package for the LLM-8850 has no
+// config.json — kiln knows it from its own files (qwen3_vl_text layers beside a
+// *_vision.axmodel), takes the vendor runner's patch 16, temporal patch and merge 2, the
+// placeholder id from the tokenizer in qwen3-vl-tokenizer/, the sampling of post_config.json,
+// and answers an image prompt as the reference does.
+func TestQwen3VLM5StackLayout(t *testing.T) {
+	dir := filepath.Join(t.TempDir(), "Qwen3-VL-2B-Instruct-axmodel")
+	if err := cardsim.WriteLLMPackage(dir, cardsim.TinyQwen3VLM5Stack()); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Stat(filepath.Join(dir, "config.json")); !errors.Is(err, os.ErrNotExist) {
+		t.Fatalf("the layout has a config.json: %v", err)
+	}
+	if !Detect(dir) {
+		t.Fatal("Detect: not an LLM package")
+	}
+	p, err := ReadPackage(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if p.TokenizerType != "Qwen3-VL" || p.VisionInput != VisionPatches || p.Patches == nil || *p.Patches != (PatchLayout{16, 2, 2}) ||
+		p.ImageTokenID != 0 || !p.Defaults.Greedy() || filepath.Base(filepath.Dir(p.Layers[0])) != "Qwen3-VL-2B-Instruct-ax8850" {
+		t.Fatalf("package %+v", p)
+	}
+	ref, err := cardsim.LoadReference(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	m, err := Load(context.Background(), openDevice(t), dir, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { m.Close(context.Background()) })
+	if v, ok := m.Vision(); !ok || v != (Vision{Width: 384, Height: 384, Tokens: 144, ImageTokenID: 151655, Deepstack: 3}) {
+		t.Fatalf("vision %+v (%v)", v, ok)
+	}
+	img := qwenImage(4)
+	prompt := qwenPrompt([]int{87, 104, 121}, 1, []int{63})
+	got, _ := greedyIDs(t, m, Request{Prompt: prompt, MaxTokens: 4, Images: [][]byte{img}})
+	want, err := ref.GreedyQwen3VL(prompt, [][]byte{img}, 4, cardsim.Qwen3VLOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !slices.Equal(got, want) {
+		t.Fatalf("image reply %v, reference %v", got, want)
+	}
+}

@@ -56,10 +56,15 @@ func (m *Model) loadVision(ctx context.Context) error {
 	if p.Vision == "" {
 		return nil
 	}
-	if p.ImageTokenID <= 0 && p.VisionInput == "nhwc_uint8" {
-		// A SmolVLM package whose config.json has no image_token_id: the
-		// tokenizer's <image> is the placeholder.
-		if id, ok := m.tok.TokenID(SmolVLMImageToken); ok {
+	if p.ImageTokenID <= 0 {
+		// A SmolVLM or Qwen3-VL package whose config.json has no
+		// image_token_id: the tokenizer's <image> or <|image_pad|> is the
+		// placeholder.
+		name := SmolVLMImageToken
+		if p.VisionInput == VisionPatches {
+			name = Qwen3VLImageToken
+		}
+		if id, ok := m.tok.TokenID(name); ok && p.VisionInput != "" {
 			p.ImageTokenID = id
 		}
 	}
