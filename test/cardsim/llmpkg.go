@@ -58,8 +58,12 @@ type LLMSpec struct {
 	// settings, ax-llm docs/configuration.md).
 	ConfigExtra map[string]any
 	// Layout is how the package folder is laid out: "" is the axllm layout (a config.json
-	// naming every file); LayoutSmolVLM is SmolVLM-256M-Instruct.axera's (see WriteLLMPackage).
+	// naming every file); LayoutSmolVLM is SmolVLM-256M-Instruct.axera's, LayoutQwen3VL is
+	// Qwen3-VL.AXERA's (see WriteLLMPackage).
 	Layout string
+	// MRoPE gives the prefill groups 3-row indices [3, Prefill] (t, h, w positions), as
+	// Qwen3-VL's layers take them; the decode group keeps one position.
+	MRoPE bool
 }
 
 // LayoutSmolVLM is the layout of AXERA-TECH/SmolVLM-256M-Instruct.axera's package: every file
@@ -78,6 +82,12 @@ type VisionSpec struct {
 	ImageTokenID  int // placeholder token id recorded in config.json (vision_image_token_id)
 	// InputName and OutputName are the tensor names (default "input" and "output").
 	InputName, OutputName string
+	// Patch, TemporalPatch and Merge, when Merge > 0, make it Qwen3-VL's encoder: the input
+	// is the host's patches [1, (H/Patch)·(W/Patch), TemporalPatch·Patch², 3] uint8 in
+	// merge-window order, and the outputs are the embeddings (OutputName) followed by
+	// DeepstackNames, (H/Patch/Merge)·(W/Patch/Merge) rows each; Grid is then unused.
+	Patch, TemporalPatch, Merge int
+	DeepstackNames              []string
 }
 
 // TinyQwen3 is a small Qwen3-shaped chat package: 4 layers, hidden 64, kv_dim 32, the real
@@ -168,7 +178,12 @@ func (s *LLMSpec) validate() error {
 			return fmt.Errorf("cardsim: prefill history %d does not fit context %d", h, s.MaxCtx)
 		}
 	}
-	if s.Vision != nil && (s.Vision.Grid < 1 || s.Vision.Width%s.Vision.Grid != 0 || s.Vision.Height%s.Vision.Grid != 0 || s.Vision.File == "") {
+	if s.Vision != nil && s.Vision.Merge > 0 {
+		v := s.Vision
+		if v.Patch < 1 || v.TemporalPatch < 1 || v.File == "" || v.Width%(v.Patch*v.Merge) != 0 || v.Height%(v.Patch*v.Merge) != 0 {
+			return errors.New("cardsim: a patch VisionSpec needs File, Patch, TemporalPatch and Width, Height divisible by Patch×Merge")
+		}
+	} else if s.Vision != nil && (s.Vision.Grid < 1 || s.Vision.Width%s.Vision.Grid != 0 || s.Vision.Height%s.Vision.Grid != 0 || s.Vision.File == "") {
 		return errors.New("cardsim: VisionSpec needs File and Width, Height divisible by Grid")
 	}
 	return nil
@@ -189,6 +204,10 @@ const EmbedFile = "model.embed_tokens.weight.bfloat16.bin"
 func (s *LLMSpec) LayerSpec(i int) *ModelSpec {
 	d, k, p := s.Hidden, s.KVDim, s.Prefill
 	g := len(s.decodeContexts()) + len(s.Histories)
+	params := []Param{{"seed", int64(s.Seed + 1 + uint64(i))}, {"hidden", int64(d)}, {"kv_dim", int64(k)}}
+	if s.MRoPE {
+		params = append(params, Param{"mrope", 1})
+	}
 	dims := func(dec func(ctx int) []int, pre func(h int) []int) [][]int {
 		var out [][]int
 		for _, c := range s.decodeContexts() {
@@ -208,10 +227,15 @@ func (s *LLMSpec) LayerSpec(i int) *ModelSpec {
 	return &ModelSpec{
 		Kind: KindLLMLayer, Name: fmt.Sprintf("%s_p%d_l%d_together", s.Arch, p, i), Compiler: "5.1-kilnsim",
 		WeightBytes: s.LayerWeightBytes, Groups: g,
-		Params: []Param{{"seed", int64(s.Seed + 1 + uint64(i))}, {"hidden", int64(d)}, {"kv_dim", int64(k)}},
+		Params: params,
 		Inputs: []Tensor{
 			{"input", BF16, dims(fixed(1, 1, d), func(int) []int { return []int{1, p, d} })},
-			{"indices", Uint32, dims(fixed(1, 1), func(int) []int { return []int{1, p} })},
+			{"indices", Uint32, dims(fixed(1, 1), func(int) []int {
+				if s.MRoPE {
+					return []int{3, p}
+				}
+				return []int{1, p}
+			})},
 			{"mask", BF16, dims(func(c int) []int { return []int{1, 1, c + 1} }, func(h int) []int { return []int{1, p, h + p} })},
 			{"K_cache", BF16, cache},
 			{"V_cache", BF16, cache},
@@ -269,6 +293,9 @@ func (s *LLMSpec) VisionModelSpec() *ModelSpec {
 	}
 	if out == "" {
 		out = "output"
+	}
+	if v.Merge > 0 {
+		return s.visionPatchesSpec(in, out, dt)
 	}
 	return &ModelSpec{
 		Kind: KindVision, Name: "vision", Compiler: "5.1-kilnsim", WeightBytes: v.WeightBytes, Groups: 1,
@@ -335,8 +362,11 @@ func WriteLLMPackage(dir string, s LLMSpec) error {
 	if err := writeEmbed(filepath.Join(md, EmbedFile), &s); err != nil {
 		return err
 	}
-	if s.Layout == LayoutSmolVLM {
+	switch s.Layout {
+	case LayoutSmolVLM:
 		return writeSmolVLMFiles(dir, &s)
+	case LayoutQwen3VL, LayoutQwen3VLM5Stack:
+		return writeQwen3VLFiles(dir, &s)
 	}
 	tokSub := s.TokenizerSubdir
 	if tokSub == "" {

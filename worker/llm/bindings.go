@@ -56,8 +56,16 @@ func (p *Package) recordPost(b *npu.Bindings, groups []axcl.ShapeGroup, logits *
 	b.File(p.rel(p.Embed), "embedding table (bf16 rows, read on the host)")
 }
 
-// recordVision records the vision encoder's image input and its rows.
-func (p *Package) recordVision(b *npu.Bindings, groups []axcl.ShapeGroup, out *axcl.Tensor) {
-	b.Tensor(p.rel(p.Vision), "image (NHWC uint8)", "", -1, axcl.Input, groups[0].Inputs[0])
-	b.Tensor(p.rel(p.Vision), "image rows (replace the placeholder tokens)", "", -1, axcl.Output, *out)
+// recordVision records the vision encoder's image input, its rows and, for
+// Qwen3-VL, the deepstack features added after decoder layers 0, 1, 2….
+func (p *Package) recordVision(b *npu.Bindings, groups []axcl.ShapeGroup, vb visionBinding) {
+	file, input := p.rel(p.Vision), "image (NHWC uint8)"
+	if p.Patches != nil {
+		input = "image patches (uint8)"
+	}
+	b.Tensor(file, input, "", -1, axcl.Input, groups[0].Inputs[vb.in])
+	b.Tensor(file, "image rows (replace the placeholder tokens)", "", -1, axcl.Output, groups[0].Outputs[vb.out])
+	for k, i := range vb.deep {
+		b.Tensor(file, fmt.Sprintf("deepstack feature (added after decoder layer %d)", k), "", -1, axcl.Output, groups[0].Outputs[i])
+	}
 }

@@ -135,10 +135,14 @@ type state struct {
 	decMask   []byte
 	raw       []byte // logits as read: memory-mapped, outside the Go heap
 	history   []int
-	resident  []int  // tokens whose K/V rows 0..len-1 on the card are valid
-	row       []byte // embedding row of the decode step when it is not the token's (an image row)
-	runs      []int  // prompt positions where each image's rows start
-	imgRows   []byte // the images' rows, bf16
+	resident  []int       // tokens whose K/V rows 0..len-1 on the card are valid
+	row       []byte      // embedding row of the decode step when it is not the token's (an image row)
+	runs      []int       // prompt positions where each image's rows start
+	imgRows   []byte      // the images' rows, bf16
+	deep      []byte      // deepstack features, fp32: per image, per layer, Tokens rows (qwen3vl.go)
+	dsBuf     []byte      // staging for the deepstack additions, one chunk of rows
+	mpos      [3][]uint32 // mRoPE positions of the prompt (t, h, w), with images
+	ropeShift int         // decode position − KV row after an image prompt (≤ 0)
 	restore   *prefixEntry
 	restoreN  int
 	save      *prefixEntry
@@ -160,6 +164,13 @@ func (st *state) init(s *Shape) error {
 	}
 	st.chunkIn = make([]byte, s.Chunk*s.Hidden*2)
 	st.chunkIdx = make([]byte, s.Chunk*4)
+	if s.MRoPE {
+		st.chunkIdx = make([]byte, 3*s.Chunk*4)
+		st.dsBuf = make([]byte, s.Chunk*s.Hidden*2)
+		for r := range st.mpos {
+			st.mpos[r] = make([]uint32, s.Context)
+		}
+	}
 	st.chunkMask = make([]byte, s.Chunk*(maxH+s.Chunk)*2)
 	st.decMask = make([]byte, (s.Context+1)*2)
 	n := s.Vocab * 2
@@ -214,7 +225,7 @@ func (m *Model) decodeStep(t *npu.Thread) error {
 			return err
 		}
 	}
-	if err := t.Copy(m.idx, 0, m.posTab, uint64(p)*4, 4); err != nil {
+	if err := t.Copy(m.idx, 0, m.posTab, uint64(m.decodePos(p))*4, 4); err != nil {
 		return err
 	}
 	if st.maskAt == p-1 && p > 0 {
@@ -287,6 +298,9 @@ func (m *Model) chunkStep(t *npu.Thread) error {
 		if err := t.Execute(l, st.chunkG); err != nil {
 			return err
 		}
+		if err := m.addDeepstack(t, i); err != nil {
+			return err
+		}
 		if err := t.Copy(m.kc[i], uint64(st.pos)*row, m.kOut, 0, n); err != nil {
 			return err
 		}
@@ -315,13 +329,7 @@ func (m *Model) stageChunk(toks []int, h int) {
 		copy(st.chunkIn[i*d:(i+1)*d], row)
 	}
 	clear(st.chunkIn[n*d:])
-	for i := range s.Chunk {
-		v := uint32(0)
-		if i < n {
-			v = uint32(st.pos + i)
-		}
-		binary.LittleEndian.PutUint32(st.chunkIdx[4*i:], v)
-	}
+	m.stageIndices(n)
 	cols := h + s.Chunk
 	mask := st.chunkMask[:s.Chunk*cols*2]
 	for r := range s.Chunk {

@@ -73,6 +73,9 @@ type Shape struct {
 	Prefill []Group
 	// PostFP32 is true when the post model writes fp32 logits (else bf16).
 	PostFP32 bool
+	// MRoPE is true when the prefill groups take 3 rows of positions (t, h, w;
+	// Qwen3-VL), indices [3, Chunk].
+	MRoPE bool
 }
 
 // MaxPrompt is the longest prompt, in tokens: the context less one, so at

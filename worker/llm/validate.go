@@ -2,6 +2,7 @@ package llm
 
 import (
 	"fmt"
+	"math"
 	"slices"
 	"strconv"
 	"strings"
@@ -72,28 +73,127 @@ func (p *Package) checkVocab(vocab int) error {
 	return nil
 }
 
-// visionInput checks the shape groups of the vision encoder against the
-// model's shape and config.json's placeholder token, and returns what an
-// image takes and the encoder's output tensor.
-func (p *Package) visionInput(groups []axcl.ShapeGroup, shape *Shape) (Vision, *axcl.Tensor, error) {
-	if len(groups) < 1 || len(groups[0].Inputs) != 1 || len(groups[0].Outputs) < 1 {
-		return Vision{}, nil, pkgErr("%s: the vision encoder wants one input and an output", p.Vision)
+// Tensor names of the vendors' vision encoders, tried in order before the shapes:
+// Qwen3-VL.AXERA model_convert/export.py (hidden_states → hidden_states_out,
+// deepstack_feature_0..2), SmolVLM-256M-Instruct.axera (pixel_values → last_hidden_state),
+// and the plain input/output of other exports.
+var (
+	visionInputNames  = []string{"hidden_states", "pixel_values", "input"}
+	visionOutputNames = []string{"hidden_states_out", "last_hidden_state", "output"}
+	deepstackNames    = []string{"deepstack_feature_0", "deepstack_feature_1", "deepstack_feature_2"}
+)
+
+// visionBinding is which encoder tensors kiln feeds and reads (indices into group 0).
+type visionBinding struct {
+	in, out int
+	deep    []int // deepstack outputs, in layer order
+}
+
+// visionInput checks the shape groups of the vision encoder against the model's shape and
+// the package's placeholder token and patch layout, binds its tensors by name (else by
+// shape), and returns what an image takes and the binding. An NHWC encoder takes uint8
+// [1,H,W,3]; with p.Patches (Qwen3-VL) the input is the patches [1, N, Temporal·Patch², 3]
+// and every output but the embeddings with the same rows is a deepstack feature.
+func (p *Package) visionInput(groups []axcl.ShapeGroup, shape *Shape) (Vision, visionBinding, error) {
+	var b visionBinding
+	if len(groups) < 1 || len(groups[0].Inputs) < 1 || len(groups[0].Outputs) < 1 {
+		return Vision{}, b, pkgErr("%s: the vision encoder wants an input and an output", p.Vision)
 	}
-	in, out := &groups[0].Inputs[0], &groups[0].Outputs[0]
+	ins, outs := groups[0].Inputs, groups[0].Outputs
+	b.in = byName(ins, visionInputNames)
+	if b.in < 0 {
+		for i := range ins {
+			if ins[i].DataType == axcl.TypeUint8 && len(ins[i].Dims) == 4 {
+				if b.in >= 0 {
+					b.in = -1
+					break
+				}
+				b.in = i
+			}
+		}
+	}
+	if b.in < 0 {
+		return Vision{}, b, pkgErr("%s: no vision input named %s and no single uint8 4-dimensional input; inputs: %s",
+			p.Vision, strings.Join(visionInputNames, ", "), listTensors(ins))
+	}
+	in := &ins[b.in]
 	if in.DataType != axcl.TypeUint8 || len(in.Dims) != 4 || in.Dims[0] != 1 || in.Dims[3] != 3 {
-		return Vision{}, nil, pkgErr("%s: vision input is %s %v, want uint8 [1,H,W,3]", p.Vision, in.DataType, in.Dims)
+		return Vision{}, b, pkgErr("%s: vision input %s is %s %v, want uint8 [1,H,W,3]", p.Vision, in.Name, in.DataType, in.Dims)
 	}
+	b.out = byName(outs, visionOutputNames)
+	if b.out < 0 {
+		for i := range outs {
+			if n := elems(&outs[i]); n > 0 && n%shape.Hidden == 0 && !slices.Contains(deepstackNames, outs[i].Name) {
+				b.out = i
+				break
+			}
+		}
+	}
+	if b.out < 0 {
+		b.out = 0
+	}
+	out := &outs[b.out]
 	if out.DataType != axcl.TypeBF16 && out.DataType != axcl.TypeFP32 {
-		return Vision{}, nil, pkgErr("%s: vision output is %s, want bf16 or fp32", p.Vision, out.DataType)
+		return Vision{}, b, pkgErr("%s: vision output %s is %s, want bf16 or fp32", p.Vision, out.Name, out.DataType)
 	}
 	n := elems(out)
 	if n%shape.Hidden != 0 || n == 0 {
-		return Vision{}, nil, pkgErr("%s: vision output of %d values is not rows of hidden %d", p.Vision, n, shape.Hidden)
+		return Vision{}, b, pkgErr("%s: vision output %s of %d values is not rows of hidden %d; outputs: %s", p.Vision, out.Name, n, shape.Hidden, listTensors(outs))
 	}
 	if p.ImageTokenID >= shape.Vocab {
-		return Vision{}, nil, pkgErr("config.json vision_image_token_id %d is outside the vocabulary of %d", p.ImageTokenID, shape.Vocab)
+		return Vision{}, b, pkgErr("config.json vision_image_token_id %d is outside the vocabulary of %d", p.ImageTokenID, shape.Vocab)
 	}
-	return Vision{Width: in.Dims[2], Height: in.Dims[1], Tokens: n / shape.Hidden, ImageTokenID: p.ImageTokenID}, out, nil
+	v := Vision{Width: in.Dims[2], Height: in.Dims[1], Tokens: n / shape.Hidden, ImageTokenID: p.ImageTokenID}
+	if p.Patches == nil {
+		return v, b, nil
+	}
+	// Qwen3-VL: the deepstack outputs by name, else every other output of the same size.
+	l := *p.Patches
+	for _, name := range deepstackNames {
+		if i := byName(outs, []string{name}); i >= 0 {
+			b.deep = append(b.deep, i)
+		}
+	}
+	if len(b.deep) == 0 {
+		for i := range outs {
+			if i != b.out && elems(&outs[i]) == n {
+				b.deep = append(b.deep, i)
+			}
+		}
+	}
+	for _, i := range b.deep {
+		if t := &outs[i]; elems(t) != n || (t.DataType != axcl.TypeBF16 && t.DataType != axcl.TypeFP32) {
+			return Vision{}, b, pkgErr("%s: deepstack output %s is %s %v, want bf16 or fp32 like %s %v", p.Vision, t.Name, t.DataType, t.Dims, out.Name, out.Dims)
+		}
+	}
+	side := int(math.Sqrt(float64(in.Dims[1])))
+	if in.Dims[2]*3 != l.PatchBytes() || side*side != in.Dims[1] || side%l.Merge != 0 || n/shape.Hidden*l.Merge*l.Merge != in.Dims[1] {
+		return Vision{}, b, pkgErr("%s: vision input %s %v and output %s of %d rows do not fit patch %d, temporal patch %d, merge %d (config.json vision_config): want [1, N, %d, 3] with N a square and N/%d rows",
+			p.Vision, in.Name, in.Dims, out.Name, n/shape.Hidden, l.Patch, l.Temporal, l.Merge, l.PatchBytes()/3, l.Merge*l.Merge)
+	}
+	v.Width, v.Height, v.Deepstack = side*l.Patch, side*l.Patch, len(b.deep)
+	return v, b, nil
+}
+
+// byName is the index of the first tensor called one of names (in names' order), or -1.
+func byName(list []axcl.Tensor, names []string) int {
+	for _, n := range names {
+		for i := range list {
+			if list[i].Name == n {
+				return i
+			}
+		}
+	}
+	return -1
+}
+
+// listTensors names the tensors for an error: "name dtype [dims], ...".
+func listTensors(list []axcl.Tensor) string {
+	parts := make([]string, len(list))
+	for i := range list {
+		parts[i] = fmt.Sprintf("%s %s %v", list[i].Name, list[i].DataType, list[i].Dims)
+	}
+	return strings.Join(parts, ", ")
 }
 
 // layerRole is a tensor of a decoder layer, by the name the vendor's runner
@@ -243,10 +343,17 @@ func deriveShape(path string, groups []axcl.ShapeGroup) (Shape, bufferSizes, []l
 			s.UnusedDecode = appendIf(s.UnusedDecode, g, g != s.Decode)
 			continue
 		}
-		if len(x.idx().Dims) > 1 && x.idx().Dims[0] == 3 {
-			return s, z, nil, pkgErr("%s uses 3-row (mRoPE) positions, which kiln does not build yet", path)
+		// Qwen3-VL's prefill indices are [3, chunk]: t, h, w positions (mRoPE).
+		idx := x.idx()
+		mrope := len(idx.Dims) == 2 && idx.Dims[0] == 3 && elems(x.in()) == idx.Dims[1]*s.Hidden
+		if len(s.Prefill) > 0 && mrope != s.MRoPE {
+			return s, z, nil, pkgErr("%s: prefill group %d has %v indices, other groups not", path, g, idx.Dims)
 		}
-		t := elems(x.idx())
+		s.MRoPE = mrope
+		t := elems(idx)
+		if mrope {
+			t /= 3
+		}
 		if s.Chunk == 0 {
 			s.Chunk = t
 		}

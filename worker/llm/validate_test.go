@@ -416,9 +416,9 @@ func TestLayerShape(t *testing.T) {
 			reason: "decode group 0: K_cache holds 19200 elements, context 639 × kv_dim 32 needs more",
 		},
 		{
-			name:   "mRoPE positions",
+			name:   "mRoPE positions in one prefill group only",
 			edit:   func(g []axcl.ShapeGroup) { resize(named(t, g[2].Inputs, "indices"), 3, 128) },
-			reason: "uses 3-row (mRoPE) positions",
+			reason: "prefill group 2 has [3 128] indices, other groups not",
 		},
 		{
 			name:   "a prefill group of another chunk",
@@ -540,12 +540,12 @@ func TestVisionInput(t *testing.T) {
 	s := cardsim.TinyQwen3VL()
 	shape := &Shape{Hidden: s.Hidden, Vocab: s.Vocab}
 	pkg := &Package{Vision: "vision.axmodel", ImageTokenID: s.Vision.ImageTokenID}
-	v, out, err := pkg.visionInput(groupsOf(s.VisionModelSpec()), shape)
+	v, b, err := pkg.visionInput(groupsOf(s.VisionModelSpec()), shape)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if want := (Vision{Width: 384, Height: 384, Tokens: 144, ImageTokenID: 151655}); v != want || out.DataType != axcl.TypeBF16 {
-		t.Fatalf("vision %+v (output %s), want %+v", v, out.DataType, want)
+	if want := (Vision{Width: 384, Height: 384, Tokens: 144, ImageTokenID: 151655}); v != want || b.in != 0 || b.out != 0 || b.deep != nil {
+		t.Fatalf("vision %+v (binding %+v), want %+v", v, b, want)
 	}
 
 	for _, c := range []struct {
@@ -553,13 +553,17 @@ func TestVisionInput(t *testing.T) {
 		edit   func(g []axcl.ShapeGroup, p *Package)
 		reason string
 	}{
-		{"two inputs", func(g []axcl.ShapeGroup, _ *Package) { g[0].Inputs = append(g[0].Inputs, g[0].Inputs[0]) }, "vision.axmodel: the vision encoder wants one input and an output"},
-		{"no output", func(g []axcl.ShapeGroup, _ *Package) { g[0].Outputs = nil }, "the vision encoder wants one input and an output"},
-		{"a float image", func(g []axcl.ShapeGroup, _ *Package) { g[0].Inputs[0].DataType = axcl.TypeFP32 }, "vision input is fp32 [1 384 384 3], want uint8 [1,H,W,3]"},
-		{"an NCHW image", func(g []axcl.ShapeGroup, _ *Package) { g[0].Inputs[0].Dims = []int{1, 3, 384, 384} }, "vision input is uint8 [1 3 384 384]"},
-		{"int8 rows", func(g []axcl.ShapeGroup, _ *Package) { g[0].Outputs[0].DataType = axcl.TypeInt8 }, "vision output is int8, want bf16 or fp32"},
-		{"rows of another width", func(g []axcl.ShapeGroup, _ *Package) { resize(&g[0].Outputs[0], 1, 144, 50) }, "vision output of 7200 values is not rows of hidden 64"},
-		{"no rows", func(g []axcl.ShapeGroup, _ *Package) { resize(&g[0].Outputs[0], 1, 0, 64) }, "vision output of 0 values"},
+		{"two unnamed image inputs", func(g []axcl.ShapeGroup, _ *Package) {
+			g[0].Inputs[0].Name = "img"
+			g[0].Inputs = append(g[0].Inputs, g[0].Inputs[0])
+			g[0].Inputs[1].Name = "img2"
+		}, "vision.axmodel: no vision input named hidden_states, pixel_values, input and no single uint8 4-dimensional input; inputs: img uint8 [1 384 384 3], img2 uint8 [1 384 384 3]"},
+		{"no output", func(g []axcl.ShapeGroup, _ *Package) { g[0].Outputs = nil }, "the vision encoder wants an input and an output"},
+		{"a float image", func(g []axcl.ShapeGroup, _ *Package) { g[0].Inputs[0].DataType = axcl.TypeFP32 }, "vision input input is fp32 [1 384 384 3], want uint8 [1,H,W,3]"},
+		{"an NCHW image", func(g []axcl.ShapeGroup, _ *Package) { g[0].Inputs[0].Dims = []int{1, 3, 384, 384} }, "vision input input is uint8 [1 3 384 384]"},
+		{"int8 rows", func(g []axcl.ShapeGroup, _ *Package) { g[0].Outputs[0].DataType = axcl.TypeInt8 }, "vision output output is int8, want bf16 or fp32"},
+		{"rows of another width", func(g []axcl.ShapeGroup, _ *Package) { resize(&g[0].Outputs[0], 1, 144, 50) }, "vision output output of 7200 values is not rows of hidden 64; outputs: output bf16 [1 144 50]"},
+		{"no rows", func(g []axcl.ShapeGroup, _ *Package) { resize(&g[0].Outputs[0], 1, 0, 64) }, "vision output output of 0 values"},
 		{"a placeholder outside the vocabulary", func(_ []axcl.ShapeGroup, p *Package) { p.ImageTokenID = 151936 }, "config.json vision_image_token_id 151936 is outside the vocabulary of 151936"},
 	} {
 		t.Run(c.name, func(t *testing.T) {

@@ -5,7 +5,8 @@
 //
 // which writes build/models/qwen3-tiny/, build/models/qwen3-vl-tiny/ (with a simulated vision
 // encoder), build/models/smolvlm-tiny/ (laid out as SmolVLM-256M-Instruct.axera publishes it),
-// build/models/qwen3-axllm-tiny/ (three decode groups, a 2026 axllm config.json) and build/models/sd15-lcm/ (add -qwen3-4b for the
+// build/models/qwen3-axllm-tiny/ (three decode groups, a 2026 axllm config.json), build/models/qwen3-vl-2b-tiny/
+// (laid out as Qwen3-VL.AXERA builds Qwen3-VL-2B) and build/models/sd15-lcm/ (add -qwen3-4b for the
 // full Qwen3-4B shapes, meant for KILN_SIM_NOCOMPUTE=1 benchmarks).
 package main
 
@@ -59,7 +60,7 @@ func run(ctx context.Context, libPath, models, qwenTok, clipTok string, big, sdT
 	}
 	smol := cardsim.TinySmolVLM()
 	smol.Name = "smolvlm-tiny"
-	llms := []cardsim.LLMSpec{cardsim.TinyQwen3(), cardsim.TinyQwen3VL(), smol, cardsim.TinyAxllm2026()}
+	llms := []cardsim.LLMSpec{cardsim.TinyQwen3(), cardsim.TinyQwen3VL(), smol, cardsim.TinyAxllm2026(), cardsim.TinyQwen3VLVendor()}
 	if big {
 		llms = append(llms, cardsim.Qwen3_4B())
 	}
