@@ -133,6 +133,10 @@ func TestValidateChat(t *testing.T) {
 		{"reply wildcard", func(j *ChatJob) { j.ReplyTo = "kiln.reply.*" }, CodeBadValue, "reply_to"},
 		{"metadata", func(j *ChatJob) { j.Metadata = map[string]string{"k": strings.Repeat("v", 300)} }, CodeOverLimit, "metadata"},
 		{"empty image", func(j *ChatJob) { j.Messages[0].Images = [][]byte{{}} }, CodeMissingField, "messages[0].images[0]"},
+		{"40 MB image", func(j *ChatJob) { j.Messages[0].Images = [][]byte{make([]byte, 40<<20)} }, CodeOverLimit, "messages[0].images[0]"},
+		{"five images", func(j *ChatJob) {
+			j.Messages[0].Images = [][]byte{{1}, {2}, {3}, {4}, {5}}
+		}, CodeOverLimit, "messages"},
 	}
 	for _, tc := range cases {
 		j := chat()

@@ -10,6 +10,7 @@ import (
 
 	"github.com/kiln-project/kiln/worker/axcl"
 	"github.com/kiln-project/kiln/worker/card"
+	"github.com/kiln-project/kiln/worker/npu"
 )
 
 // modelsUsage is the help text of kiln models.
@@ -19,10 +20,11 @@ check  what kiln will do with each model package folder DIR (default: every
        package of --models, else $KILN_MODELS, else /var/lib/kiln/models):
        its files, the runtime that recognises it and the kind of jobs it
        serves, its tokenizer, every model file's shape groups and tensors
-       (index, name, dtype, dims) as the card reads them, and, for a package
-       kiln refuses, exactly why. Each package is loaded on the card the way
-       the worker loads it, then unloaded. Exits 1 when any package is
-       refused.
+       (index, name, dtype, dims) as the card reads them, which tensor of
+       which file and shape group kiln binds to each role (and what runs
+       each group), and, for a package kiln refuses, exactly why. Each
+       package is loaded on the card the way the worker loads it, then
+       unloaded. Exits 1 when any package is refused.
 
 The card runtime is --lib, else KILN_AXCL_LIB, else
 /usr/lib/axcl/libaxcl_rt.so (the card simulator works: make sim).
@@ -109,6 +111,9 @@ func printReports(w io.Writer, reports []card.PackageReport) error {
 		} else {
 			fmt.Fprintln(w, "tokenizer  none found")
 		}
+		if err := printBindings(w, r.Bindings); err != nil {
+			return err
+		}
 		for _, m := range r.Models {
 			if m.Error != "" {
 				fmt.Fprintf(w, "\nmodel %s: unreadable: %s\n", m.File, m.Error)
@@ -134,4 +139,36 @@ func printReports(w io.Writer, reports []card.PackageReport) error {
 		}
 	}
 	return nil
+}
+
+// printBindings prints what the runtime bound to each role: file, shape
+// group ("*": every group) and what runs it, the tensor's index and name.
+func printBindings(w io.Writer, bindings []npu.Binding) error {
+	if len(bindings) == 0 {
+		return nil
+	}
+	fmt.Fprintf(w, "\nbindings   %d: what kiln binds to each role\n", len(bindings))
+	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
+	fmt.Fprintln(tw, "  FILE\tGROUP\tUSE\tROLE\tDIR\t#\tNAME\tDTYPE\tDIMS")
+	for _, b := range bindings {
+		group, index, dir, dims := "*", "-", b.Dir, ""
+		if b.Group >= 0 {
+			group = fmt.Sprint(b.Group)
+		}
+		if b.Index >= 0 {
+			index, dims = fmt.Sprint(b.Index), cardDims(b.Dims)
+		}
+		if dir == "" {
+			dir = "file"
+		}
+		fmt.Fprintf(tw, "  %s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", b.Model, group, dash(b.Use), b.Role, dir, index, dash(b.Name), dash(b.DataType), dims)
+	}
+	return tw.Flush()
+}
+
+func dash(s string) string {
+	if s == "" {
+		return "-"
+	}
+	return s
 }

@@ -9,6 +9,7 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
+	"slices"
 )
 
 // LLMSpec describes a simulated Qwen3-style chat package (research/llm-runtime.md §1–§3).
@@ -26,6 +27,10 @@ type LLMSpec struct {
 	// MaxCtx is the decode context (pulsar2 --kv_cache_len): the decode mask has MaxCtx+1
 	// elements and K_cache has MaxCtx rows.
 	MaxCtx int
+	// DecodeContexts, when set, makes several decode groups, as 2026 ax-llm packages may carry
+	// (2k/4k/8k contexts; ax-llm src/runner/LLM_init.cpp): groups 0..len-1 decode with these
+	// contexts, in this order; the largest must be MaxCtx. Unset: one decode group, group 0.
+	DecodeContexts []int
 	// Prefill is the prefill chunk (128).
 	Prefill int
 	// Histories lists the history capacity of each prefill group, in group order (group i+1).
@@ -49,9 +54,16 @@ type LLMSpec struct {
 	TokenizerSubdir string // default "<Arch>_tokenizer"
 	// Vision adds a vision encoder to the package.
 	Vision *VisionSpec
+	// ConfigExtra adds keys to the axllm config.json (the 2026 binary's loading and serving
+	// settings, ax-llm docs/configuration.md).
+	ConfigExtra map[string]any
 	// Layout is how the package folder is laid out: "" is the axllm layout (a config.json
-	// naming every file); LayoutSmolVLM is SmolVLM-256M-Instruct.axera's (see WriteLLMPackage).
+	// naming every file); LayoutSmolVLM is SmolVLM-256M-Instruct.axera's, LayoutQwen3VL is
+	// Qwen3-VL.AXERA's (see WriteLLMPackage).
 	Layout string
+	// MRoPE gives the prefill groups 3-row indices [3, Prefill] (t, h, w positions), as
+	// Qwen3-VL's layers take them; the decode group keeps one position.
+	MRoPE bool
 }
 
 // LayoutSmolVLM is the layout of AXERA-TECH/SmolVLM-256M-Instruct.axera's package: every file
@@ -70,6 +82,12 @@ type VisionSpec struct {
 	ImageTokenID  int // placeholder token id recorded in config.json (vision_image_token_id)
 	// InputName and OutputName are the tensor names (default "input" and "output").
 	InputName, OutputName string
+	// Patch, TemporalPatch and Merge, when Merge > 0, make it Qwen3-VL's encoder: the input
+	// is the host's patches [1, (H/Patch)·(W/Patch), TemporalPatch·Patch², 3] uint8 in
+	// merge-window order, and the outputs are the embeddings (OutputName) followed by
+	// DeepstackNames, (H/Patch/Merge)·(W/Patch/Merge) rows each; Grid is then unused.
+	Patch, TemporalPatch, Merge int
+	DeepstackNames              []string
 }
 
 // TinyQwen3 is a small Qwen3-shaped chat package: 4 layers, hidden 64, kv_dim 32, the real
@@ -112,6 +130,23 @@ func TinySmolVLM() LLMSpec {
 	}
 }
 
+// TinyAxllm2026 is TinyQwen3 shaped as a 2026 ax-llm package may be (research/llm-runtime.md
+// §1.3, §2.2; ax-llm src/runner/LLM_init.cpp): three decode groups of contexts 255, 1023 and
+// 511 (the largest not first), then the prefill groups, and a config.json carrying the 2026
+// binary's loading and serving keys besides the required ones. The tensor names are one per
+// index, as the card runtime reports them (axcl_rt_engine.h has no per-group name).
+func TinyAxllm2026() LLMSpec {
+	s := TinyQwen3()
+	s.Name, s.ModelDir = "qwen3-axllm-tiny", "qwen3-axllm-tiny-ax650"
+	s.DecodeContexts = []int{255, 1023, 511}
+	s.ConfigExtra = map[string]any{
+		"use_mmap_load_layer": true, "dynamic_load_enable": false, "mem_guard_enable": true, "mem_guard_floor_mb": 128,
+		"mem_guard_on_unsafe": "abort", "kv_cache_slots": 1, "kv_cache_slot_location": "device",
+		"port": 8000, "server_timeout_ms": 300000, "vlm_type": "None",
+	}
+	return s
+}
+
 // Qwen3_4B has the full shapes of the AXERA-TECH Qwen3-4B package for the LLM-8850: 36 layers,
 // hidden 2560, kv_dim 1024, context 2559, prefill groups with history 0, 256, 512, 1024, 1536,
 // 2048, and realistic CMM claims (112 MiB per layer, 371 MiB post). Meant for benchmarks with
@@ -145,15 +180,23 @@ func (s *LLMSpec) validate() error {
 	if s.Layers < 1 || s.Hidden < 1 || s.KVDim < 1 || s.Vocab < 1 || s.Prefill < 1 || s.MaxCtx < 1 {
 		return errors.New("cardsim: LLMSpec sizes must be positive")
 	}
-	if len(s.Histories)+1 > 16 {
-		return errors.New("cardsim: at most 15 prefill groups")
+	if len(s.Histories)+len(s.decodeContexts()) > 16 {
+		return errors.New("cardsim: at most 16 shape groups")
+	}
+	if len(s.DecodeContexts) > 0 && slices.Max(s.DecodeContexts) != s.MaxCtx || slices.Min(s.decodeContexts()) < 1 {
+		return fmt.Errorf("cardsim: decode contexts %v must be positive with MaxCtx %d the largest", s.DecodeContexts, s.MaxCtx)
 	}
 	for _, h := range s.Histories {
 		if h < 0 || h+s.Prefill > s.MaxCtx+1 {
 			return fmt.Errorf("cardsim: prefill history %d does not fit context %d", h, s.MaxCtx)
 		}
 	}
-	if s.Vision != nil && (s.Vision.Grid < 1 || s.Vision.Width%s.Vision.Grid != 0 || s.Vision.Height%s.Vision.Grid != 0 || s.Vision.File == "") {
+	if s.Vision != nil && s.Vision.Merge > 0 {
+		v := s.Vision
+		if v.Patch < 1 || v.TemporalPatch < 1 || v.File == "" || v.Width%(v.Patch*v.Merge) != 0 || v.Height%(v.Patch*v.Merge) != 0 {
+			return errors.New("cardsim: a patch VisionSpec needs File, Patch, TemporalPatch and Width, Height divisible by Patch×Merge")
+		}
+	} else if s.Vision != nil && (s.Vision.Grid < 1 || s.Vision.Width%s.Vision.Grid != 0 || s.Vision.Height%s.Vision.Grid != 0 || s.Vision.File == "") {
 		return errors.New("cardsim: VisionSpec needs File and Width, Height divisible by Grid")
 	}
 	return nil
@@ -173,15 +216,22 @@ const EmbedFile = "model.embed_tokens.weight.bfloat16.bin"
 // LayerSpec returns the model spec of layer i.
 func (s *LLMSpec) LayerSpec(i int) *ModelSpec {
 	d, k, p := s.Hidden, s.KVDim, s.Prefill
-	g := 1 + len(s.Histories)
-	dims := func(dec []int, pre func(h int) []int) [][]int {
-		out := [][]int{dec}
+	g := len(s.decodeContexts()) + len(s.Histories)
+	params := []Param{{"seed", int64(s.Seed + 1 + uint64(i))}, {"hidden", int64(d)}, {"kv_dim", int64(k)}}
+	if s.MRoPE {
+		params = append(params, Param{"mrope", 1})
+	}
+	dims := func(dec func(ctx int) []int, pre func(h int) []int) [][]int {
+		var out [][]int
+		for _, c := range s.decodeContexts() {
+			out = append(out, dec(c))
+		}
 		for _, h := range s.Histories {
 			out = append(out, pre(h))
 		}
 		return out
 	}
-	cache := dims([]int{1, s.MaxCtx, k}, func(h int) []int {
+	cache := dims(func(c int) []int { return []int{1, c, k} }, func(h int) []int {
 		if h == 0 {
 			return []int{1, 1, d}
 		}
@@ -190,21 +240,37 @@ func (s *LLMSpec) LayerSpec(i int) *ModelSpec {
 	return &ModelSpec{
 		Kind: KindLLMLayer, Name: fmt.Sprintf("%s_p%d_l%d_together", s.Arch, p, i), Compiler: "5.1-kilnsim",
 		WeightBytes: s.LayerWeightBytes, Groups: g,
-		Params: []Param{{"seed", int64(s.Seed + 1 + uint64(i))}, {"hidden", int64(d)}, {"kv_dim", int64(k)}},
+		Params: params,
 		Inputs: []Tensor{
-			{"input", BF16, dims([]int{1, 1, d}, func(int) []int { return []int{1, p, d} })},
-			{"indices", Uint32, dims([]int{1, 1}, func(int) []int { return []int{1, p} })},
-			{"mask", BF16, dims([]int{1, 1, s.MaxCtx + 1}, func(h int) []int { return []int{1, p, h + p} })},
+			{"input", BF16, dims(fixed(1, 1, d), func(int) []int { return []int{1, p, d} })},
+			{"indices", Uint32, dims(fixed(1, 1), func(int) []int {
+				if s.MRoPE {
+					return []int{3, p}
+				}
+				return []int{1, p}
+			})},
+			{"mask", BF16, dims(func(c int) []int { return []int{1, 1, c + 1} }, func(h int) []int { return []int{1, p, h + p} })},
 			{"K_cache", BF16, cache},
 			{"V_cache", BF16, cache},
 		},
 		Outputs: []Tensor{
-			{"K_cache_out", BF16, dims([]int{1, 1, k}, func(int) []int { return []int{1, p, k} })},
-			{"V_cache_out", BF16, dims([]int{1, 1, k}, func(int) []int { return []int{1, p, k} })},
-			{"output", BF16, dims([]int{1, 1, d}, func(int) []int { return []int{1, p, d} })},
+			{"K_cache_out", BF16, dims(fixed(1, 1, k), func(int) []int { return []int{1, p, k} })},
+			{"V_cache_out", BF16, dims(fixed(1, 1, k), func(int) []int { return []int{1, p, k} })},
+			{"output", BF16, dims(fixed(1, 1, d), func(int) []int { return []int{1, p, d} })},
 		},
 	}
 }
+
+// decodeContexts are the contexts of the decode groups, in group order.
+func (s *LLMSpec) decodeContexts() []int {
+	if len(s.DecodeContexts) > 0 {
+		return s.DecodeContexts
+	}
+	return []int{s.MaxCtx}
+}
+
+// fixed is dims that do not depend on the decode group's context.
+func fixed(dims ...int) func(int) []int { return func(int) []int { return dims } }
 
 // PostSpec returns the post model's spec.
 func (s *LLMSpec) PostSpec() *ModelSpec {
@@ -240,6 +306,9 @@ func (s *LLMSpec) VisionModelSpec() *ModelSpec {
 	}
 	if out == "" {
 		out = "output"
+	}
+	if v.Merge > 0 {
+		return s.visionPatchesSpec(in, out, dt)
 	}
 	return &ModelSpec{
 		Kind: KindVision, Name: "vision", Compiler: "5.1-kilnsim", WeightBytes: v.WeightBytes, Groups: 1,
@@ -306,8 +375,11 @@ func WriteLLMPackage(dir string, s LLMSpec) error {
 	if err := writeEmbed(filepath.Join(md, EmbedFile), &s); err != nil {
 		return err
 	}
-	if s.Layout == LayoutSmolVLM {
+	switch s.Layout {
+	case LayoutSmolVLM:
 		return writeSmolVLMFiles(dir, &s)
+	case LayoutQwen3VL, LayoutQwen3VLM5Stack:
+		return writeQwen3VLFiles(dir, &s)
 	}
 	tokSub := s.TokenizerSubdir
 	if tokSub == "" {
@@ -333,7 +405,9 @@ func WriteLLMPackage(dir string, s LLMSpec) error {
 		"bos":                       false,
 		"eos":                       false,
 		"devices":                   []int{0},
-		"kilnsim":                   true,
+	}
+	for k, v := range s.ConfigExtra {
+		cfg[k] = v
 	}
 	if s.Vision != nil {
 		cfg["filename_image_encoder_axmodel"] = s.ModelDir + "/" + s.Vision.File

@@ -16,7 +16,8 @@ import (
 // FMA (the C side is built with -ffp-contract=off).
 
 const (
-	peSalt = 0x50455045
+	peSalt    = 0x50455045
+	mropeSalt = 0x4d524f50
 	// MaskHidden is the bf16 bit pattern of -65536, the mask value that hides a column.
 	MaskHidden uint16 = 0xC780
 	// MaskVisible is bf16 0.0.
@@ -84,6 +85,8 @@ type Layer struct {
 	Seed   uint64
 	Hidden int // D
 	KVDim  int // K
+	// MRoPE (param mrope) adds a term of the token's position (row i % 3) to output i.
+	MRoPE bool
 
 	once sync.Once
 	w    []float32
@@ -110,8 +113,17 @@ func (l *Layer) weights() []float32 {
 // indices [T], mask [T][C] bf16 (C = H + T), kCache/vCache [≥H][K] bf16 (the first H rows are
 // the history columns). It returns K_cache_out and V_cache_out [T][K] and output [T][D].
 func (l *Layer) Run(input []uint16, indices []uint32, mask []uint16, kCache, vCache []uint16) (kOut, vOut, out []uint16, err error) {
+	return l.RunMRoPE(input, [3][]uint32{indices, indices, indices}, mask, kCache, vCache)
+}
+
+// RunMRoPE is Run with 3-row indices (mRoPE: t, h, w positions, [3][T]): dimension i of the
+// query and key rows takes its position from row i % 3. Run is RunMRoPE with three equal rows.
+func (l *Layer) RunMRoPE(input []uint16, indices [3][]uint32, mask []uint16, kCache, vCache []uint16) (kOut, vOut, out []uint16, err error) {
 	d, k := l.Hidden, l.KVDim
-	t := len(indices)
+	t := len(indices[0])
+	if len(indices[1]) != t || len(indices[2]) != t {
+		return nil, nil, nil, fmt.Errorf("cardsim: layer: index rows of %d, %d, %d positions", t, len(indices[1]), len(indices[2]))
+	}
 	if t == 0 || len(input) != t*d || len(mask)%t != 0 || len(mask)/t < t {
 		return nil, nil, nil, fmt.Errorf("cardsim: layer: T=%d, input %d, mask %d elements do not fit hidden %d", t, len(input), len(mask), d)
 	}
@@ -130,8 +142,8 @@ func (l *Layer) Run(input []uint16, indices []uint32, mask []uint16, kCache, vCa
 	vOut = make([]uint16, t*k)
 	for r := 0; r < t; r++ {
 		xr := x[r*d : (r+1)*d]
-		pos := uint64(indices[r])
 		for i := 0; i < k; i++ {
+			pos := uint64(indices[i%3][r])
 			var aq, ak, av float32
 			for j := 0; j < d; j++ {
 				o := i*d + j
@@ -209,7 +221,11 @@ func (l *Layer) Run(input []uint16, indices []uint32, mask []uint16, kCache, vCa
 			for j := 0; j < k; j++ {
 				o += float32(w[3*k*d+i*k+j] * a[j])
 			}
-			out[r*d+i] = FloatToBF16(softsign4(x[r*d+i] + o))
+			hv := x[r*d+i] + o
+			if l.MRoPE {
+				hv += Unit(l.Seed^mropeSalt, uint64(indices[i%3][r])*uint64(d)+uint64(i))
+			}
+			out[r*d+i] = FloatToBF16(softsign4(hv))
 		}
 	}
 	return kOut, vOut, out, nil
@@ -281,6 +297,8 @@ type Reference struct {
 	Image *VisionSpec
 	// vision encodes images as the package's encoder does (nil without one).
 	vision *LLMSpec
+	// qwen is Qwen3-VL's encoder (patch input, deepstack outputs), nil otherwise.
+	qwen *qwenVision
 }
 
 // pkgConfig is the part of config.json (axllm 2026 format) the reference reads.
@@ -292,13 +310,17 @@ type pkgConfig struct {
 	Embed     string `json:"filename_tokens_embed"`
 	EmbedNum  int    `json:"tokens_embed_num"`
 	EmbedSize int    `json:"tokens_embed_size"`
+	// Qwen3-VL's patching (Hugging Face vision_config), 0 for other packages.
+	Patch, TemporalPatch int
 }
 
 // LoadReference reads a simulated LLM package written by WriteLLMPackage: config.json, every
 // layer and post model file, and the embedding table.
 func LoadReference(dir string) (*Reference, error) {
 	b, err := os.ReadFile(filepath.Join(dir, "config.json"))
-	if err != nil {
+	if errors.Is(err, os.ErrNotExist) {
+		b = []byte("{}") // LayoutQwen3VLM5Stack: everything from the files
+	} else if err != nil {
 		return nil, fmt.Errorf("cardsim: %w", err)
 	}
 	var c pkgConfig
@@ -334,7 +356,7 @@ func LoadReference(dir string) (*Reference, error) {
 		if s.Kind != KindLLMLayer || int(param(s, "hidden")) != c.EmbedSize {
 			return nil, fmt.Errorf("cardsim: layer %d is %s with hidden %d", i, s.Kind, param(s, "hidden"))
 		}
-		ref.Layers = append(ref.Layers, &Layer{Seed: uint64(param(s, "seed")), Hidden: c.EmbedSize, KVDim: int(param(s, "kv_dim"))})
+		ref.Layers = append(ref.Layers, &Layer{Seed: uint64(param(s, "seed")), Hidden: c.EmbedSize, KVDim: int(param(s, "kv_dim")), MRoPE: param(s, "mrope") != 0})
 	}
 	s, err := load(c.Post)
 	if err != nil {
@@ -358,6 +380,17 @@ func LoadReference(dir string) (*Reference, error) {
 			return nil, fmt.Errorf("cardsim: %s is not a vision encoder", c.Vision)
 		}
 		in := s.Inputs[0].Dims[0]
+		if m := int(param(s, "merge")); m > 0 {
+			if c.Patch < 1 || c.TemporalPatch < 1 || in[1]%(m*m) != 0 || in[2] != c.TemporalPatch*c.Patch*c.Patch {
+				return nil, fmt.Errorf("cardsim: %s: input %v does not fit patch %d, temporal patch %d", c.Vision, in, c.Patch, c.TemporalPatch)
+			}
+			side := 1
+			for side*side < in[1] {
+				side++
+			}
+			ref.qwen = &qwenVision{seed: uint64(param(s, "seed")), hidden: c.EmbedSize, width: side * c.Patch, height: side * c.Patch,
+				patch: c.Patch, tp: c.TemporalPatch, m: m, outputs: len(s.Outputs)}
+		}
 		ref.Image = &VisionSpec{Width: in[2], Height: in[1], Grid: int(param(s, "grid"))}
 		ref.vision = &LLMSpec{Hidden: c.EmbedSize, Seed: uint64(param(s, "seed")) - 0x20000, Vision: ref.Image}
 	}
@@ -385,21 +418,59 @@ func vendorLayout(dir string, raw []byte, c *pkgConfig) error {
 			Hidden int `json:"hidden_size"`
 			Vocab  int `json:"vocab_size"`
 		} `json:"text_config"`
+		Vision struct {
+			Patch         int `json:"patch_size"`
+			TemporalPatch int `json:"temporal_patch_size"`
+		} `json:"vision_config"`
 	}
 	if err := json.Unmarshal(raw, &hf); err != nil {
 		return fmt.Errorf("cardsim: config.json: %w", err)
 	}
+	// The model files lie in dir (SmolVLM) or in one folder below it (Qwen3-VL).
 	l0, _ := filepath.Glob(filepath.Join(dir, "*_p*_l0_together.axmodel"))
+	if len(l0) == 0 {
+		l0, _ = filepath.Glob(filepath.Join(dir, "*", "*_p*_l0_together.axmodel"))
+	}
 	if len(l0) != 1 {
 		return fmt.Errorf("cardsim: %s: want one *_p*_l0_together.axmodel, found %d", dir, len(l0))
 	}
+	sub, _ := filepath.Rel(dir, filepath.Dir(l0[0]))
 	base := filepath.Base(l0[0])
 	arch := base[:strings.Index(base, "_p")]
-	c.Template = strings.Replace(base, "_l0_", "_l%d_", 1)
+	c.Template = filepath.Join(sub, strings.Replace(base, "_l0_", "_l%d_", 1))
 	c.Layers, c.EmbedSize, c.EmbedNum = hf.Text.Layers, hf.Text.Hidden, hf.Text.Vocab
-	c.Post, c.Embed = arch+"_post.axmodel", EmbedFile
-	if v, _ := filepath.Glob(filepath.Join(dir, "*_vision_nhwc.axmodel")); len(v) == 1 {
-		c.Vision = filepath.Base(v[0])
+	c.Post, c.Embed = filepath.Join(sub, arch+"_post.axmodel"), filepath.Join(sub, EmbedFile)
+	c.Patch, c.TemporalPatch = hf.Vision.Patch, hf.Vision.TemporalPatch
+	for _, pat := range []string{"*_vision_nhwc.axmodel", "*_vision.axmodel"} {
+		if v, _ := filepath.Glob(filepath.Join(dir, sub, pat)); len(v) == 1 {
+			c.Vision = filepath.Join(sub, filepath.Base(v[0]))
+		}
+	}
+	if c.Layers > 0 {
+		return nil
+	}
+	// No config.json (LayoutQwen3VLM5Stack): count the layers, read the sizes from the models.
+	for c.Layers < 1024 {
+		if _, err := os.Stat(filepath.Join(dir, fmt.Sprintf(c.Template, c.Layers))); err != nil {
+			break
+		}
+		c.Layers++
+	}
+	read := func(name, param string) int {
+		b, err := os.ReadFile(filepath.Join(dir, name))
+		if err != nil {
+			return 0
+		}
+		s, err := ParseModelSpec(b)
+		if err != nil {
+			return 0
+		}
+		v, _ := s.Param(param)
+		return int(v)
+	}
+	c.EmbedSize, c.EmbedNum = read(fmt.Sprintf(c.Template, 0), "hidden"), read(c.Post, "vocab")
+	if c.Patch == 0 && strings.HasSuffix(c.Vision, "_vision.axmodel") {
+		c.Patch, c.TemporalPatch = 16, 2
 	}
 	return nil
 }
@@ -413,6 +484,17 @@ func (r *Reference) HiddenStates(tokens []int) ([][]uint16, error) {
 // hiddenStates is HiddenStates with the input rows of some positions replaced (rows[pos],
 // bf16), as a vision encoder's output replaces its placeholders.
 func (r *Reference) hiddenStates(tokens []int, rows map[int][]uint16) ([][]uint16, error) {
+	idx := make([]uint32, len(tokens))
+	for i := range idx {
+		idx[i] = uint32(i)
+	}
+	return r.hiddenStatesAt(tokens, rows, [3][]uint32{idx, idx, idx}, nil)
+}
+
+// hiddenStatesAt is hiddenStates with 3-row positions and, for some positions, rows added to
+// the hidden states after the first layers (deep[pos][i] after layer i, float32 sum rounded to
+// bf16), as Qwen3-VL's deepstack features are.
+func (r *Reference) hiddenStatesAt(tokens []int, rows map[int][]uint16, pos [3][]uint32, deep map[int][][]float32) ([][]uint16, error) {
 	n, d := len(tokens), r.Hidden
 	if n == 0 {
 		return nil, errors.New("cardsim: no tokens")
@@ -427,22 +509,28 @@ func (r *Reference) hiddenStates(tokens []int, rows map[int][]uint16) ([][]uint1
 			copy(x[i*d:], row)
 		}
 	}
-	idx := make([]uint32, n)
 	mask := make([]uint16, n*n)
 	for i := 0; i < n; i++ {
-		idx[i] = uint32(i)
 		for j := 0; j < n; j++ {
 			if j > i {
 				mask[i*n+j] = MaskHidden
 			}
 		}
 	}
-	for _, l := range r.Layers {
-		_, _, out, err := l.Run(x, idx, mask, nil, nil)
+	for li, l := range r.Layers {
+		_, _, out, err := l.RunMRoPE(x, pos, mask, nil, nil)
 		if err != nil {
 			return nil, err
 		}
 		x = out
+		for p, add := range deep {
+			if li >= len(add) {
+				continue
+			}
+			for i := 0; i < d; i++ {
+				x[p*d+i] = FloatToBF16(BF16ToFloat(x[p*d+i]) + add[li][i])
+			}
+		}
 	}
 	states := make([][]uint16, n)
 	for i := range states {
@@ -458,7 +546,16 @@ func (r *Reference) Logits(tokens []int) ([]float32, error) {
 }
 
 func (r *Reference) logits(tokens []int, replaced map[int][]uint16) ([]float32, error) {
-	rows, err := r.hiddenStates(tokens, replaced)
+	idx := make([]uint32, len(tokens))
+	for i := range idx {
+		idx[i] = uint32(i)
+	}
+	return r.logitsAt(tokens, replaced, [3][]uint32{idx, idx, idx}, nil)
+}
+
+// logitsAt is logits with hiddenStatesAt's positions and deepstack rows.
+func (r *Reference) logitsAt(tokens []int, replaced map[int][]uint16, pos [3][]uint32, deep map[int][][]float32) ([]float32, error) {
+	rows, err := r.hiddenStatesAt(tokens, replaced, pos, deep)
 	if err != nil {
 		return nil, err
 	}

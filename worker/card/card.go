@@ -232,7 +232,7 @@ func (c *Card) loadAll(ctx context.Context, dev *npu.Device) (models map[string]
 
 func (c *Card) loadModel(ctx context.Context, dev *npu.Device, rt *modelRuntime, name, path string) (*servedModel, error) {
 	start := time.Now()
-	m, err := rt.open(ctx, dev, name, path, c.log)
+	m, err := rt.open(ctx, dev, name, path, c.log, nil)
 	if err != nil {
 		return nil, fmt.Errorf("model %s: %w", name, err)
 	}

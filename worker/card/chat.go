@@ -58,6 +58,9 @@ func templateFamily(tokenizerType string) string {
 	switch {
 	case strings.Contains(t, "smol"):
 		return "smolvlm2"
+	case strings.HasPrefix(t, "qwen3-vl"):
+		// Qwen3-VL-Instruct's template has no think block (chatml).
+		return "chatml"
 	case t == "" || strings.HasPrefix(t, "qwen3"):
 		return "qwen3"
 	default:
@@ -102,6 +105,18 @@ func (h *chatHandler) imageText(v llm.Vision) string {
 		sb.WriteString("<|vision_end|>")
 	}
 	return sb.String()
+}
+
+// imageField names the k-th image of the job (in prompt order), e.g.
+// "messages[2].images[0]".
+func imageField(a *schema.ChatJob, k int) string {
+	for i, m := range a.Messages {
+		if k < len(m.Images) {
+			return fmt.Sprintf("messages[%d].images[%d]", i, k)
+		}
+		k -= len(m.Images)
+	}
+	return "messages"
 }
 
 // maxImagePixels bounds a decoded image (a small file can declare a huge one).
@@ -286,6 +301,10 @@ func (h *chatHandler) Handle(ctx context.Context, job *worker.Job[schema.ChatJob
 		if ctxErr := ctx.Err(); ctxErr != nil {
 			result.FinishReason = schema.FinishCancelled
 			return result, ctxErr
+		}
+		var ie *llm.ImageRangeError
+		if errors.As(err, &ie) {
+			return nil, schema.Errorf(schema.CodeOverLimit, imageField(a, ie.Image), "%v", err)
 		}
 		if errors.Is(err, llm.ErrImage) {
 			return nil, schema.Errorf(schema.CodeBadValue, "messages", "%v", err)

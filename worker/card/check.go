@@ -42,6 +42,10 @@ type PackageReport struct {
 	// Models are the package's .axmodel files as the card reads them: shape
 	// groups and every input and output (index, name, dtype, dims).
 	Models []ModelReport `json:"models"`
+	// Bindings are what the runtime bound to each of its roles while
+	// loading the package: model file, shape group (-1: every group), the
+	// tensor's index and name; for a refused package, as far as it got.
+	Bindings []npu.Binding `json:"bindings"`
 	// Refused says exactly why kiln will not serve the package ("" when it
 	// loaded on the card). CMMMiB is what it took when it did.
 	Refused string `json:"refused,omitempty"`
@@ -62,8 +66,9 @@ var ErrNoRuntime = errors.New("card: no card runtime")
 // Check opens the card (or the simulator) and, for each package folder of
 // dirs in order, lists its files, the runtime that recognises it, its
 // tokenizer and every model file's shape groups and tensors, then loads it
-// the way the worker does and unloads it: a package that does not load is
-// Refused with the loader's error. It fails only when the card does (no
+// the way the worker does, recording what the runtime binds to each role
+// (Bindings), and unloads it: a package that does not load is Refused with
+// the loader's error. It fails only when the card does (no
 // runtime, a device fault).
 func Check(ctx context.Context, cfg CheckConfig, dirs []string) (_ []PackageReport, err error) {
 	if cfg.Logger == nil {
@@ -142,7 +147,9 @@ func checkPackage(ctx context.Context, dev *npu.Device, dir string, log *slog.Lo
 	if r.Refused != "" {
 		return r
 	}
-	m, err := rt.open(ctx, dev, r.Name, dir, log)
+	var bound npu.Bindings
+	m, err := rt.open(ctx, dev, r.Name, dir, log, &bound)
+	r.Bindings = bound.List()
 	if err != nil {
 		r.Refused = err.Error()
 		return r

@@ -16,9 +16,10 @@ func llmRuntime() modelRuntime {
 	return modelRuntime{name: "llm", kind: schema.KindChat, detect: llm.Detect, open: openLLM}
 }
 
-func openLLM(ctx context.Context, dev *npu.Device, model, dir string, log *slog.Logger) (*servedModel, error) {
+func openLLM(ctx context.Context, dev *npu.Device, model, dir string, log *slog.Logger, bind *npu.Bindings) (*servedModel, error) {
 	m, err := llm.Load(ctx, dev, dir, &llm.Options{
-		Logger: log, // Load adds the package's model name
+		Logger:   log, // Load adds the package's model name
+		Bindings: bind,
 		// The escape hatch when `kiln card probe kv-inplace` finds in-place
 		// K/V binds wrong on this card (docs/card.md).
 		KVStaging: os.Getenv("KILN_KV_STAGING") == "1",

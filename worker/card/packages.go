@@ -21,8 +21,9 @@ type modelRuntime struct {
 	kind string
 	// detect reports whether the package folder is one this runtime serves.
 	detect func(dir string) bool
-	// open loads the package onto the card.
-	open func(ctx context.Context, dev *npu.Device, model, dir string, log *slog.Logger) (*servedModel, error)
+	// open loads the package onto the card; bind, when not nil, records what
+	// it binds to each role (kiln models check).
+	open func(ctx context.Context, dev *npu.Device, model, dir string, log *slog.Logger, bind *npu.Bindings) (*servedModel, error)
 }
 
 // servedModel is a package resident on the card with its handler.

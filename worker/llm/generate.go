@@ -132,10 +132,14 @@ type state struct {
 	decMask   []byte
 	raw       []byte // logits as read
 	history   []int
-	resident  []int  // tokens whose K/V rows 0..len-1 on the card are valid
-	row       []byte // embedding row of the decode step when it is not the token's (an image row)
-	runs      []int  // prompt positions where each image's rows start
-	imgRows   []byte // the images' rows, bf16
+	resident  []int       // tokens whose K/V rows 0..len-1 on the card are valid
+	row       []byte      // embedding row of the decode step when it is not the token's (an image row)
+	runs      []int       // prompt positions where each image's rows start
+	imgRows   []byte      // the images' rows, bf16
+	deep      []byte      // deepstack features, fp32: per image, per layer, Tokens rows (qwen3vl.go)
+	dsBuf     []byte      // staging for the deepstack additions, one chunk of rows
+	mpos      [3][]uint32 // mRoPE positions of the prompt (t, h, w), with images
+	ropeShift int         // decode position − KV row after an image prompt (≤ 0)
 	restore   *prefixEntry
 	restoreN  int
 	save      *prefixEntry
@@ -151,6 +155,12 @@ var (
 )
 
 func (st *state) init(s *Shape) {
+	if s.MRoPE {
+		st.dsBuf = make([]byte, s.Chunk*s.Hidden*2)
+		for r := range st.mpos {
+			st.mpos[r] = make([]uint32, s.Context)
+		}
+	}
 	st.history = make([]int, 0, s.Context)
 	st.resident = make([]int, 0, s.Context)
 	st.maskAt = -1
@@ -205,7 +215,7 @@ func (m *Model) queueDecode(t *npu.Thread) error {
 		return err
 	}
 	// indices and mask: shared by every layer, written once per token.
-	if err := t.CopyAsync(m.idx, 0, m.posTab, uint64(p)*4, 4); err != nil {
+	if err := t.CopyAsync(m.idx, 0, m.posTab, uint64(m.decodePos(p))*4, 4); err != nil {
 		return err
 	}
 	if st.maskAt == p-1 && p > 0 {
@@ -285,6 +295,9 @@ func (m *Model) chunkStep(t *npu.Thread) error {
 		if err := t.Execute(l, st.chunkG); err != nil {
 			return err
 		}
+		if err := m.addDeepstack(t, i); err != nil {
+			return err
+		}
 		if err := t.Copy(m.kc[i], uint64(st.pos)*row, m.kOut, 0, n); err != nil {
 			return err
 		}
@@ -313,13 +326,7 @@ func (m *Model) stageChunk(toks []int, h int) {
 		copy(st.chunkIn[i*d:(i+1)*d], row)
 	}
 	clear(st.chunkIn[n*d:])
-	for i := range s.Chunk {
-		v := uint32(0)
-		if i < n {
-			v = uint32(st.pos + i)
-		}
-		binary.LittleEndian.PutUint32(st.chunkIdx[4*i:], v)
-	}
+	m.stageIndices(n)
 	cols := h + s.Chunk
 	mask := st.chunkMask[:s.Chunk*cols*2]
 	for r := range s.Chunk {

@@ -112,6 +112,10 @@ func (m *Model) allocPinned(ctx context.Context) error {
 	for _, g := range s.Prefill {
 		maxH = max(maxH, g.History)
 	}
+	idxRows := 1 // mRoPE chunks have three rows of positions (t, h, w)
+	if s.MRoPE {
+		idxRows = 3
+	}
 	logits := s.Vocab * 2
 	if s.PostFP32 {
 		logits = s.Vocab * 4
@@ -125,7 +129,7 @@ func (m *Model) allocPinned(ctx context.Context) error {
 			{&m.pin.row, s.Hidden * 2, nil},
 			{&m.pin.decMask, (s.Context + 1) * 2, &st.decMask},
 			{&m.pin.chunkIn, s.Chunk * s.Hidden * 2, &st.chunkIn},
-			{&m.pin.chunkIdx, s.Chunk * 4, &st.chunkIdx},
+			{&m.pin.chunkIdx, s.Chunk * 4 * idxRows, &st.chunkIdx},
 			{&m.pin.chunkMask, s.Chunk * (maxH + s.Chunk) * 2, &st.chunkMask},
 			{&m.pin.logits, logits, &st.raw},
 		} {

@@ -29,6 +29,9 @@ type Options struct {
 	MinPrefix int
 	// Progress, when set, is called after each model file is loaded.
 	Progress func(done, total int)
+	// Bindings, when set, records which tensor of which file Load binds to
+	// each role (kiln models check), as far as it got.
+	Bindings *npu.Bindings
 	// KVStaging makes decode write each token's K/V rows through the
 	// staging outputs and a copy on the card, as prefill chunks do, instead
 	// of binding the outputs straight into the cache row (the default when
@@ -68,11 +71,17 @@ type Shape struct {
 	Vocab   int // logits per token (post model output)
 	Context int // decode context: the mask of the decode group has Context+1 elements
 	Chunk   int // prefill chunk (128)
-	Decode  int // the decode shape group (one token)
+	Decode  int // the decode shape group (one token) kiln runs: the one with the largest context
+	// UnusedDecode lists the package's other decode groups (smaller
+	// contexts): bound to the same buffers, never run.
+	UnusedDecode []int
 	// Prefill lists the prefill groups by growing history.
 	Prefill []Group
 	// PostFP32 is true when the post model writes fp32 logits (else bf16).
 	PostFP32 bool
+	// MRoPE is true when the prefill groups take 3 rows of positions (t, h, w;
+	// Qwen3-VL), indices [3, Chunk].
+	MRoPE bool
 }
 
 // MaxPrompt is the longest prompt, in tokens: the context less one, so at
@@ -89,24 +98,25 @@ type Model struct {
 	opts  Options
 	shape Shape
 
-	layers []*npu.Model
-	post   *npu.Model
-	kc, vc []*npu.Buffer // per layer: K and V cache, Context rows of KVDim bf16
-	hid    [2]*npu.Buffer
-	idx    *npu.Buffer // indices, shared by every layer
-	mask   *npu.Buffer // mask, shared by every layer
-	kOut   *npu.Buffer // K_cache_out, shared by every layer
-	vOut   *npu.Buffer // V_cache_out
-	postIn *npu.Buffer
-	pOut   *npu.Buffer
-	posTab *npu.Buffer // uint32 positions 0..Context-1: the decode indices, copied on the card
-	zero   *npu.Buffer // a visible (0) mask element, copied on the card
-	owned  []*npu.Buffer
-	pin    pinned       // pinned host buffers (kvbind.go)
-	kv     kvWrite      // how decode writes the K/V rows (kvbind.go)
-	vision *visionModel // nil: text only
-	embed  []byte       // memory-mapped table
-	cmm    uint64       // CMM charged by Load
+	layers  []*npu.Model
+	layerIO layerIO // the tensors of shape group 0 of every layer, by role
+	post    *npu.Model
+	kc, vc  []*npu.Buffer // per layer: K and V cache, Context rows of KVDim bf16
+	hid     [2]*npu.Buffer
+	idx     *npu.Buffer // indices, shared by every layer
+	mask    *npu.Buffer // mask, shared by every layer
+	kOut    *npu.Buffer // K_cache_out, shared by every layer
+	vOut    *npu.Buffer // V_cache_out
+	postIn  *npu.Buffer
+	pOut    *npu.Buffer
+	posTab  *npu.Buffer // uint32 positions 0..Context-1: the decode indices, copied on the card
+	zero    *npu.Buffer // a visible (0) mask element, copied on the card
+	owned   []*npu.Buffer
+	pin     pinned       // pinned host buffers (kvbind.go)
+	kv      kvWrite      // how decode writes the K/V rows (kvbind.go)
+	vision  *visionModel // nil: text only
+	embed   []byte       // memory-mapped table
+	cmm     uint64       // CMM charged by Load
 
 	mu       sync.Mutex // one request at a time; guards everything below
 	closed   bool
@@ -133,11 +143,12 @@ func Load(ctx context.Context, dev *npu.Device, dir string, opts *Options) (_ *M
 	if err != nil {
 		return nil, fmt.Errorf("llm: inspect %s: %w", pkg.Layers[0], err)
 	}
-	shape, sizes, err := pkg.layerShape(info.Groups)
+	shape, sizes, ios, err := pkg.layerShape(info.Groups)
 	if err != nil {
 		return nil, err
 	}
-	m := &Model{dev: dev, pkg: pkg, tok: tok, log: o.Logger.With("model", pkg.Name), opts: o, shape: shape}
+	pkg.recordLayer(o.Bindings, &shape, ios)
+	m := &Model{dev: dev, pkg: pkg, tok: tok, log: o.Logger.With("model", pkg.Name), opts: o, shape: shape, layerIO: ios[0]}
 	defer func() {
 		if err != nil {
 			m.release(context.WithoutCancel(ctx))
@@ -244,14 +255,21 @@ func (m *Model) allocBuffers(ctx context.Context, sizes bufferSizes) error {
 // (layer0).
 func (m *Model) loadLayers(ctx context.Context, layer0 []axcl.ShapeGroup) error {
 	pkg, total := m.pkg, len(m.pkg.Layers)+1
+	x := &m.layerIO
+	ref := func(t *axcl.Tensor) npu.TensorRef {
+		if t == x.ko() || t == x.vo() || t == x.out() {
+			return npu.Out(t.Name)
+		}
+		return npu.In(t.Name)
+	}
 	for i, path := range pkg.Layers {
 		lm, err := m.dev.LoadModel(ctx, path, &npu.LoadOptions{
 			Name: fmt.Sprintf("%s/l%d", pkg.Name, i),
 			Bind: map[npu.TensorRef]*npu.Buffer{
-				npu.In("input"): m.hid[i%2], npu.Out("output"): m.hid[(i+1)%2],
-				npu.In("indices"): m.idx, npu.In("mask"): m.mask,
-				npu.In("K_cache"): m.kc[i], npu.In("V_cache"): m.vc[i],
-				npu.Out("K_cache_out"): m.kOut, npu.Out("V_cache_out"): m.vOut,
+				ref(x.in()): m.hid[i%2], ref(x.out()): m.hid[(i+1)%2],
+				ref(x.idx()): m.idx, ref(x.mask()): m.mask,
+				ref(x.k()): m.kc[i], ref(x.v()): m.vc[i],
+				ref(x.ko()): m.kOut, ref(x.vo()): m.vOut,
 			},
 		})
 		if err != nil {
@@ -282,6 +300,7 @@ func (m *Model) loadPost(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
+	pkg.recordPost(m.opts.Bindings, m.post.Describe(), out)
 	m.shape.PostFP32 = out.DataType == axcl.TypeFP32
 	m.shape.Vocab = elems(out)
 	if m.postIn, err = m.post.BufferAt(0, axcl.Input, 0); err != nil {

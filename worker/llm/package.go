@@ -47,9 +47,12 @@ type Package struct {
 	// not given.
 	ImageTokenID int
 	// VisionInput is how the encoder takes an image (vision_input):
-	// "nhwc_uint8" (RGB bytes, normalised inside the model) is the one kiln
-	// builds.
+	// "nhwc_uint8" (RGB bytes, normalised inside the model) or
+	// VisionPatches (Qwen3-VL: the host cuts the image into Patches).
 	VisionInput string
+	// Patches is Qwen3-VL's patch layout (Hugging Face vision_config), nil
+	// for other encoders.
+	Patches *PatchLayout
 	// Defaults are the sampling defaults of post_config.json.
 	Defaults Sampling
 }
@@ -69,20 +72,45 @@ type packageConfig struct {
 	Vision        string `json:"filename_image_encoder_axmodel"`
 	ImageTokenID  int    `json:"vision_image_token_id"`
 	VisionInput   string `json:"vision_input"`
+	VLMType       string `json:"vlm_type"`
+	VLMTypeAlias  string `json:"VLM_TYPE"`
 	// Hugging Face's keys, in the config.json the SmolVLM-256M package
 	// ships (python/infer_axmodel.py reads it with AutoConfig).
 	ModelType      string `json:"model_type"`
 	HFImageTokenID int    `json:"image_token_id"`
+	// and in Qwen3-VL's (Qwen3-VL.AXERA python/infer_image.py reads it with
+	// AutoConfig; python/utils.py get_rope_index uses spatial_merge_size).
+	VisionConfig visionConfig `json:"vision_config"`
 }
+
+// visionConfig is the part of Hugging Face's vision_config of Qwen3-VL kiln reads.
+type visionConfig struct {
+	Patch         int `json:"patch_size"`
+	TemporalPatch int `json:"temporal_patch_size"`
+	Merge         int `json:"spatial_merge_size"`
+}
+
+// VisionPatches is the VisionInput of Qwen3-VL's encoder: uint8 patches
+// [1, N, temporal·patch², 3] the host cuts from the image (PatchLayout).
+const VisionPatches = "patches_uint8"
+
+// Qwen3VLModelType is Hugging Face's model_type of Qwen3-VL.
+const Qwen3VLModelType = "qwen3_vl"
 
 // SmolVLMImageToken is the placeholder text of SmolVLM's image rows; its id
 // is config.json's image_token_id (49190 in SmolVLM-256M-Instruct).
 const SmolVLMImageToken = "<image>"
 
-// visionFile matches the vision encoder SmolVLM-256M-Instruct.axera
-// publishes: <name>_vision_nhwc.axmodel, uint8 NHWC RGB in
-// (model_convert/build_VE.sh, python/infer_axmodel.py).
-var visionFile = regexp.MustCompile(`^.+_vision_nhwc\.axmodel$`)
+// Qwen3VLImageToken is the placeholder text of Qwen3-VL's image rows
+// (151655); without config.json its id comes from the tokenizer.
+const Qwen3VLImageToken = "<|image_pad|>"
+
+// visionFile matches the vision encoders the vendor publishes:
+// SmolVLM-256M-Instruct.axera's <name>_vision_nhwc.axmodel, uint8 NHWC RGB
+// in (model_convert/build_VE.sh, python/infer_axmodel.py), and
+// Qwen3-VL.AXERA's <name>_vision.axmodel, uint8 patches in
+// (model_convert/build_VE.sh, python/infer_image.py).
+var visionFile = regexp.MustCompile(`^.+_vision(_nhwc)?\.axmodel$`)
 
 // postConfig is post_config.json.
 type postConfig struct {
@@ -145,6 +173,11 @@ func ReadPackage(dir string) (*Package, error) {
 		if err := json.Unmarshal(raw, &cfg); err != nil {
 			return nil, pkgErr("%s: %v", filepath.Join(dir, "config.json"), err)
 		}
+		if cfg.Template != "" {
+			if err := checkAxllmConfig(filepath.Join(dir, "config.json"), raw, &cfg); err != nil {
+				return nil, err
+			}
+		}
 	}
 	if cfg.ModelName != "" {
 		p.Name = cfg.ModelName
@@ -198,6 +231,11 @@ func ReadPackage(dir string) (*Package, error) {
 		arch = m[1]
 	}
 	p.Tokenizer = tokenizerDir(dir, cfg.Tokenizer, arch)
+	if cfg.Template != "" {
+		if err := tokenizerNamed(dir, cfg.Tokenizer, p.Tokenizer); err != nil {
+			return nil, err
+		}
+	}
 	postPath := filepath.Join(dir, "post_config.json")
 	if cfg.PostConfig != "" {
 		postPath = filepath.Join(dir, cfg.PostConfig)
@@ -272,6 +310,34 @@ func findVision(p *Package, cfg *packageConfig) error {
 	}
 	p.Vision, p.VisionInput = found[0], "nhwc_uint8"
 	p.ImageTokenID = cfg.HFImageTokenID
+	arch := ""
+	if m := layerFile.FindStringSubmatch(filepath.Base(p.Layers[0])); m != nil {
+		arch = m[1]
+	}
+	// Qwen3-VL: Hugging Face's config.json says so (Qwen3-VL.AXERA's python demo), or the
+	// layers' own name does — M5Stack's Qwen3-VL-2B-Instruct-axmodel for the LLM-8850 ships
+	// no config.json, only qwen3_vl_text_* layers, a *_vision.axmodel, post_config.json and a
+	// qwen3-vl-tokenizer folder (docs.m5stack.com m5_llm_8850_qwen3_vl_2b).
+	if cfg.ModelType == Qwen3VLModelType || (cfg.ModelType == "" && strings.HasPrefix(arch, "qwen3_vl") && strings.HasSuffix(found[0], "_vision.axmodel")) {
+		vc := cfg.VisionConfig
+		if vc == (visionConfig{}) {
+			// The vendor's runner is told patch 16 (run_*_axcl_*.sh --patch_size 16); the
+			// processor's temporal patch and merge are 2 (python/infer_image.py).
+			vc = visionConfig{Patch: 16, TemporalPatch: 2, Merge: 2}
+		}
+		if vc.Patch < 1 || vc.TemporalPatch < 1 || vc.Merge < 1 || vc.Patch > 1024 || vc.TemporalPatch > 16 || vc.Merge > 16 {
+			return pkgErr("%s: vision_config patch_size %d, temporal_patch_size %d, spatial_merge_size %d: want positive patch sizes",
+				filepath.Join(p.Dir, "config.json"), vc.Patch, vc.TemporalPatch, vc.Merge)
+		}
+		p.VisionInput, p.Patches = VisionPatches, &PatchLayout{Patch: vc.Patch, Temporal: vc.TemporalPatch, Merge: vc.Merge}
+		if p.TokenizerType == "" {
+			p.TokenizerType = "Qwen3-VL"
+		}
+		return nil
+	}
+	if !strings.HasSuffix(found[0], "_vision_nhwc.axmodel") {
+		p.VisionInput = "" // an encoder kiln does not know how to feed: loadVision says so
+	}
 	if cfg.ImageTokenID > 0 {
 		p.ImageTokenID = cfg.ImageTokenID
 	}
@@ -324,20 +390,23 @@ func discover(p *Package) error {
 	return nil
 }
 
+// hasTokenizerJSON reports whether folder d holds tokenizer.json(.gz).
+func hasTokenizerJSON(d string) bool {
+	for _, f := range []string{"tokenizer.json", "tokenizer.json.gz"} {
+		if _, err := os.Stat(filepath.Join(d, f)); err == nil {
+			return true
+		}
+	}
+	return false
+}
+
 // tokenizerDir finds the tokenizer folder: the one config.json names (when
 // it is a tokenizer.json or a folder holding one), else <arch>_tokenizer
 // (the Qwen3 packages also ship a qwen2.5_tokenizer for the chat template of
 // their Python helper), else dir itself (tokenize.LoadDir then looks for
 // tokenizer.json there or in its one *tokenizer subfolder).
 func tokenizerDir(dir, named, arch string) string {
-	has := func(d string) bool {
-		for _, f := range []string{"tokenizer.json", "tokenizer.json.gz"} {
-			if _, err := os.Stat(filepath.Join(d, f)); err == nil {
-				return true
-			}
-		}
-		return false
-	}
+	has := hasTokenizerJSON
 	if named != "" && !strings.Contains(named, "://") {
 		p := filepath.Join(dir, named)
 		if st, err := os.Stat(p); err == nil && st.IsDir() && has(p) {

@@ -7,6 +7,7 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+	"strconv"
 	"strings"
 	"testing"
 
@@ -179,6 +180,45 @@ func TestOpenPackageRefuses(t *testing.T) {
 			reason: "vision_model.axmodel is missing",
 		},
 		{
+			name:   "an unknown config.json key",
+			edit:   func(f pkgFiles) { f.config(func(c map[string]any) { c["max_context"] = 4096 }) },
+			reason: `config.json: key "max_context" is neither in the 2026 axllm format (ax-llm docs/configuration.md) nor one of kiln's`,
+		},
+		{
+			name:   "hybrid attention",
+			edit:   func(f pkgFiles) { f.config(func(c map[string]any) { c["full_attention_interval"] = 4 }) },
+			reason: `key "full_attention_interval" is 4: kiln does not run hybrid, sliding-window or shared-KV attention`,
+		},
+		{
+			name: "sliding-window layers",
+			edit: func(f pkgFiles) {
+				f.config(func(c map[string]any) { c["layer_types"] = []string{"full_attention", "sliding_attention"} })
+			},
+			reason: `key "layer_types" is ["full_attention","sliding_attention"]: kiln does not run hybrid`,
+		},
+		{
+			name:   "an embedding-only package",
+			edit:   func(f pkgFiles) { f.config(func(c map[string]any) { c["is_embedding"] = true }) },
+			reason: `key "is_embedding" is true: kiln does not run embedding-only models`,
+		},
+		{
+			name:   "an unsupported vlm_type",
+			edit:   func(f pkgFiles) { f.config(func(c map[string]any) { c["vlm_type"] = "InternVL3" }) },
+			reason: `key "vlm_type" is "InternVL3": kiln serves None, Qwen3VL`,
+		},
+		{
+			name:   "an unsupported tokenizer_type",
+			edit:   func(f pkgFiles) { f.config(func(c map[string]any) { c["tokenizer_type"] = "Gemma4" }) },
+			reason: `key "tokenizer_type" is "Gemma4": kiln has the chat templates of Qwen3`,
+		},
+		{
+			name: "an HTTP tokenizer",
+			edit: func(f pkgFiles) {
+				f.config(func(c map[string]any) { c["url_tokenizer_model"] = "http://127.0.0.1:12345" })
+			},
+			reason: `key "url_tokenizer_model" is "http://127.0.0.1:12345": kiln reads a local tokenizer.json`,
+		},
+		{
 			name:   "post_config.json is not JSON",
 			edit:   func(f pkgFiles) { f.write("post_config.json", "top_k = 1") },
 			reason: "post_config.json: invalid character",
@@ -207,7 +247,7 @@ func TestOpenPackageRefuses(t *testing.T) {
 		{
 			name:   "no tokenizer",
 			spec:   func(s *cardsim.LLMSpec) { s.TokenizerDir = "" },
-			reason: "tokenizer of",
+			reason: `key "url_tokenizer_model" is "qwen3_tokenizer/tokenizer.json" and no tokenizer.json is found there`,
 		},
 		{
 			name: "a tokenizer that does not parse",
@@ -323,7 +363,7 @@ func resize(x *axcl.Tensor, dims ...int) {
 func TestLayerShape(t *testing.T) {
 	s := validateSpec() // groups: decode, then prefill with history 0, 128, 256, 384
 	pkg := &Package{Layers: []string{"l0.axmodel", "l1.axmodel"}, Hidden: s.Hidden}
-	shape, sizes, err := pkg.layerShape(groupsOf(s.LayerSpec(0)))
+	shape, sizes, _, err := pkg.layerShape(groupsOf(s.LayerSpec(0)))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -348,7 +388,7 @@ func TestLayerShape(t *testing.T) {
 			edit: func(g []axcl.ShapeGroup) {
 				g[2].Inputs = slices.DeleteFunc(g[2].Inputs, func(x axcl.Tensor) bool { return x.Name == "V_cache" })
 			},
-			reason: `l0.axmodel has no tensor "V_cache": not an Axera LLM layer`,
+			reason: `l0.axmodel: shape group 2 has no input "V_cache" nor "V_cache_2", not an Axera LLM layer; inputs found: 0 "input", 1 "indices", 2 "mask", 3 "K_cache"`,
 		},
 		{
 			name:   "an fp16 cache",
@@ -358,12 +398,12 @@ func TestLayerShape(t *testing.T) {
 		{
 			name:   "int64 indices",
 			edit:   func(g []axcl.ShapeGroup) { named(t, g[0].Inputs, "indices").DataType = axcl.TypeInt64 },
-			reason: "indices are int64, want uint32",
+			reason: `indices "indices" are int64, want uint32`,
 		},
 		{
-			name:   "two decode groups",
+			name:   "a second decode group whose cache cannot hold its context",
 			edit:   func(g []axcl.ShapeGroup) { resize(named(t, g[3].Inputs, "indices"), 1, 1) },
-			reason: "has two decode shape groups (0 and 3)",
+			reason: "decode group 3: K_cache holds 8192 elements, context 49151 × kv_dim 4096 needs more",
 		},
 		{
 			name:   "no decode group",
@@ -373,12 +413,12 @@ func TestLayerShape(t *testing.T) {
 		{
 			name:   "a decode cache shorter than the context",
 			edit:   func(g []axcl.ShapeGroup) { resize(named(t, g[0].Inputs, "K_cache"), 1, 600, 32) },
-			reason: "decode K_cache holds 19200 elements, context 639 × kv_dim 32 needs more",
+			reason: "decode group 0: K_cache holds 19200 elements, context 639 × kv_dim 32 needs more",
 		},
 		{
-			name:   "mRoPE positions",
+			name:   "mRoPE positions in one prefill group only",
 			edit:   func(g []axcl.ShapeGroup) { resize(named(t, g[2].Inputs, "indices"), 3, 128) },
-			reason: "uses 3-row (mRoPE) positions",
+			reason: "prefill group 2 has [3 128] indices, other groups not",
 		},
 		{
 			name:   "a prefill group of another chunk",
@@ -402,7 +442,7 @@ func TestLayerShape(t *testing.T) {
 				c.edit(groups)
 			}
 			pkg := &Package{Layers: []string{"l0.axmodel", "l1.axmodel"}, Hidden: c.hidden}
-			if _, _, err := pkg.layerShape(groups); !errors.Is(err, ErrPackage) || !strings.Contains(err.Error(), c.reason) {
+			if _, _, _, err := pkg.layerShape(groups); !errors.Is(err, ErrPackage) || !strings.Contains(err.Error(), c.reason) {
 				t.Fatalf("err = %v, want ErrPackage saying %q", err, c.reason)
 			}
 		})
@@ -500,12 +540,12 @@ func TestVisionInput(t *testing.T) {
 	s := cardsim.TinyQwen3VL()
 	shape := &Shape{Hidden: s.Hidden, Vocab: s.Vocab}
 	pkg := &Package{Vision: "vision.axmodel", ImageTokenID: s.Vision.ImageTokenID}
-	v, out, err := pkg.visionInput(groupsOf(s.VisionModelSpec()), shape)
+	v, b, err := pkg.visionInput(groupsOf(s.VisionModelSpec()), shape)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if want := (Vision{Width: 384, Height: 384, Tokens: 144, ImageTokenID: 151655}); v != want || out.DataType != axcl.TypeBF16 {
-		t.Fatalf("vision %+v (output %s), want %+v", v, out.DataType, want)
+	if want := (Vision{Width: 384, Height: 384, Tokens: 144, ImageTokenID: 151655}); v != want || b.in != 0 || b.out != 0 || b.deep != nil {
+		t.Fatalf("vision %+v (binding %+v), want %+v", v, b, want)
 	}
 
 	for _, c := range []struct {
@@ -513,13 +553,17 @@ func TestVisionInput(t *testing.T) {
 		edit   func(g []axcl.ShapeGroup, p *Package)
 		reason string
 	}{
-		{"two inputs", func(g []axcl.ShapeGroup, _ *Package) { g[0].Inputs = append(g[0].Inputs, g[0].Inputs[0]) }, "vision.axmodel: the vision encoder wants one input and an output"},
-		{"no output", func(g []axcl.ShapeGroup, _ *Package) { g[0].Outputs = nil }, "the vision encoder wants one input and an output"},
-		{"a float image", func(g []axcl.ShapeGroup, _ *Package) { g[0].Inputs[0].DataType = axcl.TypeFP32 }, "vision input is fp32 [1 384 384 3], want uint8 [1,H,W,3]"},
-		{"an NCHW image", func(g []axcl.ShapeGroup, _ *Package) { g[0].Inputs[0].Dims = []int{1, 3, 384, 384} }, "vision input is uint8 [1 3 384 384]"},
-		{"int8 rows", func(g []axcl.ShapeGroup, _ *Package) { g[0].Outputs[0].DataType = axcl.TypeInt8 }, "vision output is int8, want bf16 or fp32"},
-		{"rows of another width", func(g []axcl.ShapeGroup, _ *Package) { resize(&g[0].Outputs[0], 1, 144, 50) }, "vision output of 7200 values is not rows of hidden 64"},
-		{"no rows", func(g []axcl.ShapeGroup, _ *Package) { resize(&g[0].Outputs[0], 1, 0, 64) }, "vision output of 0 values"},
+		{"two unnamed image inputs", func(g []axcl.ShapeGroup, _ *Package) {
+			g[0].Inputs[0].Name = "img"
+			g[0].Inputs = append(g[0].Inputs, g[0].Inputs[0])
+			g[0].Inputs[1].Name = "img2"
+		}, "vision.axmodel: no vision input named hidden_states, pixel_values, input and no single uint8 4-dimensional input; inputs: img uint8 [1 384 384 3], img2 uint8 [1 384 384 3]"},
+		{"no output", func(g []axcl.ShapeGroup, _ *Package) { g[0].Outputs = nil }, "the vision encoder wants an input and an output"},
+		{"a float image", func(g []axcl.ShapeGroup, _ *Package) { g[0].Inputs[0].DataType = axcl.TypeFP32 }, "vision input input is fp32 [1 384 384 3], want uint8 [1,H,W,3]"},
+		{"an NCHW image", func(g []axcl.ShapeGroup, _ *Package) { g[0].Inputs[0].Dims = []int{1, 3, 384, 384} }, "vision input input is uint8 [1 3 384 384]"},
+		{"int8 rows", func(g []axcl.ShapeGroup, _ *Package) { g[0].Outputs[0].DataType = axcl.TypeInt8 }, "vision output output is int8, want bf16 or fp32"},
+		{"rows of another width", func(g []axcl.ShapeGroup, _ *Package) { resize(&g[0].Outputs[0], 1, 144, 50) }, "vision output output of 7200 values is not rows of hidden 64; outputs: output bf16 [1 144 50]"},
+		{"no rows", func(g []axcl.ShapeGroup, _ *Package) { resize(&g[0].Outputs[0], 1, 0, 64) }, "vision output output of 0 values"},
 		{"a placeholder outside the vocabulary", func(_ []axcl.ShapeGroup, p *Package) { p.ImageTokenID = 151936 }, "config.json vision_image_token_id 151936 is outside the vocabulary of 151936"},
 	} {
 		t.Run(c.name, func(t *testing.T) {
@@ -529,5 +573,60 @@ func TestVisionInput(t *testing.T) {
 				t.Fatalf("err = %v, want ErrPackage saying %q", err, c.reason)
 			}
 		})
+	}
+}
+
+// TestLayerShapeSeveralDecodeGroups: a layer laid out as the 2026 ax-llm
+// runner allows (ax-llm src/runner/LLM_init.cpp, LLMImpl.hpp): three decode
+// groups of contexts 255, 639 and 383, the largest not first, and tensor
+// names suffixed _<group> in groups other than 0. kiln decodes in the
+// largest, finds every group's tensors as the vendor's lookup does, and
+// refuses a role that moves to another index.
+func TestLayerShapeSeveralDecodeGroups(t *testing.T) {
+	s := validateSpec()
+	s.DecodeContexts = []int{255, 639, 383}
+	suffixed := func() []axcl.ShapeGroup {
+		groups := groupsOf(s.LayerSpec(0))
+		for g := 1; g < len(groups); g++ {
+			for _, list := range [][]axcl.Tensor{groups[g].Inputs, groups[g].Outputs} {
+				for i := range list {
+					list[i].Name += "_" + strconv.Itoa(g)
+				}
+			}
+		}
+		return groups
+	}
+	pkg := &Package{Layers: []string{"l0.axmodel"}}
+	shape, sizes, ios, err := pkg.layerShape(suffixed())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if shape.Decode != 1 || shape.Context != 639 || !slices.Equal(shape.UnusedDecode, []int{0, 2}) ||
+		!slices.Equal(shape.Prefill, []Group{{3, 0}, {4, 128}, {5, 256}, {6, 384}}) {
+		t.Fatalf("shape %+v: want decode group 1 (context 639), unused decode groups 0 and 2, prefill groups 3..6", shape)
+	}
+	if sizes.cache != 639*32*2 || sizes.mask != 128*(384+128)*2 {
+		t.Errorf("buffer sizes %+v", sizes)
+	}
+	if got := ios[4].k().Name; got != "K_cache_4" {
+		t.Errorf("group 4 K_cache is %q, want K_cache_4", got)
+	}
+	if got := ios[0].vo().Name; got != "V_cache_out" {
+		t.Errorf("group 0 V_cache_out is %q, want the plain name", got)
+	}
+
+	groups := suffixed()
+	in := groups[2].Inputs
+	in[3].Name, in[4].Name = in[4].Name, in[3].Name // K and V swap places in group 2
+	in[3].Name, in[4].Name = "V_cache_2", "K_cache_2"
+	if _, _, _, err := pkg.layerShape(groups); !errors.Is(err, ErrPackage) ||
+		!strings.Contains(err.Error(), `input "K_cache" is input 3 in shape group 0 but "K_cache_2" is 4 in group 2`) {
+		t.Fatalf("err = %v, want a refusal naming K_cache's index", err)
+	}
+	groups = suffixed()
+	groups[5].Outputs[2].Name = "output_4"
+	if _, _, _, err := pkg.layerShape(groups); !errors.Is(err, ErrPackage) ||
+		!strings.Contains(err.Error(), `shape group 5 has no output "output" nor "output_5"`) {
+		t.Fatalf("err = %v, want a refusal naming the missing output", err)
 	}
 }

@@ -23,6 +23,10 @@ type Vision struct {
 	Tokens int
 	// ImageTokenID is the placeholder token.
 	ImageTokenID int
+	// Deepstack is the number of deepstack features the encoder also
+	// writes (Qwen3-VL: 3), added to the image rows after the first
+	// Deepstack decoder layers; 0 for the classic pattern.
+	Deepstack int
 }
 
 // ErrImage is matched by errors about a request's images: a count or size
@@ -31,31 +35,41 @@ var ErrImage = errors.New("llm: images do not fit")
 
 // visionModel is the encoder resident on the card.
 type visionModel struct {
-	info   Vision
-	model  *npu.Model
-	in     *npu.Buffer
-	out    *npu.Buffer
-	fp32   bool
-	raw    []byte // encoder output as read
-	pixels []byte // the image being encoded
+	info    Vision
+	model   *npu.Model
+	in      *npu.Buffer
+	outs    []*npu.Buffer // embeddings, then the deepstack features
+	fp32    []bool
+	raws    [][]byte     // encoder outputs as read
+	pixels  []byte       // the image being encoded
+	patches []byte       // Qwen3-VL: the image cut into patches (PatchLayout)
+	layout  *PatchLayout // nil: the encoder takes the image itself
+	gridH   int          // merged tokens per image column (Qwen3-VL)
+	gridW   int          // merged tokens per image row
 }
 
-// loadVision loads the package's vision encoder when kiln can drive it: an
-// NHWC uint8 input and a placeholder token id in config.json.
+// loadVision loads the package's vision encoder when kiln can drive it:
+// NHWC uint8 images (SmolVLM) or Qwen3-VL's uint8 patches, and a
+// placeholder token id. Its tensors are bound by name (visionInput).
 func (m *Model) loadVision(ctx context.Context) error {
 	p := m.pkg
 	if p.Vision == "" {
 		return nil
 	}
-	if p.ImageTokenID <= 0 && p.VisionInput == "nhwc_uint8" {
-		// A SmolVLM package whose config.json has no image_token_id: the
-		// tokenizer's <image> is the placeholder.
-		if id, ok := m.tok.TokenID(SmolVLMImageToken); ok {
+	if p.ImageTokenID <= 0 {
+		// A SmolVLM or Qwen3-VL package whose config.json has no
+		// image_token_id: the tokenizer's <image> or <|image_pad|> is the
+		// placeholder.
+		name := SmolVLMImageToken
+		if p.VisionInput == VisionPatches {
+			name = Qwen3VLImageToken
+		}
+		if id, ok := m.tok.TokenID(name); ok && p.VisionInput != "" {
 			p.ImageTokenID = id
 		}
 	}
-	if p.VisionInput != "nhwc_uint8" || p.ImageTokenID <= 0 {
-		m.log.Warn("llm: vision encoder not loaded: kiln drives encoders that take NHWC uint8 images and name their placeholder token",
+	if (p.VisionInput != "nhwc_uint8" && p.VisionInput != VisionPatches) || p.ImageTokenID <= 0 {
+		m.log.Warn("llm: vision encoder not loaded: kiln drives encoders that take NHWC uint8 images or Qwen3-VL's patches and name their placeholder token",
 			"vision_input", p.VisionInput, "vision_image_token_id", p.ImageTokenID)
 		return nil
 	}
@@ -65,18 +79,39 @@ func (m *Model) loadVision(ctx context.Context) error {
 	}
 	v := &visionModel{model: vm}
 	m.vision = v
-	info, out, err := p.visionInput(vm.Describe(), &m.shape)
+	info, bind, err := p.visionInput(vm.Describe(), &m.shape)
 	if err != nil {
 		return err
 	}
-	v.info, v.fp32 = info, out.DataType == axcl.TypeFP32
-	if v.in, err = vm.BufferAt(0, axcl.Input, 0); err != nil {
+	if info.Deepstack > 0 && info.Deepstack > len(m.pkg.Layers) {
+		return pkgErr("%s: %d deepstack features for %d decoder layers", p.Vision, info.Deepstack, len(m.pkg.Layers))
+	}
+	p.recordVision(m.opts.Bindings, vm.Describe(), bind)
+	v.info = info
+	if v.in, err = vm.BufferAt(0, axcl.Input, bind.in); err != nil {
 		return err
 	}
-	if v.out, err = vm.BufferAt(0, axcl.Output, 0); err != nil {
-		return err
+	for _, i := range append([]int{bind.out}, bind.deep...) {
+		t := &vm.Describe()[0].Outputs[i]
+		b, err := vm.BufferAt(0, axcl.Output, i)
+		if err != nil {
+			return err
+		}
+		v.outs, v.fp32, v.raws = append(v.outs, b), append(v.fp32, t.DataType == axcl.TypeFP32), append(v.raws, make([]byte, t.Size))
 	}
-	v.raw = make([]byte, out.Size)
+	switch {
+	case p.Patches != nil:
+		v.layout = p.Patches
+		v.patches = make([]byte, info.Width*info.Height*3*p.Patches.Temporal)
+		v.gridH, v.gridW = info.Height/p.Patches.Patch/p.Patches.Merge, info.Width/p.Patches.Patch/p.Patches.Merge
+	case m.shape.MRoPE:
+		// mRoPE layers with a classic encoder: its rows taken as a square grid.
+		side := int(math.Sqrt(float64(info.Tokens)))
+		if side*side != info.Tokens {
+			return pkgErr("%s: %d rows per image are no square grid for the 3-row positions of %s", p.Vision, info.Tokens, p.Layers[0])
+		}
+		v.gridH, v.gridW = side, side
+	}
 	return nil
 }
 
@@ -91,13 +126,25 @@ func (m *Model) Vision() (Vision, bool) {
 // encodeStep runs the encoder on vision.pixels (device thread).
 func (m *Model) encodeStep(t *npu.Thread) error {
 	v := m.vision
-	if err := t.Write(v.in, 0, v.pixels); err != nil {
+	in := v.pixels
+	if v.layout != nil {
+		if err := v.layout.Patchify(v.patches, v.pixels, v.info.Width, v.info.Height); err != nil {
+			return err
+		}
+		in = v.patches
+	}
+	if err := t.Write(v.in, 0, in); err != nil {
 		return err
 	}
 	if err := t.Execute(v.model, 0); err != nil {
 		return err
 	}
-	return t.Read(v.raw, v.out, 0)
+	for i, b := range v.outs {
+		if err := t.Read(v.raws[i], b, 0); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 // prepareImages checks req's images against the prompt's placeholder runs,
@@ -125,12 +172,20 @@ func (m *Model) prepareImages(ctx context.Context, req *Request) (int, error) {
 	if len(st.runs) != len(req.Images) {
 		return 0, fmt.Errorf("%w: %d images for %d placeholder runs", ErrImage, len(req.Images), len(st.runs))
 	}
+	if err := m.prepareMRoPE(req.Prompt); err != nil {
+		return 0, err
+	}
 	rowBytes := m.shape.Hidden * 2
 	need := len(req.Images) * v.info.Tokens * rowBytes
 	if cap(st.imgRows) < need {
 		st.imgRows = make([]byte, need)
 	}
 	st.imgRows = st.imgRows[:need]
+	per := v.info.Tokens * m.shape.Hidden * 4 // fp32 bytes per image and deepstack feature
+	if need := len(req.Images) * v.info.Deepstack * per; cap(st.deep) < need {
+		st.deep = make([]byte, need)
+	}
+	st.deep = st.deep[:len(req.Images)*v.info.Deepstack*per]
 	for k, px := range req.Images {
 		if len(px) != v.info.Width*v.info.Height*3 {
 			return 0, fmt.Errorf("%w: image %d has %d bytes; the encoder takes %d×%d×3", ErrImage, k, len(px), v.info.Width, v.info.Height)
@@ -141,17 +196,35 @@ func (m *Model) prepareImages(ctx context.Context, req *Request) (int, error) {
 		if err != nil {
 			return 0, fmt.Errorf("llm: encode image %d: %w", k, err)
 		}
-		rows := st.imgRows[k*v.info.Tokens*rowBytes : (k+1)*v.info.Tokens*rowBytes]
-		if !v.fp32 {
-			copy(rows, v.raw)
-			continue
-		}
-		for i := 0; i < len(rows)/2; i++ {
-			h := bf16(math.Float32frombits(binary.LittleEndian.Uint32(v.raw[4*i:])))
-			binary.LittleEndian.PutUint16(rows[2*i:], h)
+		toBF16(st.imgRows[k*v.info.Tokens*rowBytes:(k+1)*v.info.Tokens*rowBytes], v.raws[0], v.fp32[0])
+		for l := 0; l < v.info.Deepstack; l++ {
+			toFP32(st.deep[(k*v.info.Deepstack+l)*per:(k*v.info.Deepstack+l+1)*per], v.raws[1+l], v.fp32[1+l])
 		}
 	}
 	return st.runs[0], nil
+}
+
+// toBF16 writes the encoder output raw (fp32 or bf16 values) into dst as bf16.
+func toBF16(dst, raw []byte, fp32 bool) {
+	if !fp32 {
+		copy(dst, raw)
+		return
+	}
+	for i := 0; i < len(dst)/2; i++ {
+		binary.LittleEndian.PutUint16(dst[2*i:], bf16(math.Float32frombits(binary.LittleEndian.Uint32(raw[4*i:]))))
+	}
+}
+
+// toFP32 writes the encoder output raw (fp32 or bf16 values) into dst as
+// little-endian fp32.
+func toFP32(dst, raw []byte, fp32 bool) {
+	if fp32 {
+		copy(dst, raw)
+		return
+	}
+	for i := 0; i < len(dst)/4; i++ {
+		binary.LittleEndian.PutUint32(dst[4*i:], uint32(binary.LittleEndian.Uint16(raw[2*i:]))<<16)
+	}
 }
 
 // imageRow is the encoder's row for prompt position pos, or nil when pos

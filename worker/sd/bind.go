@@ -2,7 +2,9 @@ package sd
 
 import (
 	"fmt"
+	"path/filepath"
 	"slices"
+	"strconv"
 	"strings"
 
 	"github.com/kiln-project/kiln/worker/axcl"
@@ -75,10 +77,21 @@ func find(m *npu.Model, dir axcl.Direction, s slot, taken ...int) (int, error) {
 // the vendor's name.
 func (p *Pipeline) find(m *npu.Model, dir axcl.Direction, s slot, taken ...int) (int, error) {
 	i, err := find(m, dir, s, taken...)
-	if err == nil && s.name != "" && tensors(m, dir)[i].Name != s.name {
-		p.byShape = append(p.byShape, fmt.Sprintf("%s = %q", s.what, tensors(m, dir)[i].Name))
+	if err != nil {
+		return i, err
 	}
-	return i, err
+	t := tensors(m, dir)[i]
+	use := ""
+	if s.name != "" && t.Name != s.name {
+		p.byShape = append(p.byShape, fmt.Sprintf("%s = %q", s.what, t.Name))
+		use = "bound by shape: the vendor's name " + strconv.Quote(s.name) + " is absent"
+	}
+	file := m.Path()
+	if r, rerr := filepath.Rel(p.dir, file); rerr == nil {
+		file = filepath.ToSlash(r)
+	}
+	p.cfg.Bindings.Tensor(file, s.what, use, -1, dir, t)
+	return i, nil
 }
 
 // tensors are shape group 0's inputs or outputs of m.

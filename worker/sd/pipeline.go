@@ -76,6 +76,9 @@ type Config struct {
 	Images ImageLimits
 	// Logger (default slog.Default()).
 	Logger *slog.Logger
+	// Bindings, when set, records which tensor of which file Open binds to
+	// each role (kiln models check), as far as it got.
+	Bindings *npu.Bindings
 }
 
 // Request is one image to make.
@@ -145,6 +148,7 @@ type Pipeline struct {
 	tdim               int // time-embedding width
 	txtRows, imgRows   map[int][]float32
 	cmm                uint64
+	dir                string   // the package folder
 	byShape            []string // tensors bound by shape, their vendor name absent: "unet input sample = \"in.0\""
 
 	// The model calls Generate makes, built by bind, and the device-thread
@@ -175,7 +179,7 @@ func Open(ctx context.Context, dev *npu.Device, dir string, cfg Config) (_ *Pipe
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()
 	}
-	p := &Pipeline{dev: dev, name: cfg.Name, cfg: cfg, log: cfg.Logger}
+	p := &Pipeline{dev: dev, dir: dir, name: cfg.Name, cfg: cfg, log: cfg.Logger}
 	tok, err := tokenize.LoadCLIP(dir)
 	if err != nil {
 		return nil, fmt.Errorf("sd: %s: CLIP tokenizer: %w", p.name, err)
@@ -352,6 +356,7 @@ func (p *Pipeline) bind() error {
 // package and are not used).
 func (p *Pipeline) loadTimeTables(dir string) error {
 	read := func(name string) ([][]float32, error) {
+		p.cfg.Bindings.File(name, "time embedding rows ("+strings.TrimSuffix(strings.TrimPrefix(name, "time_input_"), ".npy")+")")
 		b, err := os.ReadFile(filepath.Join(dir, name))
 		if err != nil {
 			return nil, fmt.Errorf("sd: %s: %w", p.name, err)

@@ -18,6 +18,7 @@
 
 #define PE_SALT 0x50455045ull
 #define POS_SALT 0x504f5321ull
+#define MROPE_SALT 0x4d524f50ull
 
 float sim_bf2f(uint16_t h) {
     uint32_t u = (uint32_t)h << 16;
@@ -120,6 +121,28 @@ static int need_tensors(simspec *s, const want *in, int nin, const want *out, in
 #define IN(s, n) (&(s)->in[sim_find_in((s), (n))])
 #define OUT(s, n) (&(s)->out[sim_find_out((s), (n))])
 
+/* Qwen3-VL's vision encoder (Qwen3-VL.AXERA python/infer_image.py, model_convert/export.py):
+ * input hidden_states uint8 [1, N, P, 3] — N patches in merge-window order, P = temporal ×
+ * patch × patch values per channel — and 1 or 4 outputs (hidden_states_out,
+ * deepstack_feature_0..2) of N/merge² rows of hidden values, bf16 or fp32. */
+static int validate_vision_patches(simspec *s, char *err, size_t errn) {
+    int64_t D = sim_param(s, "hidden", 0), M = sim_param(s, "merge", 0);
+    if (s->nin != 1 || (s->nout != 1 && s->nout != 4) || s->in[0].dtype != DT_UINT8)
+        return verr(err, errn, "vision (patches): want one uint8 input and 1 or 4 outputs", 0), E_ENGINE_ILLEGAL;
+    if (D < 1 || D > 65536 || M < 1 || M > 8) return verr(err, errn, "vision (patches): bad hidden/merge", 0), E_ENGINE_ILLEGAL;
+    for (int g = 0; g < s->ngroups; g++) {
+        simtensor *t = &s->in[0];
+        if (t->ndim[g] != 4 || t->dims[g][0] != 1 || t->dims[g][3] != 3 || t->dims[g][1] % (M * M) || t->dims[g][2] < 2 ||
+            t->dims[g][1] > 65536 || t->dims[g][2] > 65536)
+            return verr(err, errn, "group %lld: input must be [1,N,P,3] uint8 with N divisible by merge^2", (long long)g), E_ENGINE_ILLEGAL;
+        for (int o = 0; o < s->nout; o++)
+            if ((s->out[o].dtype != DT_BF16 && s->out[o].dtype != DT_FP32) ||
+                s->out[o].elems[g] != (uint64_t)(t->dims[g][1] / (M * M)) * (uint64_t)D)
+                return verr(err, errn, "group %lld: output %lld must be bf16/fp32 N/merge^2 x hidden", (long long)g, (long long)o), E_ENGINE_ILLEGAL;
+    }
+    return 0;
+}
+
 axclError sim_validate(simspec *s, char *err, size_t errn) {
     int64_t D = sim_param(s, "hidden", 0), K = sim_param(s, "kv_dim", 0);
     switch (s->kind) {
@@ -129,7 +152,10 @@ axclError sim_validate(simspec *s, char *err, size_t errn) {
         if (need_tensors(s, in, 5, out, 3, err, errn)) return E_ENGINE_ILLEGAL;
         if (D < 1 || K < 1 || D > 65536 || K > 65536) return verr(err, errn, "bad hidden/kv_dim %lld", (long long)D), E_ENGINE_ILLEGAL;
         for (int g = 0; g < s->ngroups; g++) {
-            uint64_t T = IN(s, "indices")->elems[g];
+            /* T tokens; indices hold T positions, or 3 rows of T (mRoPE t/h/w, Qwen3-VL) */
+            uint64_t T = IN(s, "input")->elems[g] / (uint64_t)D, I = IN(s, "indices")->elems[g];
+            if (T < 1 || (I != T && I != 3 * T))
+                return verr(err, errn, "group %lld: indices must hold T or 3*T positions", (long long)g), E_ENGINE_ILLEGAL;
             uint64_t C = IN(s, "mask")->elems[g] / T;
             if (T > 4096 || IN(s, "mask")->elems[g] % T || C < T || C > (1u << 20))
                 return verr(err, errn, "group %lld: mask must be [T, H+T]", (long long)g), E_ENGINE_ILLEGAL;
@@ -158,7 +184,9 @@ axclError sim_validate(simspec *s, char *err, size_t errn) {
     case KIND_VISION: {
         /* One image in, one embedding out, whatever their names: the vendor's
          * encoders call them pixel_values/last_hidden_state (SmolVLM) or
-         * input/output. */
+         * input/output. With param merge: Qwen3-VL's patch input and its
+         * embeddings plus 3 deepstack outputs (vision_patches). */
+        if (sim_param(s, "merge", 0) > 0) return validate_vision_patches(s, err, errn);
         if (s->nin != 1 || s->nout != 1 || s->in[0].dtype != DT_UINT8)
             return verr(err, errn, "vision: want one uint8 input and one output", 0), E_ENGINE_ILLEGAL;
         int64_t G = sim_param(s, "grid", 0);
@@ -268,9 +296,12 @@ static axclError run_llm_layer(simmodel *m, int g, void **in, void **out) {
     uint16_t *ko = out[sim_find_out(s, "K_cache_out")];
     uint16_t *vo = out[sim_find_out(s, "V_cache_out")];
     uint16_t *y = out[sim_find_out(s, "output")];
-    const int64_t T = (int64_t)s->in[sim_find_in(s, "indices")].elems[g];
+    const int64_t T = (int64_t)s->in[sim_find_in(s, "input")].elems[g] / D;
+    /* R = 3: mRoPE, row (i % 3) of indices places dimension i (t, h, w interleaved) */
+    const int64_t R = (int64_t)s->in[sim_find_in(s, "indices")].elems[g] / T;
     const int64_t C = (int64_t)s->in[sim_find_in(s, "mask")].elems[g] / T;
     const int64_t H = C - T;
+    const int64_t MR = sim_param(s, "mrope", 0);
     const float *w = weights(m, (size_t)(4 * K * D), layer_amp, seed);
     const float scale = amp_of(K);
 
@@ -289,8 +320,8 @@ static axclError run_llm_layer(simmodel *m, int g, void **in, void **out) {
     /* projections */
     for (int64_t r = 0; r < T; r++) {
         const float *xr = x + r * D;
-        uint64_t pos = idx[r];
         for (int64_t i = 0; i < K; i++) {
+            uint64_t pos = idx[(i % R) * T + r];
             float aq = 0.0f, ak = 0.0f, av = 0.0f;
             for (int64_t j = 0; j < D; j++) {
                 uint64_t o = (uint64_t)(i * D + j);
@@ -339,6 +370,9 @@ static axclError run_llm_layer(simmodel *m, int g, void **in, void **out) {
             float o = 0.0f;
             for (int64_t j = 0; j < K; j++) o = o + WGT(w, m, seed, (uint64_t)(3 * K * D + i * K + j), layer_amp) * a[j];
             float h = x[r * D + i] + o;
+            /* mRoPE layers (param mrope): the output also moves with the token's position of
+             * row i % 3, so a wrong t/h/w position changes the answer. */
+            if (MR) h = h + sim_unit(seed ^ MROPE_SALT, (uint64_t)idx[(i % R) * T + r] * (uint64_t)D + (uint64_t)i);
             y[r * D + i] = sim_f2bf(softsign4(h));
         }
     }
@@ -405,6 +439,46 @@ static axclError run_vision(simmodel *m, int g, void **in, void **out) {
                 else ((float *)out[0])[tok * D + i] = v;
             }
         }
+    return 0;
+}
+
+/* Qwen3-VL's encoder on the patch layout (validate_vision_patches): merged token k takes
+ * rows k*M²..k*M²+M²-1 (its merge window); for each sub-patch j and channel c two features,
+ * the mean and a position-weighted mean over the P values, so any other patch order, window
+ * order or a missing temporal copy changes the rows. Output o uses seed + o*0x1000. */
+static axclError run_vision_patches(simmodel *m, int g, void **in, void **out) {
+    simspec *s = &m->spec;
+    const int64_t D = sim_param(s, "hidden", 0), M = sim_param(s, "merge", 0);
+    const uint64_t seed = (uint64_t)sim_param(s, "seed", 0);
+    const int64_t N = s->in[0].dims[g][1], P = s->in[0].dims[g][2], W = M * M, NF = 6 * W, NT = N / W;
+    const uint8_t *px = in[0];
+    float feat[6 * 64];
+    for (int64_t k = 0; k < NT; k++) {
+        for (int64_t j = 0; j < W; j++) {
+            const uint8_t *row = px + (k * W + j) * P * 3;
+            for (int c = 0; c < 3; c++) {
+                uint32_t sum = 0;
+                float wsum = 0.0f;
+                for (int64_t p = 0; p < P; p++) {
+                    sum += row[p * 3 + c];
+                    wsum = wsum + sim_unit(seed ^ PE_SALT, (uint64_t)p) * (float)row[p * 3 + c];
+                }
+                feat[(j * 3 + c) * 2] = (float)sum / (float)(P * 255);
+                feat[(j * 3 + c) * 2 + 1] = wsum / (float)(P * 255);
+            }
+        }
+        for (int o = 0; o < s->nout; o++) {
+            uint64_t so = seed + (uint64_t)o * 0x1000u;
+            int bf = s->out[o].dtype == DT_BF16;
+            for (int64_t i = 0; i < D; i++) {
+                float acc = sim_unit(so, (uint64_t)(NF * D + k * D + i)) * 0.5f;
+                for (int64_t f = 0; f < NF; f++) acc = acc + sim_unit(so, (uint64_t)(i * NF + f)) * feat[f];
+                float v = softsign4(acc);
+                if (bf) ((uint16_t *)out[o])[k * D + i] = sim_f2bf(v);
+                else ((float *)out[o])[k * D + i] = v;
+            }
+        }
+    }
     return 0;
 }
 
@@ -511,7 +585,7 @@ axclError sim_run(simmodel *m, int group, void **in, void **out) {
     switch (m->spec.kind) {
     case KIND_LLM_LAYER: return run_llm_layer(m, group, in, out);
     case KIND_LLM_POST: return run_llm_post(m, group, in, out);
-    case KIND_VISION: return run_vision(m, group, in, out);
+    case KIND_VISION: return sim_param(&m->spec, "merge", 0) > 0 ? run_vision_patches(m, group, in, out) : run_vision(m, group, in, out);
     case KIND_SD_TEXT: return run_sd_text(m, group, in, out);
     case KIND_SD_UNET: return run_sd_unet(m, group, in, out);
     case KIND_SD_VAE_DEC: return run_sd_vae_dec(m, group, in, out);

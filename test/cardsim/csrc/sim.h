@@ -151,6 +151,7 @@ typedef struct simmodel {
     pthread_mutex_t wmu; /* guards the weight cache */
     float *w;            /* cached weights or NULL */
     size_t wn;
+    char invalid[256];   /* why the simulator cannot compute it ("" when it can): it loads, executes fail */
 } simmodel;
 
 /* config (env at axclInit, kilnsim_config at any time) */

@@ -4,7 +4,9 @@
 //	go run ./test/cardsim/cmd/cardsim -lib build/cardsim/libaxcl_rt.so -models build/models
 //
 // which writes build/models/qwen3-tiny/, build/models/qwen3-vl-tiny/ (with a simulated vision
-// encoder), build/models/smolvlm-tiny/ (laid out as SmolVLM-256M-Instruct.axera publishes it) and build/models/sd15-lcm/ (add -qwen3-4b for the
+// encoder), build/models/smolvlm-tiny/ (laid out as SmolVLM-256M-Instruct.axera publishes it),
+// build/models/qwen3-axllm-tiny/ (three decode groups, a 2026 axllm config.json), build/models/qwen3-vl-2b-tiny/
+// (laid out as Qwen3-VL.AXERA builds Qwen3-VL-2B) and build/models/sd15-lcm/ (add -qwen3-4b for the
 // full Qwen3-4B shapes, meant for KILN_SIM_NOCOMPUTE=1 benchmarks).
 package main
 
@@ -58,7 +60,7 @@ func run(ctx context.Context, libPath, models, qwenTok, clipTok string, big, sdT
 	}
 	smol := cardsim.TinySmolVLM()
 	smol.Name = "smolvlm-tiny"
-	llms := []cardsim.LLMSpec{cardsim.TinyQwen3(), cardsim.TinyQwen3VL(), smol}
+	llms := []cardsim.LLMSpec{cardsim.TinyQwen3(), cardsim.TinyQwen3VL(), smol, cardsim.TinyAxllm2026(), cardsim.TinyQwen3VLVendor()}
 	if big {
 		llms = append(llms, cardsim.Qwen3_4B())
 	}
@@ -71,8 +73,8 @@ func run(ctx context.Context, libPath, models, qwenTok, clipTok string, big, sdT
 		if err := cardsim.WriteLLMPackage(dir, s); err != nil {
 			return err
 		}
-		fmt.Printf("cardsim: wrote %s (%d layers, hidden %d, kv_dim %d, context %d, prefill groups %v, tokenizer %q)\n",
-			dir, s.Layers, s.Hidden, s.KVDim, s.MaxCtx, s.Histories, tok)
+		fmt.Printf("cardsim: wrote %s (%d layers, hidden %d, kv_dim %d, context %d, decode contexts %v, prefill groups %v, tokenizer %q)\n",
+			dir, s.Layers, s.Hidden, s.KVDim, s.MaxCtx, s.DecodeContexts, s.Histories, tok)
 	}
 	sds := []cardsim.SDSpec{cardsim.SD15LCM()}
 	if sdTall {
