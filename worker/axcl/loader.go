@@ -47,6 +47,7 @@ type Runtime struct {
 	memoryFuncs
 	engineFuncs
 	engineIOFuncs
+	rebootFuncs
 }
 
 // library resolves symbols of one dlopen handle.
@@ -120,6 +121,7 @@ func Load(path string) (*Runtime, error) {
 		rt.memoryFuncs.load,
 		rt.engineFuncs.load,
 		rt.engineIOFuncs.load,
+		rt.rebootFuncs.load,
 	} {
 		if err := load(lib); err != nil {
 			_ = purego.Dlclose(h)

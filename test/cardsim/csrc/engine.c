@@ -232,8 +232,8 @@ void sim_engine_reset(void) {
 
 static simdev *engine_dev(axclError *r) {
     simdev *d = sim_need_ctx(r);
-    if (d && d->lost) {
-        *r = sim_fail(E_ENGINE_LOST, "device %d is lost", d->id);
+    if (d && SIM_DEAD(d)) {
+        *r = sim_fail(sim_lost_code(d, E_ENGINE_LOST), "device %d is lost", d->id);
         return NULL;
     }
     return d;
@@ -316,6 +316,7 @@ static axclError load(const char *buf, size_t n, const char *what, uint64_t *id)
     pthread_mutex_init(&m->wmu, NULL);
     d->cmm_used += m->spec.weight_bytes;
     g_models[g_nmodels++] = m;
+    sim_log_load(m, what);
     *id = m->id;
     pthread_mutex_unlock(&g_mu);
     return 0;
@@ -807,6 +808,7 @@ EXPORT axclError axclrtEngineExecute(uint64_t id, uint64_t ctx, uint32_t group, 
     double busy = sim_now() - t0;
     pthread_mutex_lock(&g_mu);
     sim_add_busy(d, busy);
+    sim_exec_done(d);
     pthread_mutex_unlock(&g_mu);
     return r;
 fail:
