@@ -65,6 +65,11 @@ type Config struct {
 	SpinWait time.Duration
 	// Logger receives lifecycle and fault messages. Default slog.Default().
 	Logger *slog.Logger
+	// EnumerateTimeout bounds how long Open waits for a card that has not
+	// enumerated yet (an empty device list, or "not connected": a Pi that
+	// just booted, a card that is rebooting). Default 60s, the time the
+	// vendor allows a card to come back (card-field-notes.md §1.5).
+	EnumerateTimeout time.Duration
 }
 
 func (c Config) withDefaults() Config {
@@ -82,6 +87,9 @@ func (c Config) withDefaults() Config {
 	}
 	if c.Logger == nil {
 		c.Logger = slog.Default()
+	}
+	if c.EnumerateTimeout <= 0 {
+		c.EnumerateTimeout = 60 * time.Second
 	}
 	return c
 }
@@ -125,6 +133,7 @@ type Device struct {
 	buffers     map[*Buffer]struct{}
 	cmmUsed     uint64
 	teardownErr error
+	panicked    bool // a function run on the thread panicked: release the runtime
 }
 
 // Open starts the device thread and opens the card. When ctx ends before
@@ -222,9 +231,18 @@ func (d *Device) markLost(cause error, hung bool) {
 // noteError marks the device lost when err says the card stopped
 // answering.
 func (d *Device) noteError(err error) {
-	if err != nil && errors.Is(err, axcl.ErrDeviceLost) {
+	if IsCardGone(err) {
 		d.markLost(err, false)
 	}
+}
+
+// IsCardGone reports whether a runtime error says the card stopped
+// answering (axcl.ErrDeviceLost) or dropped off the bus
+// (axcl.ErrDeviceNotConnected, "device … is not connected", once the card
+// was open). Nothing more may be submitted to such a card: it needs a
+// reboot (card-field-notes.md §1.6).
+func IsCardGone(err error) bool {
+	return err != nil && (errors.Is(err, axcl.ErrDeviceLost) || errors.Is(err, axcl.ErrDeviceNotConnected))
 }
 
 // watchdog marks the device lost when an execute runs past the timeout.
@@ -378,6 +396,9 @@ func (d *Device) poll(nextSample time.Time) {
 			// a non-nil slot.
 			d.slot.Store(closedSlot)
 			d.serve(r)
+			if d.panicked {
+				break
+			}
 			d.slot.Store(nil)
 			deadline = time.Now().Add(d.cfg.SpinWait)
 			continue
@@ -399,7 +420,11 @@ func (d *Device) poll(nextSample time.Time) {
 			d.slot.CompareAndSwap(nil, closedSlot)
 		default:
 			d.slot.Store(closedSlot)
-			d.serve(r)
+			if d.panicked {
+				d.refuse(r)
+			} else {
+				d.serve(r)
+			}
 		}
 	}
 }
@@ -418,6 +443,7 @@ func (d *Device) serve(r *request) {
 	defer func() {
 		if v := recover(); v != nil {
 			r.panicV, r.stack = v, debug.Stack()
+			d.panicked = true
 		}
 		// done gets its token first, so a caller that saw fin never
 		// parks on it. fin may land after the caller recycled r; it only
@@ -457,7 +483,13 @@ func (d *Device) run(ready chan<- error) {
 		select {
 		case r := <-d.reqs:
 			d.serve(r)
-			d.poll(nextSample)
+			if !d.panicked {
+				d.poll(nextSample)
+			}
+			if d.panicked {
+				d.releaseAfterPanic()
+				return
+			}
 		case <-tick:
 			if d.Err() == nil {
 				d.sample()
@@ -477,18 +509,12 @@ func (d *Device) open() error {
 		return fmt.Errorf("npu: init runtime %s: %w", rt.Path(), err)
 	}
 	d.th.inited = true
-	ids, err := rt.DeviceList()
-	if err != nil {
-		return fmt.Errorf("npu: list devices: %w", err)
-	}
-	if d.cfg.Index < 0 || d.cfg.Index >= len(ids) {
-		return fmt.Errorf("npu: card index %d out of range: the runtime lists %d card(s) %v", d.cfg.Index, len(ids), ids)
-	}
-	d.id = ids[d.cfg.Index]
-	if err := rt.SetDevice(d.id); err != nil {
-		return fmt.Errorf("npu: set device %d: %w", d.id, err)
+	if err := d.enumerate(); err != nil {
+		return err
 	}
 	d.th.deviceSet = true
+	d.watchStatus()
+	var err error
 	if d.rtCtx, err = rt.CreateContext(d.id); err != nil {
 		return fmt.Errorf("npu: create context on device %d: %w", d.id, err)
 	}
@@ -606,6 +632,7 @@ func (d *Device) Close(ctx context.Context) error {
 
 // teardown undoes open and everything loaded since (device thread only).
 func (d *Device) teardown() {
+	d.unwatch()
 	rt := d.rt
 	var errs []error
 	keep := func(what string, err error) {
