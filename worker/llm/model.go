@@ -139,6 +139,11 @@ func Load(ctx context.Context, dev *npu.Device, dir string, opts *Options) (_ *M
 	if err != nil {
 		return nil, err
 	}
+	// The vision encoder is built by `pulsar2 build` (ONNX): it loads before
+	// the llm_build layers (worker/card/order.go, card-field-notes.md §2).
+	if err := m.loadVision(ctx); err != nil {
+		return nil, err
+	}
 	if err := m.allocBuffers(ctx, sizes); err != nil {
 		return nil, fmt.Errorf("llm: %s: device buffers: %w", pkg.Name, err)
 	}
@@ -148,7 +153,7 @@ func Load(ctx context.Context, dev *npu.Device, dir string, opts *Options) (_ *M
 	if err := m.loadPost(ctx); err != nil {
 		return nil, err
 	}
-	if err := m.loadVision(ctx); err != nil {
+	if err := m.checkVision(); err != nil {
 		return nil, err
 	}
 	if err := pkg.checkVocab(m.shape.Vocab); err != nil {
