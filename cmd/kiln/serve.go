@@ -15,6 +15,7 @@ import (
 	"github.com/kiln-project/kiln/broker"
 	"github.com/kiln-project/kiln/broker/janitor"
 	"github.com/kiln-project/kiln/broker/topology"
+	"github.com/kiln-project/kiln/internal/pidlock"
 	"github.com/kiln-project/kiln/schema"
 	"github.com/kiln-project/kiln/worker"
 	"github.com/kiln-project/kiln/worker/axcl"
@@ -27,6 +28,7 @@ type workerFlags struct {
 	name   string
 	models string
 	lib    string
+	lock   string
 	grace  time.Duration
 	temp   thermalFlags
 }
@@ -36,6 +38,7 @@ func (w *workerFlags) register(fs *flag.FlagSet) {
 	fs.StringVar(&w.name, "name", "", "worker name (default <host>-card<N>)")
 	fs.StringVar(&w.models, "models", getenv(envModels, defaultModels), "folder of model packages, one sub-folder per model ($"+envModels+")")
 	fs.StringVar(&w.lib, "lib", getenv(envAXCLLib, axcl.DefaultLibraryPath), "path of libaxcl_rt.so ($"+envAXCLLib+")")
+	fs.StringVar(&w.lock, "lock-dir", getenv(envLockDir, ""), "folder of the per-card locks ($"+envLockDir+"; unset: /run/kiln when it exists, else $TMPDIR/kiln)")
 	fs.DurationVar(&w.grace, "grace", worker.DefaultShutdownGrace, "on stop, how long the running job may finish before it is handed back")
 	w.temp.register(fs)
 }
@@ -44,10 +47,16 @@ func (w *workerFlags) register(fs *flag.FlagSet) {
 // builds the worker's configuration (name "" = the default
 // <host>-card<index>). The caller closes the card.
 func (w *workerFlags) workerConfig(ctx context.Context, e *env, topo topology.Config, index int, name string) (worker.Config, *card.Card, error) {
-	c, err := card.Open(ctx, card.Config{Library: w.lib, Index: index, ModelsDir: w.models, Logger: e.log.With("card", index)})
+	lock, err := w.lockCard(index)
 	if err != nil {
 		return worker.Config{}, nil, err
 	}
+	c, err := card.Open(ctx, card.Config{Library: w.lib, Index: index, ModelsDir: w.models, Logger: e.log.With("card", index)})
+	if err != nil {
+		lock.Release()
+		return worker.Config{}, nil, err
+	}
+	c.Hold(lock)
 	cfg := worker.Config{
 		Name:          name,
 		Card:          index,
@@ -67,6 +76,16 @@ func (w *workerFlags) workerConfig(ctx context.Context, e *env, topo topology.Co
 		return cfg, nil, err
 	}
 	return cfg, c, nil
+}
+
+// lockCard takes the lock of card index when a card runtime is installed
+// (a worker without one holds no card): `kiln card` and `kiln models check`
+// then refuse the card while the worker runs.
+func (w *workerFlags) lockCard(index int) (*pidlock.Lock, error) {
+	if _, err := os.Stat(w.lib); err != nil {
+		return nil, nil
+	}
+	return card.Lock(w.lock, index)
 }
 
 // upCards lists the cards kiln up serves: --card when given, else every

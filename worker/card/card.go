@@ -10,6 +10,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/kiln-project/kiln/internal/pidlock"
 	"github.com/kiln-project/kiln/schema"
 	"github.com/kiln-project/kiln/worker"
 	"github.com/kiln-project/kiln/worker/axcl"
@@ -56,6 +57,7 @@ type Card struct {
 	models map[string]*servedModel
 	failed map[string]error // the packages that did not load, by name
 	loaded bool             // the first Load has finished
+	hold   *pidlock.Lock    // the card's lock (Hold), released by Close
 }
 
 // ErrPackage is matched by the load error of a package that no runtime
@@ -359,8 +361,12 @@ func (c *Card) Close(ctx context.Context) error {
 	defer c.mu.Unlock()
 	err := c.unloadLocked(ctx)
 	c.dev, c.models = nil, map[string]*servedModel{}
+	c.hold.Release()
 	return err
 }
+
+// Hold gives the Card the card's lock (Lock) to release on Close.
+func (c *Card) Hold(l *pidlock.Lock) { c.hold = l }
 
 // unloadLocked unloads the models (newest first) and closes the device
 // (c.mu held).

@@ -180,7 +180,7 @@ func (d *Device) Canary(ctx context.Context) (string, error) {
 		}
 		m := d.models[0]
 		name = m.name
-		return t.Execute(m, smallestGroup(m.desc))
+		return t.Execute(m, m.SmallestGroup())
 	})
 	return name, err
 }
@@ -314,3 +314,11 @@ func CloseAll(ctx context.Context) error {
 	}
 	return errors.Join(errs...)
 }
+
+// SmallestGroup is the model's shape group with the fewest input bytes:
+// the cheapest one to execute as a check.
+func (m *Model) SmallestGroup() int { return smallestGroup(m.desc) }
+
+// Models are the models loaded on the device, in load order. Do not keep
+// the slice.
+func (t *Thread) Models() []*Model { return t.d.models }
