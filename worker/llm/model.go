@@ -121,15 +121,7 @@ func Load(ctx context.Context, dev *npu.Device, dir string, opts *Options) (_ *M
 	if err != nil {
 		return nil, err
 	}
-	info, err := dev.Inspect(ctx, pkg.Layers[0])
-	if err != nil {
-		return nil, fmt.Errorf("llm: inspect %s: %w", pkg.Layers[0], err)
-	}
-	shape, sizes, err := pkg.layerShape(info.Groups)
-	if err != nil {
-		return nil, err
-	}
-	m := &Model{dev: dev, pkg: pkg, tok: tok, log: o.Logger.With("model", pkg.Name), opts: o, shape: shape}
+	m := &Model{dev: dev, pkg: pkg, tok: tok, log: o.Logger.With("model", pkg.Name), opts: o}
 	defer func() {
 		if err != nil {
 			m.release(context.WithoutCancel(ctx))
@@ -140,10 +132,20 @@ func Load(ctx context.Context, dev *npu.Device, dir string, opts *Options) (_ *M
 		return nil, err
 	}
 	// The vision encoder is built by `pulsar2 build` (ONNX): it loads before
-	// the llm_build layers (worker/card/order.go, card-field-notes.md §2).
+	// any llm_build engine, the layer inspected next included
+	// (worker/card/order.go, card-field-notes.md §2).
 	if err := m.loadVision(ctx); err != nil {
 		return nil, err
 	}
+	info, err := dev.Inspect(ctx, pkg.Layers[0])
+	if err != nil {
+		return nil, fmt.Errorf("llm: inspect %s: %w", pkg.Layers[0], err)
+	}
+	shape, sizes, err := pkg.layerShape(info.Groups)
+	if err != nil {
+		return nil, err
+	}
+	m.shape = shape
 	if err := m.allocBuffers(ctx, sizes); err != nil {
 		return nil, fmt.Errorf("llm: %s: device buffers: %w", pkg.Name, err)
 	}

@@ -29,6 +29,7 @@ void sim_power_cycle(simdev *d); /* runtime.c */
  * process re-initialises its runtime). */
 static double g_first_init = -1;   /* time of the process's first axclInit: the card's "boot" */
 static double g_back_at[256];       /* by device id: when a rebooted card enumerates again */
+static char g_offline[256];         /* by device id: OFFLINE until rebooted */
 static int64_t g_reboots, g_offline_calls, g_wedged_execs;
 
 typedef void (*status_cb)(int32_t device, int32_t status, void *userdata);
@@ -77,6 +78,7 @@ void sim_boot_init(void) {
     if (g_first_init < 0) g_first_init = sim_now();
     for (int i = 0; i < g_ndev; i++) {
         simdev *d = &g_devs[i];
+        if (d->id >= 0 && d->id < 256) d->offline = g_offline[d->id];
         char p[600], buf[64] = {0};
         if (!state_path(d, p, sizeof p)) continue;
         FILE *f = fopen(p, "r");
@@ -162,6 +164,7 @@ EXPORT axclError axclrtRegisterDeviceStatusCallback(status_cb cb, void *userdata
 
 axclError sim_go_offline(simdev *d, int64_t n) {
     d->offline = 1;
+    if (d->id >= 0 && d->id < 256) g_offline[d->id] = 1;
     announce(d->id, 1, 0, 0);
     g_offline_calls++;
     return sim_fail(E_DEVICE_NO_CONNECT, "fault: offline=%lld: device %d is not connected", (long long)n, d->id);
@@ -199,6 +202,7 @@ EXPORT axclError axclrtRebootDevice(int32_t id) {
     int was_offline = d->offline;
     sim_power_cycle(d);
     d->offline = 0;
+    if (id >= 0 && id < 256) g_offline[id] = 0;
     d->wedged = 0;
     write_state(d, "idle");
     long delay = g_cfg.reboot_ms;
