@@ -29,7 +29,16 @@ const (
 // library has it (card-field-notes.md §1.3).
 const NoStatusCallback = "KILNSIM_NO_STATUS_CALLBACK"
 
-var noCallbackLib built
+// NoReboot leaves axclrtRebootDevice out: a runtime without the software rescue.
+const NoReboot = "KILNSIM_NO_REBOOT"
+
+var noCallbackLib, noRebootLib built
+
+// NoRebootLibrary is [Library] built without axclrtRebootDevice.
+func NoRebootLibrary(tb testing.TB) string {
+	tb.Helper()
+	return noRebootLib.get(tb, NoReboot)
+}
 
 // NoCallbackLibrary is [Library] built without axclrtRegisterDeviceStatusCallback.
 func NoCallbackLibrary(tb testing.TB) string {

@@ -189,6 +189,7 @@ void sim_log_load(const simmodel *m, const char *what) {
 
 /* ---- the reboot */
 
+#ifndef KILNSIM_NO_REBOOT /* a runtime without the rescue */
 EXPORT axclError axclrtRebootDevice(int32_t id) {
     pthread_mutex_lock(&g_mu);
     simdev *d = NULL;
@@ -214,6 +215,7 @@ EXPORT axclError axclrtRebootDevice(int32_t id) {
     pthread_mutex_unlock(&g_mu);
     return 0;
 }
+#endif
 
 /* kilnsim_count returns a counter of the card's life: "reboots", "offline_calls" (calls made
  * while a device was OFFLINE, teardown excepted), "wedged_executes"; -1 for an unknown name. */
