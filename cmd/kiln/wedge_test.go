@@ -207,3 +207,48 @@ func TestWorkerWaitsForACardThatEnumeratesLate(t *testing.T) {
 		t.Fatalf("the worker did not say it waits for the card: %s", log)
 	}
 }
+
+// SIGTERM, then SIGTERM again (a forced stop) while the card executes: the
+// worker stops after the running engine call, never in it, so the card is
+// not left wedged (its state is idle, not busy), and exits 1.
+func TestForcedStopWaitsForTheRunningExecute(t *testing.T) {
+	lib := cardsim.Library(t)
+	models := chatPackage(t)
+	state := t.TempDir()
+	u := startUp(t, "--lib", filepath.Join(t.TempDir(), "none.so"), "--models", t.TempDir())
+	w := startWorkerProc(t, []string{cardsim.EnvStateDir + "=" + state, "KILN_SIM_EXEC_US=400000"},
+		"--nats", u.url, "--lib", lib, "--models", models, "--lock-dir", t.TempDir(), "--name", "stop-0")
+	waitStatus(t, u.url, readyWorker("stop-0"))
+	go kiln(t, t.Context(), "chat", "--nats", u.url, "--max-tokens", "20", "hi")
+	stateFile := filepath.Join(state, "card1.state")
+	wait.For(t, 30*time.Second, 5*time.Millisecond, func() error {
+		if b, _ := os.ReadFile(stateFile); !strings.HasPrefix(string(b), "busy") {
+			return fmt.Errorf("card state %q, want busy", b)
+		}
+		return nil
+	})
+	must := func(err error) {
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	must(w.cmd.Process.Signal(syscall.SIGTERM))
+	wait.For(t, 30*time.Second, 5*time.Millisecond, func() error { // the first signal landed
+		if !strings.Contains(w.stderr(), "signal received") {
+			return fmt.Errorf("the worker has not seen the first SIGTERM: %s", w.stderr())
+		}
+		return nil
+	})
+	must(w.cmd.Process.Signal(syscall.SIGTERM))
+	select {
+	case <-w.done:
+	case <-time.After(60 * time.Second):
+		t.Fatalf("the worker did not exit after two SIGTERMs: %s", w.stderr())
+	}
+	if code := w.cmd.ProcessState.ExitCode(); code != 1 {
+		t.Fatalf("exit code %d after a forced stop, want 1: %s", code, w.stderr())
+	}
+	if b, _ := os.ReadFile(stateFile); strings.TrimSpace(string(b)) != "idle" {
+		t.Fatalf("card state after a forced stop %q, want idle (stopped between engine calls): %s", b, w.stderr())
+	}
+}
