@@ -183,23 +183,18 @@ func probeLoadOrder(ctx context.Context, f cardFlags, fs *flag.FlagSet, _ []stri
 	}
 	id := dev.ID()
 	var step string
-	err = func() error {
-		for _, file := range []string{llmFile, onnxFile} {
-			step = "load " + file
-			m, err := dev.LoadModel(ctx, file, nil)
-			if err != nil {
-				return err
-			}
-			defer dev.Unload(context.WithoutCancel(ctx), m)
+	for _, file := range []string{llmFile, onnxFile} {
+		step = "load " + file
+		if _, err = dev.LoadModel(ctx, file, nil); err != nil {
+			break
 		}
-		return nil
-	}()
+	}
 	if err == nil {
 		step = "execute"
 		err = executeAll(ctx, dev)
 	}
 	lost := dev.Err()
-	_ = dev.Close(context.WithoutCancel(ctx))
+	_ = dev.Close(context.WithoutCancel(ctx)) // unloads both
 	full := dev.Runtime().FullVersion()
 	switch {
 	case err == nil:

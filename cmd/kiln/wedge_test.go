@@ -14,6 +14,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/kiln-project/kiln/internal/pidlock"
 	"github.com/kiln-project/kiln/test/cardsim"
 	"github.com/kiln-project/kiln/test/wait"
 )
@@ -250,5 +251,54 @@ func TestForcedStopWaitsForTheRunningExecute(t *testing.T) {
 	}
 	if b, _ := os.ReadFile(stateFile); strings.TrimSpace(string(b)) != "idle" {
 		t.Fatalf("card state after a forced stop %q, want idle (stopped between engine calls): %s", b, w.stderr())
+	}
+}
+
+// kiln card probe copy, probe load-order and reboot take their
+// measurements on the simulated card, and refuse a card another process
+// holds.
+func TestCardProbesAndReboot(t *testing.T) {
+	lib := cardsim.Library(t)
+	locks := t.TempDir()
+	pkg := filepath.Join(t.TempDir(), "qwen3-vl")
+	spec := cardsim.TinyQwen3VL()
+	spec.Layers = 1
+	if err := cardsim.WriteLLMPackage(pkg, spec); err != nil {
+		t.Fatal(err)
+	}
+	layers, _ := filepath.Glob(filepath.Join(pkg, "*", "qwen3_p128_l0_together.axmodel"))
+	vision, _ := filepath.Glob(filepath.Join(pkg, "*", spec.Vision.File))
+	if len(layers) != 1 || len(vision) != 1 {
+		t.Fatalf("model files not found under %s", pkg)
+	}
+	card := func(args ...string) (int, string, string) {
+		return kiln(t, t.Context(), append(append([]string{"card"}, args...), "--lib", lib, "--lock-dir", locks)...)
+	}
+	code, out, errOut := card("probe", "copy", "--n", "20")
+	if code != 0 || !strings.Contains(out, "D2D copy of 2048 B") || !strings.Contains(out, "over 20") {
+		t.Fatalf("kiln card probe copy: %d %q %q", code, out, errOut)
+	}
+	code, out, errOut = card("probe", "load-order", "--llm", layers[0], "--onnx", vision[0])
+	if code != 0 || !strings.Contains(out, "does not drop the card") {
+		t.Fatalf("kiln card probe load-order on a card that does not care: %d %q %q", code, out, errOut)
+	}
+	t.Setenv(cardsim.EnvLoadOrderDrop, "1")
+	t.Setenv(cardsim.EnvRebootMS, "100")
+	code, out, errOut = card("probe", "load-order", "--llm", layers[0], "--onnx", vision[0])
+	if code != 0 || !strings.Contains(out, "load order matters") || !strings.Contains(out, "card rebooted and back") {
+		t.Fatalf("kiln card probe load-order on a card that drops: %d %q %q", code, out, errOut)
+	}
+	code, out, errOut = card("reboot")
+	if code != 0 || !strings.Contains(out, "card 0 rebooted: back after") {
+		t.Fatalf("kiln card reboot: %d %q %q", code, out, errOut)
+	}
+	held, err := pidlock.Acquire(filepath.Join(locks, "card0.lock"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer held.Release()
+	code, _, errOut = card("reboot")
+	if code != 1 || !strings.Contains(errOut, "held by process "+strconv.Itoa(os.Getpid())) {
+		t.Fatalf("kiln card reboot of a held card: %d %q", code, errOut)
 	}
 }

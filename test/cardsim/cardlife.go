@@ -23,6 +23,10 @@ const (
 	// EnvLoadLog is a file that gets a line per engine load ("load KIND NAME PATH") and per
 	// reboot ("reboot ID").
 	EnvLoadLog = "KILN_SIM_LOAD_LOG"
+	// EnvLoadOrderDrop set to 1 makes an engine built by pulsar2 build (ONNX: SD, vision) that
+	// loads after an llm_build engine (LLM layer, post) on the same card drop the card (OFFLINE),
+	// as seen in the field.
+	EnvLoadOrderDrop = "KILN_SIM_LOAD_ORDER_DROP"
 )
 
 // NoStatusCallback leaves axclrtRegisterDeviceStatusCallback out, as the public V3.10.2

@@ -193,11 +193,13 @@ func TestUnhealthyEndsInRebootAndExit(t *testing.T) {
 
 // ONNX-built engines (SD, vision encoders) load before llm_build ones, at
 // start and after a reset, whatever the packages' names; the simulator's
-// load log shows the order the card saw.
+// load log shows the order the card saw, and a simulated card that drops
+// on the other order stays up.
 func TestLoadOrderOnnxBuiltFirst(t *testing.T) {
 	lib := cardsim.Library(t)
 	log := filepath.Join(t.TempDir(), "loads")
 	t.Setenv(cardsim.EnvLoadLog, log)
+	t.Setenv(cardsim.EnvLoadOrderDrop, "1")
 	models := t.TempDir()
 	text := cardsim.TinyQwen3()
 	text.Layers = 2
@@ -253,6 +255,9 @@ func TestLoadOrderOnnxBuiltFirst(t *testing.T) {
 		}
 		if llmAt < 0 || lastOnnx < 0 || lastOnnx > llmAt || !slices.Contains(kinds, "vision") || !slices.Contains(kinds, "sd_unet") {
 			t.Fatalf("%s: the card loaded %v; want every SD and vision engine before the first LLM layer", step.name, kinds)
+		}
+		if strings.Contains(string(b), "drop") || c.Lost() != nil {
+			t.Fatalf("%s: the card dropped: %s %v", step.name, b, c.Lost())
 		}
 	}
 }

@@ -369,8 +369,10 @@ func (d *Device) submit(ctx context.Context, r *request) error {
 		select {
 		case <-r.done:
 		default:
-			// The thread still holds r (stuck in the runtime): abandon it.
-			return d.lostErr
+			if !d.finishAfterLoss(r) {
+				// The thread still holds r (stuck in the runtime): abandon it.
+				return d.lostErr
+			}
 		}
 	}
 	err, pv, stack := r.err, r.panicV, r.stack
@@ -379,6 +381,25 @@ func (d *Device) submit(ctx context.Context, r *request) error {
 		panic(&PanicError{Value: pv, Stack: stack})
 	}
 	return err
+}
+
+// finishAfterLoss waits for a request that was running when the device was
+// marked lost, unless the thread is stuck in a hung call: a call that failed
+// and so marked the device lost returns at once, and its caller must not
+// read its results while the thread still writes them. The wait is bounded
+// by ExecuteTimeout (the watchdog stops once the device is lost).
+func (d *Device) finishAfterLoss(r *request) bool {
+	if d.hung.Load() {
+		return false
+	}
+	t := time.NewTimer(d.cfg.ExecuteTimeout)
+	defer t.Stop()
+	select {
+	case <-r.done:
+		return true
+	case <-t.C:
+		return false
+	}
 }
 
 // poll serves requests handed over through the slot for as long as they

@@ -22,6 +22,7 @@ extern pthread_mutex_t g_mu;
 extern int g_inited;
 extern simdev g_devs[SIM_MAX_DEVICES];
 extern int g_ndev;
+int sim_llm_loaded_on(const simdev *d, const simmodel *except); /* engine.c */
 void sim_power_cycle(simdev *d); /* runtime.c */
 
 
@@ -183,8 +184,19 @@ void sim_exec_done(simdev *d) {
     if (!d->wedged) write_state(d, "idle");
 }
 
+/* An engine built by pulsar2 build (ONNX: SD, vision) loaded after an llm_build one (LLM layer or post)
+ * on the same device drops the card with KILN_SIM_LOAD_ORDER_DROP=1, as seen in the field
+ * (card-field-notes.md §2): the load returns, then the card is OFFLINE. */
 void sim_log_load(const simmodel *m, const char *what) {
     log_line("load %s %s %s", m->spec.kind_name, m->spec.name[0] ? m->spec.name : "-", what);
+    simdev *d = m->dev;
+    if (!g_cfg.load_order_drop || m->spec.kind == KIND_LLM_LAYER || m->spec.kind == KIND_LLM_POST || d->offline) return;
+    if (!sim_llm_loaded_on(d, m)) return;
+    d->offline = 1;
+    if (d->id >= 0 && d->id < 256) g_offline[d->id] = 1;
+    announce(d->id, 1, 0, 0);
+    log_line("drop %d: %s loaded after an llm_build engine", d->id, m->spec.kind_name);
+    sim_log("device %d dropped: %s (pulsar2 build) loaded after an llm_build engine", d->id, what);
 }
 
 /* ---- the reboot */

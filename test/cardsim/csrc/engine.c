@@ -815,3 +815,14 @@ fail:
     pthread_mutex_unlock(&g_mu);
     return r;
 }
+
+/* sim_llm_loaded_on reports whether an llm_build engine (an LLM layer or post) other than except is
+ * loaded on d (card.c: the load-order drop). Caller holds g_mu. */
+int sim_llm_loaded_on(const simdev *d, const simmodel *except) {
+    for (int i = 0; i < g_nmodels; i++) {
+        const simmodel *o = g_models[i];
+        if (o && o != except && o->loaded && o->dev == d && (o->spec.kind == KIND_LLM_LAYER || o->spec.kind == KIND_LLM_POST))
+            return 1;
+    }
+    return 0;
+}

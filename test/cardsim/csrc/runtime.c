@@ -178,6 +178,7 @@ static int set_opt(const char *k, const char *v) {
     else if (!strcmp(k, "props_us")) g_cfg.props_us = d < 0 ? 0 : (long)d;
     else if (!strcmp(k, "reboot_ms")) g_cfg.reboot_ms = d < 0 ? 0 : (long)d;
     else if (!strcmp(k, "enum_delay_ms")) g_cfg.enum_delay_ms = d < 0 ? 0 : (long)d;
+    else if (!strcmp(k, "load_order_drop")) g_cfg.load_order_drop = d != 0;
     else return -1;
     return 0;
 }
@@ -392,6 +393,7 @@ EXPORT axclError axclInit(const char *config) {
     env_opt("KILN_SIM_ENUM_DELAY_MS", "enum_delay_ms");
     env_opt("KILN_SIM_STATE_DIR", "state_dir");
     env_opt("KILN_SIM_LOAD_LOG", "load_log");
+    env_opt("KILN_SIM_LOAD_ORDER_DROP", "load_order_drop");
     const char *tf = getenv("KILN_SIM_TEMP_FILE");
     if (tf) set_opt("temp_file", tf);
     if (parse_faults(getenv("KILN_SIM_FAULTS"))) {

@@ -169,6 +169,7 @@ typedef struct simcfg {
     long enum_delay_ms;  /* the card enumerates this long after the first axclInit */
     char state_dir[512]; /* where the card state survives the process ("" = nowhere) */
     char load_log[512];  /* file that gets one line per engine load and per reboot */
+    int load_order_drop; /* 1: an ONNX-built engine loaded after an llm_build one drops the card */
 } simcfg;
 
 extern simcfg g_cfg;
