@@ -149,7 +149,7 @@ func runCardInspect(ctx context.Context, args []string, stdout, stderr io.Writer
 		fmt.Fprintln(stderr, "kiln card inspect: one model FILE is required")
 		return errUsage
 	}
-	lock, err := card.Lock(f.lock, 0)
+	lock, err := card.LockIndex(ctx, f.lib, f.lock, 0)
 	if err != nil {
 		return err
 	}

@@ -71,7 +71,7 @@ func runModelsCheck(ctx context.Context, args []string, stdout, stderr io.Writer
 			return fmt.Errorf("no model packages in %s (one sub-folder per model)", *models)
 		}
 	}
-	lock, err := card.Lock(*lockDir, *index)
+	lock, err := card.LockIndex(ctx, *lib, *lockDir, *index)
 	if err != nil {
 		return err
 	}

@@ -69,7 +69,7 @@ func runCardProbe(ctx context.Context, args []string, stdout, stderr io.Writer) 
 	if err != nil {
 		return err
 	}
-	lock, err := card.Lock(f.lock, f.card)
+	lock, err := card.LockIndex(ctx, f.lib, f.lock, f.card)
 	if err != nil {
 		return err
 	}
@@ -236,7 +236,7 @@ func runCardReboot(ctx context.Context, args []string, stdout, stderr io.Writer)
 		fmt.Fprintf(stderr, "kiln card reboot: unexpected argument %q\n", pos[0])
 		return errUsage
 	}
-	lock, err := card.Lock(f.lock, f.card)
+	lock, err := card.LockIndex(ctx, f.lib, f.lock, f.card)
 	if err != nil {
 		return err
 	}

@@ -15,7 +15,6 @@ import (
 	"github.com/kiln-project/kiln/broker"
 	"github.com/kiln-project/kiln/broker/janitor"
 	"github.com/kiln-project/kiln/broker/topology"
-	"github.com/kiln-project/kiln/internal/pidlock"
 	"github.com/kiln-project/kiln/schema"
 	"github.com/kiln-project/kiln/worker"
 	"github.com/kiln-project/kiln/worker/axcl"
@@ -47,16 +46,20 @@ func (w *workerFlags) register(fs *flag.FlagSet) {
 // builds the worker's configuration (name "" = the default
 // <host>-card<index>). The caller closes the card.
 func (w *workerFlags) workerConfig(ctx context.Context, e *env, topo topology.Config, index int, name string) (worker.Config, *card.Card, error) {
-	lock, err := w.lockCard(index)
-	if err != nil {
-		return worker.Config{}, nil, err
-	}
 	c, err := card.Open(ctx, card.Config{Library: w.lib, Index: index, ModelsDir: w.models, Logger: e.log.With("card", index)})
 	if err != nil {
-		lock.Release()
 		return worker.Config{}, nil, err
 	}
-	c.Hold(lock)
+	if c.Present() {
+		// Nothing is loaded before the worker starts: a card another worker
+		// holds is refused here, before this one touches its models.
+		lock, err := card.Lock(w.lock, index, c.ChipID())
+		if err != nil {
+			closeCard(e, c)
+			return worker.Config{}, nil, err
+		}
+		c.Hold(lock)
+	}
 	cfg := worker.Config{
 		Name:          name,
 		Card:          index,
@@ -76,16 +79,6 @@ func (w *workerFlags) workerConfig(ctx context.Context, e *env, topo topology.Co
 		return cfg, nil, err
 	}
 	return cfg, c, nil
-}
-
-// lockCard takes the lock of card index when a card runtime is installed
-// (a worker without one holds no card): `kiln card` and `kiln models check`
-// then refuse the card while the worker runs.
-func (w *workerFlags) lockCard(index int) (*pidlock.Lock, error) {
-	if _, err := os.Stat(w.lib); err != nil {
-		return nil, nil
-	}
-	return card.Lock(w.lock, index)
 }
 
 // upCards lists the cards kiln up serves: --card when given, else every

@@ -14,9 +14,10 @@ import (
 	"testing"
 	"time"
 
-	"github.com/kiln-project/kiln/internal/pidlock"
 	"github.com/kiln-project/kiln/test/cardsim"
 	"github.com/kiln-project/kiln/test/wait"
+	kilncard "github.com/kiln-project/kiln/worker/card"
+	"github.com/kiln-project/kiln/worker/npu"
 )
 
 // The built kiln binary, for tests that need a real process (one they can
@@ -176,6 +177,9 @@ func TestKilledWorkerWedgesCardNextWorkerRebootsAndServes(t *testing.T) {
 	if len(files) == 0 {
 		t.Fatalf("no model file under %s", layer)
 	}
+	// The simulated card is one card for every process that shares its state
+	// folder (its chip id says so), this test's process included.
+	t.Setenv(cardsim.EnvStateDir, state)
 	code, _, errOut = kiln(t, t.Context(), "card", "inspect", "--lib", lib, "--lock-dir", locks, files[0])
 	if code != 1 || !strings.Contains(errOut, "held by process "+strconv.Itoa(second.cmd.Process.Pid)) {
 		t.Fatalf("kiln card inspect on a held card: exit %d, %q; want exit 1 naming process %d", code, errOut, second.cmd.Process.Pid)
@@ -292,7 +296,11 @@ func TestCardProbesAndReboot(t *testing.T) {
 	if code != 0 || !strings.Contains(out, "card 0 rebooted: back after") {
 		t.Fatalf("kiln card reboot: %d %q %q", code, out, errOut)
 	}
-	held, err := pidlock.Acquire(filepath.Join(locks, "card0.lock"))
+	info, err := npu.CardInfo(t.Context(), lib)
+	if err != nil || len(info.Cards) != 1 || info.Cards[0].UID == "" {
+		t.Fatalf("kiln card info: %+v, %v", info, err)
+	}
+	held, err := kilncard.Lock(locks, 0, info.Cards[0].UID) // as a worker holds it
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -51,6 +51,7 @@ type Card struct {
 	enumerate time.Duration // Config.EnumerateTimeout
 	deviceID  axcl.DeviceID // the card's runtime id once opened (for Reboot)
 	lost      error         // the card was found lost by a health check (Lost)
+	chip      string        // the chip's unique id (ChipID), "" when unknown
 
 	mu     sync.RWMutex // held for reading by a running handler, for writing by Reset
 	dev    *npu.Device
@@ -135,6 +136,7 @@ func (c *Card) openDevice(ctx context.Context) (*npu.Device, error) {
 	}
 	c.deviceID = dev.ID()
 	if p, err := dev.Properties(ctx); err == nil {
+		c.chip = p.ChipID()
 		c.log.Info("card open", "index", c.index, "device_id", dev.ID(), "lib", c.lib,
 			"temp_c", float64(p.TemperatureMilliC)/1000, "cmm_total_mib", p.TotalCMMKiB/1024)
 	}

@@ -98,6 +98,15 @@ void sim_boot_init(void) {
     }
 }
 
+/* sim_uid is the chip's unique id. Without a state dir every process has a simulated card of its own,
+ * so the id includes the process id; with one, the processes share one card (its state file), and so
+ * its id. kiln keys its per-card lock by this id. */
+uint64_t sim_uid(const simdev *d) {
+    uint64_t u = 0x4b494c4e00000000ull | (uint64_t)(uint8_t)d->id;
+    if (!g_cfg.state_dir[0]) u |= ((uint64_t)getpid() & 0xffffffull) << 8;
+    return u;
+}
+
 int sim_enumerated(const simdev *d) {
     double now = sim_now();
     if (g_first_init >= 0 && now < g_first_init + (double)g_cfg.enum_delay_ms * 1e-3) return 0;

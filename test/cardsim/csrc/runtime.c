@@ -605,7 +605,7 @@ EXPORT axclError axclrtGetDeviceProperties(int32_t id, axclrtDeviceProperties *p
     thermal_advance(d, now);
     memset(p, 0, sizeof *p);
     snprintf(p->swVersion, sizeof p->swVersion, "Ax_Version V3.10.2_kilnsim");
-    p->uid = 0x4b494c4e00000000ull | (uint64_t)(uint32_t)d->id;
+    p->uid = sim_uid(d);
     p->pciDomain = 1;
     p->pciBusID = (uint32_t)d->id;
     p->pciDeviceID = 0;

@@ -192,6 +192,7 @@ void sim_exec_done(simdev *d);
 void sim_log_load(const simmodel *m, const char *what);
 int sim_set_path(const char *key, const char *v);
 void sim_boot_init(void);
+uint64_t sim_uid(const simdev *d);
 
 /* engine.c: spec parser, also used by the fuzz test through kilnsim_parse_spec */
 int sim_parse_spec(const char *buf, size_t n, simspec *s, char *err, size_t errn);
