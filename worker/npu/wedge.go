@@ -35,8 +35,9 @@ var (
 	ErrNoEngine = errors.New("npu: no engine loaded to execute")
 )
 
-// pollEvery is how often the enumeration waits poll the runtime.
-const pollEvery = 250 * time.Millisecond
+// pollEvery is how often the enumeration waits poll the runtime (each poll
+// may start the runtime over: about what a script polling axcl-smi does).
+const pollEvery = 500 * time.Millisecond
 
 // enumerate waits (bounded by EnumerateTimeout, logged) until the card of
 // cfg.Index is listed and answers axclrtSetDevice, then leaves it set on
