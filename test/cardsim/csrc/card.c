@@ -99,12 +99,16 @@ void sim_boot_init(void) {
 }
 
 /* sim_uid is the chip's unique id. Without a state dir every process has a simulated card of its own,
- * so the id includes the process id; with one, the processes share one card (its state file), and so
- * its id. kiln keys its per-card lock by this id. */
+ * so the id includes the process id; with one, the processes that share the state dir share one card
+ * (its state file), and so its id, which includes a hash of the folder. kiln keys its per-card lock by
+ * this id. */
 uint64_t sim_uid(const simdev *d) {
-    uint64_t u = 0x4b494c4e00000000ull | (uint64_t)(uint8_t)d->id;
-    if (!g_cfg.state_dir[0]) u |= ((uint64_t)getpid() & 0xffffffull) << 8;
-    return u;
+    uint64_t h = (uint64_t)getpid();
+    if (g_cfg.state_dir[0]) {
+        h = 5381;
+        for (const char *c = g_cfg.state_dir; *c; c++) h = h * 33 + (unsigned char)*c;
+    }
+    return 0x4b494c4e00000000ull | (h & 0xffffffull) << 8 | (uint64_t)(uint8_t)d->id;
 }
 
 int sim_enumerated(const simdev *d) {
