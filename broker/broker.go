@@ -168,14 +168,14 @@ func (b *Broker) Start(ctx context.Context) error {
 	}
 	srv, err := server.NewServer(opts)
 	if err != nil {
-		b.lock.release()
+		b.lock.Release()
 		return fmt.Errorf("broker: %w", err)
 	}
 	srv.SetLoggerV2(&slogLogger{log: b.log}, b.log.Enabled(ctx, slog.LevelDebug), false, false)
 	go srv.Start()
 	if !srv.ReadyForConnections(b.cfg.ReadyTimeout) {
 		srv.Shutdown()
-		b.lock.release()
+		b.lock.Release()
 		return fmt.Errorf("broker: not ready for connections after %s (is %s:%d free?)", b.cfg.ReadyTimeout, opts.Host, opts.Port)
 	}
 	b.srv = srv
@@ -256,7 +256,7 @@ func (b *Broker) Shutdown(ctx context.Context) error {
 	}()
 	select {
 	case <-done:
-		b.lock.release()
+		b.lock.Release()
 		return nil
 	case <-ctx.Done():
 		return ctx.Err()

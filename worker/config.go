@@ -51,10 +51,12 @@ type Config struct {
 	// critical hands the running job back to the queue. nil: governor off.
 	Thermal *thermal.MonitorConfig
 	// Device, when set, is reset (models reloaded) after a handler's error
-	// that it reports as a device fault; a lost card stops the worker.
+	// that it reports as a device fault; a lost card is rebooted (Rebooter)
+	// and stops the worker.
 	Device Device
 	// MaxFaults device faults in a row, without a job done in between,
-	// make the worker unhealthy: it stops taking jobs (default 3).
+	// make the worker unhealthy: it takes no more jobs, reboots the card
+	// (Rebooter) and stops with ErrUnhealthy (default 3).
 	MaxFaults int
 	// ResetDelays is the back-off before each reset of a run of faults
 	// (default 1 s, 5 s, 15 s).

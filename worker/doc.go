@@ -69,8 +69,10 @@
 //     are keyed by schema.JobKey(client, id).
 //   - Device faults (Config.Device): a transient error the card reports as
 //     a fault resets the card with back-off after the job is handed back;
-//     MaxFaults in a row make the worker unhealthy; a lost card stops it
-//     (ErrCardLost). A Device that is a Loader loads its models after the
+//     MaxFaults in a row make the worker unhealthy and stop it
+//     (ErrUnhealthy); a lost card stops it (ErrCardLost). Either way a
+//     Device that is a Rebooter reboots its card first, so that the next
+//     process finds it working. A Device that is a Loader loads its models after the
 //     worker has registered; one that is a ModelChecker reports the models
 //     whose packages failed to load: the worker fetches none of their jobs,
 //     lists them failed in heartbeats and publishes load_failed for each.

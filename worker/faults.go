@@ -42,9 +42,23 @@ type ModelChecker interface {
 	ModelErr(kind, model string) error
 }
 
+// Rebooter is optionally implemented by a Device that can reboot its card
+// (a firmware reboot, not a reset: everything on the card is gone). The
+// worker reboots a lost card, and one that made it unhealthy, before it
+// exits, so that the process systemd starts next finds a working card
+// (card-field-notes.md §1.6: once OFFLINE, submit nothing more, reboot,
+// exit). Reboot waits, bounded, for the card to come back.
+type Rebooter interface {
+	Reboot(ctx context.Context) error
+}
+
 // ErrCardLost is matched by the error of a worker that stopped because its
 // card was lost.
 var ErrCardLost = errors.New("worker: card lost")
+
+// ErrUnhealthy is matched by the error of a worker that stopped after
+// MaxFaults device faults in a row.
+var ErrUnhealthy = errors.New("worker: unhealthy card")
 
 // Device event types on kiln.events.device.<worker>.
 const (
@@ -54,6 +68,8 @@ const (
 	DeviceReady       = "ready"        // the card is back, models loaded, taking jobs
 	DeviceUnhealthy   = "unhealthy"    // too many faults in a row: no more jobs
 	DeviceLost        = "lost"         // the card is gone: the worker exits
+	DeviceReboot      = "reboot"       // rebooting the card before the worker exits
+	DeviceRebooted    = "rebooted"     // the card came back after its reboot
 	// DeviceLoadFailed: with Model set, that model's package did not load
 	// (the others serve); without, the card could not be loaded at start
 	// and the worker exits.
@@ -124,7 +140,7 @@ func (w *Worker) handleFault() {
 	w.deviceEvent(DeviceFault, ferr.Error())
 	for {
 		if err := w.cfg.Device.Lost(); err != nil {
-			w.fail(err)
+			w.cardLost(err)
 			return
 		}
 		w.hw.mu.Lock()
@@ -134,9 +150,11 @@ func (w *Worker) handleFault() {
 			w.hw.unhealthy = true
 			w.hw.notify()
 			w.hw.mu.Unlock()
-			msg := fmt.Sprintf("%d device faults in a row, last: %v; taking no more jobs (restart the worker)", n, ferr)
+			msg := fmt.Sprintf("%d device faults in a row, last: %v; taking no more jobs: rebooting the card and exiting", n, ferr)
 			w.log.Error("worker unhealthy", "faults", n, "err", ferr)
 			w.deviceEvent(DeviceUnhealthy, msg)
+			w.rebootCard(ferr)
+			w.die(fmt.Errorf("%w: %d device faults in a row, last: %w", ErrUnhealthy, n, ferr))
 			return
 		}
 		w.hw.resetting = true
@@ -200,9 +218,42 @@ func (w *Worker) fail(err error) {
 	w.hw.fatalOnce.Do(func() {
 		w.hw.fatalErr = fmt.Errorf("%w: %w", ErrCardLost, err)
 		w.log.Error("card lost: the worker stops; restart the process", "err", err)
-		w.deviceEvent(DeviceLost, err.Error())
 		close(w.hw.fatal)
 	})
+}
+
+// cardLost stops the worker for good after its card was lost: it says so,
+// reboots the card (Rebooter) and fails. Run returns the error.
+func (w *Worker) cardLost(err error) {
+	w.hw.lostOnce.Do(func() {
+		w.deviceEvent(DeviceLost, err.Error())
+		w.rebootCard(err)
+		w.fail(err)
+	})
+}
+
+// rebootCard reboots the card of a Device that can (Rebooter) and waits for
+// it to come back, bounded by ResetTimeout; the worker exits afterwards
+// either way. Heartbeats say "loading" meanwhile.
+func (w *Worker) rebootCard(cause error) {
+	rb, ok := w.cfg.Device.(Rebooter)
+	if !ok {
+		return
+	}
+	w.hw.mu.Lock()
+	w.hw.resetting = true
+	w.hw.notify()
+	w.hw.mu.Unlock()
+	w.deviceEvent(DeviceReboot, fmt.Sprintf("rebooting the card after: %v", cause))
+	start := time.Now()
+	ctx, cancel := context.WithTimeout(context.Background(), w.cfg.ResetTimeout)
+	defer cancel()
+	if err := rb.Reboot(ctx); err != nil {
+		w.log.Error("card reboot failed: the card needs a hand (docs/card.md, the recovery ladder)", "err", err)
+		w.deviceEvent(DeviceResetFailed, "reboot: "+err.Error())
+		return
+	}
+	w.deviceEvent(DeviceRebooted, fmt.Sprintf("card back %v after its reboot", time.Since(start).Round(time.Millisecond)))
 }
 
 // die stops the worker with err (Run returns it).

@@ -26,6 +26,7 @@ type health struct {
 	changed   chan struct{}
 
 	fatalOnce sync.Once
+	lostOnce  sync.Once     // cardLost
 	fatal     chan struct{} // closed when the worker must exit (card lost)
 	fatalErr  error
 }
@@ -93,7 +94,7 @@ func (w *Worker) publishEvent(subject string, v any) {
 func (w *Worker) gate() (wait <-chan struct{}) {
 	if w.cfg.Device != nil {
 		if err := w.cfg.Device.Lost(); err != nil {
-			w.fail(err)
+			w.cardLost(err)
 			return w.hw.fatal
 		}
 	}

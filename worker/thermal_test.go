@@ -365,8 +365,9 @@ func TestExecuteFailureResetsCard(t *testing.T) {
 }
 
 // A fault on every execute after each (re)initialisation: three faults in
-// a row make the worker unhealthy; it stops consuming and says so, and the
-// job completes on another worker.
+// a row make the worker unhealthy; it stops consuming, says so and fails
+// (Run returns ErrUnhealthy: the process exits non-zero for systemd rather
+// than idling), and the job completes on another worker.
 func TestRepeatedFaultsMakeWorkerUnhealthy(t *testing.T) {
 	s := loadSim(t)
 	t.Setenv("KILN_SIM_FAULTS", "fail_execute=1") // re-applied at every init, so after every reset
@@ -403,6 +404,14 @@ func TestRepeatedFaultsMakeWorkerUnhealthy(t *testing.T) {
 	}
 	if st := sick.Status(); st.State != schema.StateUnhealthy || st.JobsOK != 0 {
 		t.Fatalf("unhealthy worker status %+v", st)
+	}
+	select {
+	case <-sick.Failed():
+	case <-time.After(20 * time.Second):
+		t.Fatal("the unhealthy worker did not fail")
+	}
+	if err := sick.Err(); !errors.Is(err, worker.ErrUnhealthy) {
+		t.Fatalf("unhealthy worker error %v, want ErrUnhealthy", err)
 	}
 }
 

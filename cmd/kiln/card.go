@@ -10,13 +10,15 @@ import (
 	"text/tabwriter"
 
 	"github.com/kiln-project/kiln/worker/axcl"
+	"github.com/kiln-project/kiln/worker/card"
 	"github.com/kiln-project/kiln/worker/npu"
 )
 
 // cardUsage is the help text of kiln card.
 const cardUsage = `usage: kiln card info [--json] [--lib PATH]
        kiln card inspect [--json] [--lib PATH] FILE
-       kiln card probe kv-inplace [--json] [--lib PATH] [--tokens N] PACKAGE
+       kiln card reboot [--card N] [--lib PATH]
+       kiln card probe copy|load-order|kv-inplace [flags] [ARGS]
 
 info     the runtime version and, per card, its id (PCIe bus number), PCI
          address, firmware, temperature, CMM used/total and NPU/CPU load,
@@ -24,7 +26,13 @@ info     the runtime version and, per card, its id (PCIe bus number), PCI
 inspect  loads the model FILE (.axmodel) on the first card and prints its
          shape groups and, per group, every input and output: name, data
          type, layout, dims and bytes. Nothing is executed.
-probe    measurements on a real card (kiln card probe for the list).
+reboot   reboots the card's firmware (axclrtRebootDevice) and waits for it
+         to come back: the software rescue of a wedged card (docs/card.md).
+probe    measurements to take on a real card (docs/card.md, "First
+         measurements"); kiln card probe help lists them.
+
+inspect, reboot and probe refuse a card a kiln worker holds (its lock in
+--lock-dir): stop the worker first.
 
 The runtime library is --lib, else KILN_AXCL_LIB, else
 /usr/lib/axcl/libaxcl_rt.so (point it at the card simulator to try kiln
@@ -42,6 +50,8 @@ func runCard(ctx context.Context, args []string, stdout, stderr io.Writer) error
 		return runCardInfo(ctx, args[1:], stdout, stderr)
 	case "inspect":
 		return runCardInspect(ctx, args[1:], stdout, stderr)
+	case "reboot":
+		return runCardReboot(ctx, args[1:], stdout, stderr)
 	case "probe":
 		return runCardProbe(ctx, args[1:], stdout, stderr)
 	case "help", "-h", "--help":
@@ -52,20 +62,34 @@ func runCard(ctx context.Context, args []string, stdout, stderr io.Writer) error
 	return errUsage
 }
 
-// cardFlags holds the flags both sub-commands take.
+// cardFlags holds the flags the sub-commands take.
 type cardFlags struct {
 	json bool
 	lib  string
+	lock string
+	card int
 }
 
 // parseCard parses flags placed before or after the positional arguments
 // and returns the positional ones.
 func parseCard(name string, args []string, stderr io.Writer) (cardFlags, []string, error) {
+	return parseCardWith(name, args, stderr, nil)
+}
+
+// parseCardWith is parseCard with more flags, registered by extra.
+func parseCardWith(name string, args []string, stderr io.Writer, extra func(*flag.FlagSet)) (cardFlags, []string, error) {
 	var f cardFlags
 	fs := flag.NewFlagSet("kiln card "+name, flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	fs.BoolVar(&f.json, "json", false, "print one JSON object")
 	fs.StringVar(&f.lib, "lib", "", "path of libaxcl_rt.so (default $"+axcl.EnvLibrary+", else "+axcl.DefaultLibraryPath+")")
+	fs.StringVar(&f.lock, "lock-dir", getenv(envLockDir, ""), "folder of the per-card locks ($"+envLockDir+"; unset: /run/kiln when it exists, else $TMPDIR/kiln)")
+	if name != "info" && name != "inspect" {
+		fs.IntVar(&f.card, "card", 0, "the card (its index)")
+	}
+	if extra != nil {
+		extra(fs)
+	}
 	fs.Usage = func() {
 		fmt.Fprint(stderr, cardUsage)
 		fmt.Fprintln(stderr, "\nflags:")
@@ -125,6 +149,11 @@ func runCardInspect(ctx context.Context, args []string, stdout, stderr io.Writer
 		fmt.Fprintln(stderr, "kiln card inspect: one model FILE is required")
 		return errUsage
 	}
+	lock, err := card.LockIndex(ctx, f.lib, f.lock, 0)
+	if err != nil {
+		return err
+	}
+	defer lock.Release()
 	info, err := npu.Inspect(ctx, npu.Config{Library: f.lib}, pos[0])
 	if err != nil {
 		return err

@@ -21,6 +21,8 @@ import (
 
 	"github.com/lmittmann/tint"
 	"golang.org/x/term"
+
+	"github.com/kiln-project/kiln/worker/npu"
 )
 
 // version is set at build time with -ldflags "-X main.version=...".
@@ -88,7 +90,7 @@ func main() {
 	ctx, stop := signalContext(context.Background(), func(sig os.Signal) {
 		// slog's default is the command's logger (run sets it).
 		slog.Info("signal received: stopping (again to force)", "signal", sig.String())
-	})
+	}, forceStop)
 	code := run(ctx, os.Args[1:], os.Stdin, os.Stdout, stderr)
 	stop()
 	os.Exit(code)
@@ -99,9 +101,9 @@ func main() {
 var errInterrupted = errors.New("interrupted")
 
 // signalContext is ctx cancelled (cause errInterrupted, naming the signal)
-// at the first SIGINT or SIGTERM, after notify; a second one ends the
-// process the default way.
-func signalContext(ctx context.Context, notify func(os.Signal)) (context.Context, func()) {
+// at the first SIGINT or SIGTERM, after notify. A second one calls force
+// (nil: none); a third ends the process the default way.
+func signalContext(ctx context.Context, notify func(os.Signal), force func()) (context.Context, func()) {
 	ctx, cancel := context.WithCancelCause(ctx)
 	ch := make(chan os.Signal, 1)
 	signal.Notify(ch, os.Interrupt, syscall.SIGTERM)
@@ -109,9 +111,21 @@ func signalContext(ctx context.Context, notify func(os.Signal)) (context.Context
 	go func() {
 		select {
 		case sig := <-ch:
-			signal.Reset(os.Interrupt, syscall.SIGTERM)
+			if force == nil {
+				signal.Reset(os.Interrupt, syscall.SIGTERM)
+			}
 			notify(sig)
 			cancel(fmt.Errorf("%w by %s", errInterrupted, sigName(sig)))
+		case <-done:
+			return
+		}
+		if force == nil {
+			return
+		}
+		select {
+		case <-ch:
+			signal.Reset(os.Interrupt, syscall.SIGTERM)
+			force()
 		case <-done:
 		}
 	}()
@@ -120,6 +134,20 @@ func signalContext(ctx context.Context, notify func(os.Signal)) (context.Context
 		close(done)
 		cancel(nil)
 	}
+}
+
+// forceStop is the second signal: the cards finish the engine call they
+// are in (a process killed mid-execute can wedge its card,
+// card-field-notes.md §1.1), release the runtime, and the process exits 1.
+// A third signal kills it at once.
+func forceStop() {
+	slog.Warn("second signal: stopping now; each card finishes its running engine call first (again to kill)")
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	if err := npu.CloseAll(ctx); err != nil {
+		slog.Warn("forced stop: card teardown", "err", err)
+	}
+	os.Exit(1)
 }
 
 func sigName(sig os.Signal) string {

@@ -28,7 +28,7 @@ check  what kiln will do with each model package folder DIR (default: every
 
 The card runtime is --lib, else KILN_AXCL_LIB, else
 /usr/lib/axcl/libaxcl_rt.so (the card simulator works: make sim).
-Run it while no worker holds the card.
+It refuses a card a kiln worker holds (its lock in --lock-dir).
 `
 
 func runModels(ctx context.Context, e *env, args []string) error {
@@ -54,6 +54,7 @@ func runModelsCheck(ctx context.Context, args []string, stdout, stderr io.Writer
 	lib := fs.String("lib", "", "path of libaxcl_rt.so (default $"+axcl.EnvLibrary+", else "+axcl.DefaultLibraryPath+")")
 	index := fs.Int("card", 0, "the card to load the packages on (its index)")
 	models := fs.String("models", getenv(envModels, defaultModels), "folder of model packages checked when no DIR is given ($"+envModels+")")
+	lockDir := fs.String("lock-dir", getenv(envLockDir, ""), "folder of the per-card locks ($"+envLockDir+"; unset: /run/kiln when it exists, else $TMPDIR/kiln)")
 	fs.Usage = func() {
 		fmt.Fprint(stderr, modelsUsage)
 		fmt.Fprintln(stderr, "\nflags:")
@@ -72,6 +73,11 @@ func runModelsCheck(ctx context.Context, args []string, stdout, stderr io.Writer
 			return fmt.Errorf("no model packages in %s (one sub-folder per model)", *models)
 		}
 	}
+	lock, err := card.LockIndex(ctx, *lib, *lockDir, *index)
+	if err != nil {
+		return err
+	}
+	defer lock.Release()
 	reports, err := card.Check(ctx, card.CheckConfig{Library: *lib, Index: *index}, dirs)
 	if err != nil {
 		return err

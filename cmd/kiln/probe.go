@@ -7,82 +7,155 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"sort"
+	"time"
 
 	"github.com/kiln-project/kiln/worker/axcl"
+	"github.com/kiln-project/kiln/worker/card"
 	"github.com/kiln-project/kiln/worker/llm"
 	"github.com/kiln-project/kiln/worker/npu"
 )
 
-// probeUsage is the help text of kiln card probe.
-const probeUsage = `usage: kiln card probe kv-inplace [--json] [--lib PATH] [--tokens N] PACKAGE
-       kiln card probe copy [--json] [--lib PATH] [--bytes N] [--rounds N]
+// The first measurements to take on a real card (docs/card.md, "First
+// measurements"): each `kiln card probe NAME` takes one. A probe holds the
+// card's lock for its run, so it refuses a card a worker holds.
 
-kv-inplace  loads the LLM package (a folder) on the first card and runs a
-            fixed prompt and N greedy tokens (default 32) twice from a clean
-            cache: once with decode writing each token's K/V rows through
-            the staging outputs and a copy on the card, once with the decode
-            group's K_cache_out/V_cache_out bound straight into the cache row
-            (what kiln does when rows are 2 KiB multiples). It compares every
-            K and V row of every layer and the tokens, and exits 1 when they
-            differ: then run workers with KILN_KV_STAGING=1. Stop the worker
-            that holds the card first.
-copy        times small copies on the first card (default 2048 bytes, the
-            size of a Qwen3 K/V row, median of 200 rounds): synchronous
-            device-to-device, host-to-device and device-to-host from pinned
-            (axclrtMallocHost) and unpinned memory, one stream sync, and a
-            copy queued on the stream; plus one properties sample. The
-            synchronous numbers are the per-call cost the decode projection
-            in docs/BENCHMARKS.md assumes (457 µs).
-`
+// probe is one measurement.
+type probe struct {
+	summary string
+	run     func(ctx context.Context, f cardFlags, fs *flag.FlagSet, args []string, stdout io.Writer) error
+	flags   func(fs *flag.FlagSet) // the probe's own flags, nil for none
+}
 
-// errProbeDiffers is the exit of a probe that found the two paths differ.
-var errProbeDiffers = errors.New("in-place K/V rows differ from the staging path")
+// probes are the measurements by name; each is one entry.
+var probes = map[string]probe{
+	"copy":       {"cost of one small synchronous copy on the card (D2D, H2D, D2H, pinned and not) against copies queued on the stream", probeCopy, probeCopyFlags},
+	"load-order": {"load a pulsar2-built (ONNX) engine after an llm_build engine and execute both: does the card survive?", probeLoadOrder, probeLoadOrderFlags},
+	"kv-inplace": {"decode PACKAGE twice, K/V rows staged and bound in place: are the rows and tokens identical?", probeKVInPlace, probeKVInPlaceFlags},
+}
 
-// runCardProbe is kiln card probe.
+func probeUsage(w io.Writer) {
+	fmt.Fprintln(w, "usage: kiln card probe NAME [--card N] [--lib PATH] [flags] [ARGS]\n\nprobes:")
+	names := make([]string, 0, len(probes))
+	for n := range probes {
+		names = append(names, n)
+	}
+	sort.Strings(names)
+	for _, n := range names {
+		fmt.Fprintf(w, "  %-11s %s\n", n, probes[n].summary)
+	}
+	fmt.Fprintln(w, "\nkiln card probe NAME -h shows its flags.")
+}
+
 func runCardProbe(ctx context.Context, args []string, stdout, stderr io.Writer) error {
-	if len(args) == 0 {
-		fmt.Fprint(stderr, probeUsage)
+	if len(args) == 0 || args[0] == "help" || args[0] == "-h" || args[0] == "--help" {
+		probeUsage(stdout)
+		if len(args) == 0 {
+			return errUsage
+		}
+		return nil
+	}
+	p, ok := probes[args[0]]
+	if !ok {
+		fmt.Fprintf(stderr, "kiln card probe: unknown probe %q\n\n", args[0])
+		probeUsage(stderr)
 		return errUsage
 	}
-	switch args[0] {
-	case "kv-inplace":
-		return runProbeKV(ctx, args[1:], stdout, stderr)
-	case "copy":
-		return runProbeCopy(ctx, args[1:], stdout, stderr)
-	}
-	fmt.Fprintf(stderr, "kiln card probe: unknown probe %q\n\n%s", args[0], probeUsage)
-	return errUsage
-}
-
-// probeFlags is the flag set of one probe with --json and --lib.
-func probeFlags(name string, f *cardFlags, stderr io.Writer) *flag.FlagSet {
-	fs := flag.NewFlagSet("kiln card probe "+name, flag.ContinueOnError)
-	fs.SetOutput(stderr)
-	fs.BoolVar(&f.json, "json", false, "print one JSON object")
-	fs.StringVar(&f.lib, "lib", "", "path of libaxcl_rt.so (default $"+axcl.EnvLibrary+", else "+axcl.DefaultLibraryPath+")")
-	fs.Usage = func() { fmt.Fprint(stderr, probeUsage) }
-	return fs
-}
-
-func runProbeKV(ctx context.Context, args []string, stdout, stderr io.Writer) error {
-	var f cardFlags
-	tokens := 32
-	fs := probeFlags("kv-inplace", &f, stderr)
-	fs.IntVar(&tokens, "tokens", tokens, "greedy tokens to decode")
-	if err := parse(fs, args); err != nil {
+	var extra *flag.FlagSet
+	f, pos, err := parseCardWith("probe "+args[0], args[1:], stderr, func(fs *flag.FlagSet) {
+		if p.flags != nil {
+			p.flags(fs)
+		}
+		extra = fs
+	})
+	if err != nil {
 		return err
 	}
-	if fs.NArg() != 1 || tokens < 1 || tokens > 1024 {
-		fmt.Fprintln(stderr, "kiln card probe kv-inplace: one PACKAGE folder and --tokens between 1 and 1024 are required")
-		return errUsage
+	lock, err := card.LockIndex(ctx, f.lib, f.lock, f.card)
+	if err != nil {
+		return err
 	}
-	quiet := slog.New(slog.DiscardHandler)
-	dev, err := npu.Open(ctx, npu.Config{Library: f.lib, SampleInterval: -1, Logger: quiet})
+	defer lock.Release()
+	return p.run(ctx, f, extra, pos, stdout)
+}
+
+// openProbeCard opens card f.card without the properties sampler.
+func openProbeCard(ctx context.Context, f cardFlags) (*npu.Device, error) {
+	return npu.Open(ctx, npu.Config{Library: f.lib, Index: f.card, SampleInterval: -1})
+}
+
+func probeCopyFlags(fs *flag.FlagSet) {
+	fs.Int("bytes", 2048, "bytes per copy, 1 … 1048576 (2048 = one K or V row of Qwen3-0.6B/1.7B/4B)")
+	fs.Int("rounds", 200, "rounds per measurement, 1 … 10000 (the median is printed)")
+}
+
+// probeCopy times small copies (npu.MeasureCopies): the synchronous numbers
+// are the per-call cost the decode projection in docs/BENCHMARKS.md assumes
+// (457 µs in the field).
+func probeCopy(ctx context.Context, f cardFlags, fs *flag.FlagSet, pos []string, stdout io.Writer) error {
+	size, rounds := intFlag(fs, "bytes"), intFlag(fs, "rounds")
+	if len(pos) != 0 {
+		return fmt.Errorf("unexpected argument %q: %w", pos[0], errUsage)
+	}
+	dev, err := openProbeCard(ctx, f)
 	if err != nil {
 		return err
 	}
 	defer dev.Close(context.WithoutCancel(ctx))
-	m, err := llm.Load(ctx, dev, fs.Arg(0), &llm.Options{Logger: quiet, PrefixCacheBytes: -1})
+	c, err := dev.MeasureCopies(ctx, size, rounds)
+	if err != nil {
+		return err
+	}
+	if f.json {
+		return cardJSON(stdout, c)
+	}
+	fmt.Fprintf(stdout, "card %d (device %d), runtime %s\n", f.card, dev.ID(), dev.Runtime().Path())
+	fmt.Fprintf(stdout, "copies of %d bytes, median of %d rounds (µs per call)\n", c.Bytes, c.Rounds)
+	fmt.Fprintf(stdout, "  device→device, synchronous        %8.1f\n", c.D2DSyncUS)
+	fmt.Fprintf(stdout, "  host→device, pinned / unpinned    %8.1f / %.1f\n", c.H2DPinnedSyncUS, c.H2DUnpinnedUS)
+	fmt.Fprintf(stdout, "  device→host, pinned / unpinned    %8.1f / %.1f\n", c.D2HPinnedSyncUS, c.D2HUnpinnedUS)
+	fmt.Fprintf(stdout, "  one queued copy + stream sync     %8.1f\n", c.EmptySyncUS)
+	fmt.Fprintf(stdout, "  per copy, 32 queued + one sync    %8.1f\n", c.QueuedCopyUS)
+	if c.PropertiesSample > 0 {
+		fmt.Fprintf(stdout, "  one properties sample             %8.1f\n", c.PropertiesSample)
+	}
+	if !c.Streams {
+		fmt.Fprintln(stdout, "  (the runtime has no streams: queued copies ran synchronously)")
+	}
+	return nil
+}
+
+func intFlag(fs *flag.FlagSet, name string) int {
+	return fs.Lookup(name).Value.(flag.Getter).Get().(int)
+}
+
+// errProbeDiffers is the exit of a probe that found the two paths differ.
+var errProbeDiffers = errors.New("in-place K/V rows differ from the staging path")
+
+func probeKVInPlaceFlags(fs *flag.FlagSet) {
+	fs.Int("tokens", 32, "greedy tokens to decode, 1 … 1024")
+}
+
+// probeKVInPlace loads the LLM package (a folder) and runs a fixed prompt
+// and N greedy tokens twice from a clean cache: once with decode writing
+// each token's K/V rows through the staging outputs and a copy on the
+// card, once with the decode group's K_cache_out/V_cache_out bound
+// straight into the cache row (what kiln does when rows are 2 KiB
+// multiples). It compares every K and V row of every layer and the
+// tokens, and fails when they differ: then run workers with
+// KILN_KV_STAGING=1.
+func probeKVInPlace(ctx context.Context, f cardFlags, fs *flag.FlagSet, pos []string, stdout io.Writer) error {
+	tokens := intFlag(fs, "tokens")
+	if len(pos) != 1 || tokens < 1 || tokens > 1024 {
+		return fmt.Errorf("one PACKAGE folder and --tokens between 1 and 1024 are required: %w", errUsage)
+	}
+	quiet := slog.New(slog.DiscardHandler)
+	dev, err := openProbeCard(ctx, f)
+	if err != nil {
+		return err
+	}
+	defer dev.Close(context.WithoutCancel(ctx))
+	m, err := llm.Load(ctx, dev, pos[0], &llm.Options{Logger: quiet, PrefixCacheBytes: -1})
 	if err != nil {
 		return err
 	}
@@ -117,42 +190,91 @@ func runProbeKV(ctx context.Context, args []string, stdout, stderr io.Writer) er
 	return nil
 }
 
-func runProbeCopy(ctx context.Context, args []string, stdout, stderr io.Writer) error {
-	var f cardFlags
-	bytes, rounds := 2048, 200
-	fs := probeFlags("copy", &f, stderr)
-	fs.IntVar(&bytes, "bytes", bytes, "bytes per copy (1 … 1048576)")
-	fs.IntVar(&rounds, "rounds", rounds, "rounds per measurement (1 … 10000)")
-	if err := parse(fs, args); err != nil {
+func probeLoadOrderFlags(fs *flag.FlagSet) {
+	fs.String("llm", "", "an engine built by pulsar2 llm_build (a decoder layer, e.g. qwen3_p128_l0_together.axmodel)")
+	fs.String("onnx", "", "an engine built by pulsar2 build from ONNX (a vision encoder, an SD VAE or text encoder)")
+	fs.Duration("timeout", 60*time.Second, "how long to wait for the card to come back if the probe drops it")
+}
+
+// probeLoadOrder loads --llm, then --onnx (the order that dropped cards in
+// the field, card-field-notes.md §2), and executes each once. When the card
+// drops, it reboots it.
+func probeLoadOrder(ctx context.Context, f cardFlags, fs *flag.FlagSet, _ []string, stdout io.Writer) error {
+	llmFile := fs.Lookup("llm").Value.String()
+	onnxFile := fs.Lookup("onnx").Value.String()
+	timeout := fs.Lookup("timeout").Value.(flag.Getter).Get().(time.Duration)
+	if llmFile == "" || onnxFile == "" {
+		return fmt.Errorf("--llm and --onnx are both required: %w", errUsage)
+	}
+	fmt.Fprintln(stdout, "loading the llm_build engine, then the pulsar2 (ONNX) engine: on some runtimes this drops the card; kiln reboots it if so")
+	dev, err := openProbeCard(ctx, f)
+	if err != nil {
 		return err
 	}
-	if fs.NArg() != 0 || bytes < 1 || bytes > 1<<20 || rounds < 1 || rounds > 10000 {
-		fmt.Fprintln(stderr, "kiln card probe copy: no arguments; --bytes 1 … 1048576, --rounds 1 … 10000")
+	id := dev.ID()
+	var step string
+	for _, file := range []string{llmFile, onnxFile} {
+		step = "load " + file
+		if _, err = dev.LoadModel(ctx, file, nil); err != nil {
+			break
+		}
+	}
+	if err == nil {
+		step = "execute"
+		err = executeAll(ctx, dev)
+	}
+	lost := dev.Err()
+	_ = dev.Close(context.WithoutCancel(ctx)) // unloads both
+	full := dev.Runtime().FullVersion()
+	switch {
+	case err == nil:
+		fmt.Fprintf(stdout, "the card loaded and executed both (runtime %s): load order does not drop the card on this runtime\n", full)
+		return nil
+	case lost == nil && !errors.Is(err, axcl.ErrDeviceLost):
+		return fmt.Errorf("%s: %w (the card is still up: not a load-order drop)", step, err)
+	}
+	fmt.Fprintf(stdout, "the card dropped at %s: %v\nload order matters on this runtime (%s): kiln's order (ONNX-built first) is needed\n", step, err, full)
+	if rerr := npu.Reboot(ctx, npu.RebootConfig{Library: f.lib, Device: id, Timeout: timeout}); rerr != nil {
+		return fmt.Errorf("the card did not come back: %w", rerr)
+	}
+	fmt.Fprintln(stdout, "card rebooted and back")
+	return nil
+}
+
+// executeAll executes every model loaded on dev once, in its smallest
+// shape group.
+func executeAll(ctx context.Context, dev *npu.Device) error {
+	return dev.Do(ctx, func(t *npu.Thread) error {
+		for _, m := range t.Models() {
+			if err := t.Execute(m, m.SmallestGroup()); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+}
+
+func runCardReboot(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	var timeout time.Duration
+	f, pos, err := parseCardWith("reboot", args, stderr, func(fs *flag.FlagSet) {
+		fs.DurationVar(&timeout, "timeout", 60*time.Second, "how long to wait for the card to come back")
+	})
+	if err != nil {
+		return err
+	}
+	if len(pos) != 0 {
+		fmt.Fprintf(stderr, "kiln card reboot: unexpected argument %q\n", pos[0])
 		return errUsage
 	}
-	dev, err := npu.Open(ctx, npu.Config{Library: f.lib, SampleInterval: -1, Logger: slog.New(slog.DiscardHandler)})
+	lock, err := card.LockIndex(ctx, f.lib, f.lock, f.card)
 	if err != nil {
 		return err
 	}
-	defer dev.Close(context.WithoutCancel(ctx))
-	c, err := dev.MeasureCopies(ctx, bytes, rounds)
-	if err != nil {
+	defer lock.Release()
+	start := time.Now()
+	if err := npu.Reboot(ctx, npu.RebootConfig{Library: f.lib, Index: f.card, Timeout: timeout}); err != nil {
 		return err
 	}
-	if f.json {
-		return cardJSON(stdout, c)
-	}
-	fmt.Fprintf(stdout, "copies of %d bytes, median of %d rounds (µs per call)\n", c.Bytes, c.Rounds)
-	fmt.Fprintf(stdout, "  device→device, synchronous        %8.1f\n", c.D2DSyncUS)
-	fmt.Fprintf(stdout, "  host→device, pinned / unpinned    %8.1f / %.1f\n", c.H2DPinnedSyncUS, c.H2DUnpinnedUS)
-	fmt.Fprintf(stdout, "  device→host, pinned / unpinned    %8.1f / %.1f\n", c.D2HPinnedSyncUS, c.D2HUnpinnedUS)
-	fmt.Fprintf(stdout, "  one queued copy + stream sync     %8.1f\n", c.EmptySyncUS)
-	fmt.Fprintf(stdout, "  per copy, 32 queued + one sync    %8.1f\n", c.QueuedCopyUS)
-	if c.PropertiesSample > 0 {
-		fmt.Fprintf(stdout, "  one properties sample             %8.1f\n", c.PropertiesSample)
-	}
-	if !c.Streams {
-		fmt.Fprintln(stdout, "  (the runtime has no streams: queued copies ran synchronously)")
-	}
+	fmt.Fprintf(stdout, "card %d rebooted: back after %v\n", f.card, time.Since(start).Round(time.Millisecond))
 	return nil
 }

@@ -27,6 +27,7 @@ type workerFlags struct {
 	name   string
 	models string
 	lib    string
+	lock   string
 	grace  time.Duration
 	temp   thermalFlags
 }
@@ -36,6 +37,7 @@ func (w *workerFlags) register(fs *flag.FlagSet) {
 	fs.StringVar(&w.name, "name", "", "worker name (default <host>-card<N>)")
 	fs.StringVar(&w.models, "models", getenv(envModels, defaultModels), "folder of model packages, one sub-folder per model ($"+envModels+")")
 	fs.StringVar(&w.lib, "lib", getenv(envAXCLLib, axcl.DefaultLibraryPath), "path of libaxcl_rt.so ($"+envAXCLLib+")")
+	fs.StringVar(&w.lock, "lock-dir", getenv(envLockDir, ""), "folder of the per-card locks ($"+envLockDir+"; unset: /run/kiln when it exists, else $TMPDIR/kiln)")
 	fs.DurationVar(&w.grace, "grace", worker.DefaultShutdownGrace, "on stop, how long the running job may finish before it is handed back")
 	w.temp.register(fs)
 }
@@ -47,6 +49,16 @@ func (w *workerFlags) workerConfig(ctx context.Context, e *env, topo topology.Co
 	c, err := card.Open(ctx, card.Config{Library: w.lib, Index: index, ModelsDir: w.models, Logger: e.log.With("card", index)})
 	if err != nil {
 		return worker.Config{}, nil, err
+	}
+	if c.Present() {
+		// Nothing is loaded before the worker starts: a card another worker
+		// holds is refused here, before this one touches its models.
+		lock, err := card.Lock(w.lock, index, c.ChipID())
+		if err != nil {
+			closeCard(e, c)
+			return worker.Config{}, nil, err
+		}
+		c.Hold(lock)
 	}
 	cfg := worker.Config{
 		Name:          name,

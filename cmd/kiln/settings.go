@@ -33,6 +33,7 @@ const (
 	envTLSCA     = "KILN_TLS_CA"     // clients and workers: CA file of the broker's TLS certificate
 	envReplicas  = "KILN_REPLICAS"   // kiln up / broker: stream replicas (default: from the cluster size)
 	envLeaf      = "KILN_LEAF"       // kiln broker: 1 = a leaf node of a central broker
+	envLockDir   = "KILN_LOCK_DIR"   // workers, kiln card, kiln models: folder of the per-card locks
 	// kiln up / broker / worker: how long a job for a model no live worker
 	// serves waits before the janitor answers it no_worker.
 	envUnservedGrace = "KILN_UNSERVED_GRACE"
@@ -60,6 +61,7 @@ var environment = []setting{
 	{envUnservedGrace, "unserved-grace", "kiln up / broker / worker: how long a job for a model no live worker serves waits before it is answered no_worker (default " + janitor.DefaultGrace.String() + ")"},
 	{envPrefix, "prefix", "subject prefix (default " + schema.DefaultPrefix + ")"},
 	{envAXCLLib, "lib", "path of libaxcl_rt.so (default " + axcl.DefaultLibraryPath + ")"},
+	{envLockDir, "lock-dir", "folder of the per-card locks a worker holds (default /run/kiln when it exists, else $TMPDIR/kiln)"},
 	{envModels, "models", "folder of model packages, one sub-folder per model (default " + defaultModels + ")"},
 	{envGovernor, "governor", "off: no thermal governor"},
 	{envCardTemp, "card-temp", "card pause,resume,critical °C"},

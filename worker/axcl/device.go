@@ -157,6 +157,9 @@ func (p *DeviceProperties) Firmware() string {
 	return string(b)
 }
 
+// ChipID is the chip's unique id (UID) in hex, e.g. "4b494c4e00000001".
+func (p *DeviceProperties) ChipID() string { return fmt.Sprintf("%016x", p.UID) }
+
 // TemperatureC is the temperature in degrees Celsius.
 func (p *DeviceProperties) TemperatureC() float64 { return float64(p.TemperatureMilliC) / 1000 }
 

@@ -300,7 +300,7 @@ var specific = map[Code]idText{
 	CodeDeviceInvalidID:                 {"AXCL_ERR_DEVICE_INVALID_ID", "the device id is not in the device list (ids are PCIe bus numbers, not indexes)"},
 	CodeDeviceNoActive:                  {"AXCL_ERR_DEVICE_NO_ACTIVE_DEVICE", "the calling thread has no active device"},
 	RuntimeCode(SubDevice, 0x86):        {"AXCL_ERR_DEVICE_PORT_ALLOCATE", "the driver could not allocate message ports for this process"},
-	RuntimeCode(SubDevice, 0x87):        {"AXCL_ERR_DEVICE_REBOOT", "rebooting the card failed"},
+	CodeDeviceReboot:                    {"AXCL_ERR_DEVICE_REBOOT", "rebooting the card failed"},
 	RuntimeCode(SubDevice, 0x88):        {"AXCL_ERR_DEVICE_PORT_DESTROY", "the driver could not free this process's message ports"},
 	RuntimeCode(SubContext, 0x81):       {"AXCL_ERR_CONTEXT_CREATE", "creating the context failed"},
 	RuntimeCode(SubContext, 0x82):       {"AXCL_ERR_CONTEXT_DESTROY", "destroying the context failed"},

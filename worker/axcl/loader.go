@@ -48,6 +48,7 @@ type Runtime struct {
 	engineFuncs
 	engineIOFuncs
 	streamFuncs
+	rebootFuncs
 }
 
 // library resolves symbols of one dlopen handle.
@@ -122,6 +123,7 @@ func Load(path string) (*Runtime, error) {
 		rt.engineFuncs.load,
 		rt.engineIOFuncs.load,
 		rt.streamFuncs.load,
+		rt.rebootFuncs.load,
 	} {
 		if err := load(lib); err != nil {
 			_ = purego.Dlclose(h)

@@ -10,6 +10,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/kiln-project/kiln/internal/pidlock"
 	"github.com/kiln-project/kiln/schema"
 	"github.com/kiln-project/kiln/worker"
 	"github.com/kiln-project/kiln/worker/axcl"
@@ -28,6 +29,9 @@ type Config struct {
 	ModelsDir string
 	// Logger (default slog.Default()).
 	Logger *slog.Logger
+	// EnumerateTimeout bounds the wait for a card that has not enumerated
+	// yet, at open and after a reboot (default 60s, npu.Config).
+	EnumerateTimeout time.Duration
 }
 
 // Card is what a worker process holds of its card: the device (none
@@ -44,11 +48,17 @@ type Card struct {
 	chat  map[string]worker.Handler[schema.ChatJob]
 	image map[string]worker.Handler[schema.ImageJob]
 
+	enumerate time.Duration // Config.EnumerateTimeout
+	deviceID  axcl.DeviceID // the card's runtime id once opened (for Reboot)
+	lost      error         // the card was found lost by a health check (Lost)
+	chip      string        // the chip's unique id (ChipID), "" when unknown
+
 	mu     sync.RWMutex // held for reading by a running handler, for writing by Reset
 	dev    *npu.Device
 	models map[string]*servedModel
 	failed map[string]error // the packages that did not load, by name
 	loaded bool             // the first Load has finished
+	hold   *pidlock.Lock    // the card's lock (Hold), released by Close
 }
 
 // ErrPackage is matched by the load error of a package that no runtime
@@ -80,6 +90,8 @@ func Open(ctx context.Context, cfg Config) (*Card, error) {
 		image:  map[string]worker.Handler[schema.ImageJob]{},
 		models: map[string]*servedModel{},
 		failed: map[string]error{},
+
+		enumerate: cfg.EnumerateTimeout,
 	}
 	lib := cfg.Library
 	if lib == "" {
@@ -118,11 +130,13 @@ func Count(ctx context.Context, library string) (int, error) {
 }
 
 func (c *Card) openDevice(ctx context.Context) (*npu.Device, error) {
-	dev, err := npu.Open(ctx, npu.Config{Library: c.lib, Index: c.index, Logger: c.log})
+	dev, err := npu.Open(ctx, npu.Config{Library: c.lib, Index: c.index, Logger: c.log, EnumerateTimeout: c.enumerate})
 	if err != nil {
 		return nil, fmt.Errorf("card %d: %w", c.index, err)
 	}
+	c.deviceID = dev.ID()
 	if p, err := dev.Properties(ctx); err == nil {
+		c.chip = p.ChipID()
 		c.log.Info("card open", "index", c.index, "device_id", dev.ID(), "lib", c.lib,
 			"temp_c", float64(p.TemperatureMilliC)/1000, "cmm_total_mib", p.TotalCMMKiB/1024)
 	}
@@ -135,6 +149,11 @@ func (c *Card) findPackages() error {
 	names, err := modelPackages(c.dir)
 	if err != nil {
 		return err
+	}
+	names, kept := loadOrder(c.dir, names)
+	if !kept {
+		c.log.Warn("more than one vision-language package: a vision encoder loads after another package's LLM layers, "+
+			"which has dropped cards in the field (docs/card.md, load order)", "order", names)
 	}
 	for _, name := range names {
 		rt := runtimeFor(filepath.Join(c.dir, name))
@@ -190,6 +209,15 @@ func (c *Card) Load(ctx context.Context) error {
 	dev := c.dev
 	c.mu.RUnlock()
 	models, failed, err := c.loadAll(ctx, dev)
+	if err != nil && IsLost(err) && ctx.Err() == nil {
+		// Wedged by a process that died with work in flight: the card loads
+		// but does not execute. Reboot it and load again, once.
+		c.log.Error("the card does not execute: rebooting it before serving", "err", err)
+		dev, err = c.rebootAndOpen(ctx)
+		if err == nil {
+			models, failed, err = c.loadAll(ctx, dev)
+		}
+	}
 	if err != nil {
 		return err
 	}
@@ -211,6 +239,16 @@ func (c *Card) loadAll(ctx context.Context, dev *npu.Device) (models map[string]
 		err := fmt.Errorf("model %s: %w: no runtime recognises %s any more", name, ErrPackage, path)
 		if rt := runtimeFor(path); rt != nil {
 			m, err = c.loadModel(ctx, dev, rt, name, path)
+		}
+		if err == nil && len(models) == 0 {
+			// The first package loaded: prove the card executes before
+			// loading the rest onto it.
+			if herr := c.healthCheck(ctx, dev); herr != nil {
+				if m.close != nil {
+					_ = m.close(ctx)
+				}
+				return nil, nil, herr
+			}
 		}
 		if err == nil {
 			models[name] = m
@@ -296,6 +334,11 @@ func (c *Card) Reset(ctx context.Context) error {
 		if cerr := dev.Close(ctx); cerr != nil {
 			c.log.Warn("close card", "err", cerr)
 		}
+		if IsLost(err) {
+			c.mu.Lock()
+			c.lost = err
+			c.mu.Unlock()
+		}
 		return err
 	}
 	c.mu.Lock()
@@ -320,8 +363,12 @@ func (c *Card) Close(ctx context.Context) error {
 	defer c.mu.Unlock()
 	err := c.unloadLocked(ctx)
 	c.dev, c.models = nil, map[string]*servedModel{}
+	c.hold.Release()
 	return err
 }
+
+// Hold gives the Card the card's lock (Lock) to release on Close.
+func (c *Card) Hold(l *pidlock.Lock) { c.hold = l }
 
 // unloadLocked unloads the models (newest first) and closes the device
 // (c.mu held).

@@ -10,8 +10,15 @@
 // folders: files, runtime, tokenizer, every model's tensors, and why a
 // package is refused.
 //
-// A Card is the worker's worker.Device, worker.Loader and
-// worker.ModelChecker. Its handlers
+// The load order is one rule (order.go): ONNX-built engines (SD, vision
+// encoders) before llm_build ones. A health check after every load and
+// reset executes one engine; a card found wedged at start is rebooted and
+// loaded again; a lost card is rebooted before the worker exits
+// (wedge.go, docs/card.md "When the card wedges"). Lock keeps a second
+// process off a card a worker holds.
+//
+// A Card is the worker's worker.Device, worker.Loader,
+// worker.ModelChecker and worker.Rebooter. Its handlers
 // (ChatHandlers, ImageHandlers) stay valid across resets: each calls
 // whichever instance of its model is loaded now. The adapters that turn a
 // job into an engine call live here too: ChatHandler serves chat jobs with

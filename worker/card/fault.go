@@ -37,6 +37,9 @@ func (c *Card) Fault(err error) bool {
 func (c *Card) Lost() error {
 	c.mu.RLock()
 	defer c.mu.RUnlock()
+	if c.lost != nil {
+		return c.lost
+	}
 	if c.dev == nil {
 		return nil
 	}

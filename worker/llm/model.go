@@ -139,16 +139,7 @@ func Load(ctx context.Context, dev *npu.Device, dir string, opts *Options) (_ *M
 	if err != nil {
 		return nil, err
 	}
-	info, err := dev.Inspect(ctx, pkg.Layers[0])
-	if err != nil {
-		return nil, fmt.Errorf("llm: inspect %s: %w", pkg.Layers[0], err)
-	}
-	shape, sizes, ios, err := pkg.layerShape(info.Groups)
-	if err != nil {
-		return nil, err
-	}
-	pkg.recordLayer(o.Bindings, &shape, ios)
-	m := &Model{dev: dev, pkg: pkg, tok: tok, log: o.Logger.With("model", pkg.Name), opts: o, shape: shape, layerIO: ios[0]}
+	m := &Model{dev: dev, pkg: pkg, tok: tok, log: o.Logger.With("model", pkg.Name), opts: o}
 	defer func() {
 		if err != nil {
 			m.release(context.WithoutCancel(ctx))
@@ -158,6 +149,22 @@ func Load(ctx context.Context, dev *npu.Device, dir string, opts *Options) (_ *M
 	if err != nil {
 		return nil, err
 	}
+	// The vision encoder is built by `pulsar2 build` (ONNX): it loads before
+	// any llm_build engine, the layer inspected next included
+	// (worker/card/order.go, card-field-notes.md §2).
+	if err := m.loadVision(ctx); err != nil {
+		return nil, err
+	}
+	info, err := dev.Inspect(ctx, pkg.Layers[0])
+	if err != nil {
+		return nil, fmt.Errorf("llm: inspect %s: %w", pkg.Layers[0], err)
+	}
+	shape, sizes, ios, err := pkg.layerShape(info.Groups)
+	if err != nil {
+		return nil, err
+	}
+	pkg.recordLayer(o.Bindings, &shape, ios)
+	m.shape, m.layerIO = shape, ios[0]
 	if err := m.allocBuffers(ctx, sizes); err != nil {
 		return nil, fmt.Errorf("llm: %s: device buffers: %w", pkg.Name, err)
 	}
@@ -167,7 +174,7 @@ func Load(ctx context.Context, dev *npu.Device, dir string, opts *Options) (_ *M
 	if err := m.loadPost(ctx); err != nil {
 		return nil, err
 	}
-	if err := m.loadVision(ctx); err != nil {
+	if err := m.checkVision(); err != nil {
 		return nil, err
 	}
 	if err := pkg.checkVocab(m.shape.Vocab); err != nil {

@@ -77,8 +77,19 @@ func (m *Model) loadVision(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("llm: %s: vision encoder: %w", p.Name, err)
 	}
-	v := &visionModel{model: vm}
-	m.vision = v
+	m.vision = &visionModel{model: vm}
+	return nil
+}
+
+// checkVision checks the vision encoder loaded by loadVision against the
+// model's shape (known once the post model is loaded) and binds its
+// buffers: by name, else by shape (visionInput).
+func (m *Model) checkVision() error {
+	p, v := m.pkg, m.vision
+	if v == nil {
+		return nil
+	}
+	vm := v.model
 	info, bind, err := p.visionInput(vm.Describe(), &m.shape)
 	if err != nil {
 		return err

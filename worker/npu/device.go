@@ -66,6 +66,11 @@ type Config struct {
 	SpinWait time.Duration
 	// Logger receives lifecycle and fault messages. Default slog.Default().
 	Logger *slog.Logger
+	// EnumerateTimeout bounds how long Open waits for a card that has not
+	// enumerated yet (an empty device list, or "not connected": a Pi that
+	// just booted, a card that is rebooting). Default 60s, the time the
+	// vendor allows a card to come back (card-field-notes.md §1.5).
+	EnumerateTimeout time.Duration
 }
 
 func (c Config) withDefaults() Config {
@@ -83,6 +88,9 @@ func (c Config) withDefaults() Config {
 	}
 	if c.Logger == nil {
 		c.Logger = slog.Default()
+	}
+	if c.EnumerateTimeout <= 0 {
+		c.EnumerateTimeout = 60 * time.Second
 	}
 	return c
 }
@@ -127,6 +135,7 @@ type Device struct {
 	buffers     map[*Buffer]struct{}
 	cmmUsed     uint64
 	teardownErr error
+	panicked    bool // a function run on the thread panicked: release the runtime
 }
 
 // Open starts the device thread and opens the card. When ctx ends before
@@ -224,9 +233,18 @@ func (d *Device) markLost(cause error, hung bool) {
 // noteError marks the device lost when err says the card stopped
 // answering.
 func (d *Device) noteError(err error) {
-	if err != nil && errors.Is(err, axcl.ErrDeviceLost) {
+	if IsCardGone(err) {
 		d.markLost(err, false)
 	}
+}
+
+// IsCardGone reports whether a runtime error says the card stopped
+// answering (axcl.ErrDeviceLost) or dropped off the bus
+// (axcl.ErrDeviceNotConnected, "device … is not connected", once the card
+// was open). Nothing more may be submitted to such a card: it needs a
+// reboot (card-field-notes.md §1.6).
+func IsCardGone(err error) bool {
+	return err != nil && (errors.Is(err, axcl.ErrDeviceLost) || errors.Is(err, axcl.ErrDeviceNotConnected))
 }
 
 // watchdog marks the device lost when an execute runs past the timeout.
@@ -353,8 +371,10 @@ func (d *Device) submit(ctx context.Context, r *request) error {
 		select {
 		case <-r.done:
 		default:
-			// The thread still holds r (stuck in the runtime): abandon it.
-			return d.lostErr
+			if !d.finishAfterLoss(r) {
+				// The thread still holds r (stuck in the runtime): abandon it.
+				return d.lostErr
+			}
 		}
 	}
 	err, pv, stack := r.err, r.panicV, r.stack
@@ -363,6 +383,25 @@ func (d *Device) submit(ctx context.Context, r *request) error {
 		panic(&PanicError{Value: pv, Stack: stack})
 	}
 	return err
+}
+
+// finishAfterLoss waits for a request that was running when the device was
+// marked lost, unless the thread is stuck in a hung call: a call that failed
+// and so marked the device lost returns at once, and its caller must not
+// read its results while the thread still writes them. The wait is bounded
+// by ExecuteTimeout (the watchdog stops once the device is lost).
+func (d *Device) finishAfterLoss(r *request) bool {
+	if d.hung.Load() {
+		return false
+	}
+	t := time.NewTimer(d.cfg.ExecuteTimeout)
+	defer t.Stop()
+	select {
+	case <-r.done:
+		return true
+	case <-t.C:
+		return false
+	}
 }
 
 // poll serves requests handed over through the slot for as long as they
@@ -380,6 +419,9 @@ func (d *Device) poll(nextSample time.Time) {
 			// a non-nil slot.
 			d.slot.Store(closedSlot)
 			d.serve(r)
+			if d.panicked {
+				break
+			}
 			d.slot.Store(nil)
 			deadline = time.Now().Add(d.cfg.SpinWait)
 			continue
@@ -401,7 +443,11 @@ func (d *Device) poll(nextSample time.Time) {
 			d.slot.CompareAndSwap(nil, closedSlot)
 		default:
 			d.slot.Store(closedSlot)
-			d.serve(r)
+			if d.panicked {
+				d.refuse(r)
+			} else {
+				d.serve(r)
+			}
 		}
 	}
 }
@@ -420,6 +466,7 @@ func (d *Device) serve(r *request) {
 	defer func() {
 		if v := recover(); v != nil {
 			r.panicV, r.stack = v, debug.Stack()
+			d.panicked = true
 		}
 		// done gets its token first, so a caller that saw fin never
 		// parks on it. fin may land after the caller recycled r; it only
@@ -459,7 +506,13 @@ func (d *Device) run(ready chan<- error) {
 		select {
 		case r := <-d.reqs:
 			d.serve(r)
-			d.poll(nextSample)
+			if !d.panicked {
+				d.poll(nextSample)
+			}
+			if d.panicked {
+				d.releaseAfterPanic()
+				return
+			}
 		case <-tick:
 			// Never mid-reply: the properties call runs commands on the
 			// card (tens to hundreds of ms). Samples land between jobs;
@@ -482,18 +535,12 @@ func (d *Device) open() error {
 		return fmt.Errorf("npu: init runtime %s: %w", rt.Path(), err)
 	}
 	d.th.inited = true
-	ids, err := rt.DeviceList()
-	if err != nil {
-		return fmt.Errorf("npu: list devices: %w", err)
-	}
-	if d.cfg.Index < 0 || d.cfg.Index >= len(ids) {
-		return fmt.Errorf("npu: card index %d out of range: the runtime lists %d card(s) %v", d.cfg.Index, len(ids), ids)
-	}
-	d.id = ids[d.cfg.Index]
-	if err := rt.SetDevice(d.id); err != nil {
-		return fmt.Errorf("npu: set device %d: %w", d.id, err)
+	if err := d.enumerate(); err != nil {
+		return err
 	}
 	d.th.deviceSet = true
+	d.watchStatus()
+	var err error
 	if d.rtCtx, err = rt.CreateContext(d.id); err != nil {
 		return fmt.Errorf("npu: create context on device %d: %w", d.id, err)
 	}
@@ -611,6 +658,7 @@ func (d *Device) Close(ctx context.Context) error {
 
 // teardown undoes open and everything loaded since (device thread only).
 func (d *Device) teardown() {
+	d.unwatch()
 	rt := d.rt
 	var errs []error
 	keep := func(what string, err error) {

@@ -92,8 +92,17 @@ func TestDoPanicCarriesStack(t *testing.T) {
 		!strings.Contains(string(pe.Stack), "(*Device).serve") {
 		t.Fatalf("recovered %#v", got)
 	}
-	// The thread survives a panic.
-	must(t, b.dev.Do(context.Background(), func(*Thread) error { return nil }))
+	// The panic released the runtime (a process that dies holding it can
+	// wedge the card): the device is closed and the card opens again.
+	<-b.dev.Done()
+	if err := b.dev.Do(context.Background(), func(*Thread) error { return nil }); !errors.Is(err, ErrStopped) {
+		t.Fatalf("Do after a panic on the device thread: %v, want ErrStopped", err)
+	}
+	again, err := Open(context.Background(), Config{Library: b.lib, SampleInterval: -1})
+	if err != nil {
+		t.Fatalf("Open after the panic: %v", err)
+	}
+	must(t, again.Close(context.Background()))
 }
 
 // ctx matters while the work is queued, not once it runs.

@@ -22,6 +22,7 @@ type Card struct {
 	Index          int     `json:"index"`
 	ID             int     `json:"id"` // PCIe bus number, the runtime's device id
 	PCI            string  `json:"pci"`
+	UID            string  `json:"uid"` // the chip's unique id, hex; "" when HealthUnknown
 	Firmware       string  `json:"firmware"`
 	TemperatureC   float64 `json:"temperature_c"`
 	CMMUsedMiB     uint64  `json:"cmm_used_mib"`
@@ -41,6 +42,7 @@ func CardFromProperties(index int, id axcl.DeviceID, p *axcl.DeviceProperties) C
 		Index:          index,
 		ID:             int(id),
 		PCI:            p.PCIAddress(),
+		UID:            p.ChipID(),
 		Firmware:       p.Firmware(),
 		TemperatureC:   p.TemperatureC(),
 		CMMUsedMiB:     p.CMMUsedBytes() >> 20,

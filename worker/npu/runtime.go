@@ -14,6 +14,7 @@ var shared struct {
 	mu       sync.Mutex
 	runtimes map[string]*axcl.Runtime
 	inits    map[*axcl.Runtime]int
+	devices  map[*Device]struct{} // open devices, for the status callback and CloseAll (wedge.go)
 }
 
 func loadRuntime(path string) (*axcl.Runtime, error) {

@@ -232,8 +232,8 @@ void sim_engine_reset(void) {
 
 static simdev *engine_dev(axclError *r) {
     simdev *d = sim_need_ctx(r);
-    if (d && d->lost) {
-        *r = sim_fail(E_ENGINE_LOST, "device %d is lost", d->id);
+    if (d && SIM_DEAD(d)) {
+        *r = sim_fail(sim_lost_code(d, E_ENGINE_LOST), "device %d is lost", d->id);
         return NULL;
     }
     return d;
@@ -315,6 +315,7 @@ static axclError load(const char *buf, size_t n, const char *what, uint64_t *id)
     pthread_mutex_init(&m->wmu, NULL);
     d->cmm_used += m->spec.weight_bytes;
     g_models[g_nmodels++] = m;
+    sim_log_load(m, what);
     *id = m->id;
     pthread_mutex_unlock(&g_mu);
     return 0;
@@ -817,9 +818,21 @@ axclError sim_execute(uint64_t id, uint64_t ctx, uint32_t group, void *io) {
     double busy = sim_now() - t0;
     pthread_mutex_lock(&g_mu);
     sim_add_busy(d, busy);
+    sim_exec_done(d);
     pthread_mutex_unlock(&g_mu);
     return r;
 fail:
     pthread_mutex_unlock(&g_mu);
     return r;
+}
+
+/* sim_llm_loaded_on reports whether an llm_build engine (an LLM layer or post) other than except is
+ * loaded on d (card.c: the load-order drop). Caller holds g_mu. */
+int sim_llm_loaded_on(const simdev *d, const simmodel *except) {
+    for (int i = 0; i < g_nmodels; i++) {
+        const simmodel *o = g_models[i];
+        if (o && o != except && o->loaded && o->dev == d && (o->spec.kind == KIND_LLM_LAYER || o->spec.kind == KIND_LLM_POST))
+            return 1;
+    }
+    return 0;
 }

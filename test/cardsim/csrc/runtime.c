@@ -67,6 +67,8 @@ double sim_now(void) {
 static struct {
     int64_t fail_exec[MAXF], hang_exec[MAXF], lose_exec[MAXF], fail_load[MAXF], fail_malloc[MAXF];
     int nfe, nhe, nle, nfl, nfm;
+    int64_t offline_exec[MAXF];
+    int nof;
     int64_t exec_n, load_n, malloc_n;
 } g_faults;
 
@@ -92,6 +94,7 @@ static int parse_faults(const char *s) {
         else if (!strcmp(tok, "lose_device")) arr = g_faults.lose_exec, cnt = &g_faults.nle;
         else if (!strcmp(tok, "fail_load")) arr = g_faults.fail_load, cnt = &g_faults.nfl;
         else if (!strcmp(tok, "fail_malloc")) arr = g_faults.fail_malloc, cnt = &g_faults.nfm;
+        else if (!strcmp(tok, "offline")) arr = g_faults.offline_exec, cnt = &g_faults.nof;
         else return -1;
         if (*cnt >= MAXF) return -1;
         arr[(*cnt)++] = n;
@@ -108,6 +111,9 @@ static int hit(const int64_t *arr, int n, int64_t v) {
 /* sim_exec_fault is called with g_mu held at every execute; returns 0 or an error code. */
 axclError sim_exec_fault(simdev *d) {
     int64_t n = ++g_faults.exec_n;
+    if (hit(g_faults.offline_exec, g_faults.nof, n)) return sim_go_offline(d, n);
+    axclError w = sim_wedge_exec(d);
+    if (w) return w;
     if (hit(g_faults.fail_exec, g_faults.nfe, n)) return sim_fail(E_ENGINE_EXECUTE_FAIL, "fault: fail_execute=%lld", (long long)n);
     if (hit(g_faults.lose_exec, g_faults.nle, n)) {
         d->lost = 1;
@@ -160,6 +166,7 @@ static int set_opt(const char *k, const char *v) {
         strcpy(g_cfg.temp_file, v);
         return 0;
     }
+    if (!strcmp(k, "state_dir") || !strcmp(k, "load_log")) return sim_set_path(k, v);
     errno = 0;
     double d = strtod(v, &end);
     if (errno || end == v || *end) return -1;
@@ -172,6 +179,9 @@ static int set_opt(const char *k, const char *v) {
     else if (!strcmp(k, "hang_cap_ms")) g_cfg.hang_cap_ms = d < 0 ? 0 : (long)d;
     else if (!strcmp(k, "cmm_mib")) g_cfg.cmm_bytes = (uint64_t)(d < 0 ? 0 : d) << 20;
     else if (!strcmp(k, "props_us")) g_cfg.props_us = d < 0 ? 0 : (long)d;
+    else if (!strcmp(k, "reboot_ms")) g_cfg.reboot_ms = d < 0 ? 0 : (long)d;
+    else if (!strcmp(k, "enum_delay_ms")) g_cfg.enum_delay_ms = d < 0 ? 0 : (long)d;
+    else if (!strcmp(k, "load_order_drop")) g_cfg.load_order_drop = d != 0;
     else if (sim_lat_opt(k, d) == 0) {} /* stream.c: sync_us unpinned_us bind_align */
     else return -1;
     return 0;
@@ -387,6 +397,11 @@ EXPORT axclError axclInit(const char *config) {
     env_opt("KILN_SIM_SYNC_US", "sync_us");
     env_opt("KILN_SIM_UNPINNED_US", "unpinned_us");
     env_opt("KILN_SIM_BIND_ALIGN", "bind_align");
+    env_opt("KILN_SIM_REBOOT_MS", "reboot_ms");
+    env_opt("KILN_SIM_ENUM_DELAY_MS", "enum_delay_ms");
+    env_opt("KILN_SIM_STATE_DIR", "state_dir");
+    env_opt("KILN_SIM_LOAD_LOG", "load_log");
+    env_opt("KILN_SIM_LOAD_ORDER_DROP", "load_order_drop");
     const char *tf = getenv("KILN_SIM_TEMP_FILE");
     if (tf) set_opt("temp_file", tf);
     if (parse_faults(getenv("KILN_SIM_FAULTS"))) {
@@ -429,6 +444,7 @@ EXPORT axclError axclInit(const char *config) {
     }
     g_ndev = n;
     g_inited = 1;
+    sim_boot_init();
     pthread_mutex_unlock(&g_mu);
     return 0;
 }
@@ -470,7 +486,8 @@ EXPORT axclError axclrtGetDeviceCount(uint32_t *count) {
     if (!count) return sim_fail(E_DEVICE_NULL, "null count");
     pthread_mutex_lock(&g_mu);
     int inited = g_inited;
-    *count = (uint32_t)g_ndev;
+    *count = 0;
+    for (int i = 0; i < g_ndev; i++) *count += (uint32_t)sim_enumerated(&g_devs[i]);
     pthread_mutex_unlock(&g_mu);
     if (!inited) return sim_fail(E_DEVICE_FAIL, "axclInit has not been called");
     return 0;
@@ -484,8 +501,8 @@ EXPORT axclError axclrtGetDeviceList(axclrtDeviceList *l) {
         return sim_fail(E_DEVICE_FAIL, "axclInit has not been called");
     }
     memset(l, 0, sizeof *l);
-    l->num = (uint32_t)g_ndev;
-    for (int i = 0; i < g_ndev; i++) l->devices[i] = g_devs[i].id;
+    for (int i = 0; i < g_ndev; i++)
+        if (sim_enumerated(&g_devs[i])) l->devices[l->num++] = g_devs[i].id;
     pthread_mutex_unlock(&g_mu);
     return 0;
 }
@@ -498,7 +515,8 @@ static axclError bind_new_ctx(int32_t id, int implicit, simctx **out) {
     simdev *d = g_inited ? find_dev(id) : NULL;
     if (!g_inited) r = sim_fail(E_DEVICE_FAIL, "axclInit has not been called");
     else if (!d) r = sim_fail(E_DEVICE_INVALID_ID, "device id %d is not in the device list (ids are PCIe bus numbers)", id);
-    else if (d->lost) r = sim_fail(E_DEVICE_LOST, "device %d is lost; reset it", id);
+    else if (!sim_enumerated(d)) r = sim_fail(E_DEVICE_NO_CONNECT, "device %d is not connected (not enumerated yet)", id);
+    else if (SIM_DEAD(d)) r = sim_fail(sim_lost_code(d, E_DEVICE_LOST), "device %d is lost; reset it", id);
     else {
         simctx *c = new_ctx(d, implicit);
         if (!c) r = sim_fail(E_DEVICE_FAIL, "out of host memory");
@@ -558,7 +576,7 @@ EXPORT axclError axclrtSynchronizeDevice(void) {
     axclError r = 0;
     simdev *d = bound_dev();
     if (!d) r = sim_fail(E_DEVICE_NO_ACTIVE_DEVICE, "thread has no active device");
-    else if (d->lost) r = sim_fail(E_DEVICE_LOST, "device %d is lost", d->id);
+    else if (SIM_DEAD(d)) r = sim_fail(sim_lost_code(d, E_DEVICE_LOST), "device %d is lost", d->id);
     pthread_mutex_unlock(&g_mu);
     return r;
 }
@@ -588,7 +606,7 @@ EXPORT axclError axclrtGetDeviceProperties(int32_t id, axclrtDeviceProperties *p
     simdev *d = g_inited ? find_dev(id) : NULL;
     if (!g_inited) r = sim_fail(E_DEVICE_FAIL, "axclInit has not been called");
     else if (!d) r = sim_fail(E_DEVICE_INVALID_ID, "device id %d is not in the device list", id);
-    else if (d->lost) r = sim_fail(E_DEVICE_LOST, "device %d is lost", id);
+    else if (SIM_DEAD(d)) r = sim_fail(sim_lost_code(d, E_DEVICE_LOST), "device %d is lost", id);
     if (r) {
         pthread_mutex_unlock(&g_mu);
         return r;
@@ -597,7 +615,7 @@ EXPORT axclError axclrtGetDeviceProperties(int32_t id, axclrtDeviceProperties *p
     thermal_advance(d, now);
     memset(p, 0, sizeof *p);
     snprintf(p->swVersion, sizeof p->swVersion, "Ax_Version V3.10.2_kilnsim");
-    p->uid = 0x4b494c4e00000000ull | (uint64_t)(uint32_t)d->id;
+    p->uid = sim_uid(d);
     p->pciDomain = 1;
     p->pciBusID = (uint32_t)d->id;
     p->pciDeviceID = 0;
@@ -698,8 +716,8 @@ static axclError do_malloc(void **p, size_t size) {
     axclError r = 0;
     simdev *d = sim_need_ctx(&r);
     if (!d) goto out;
-    if (d->lost) {
-        r = sim_fail(E_MEM_LOST, "device %d is lost", d->id);
+    if (SIM_DEAD(d)) {
+        r = sim_fail(sim_lost_code(d, E_MEM_LOST), "device %d is lost", d->id);
         goto out;
     }
     int64_t n = ++g_faults.malloc_n;
@@ -811,7 +829,7 @@ EXPORT axclError axclrtMemset(void *p, uint8_t v, size_t n) {
     axclError r = 0;
     simdev *d = sim_need_ctx(&r);
     void *h;
-    if (d && d->lost) r = sim_fail(E_MEM_LOST, "device %d is lost", d->id);
+    if (d && SIM_DEAD(d)) r = sim_fail(sim_lost_code(d, E_MEM_LOST), "device %d is lost", d->id);
     else if (d && !(r = sim_resolve((uint64_t)(uintptr_t)p, n, &h))) memset(h, v, n);
     pthread_mutex_unlock(&g_mu);
     return r;
@@ -829,8 +847,8 @@ axclError sim_memcpy(void *dst, const void *src, size_t n, int32_t kind) {
     axclError r = 0;
     simdev *d = sim_need_ctx(&r);
     if (!d) goto out;
-    if (d->lost) {
-        r = sim_fail(E_MEM_LOST, "device %d is lost", d->id);
+    if (SIM_DEAD(d)) {
+        r = sim_fail(sim_lost_code(d, E_MEM_LOST), "device %d is lost", d->id);
         goto out;
     }
     if (!dst || !src) {
@@ -885,4 +903,14 @@ static void release_device(simdev *d) {
     d->cmm_used = 0;
     d->refcnt = 0;
     wake_all(); /* a hung execute ends when its device is reset */
+}
+
+/* sim_power_cycle drops everything the runtime holds on d, as a firmware reboot does (card.c).
+ * Caller holds g_mu. */
+void sim_power_cycle(simdev *d) {
+    release_device(d);
+    free_ctxs_of(d);
+    d->lost = 0;
+    d->engine_init = 0;
+    wake_all();
 }

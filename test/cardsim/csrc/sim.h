@@ -112,6 +112,8 @@ typedef struct simdev {
     double sample_t;         /* time of the previous properties sample */
     double busy_since_sample;
     int have_sample;
+    int offline; /* fault offline: every call fails with not-connected until axclrtRebootDevice (card.c) */
+    int wedged;  /* wedged by a process that died mid-execute: executes fail, loads pass, until reboot */
 } simdev;
 
 typedef struct simtensor {
@@ -164,6 +166,11 @@ typedef struct simcfg {
     long hang_cap_ms;
     uint64_t cmm_bytes;
     long props_us;
+    long reboot_ms;      /* how long a rebooted card stays off the bus (card.c) */
+    long enum_delay_ms;  /* the card enumerates this long after the first axclInit */
+    char state_dir[512]; /* where the card state survives the process ("" = nowhere) */
+    char load_log[512];  /* file that gets one line per engine load and per reboot */
+    int load_order_drop; /* 1: an ONNX-built engine loaded after an llm_build one drops the card */
 } simcfg;
 
 extern simcfg g_cfg;
@@ -174,6 +181,19 @@ axclError sim_fail(axclError code, const char *fmt, ...);
 int sim_is_device_addr(uint64_t a);
 axclError sim_resolve(uint64_t addr, uint64_t len, void **host);
 double sim_now(void);
+
+/* card.c: the card's life beyond one process: reboot, OFFLINE, wedge, enumeration, load log */
+#define E_DEVICE_NO_CONNECT SIM_ERR(SUB_DEVICE, 0x81) /* 0x80300181: not connected */
+#define SIM_DEAD(d) ((d)->lost || (d)->offline)
+axclError sim_lost_code(simdev *d, axclError lost);
+int sim_enumerated(const simdev *d);
+axclError sim_go_offline(simdev *d, int64_t n);
+axclError sim_wedge_exec(simdev *d);
+void sim_exec_done(simdev *d);
+void sim_log_load(const simmodel *m, const char *what);
+int sim_set_path(const char *key, const char *v);
+void sim_boot_init(void);
+uint64_t sim_uid(const simdev *d);
 
 /* engine.c: spec parser, also used by the fuzz test through kilnsim_parse_spec */
 int sim_parse_spec(const char *buf, size_t n, simspec *s, char *err, size_t errn);
