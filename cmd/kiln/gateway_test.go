@@ -12,6 +12,8 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -421,4 +423,58 @@ func TestGatewayKeysKeepClientsApart(t *testing.T) {
 	if r, err := kilnClient(t, u.url, "room-2").Result(t.Context(), resp.Header.Get(gateway.HeaderJobID)); err != nil || r.Text == "" {
 		t.Fatalf("room-2's chat result: %+v %v", r, err)
 	}
+}
+
+// 200 streaming HTTP clients at once against one simulated card and a
+// queue bounded at 20 jobs: every request ends, with a whole streamed
+// answer or a 429 with Retry-After, and none hangs. The test logs the
+// process's peak RSS (kiln up, broker, worker, gateway and the 200
+// clients in one process).
+func TestGatewayUnderLoad(t *testing.T) {
+	const clients = 200
+	_, base := startGateway(t, 3, "--models", gatewayModels(t, false), "--lib", cardsim.Library(t), "--queue-max", "20")
+	ai := openAI(base)
+	ctx, cancel := context.WithTimeout(t.Context(), 3*time.Minute) // far past what it takes: a hang fails, not a slow run
+	defer cancel()
+	params := openai.ChatCompletionNewParams{Model: "qwen3-tiny", MaxTokens: openai.Int(8),
+		Messages:      []openai.ChatCompletionMessageParamUnion{openai.UserMessage("hi")},
+		StreamOptions: openai.ChatCompletionStreamOptionsParam{IncludeUsage: openai.Bool(true)}}
+	var answered, refused atomic.Int64
+	failures := make(chan error, clients)
+	var wg sync.WaitGroup
+	for range clients {
+		wg.Go(func() {
+			stream := ai.Chat.Completions.NewStreaming(ctx, params)
+			var acc openai.ChatCompletionAccumulator
+			for stream.Next() {
+				acc.AddChunk(stream.Current())
+			}
+			err := stream.Err()
+			var e *openai.Error
+			switch {
+			case err == nil && len(acc.Choices) == 1 && acc.Choices[0].FinishReason != "" && acc.Usage.CompletionTokens > 0:
+				answered.Add(1)
+			case errors.As(err, &e) && e.StatusCode == http.StatusTooManyRequests && e.Response.Header.Get("Retry-After") != "":
+				refused.Add(1)
+			default:
+				failures <- fmt.Errorf("neither an answer nor a 429: %v (%d choices)", err, len(acc.Choices))
+			}
+		})
+	}
+	wg.Wait()
+	close(failures)
+	for err := range failures {
+		t.Error(err)
+	}
+	if answered.Load() == 0 || answered.Load()+refused.Load() != clients {
+		t.Fatalf("%d answered, %d refused of %d", answered.Load(), refused.Load(), clients)
+	}
+	status, _ := os.ReadFile("/proc/self/status")
+	var rss []string
+	for _, line := range strings.Split(string(status), "\n") {
+		if strings.HasPrefix(line, "VmHWM") || strings.HasPrefix(line, "VmRSS") {
+			rss = append(rss, strings.Join(strings.Fields(line), " "))
+		}
+	}
+	t.Logf("%d answered, %d refused with 429; process memory: %s", answered.Load(), refused.Load(), strings.Join(rss, ", "))
 }
