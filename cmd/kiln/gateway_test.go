@@ -32,7 +32,7 @@ import (
 // into a new folder: qwen3-tiny (chat), smolvlm-tiny (vision, SmolVLM's
 // layout), sd15-lcm (images), and with broken a chat package missing a
 // layer file (it fails to load: listed, never served).
-func gatewayModels(t *testing.T, broken bool) string {
+func gatewayModels(t testing.TB, broken bool) string {
 	t.Helper()
 	models := t.TempDir()
 	qwen := cardsim.TinyQwen3()
@@ -63,7 +63,7 @@ func gatewayModels(t *testing.T, broken bool) string {
 // startGateway runs kiln up with its gateway on a free port (plus args)
 // and waits until the fleet serves n models. It returns kiln up and the
 // gateway's base URL.
-func startGateway(t *testing.T, n int, args ...string) (*upProcess, string) {
+func startGateway(t testing.TB, n int, args ...string) (*upProcess, string) {
 	t.Helper()
 	addr := freeAddr(t)
 	u := startUp(t, append([]string{"--gateway", addr, "--name", "shelf-card0"}, args...)...)
@@ -112,7 +112,7 @@ func pngOf(t *testing.T, b []byte) (w, h int) {
 
 // kilnClient is a kiln client on kiln up's broker, as client id (""
 // anonymous).
-func kilnClient(t *testing.T, url, id string) *client.Client {
+func kilnClient(t testing.TB, url, id string) *client.Client {
 	t.Helper()
 	nc, err := nats.Connect(url)
 	if err != nil {
