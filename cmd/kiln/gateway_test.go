@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/base64"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"image/png"
@@ -227,6 +228,31 @@ func TestGatewayServesTheOpenAISDK(t *testing.T) {
 		ResponseFormat: openai.ImageGenerateParamsResponseFormatB64JSON}, map[string]any{"seed": 7, "steps": 1}))
 	if err != nil || len(two.Data) != 2 || two.Data[0].B64JSON != base64.StdEncoding.EncodeToString(a) || two.Data[1].B64JSON == two.Data[0].B64JSON {
 		t.Fatalf("n=2: %d images, %v (the first with seed 7 must be the same, the second another)", len(two.Data), err)
+	}
+
+	// Streamed: a progress event per step (kiln's), then OpenAI's completed event with the image.
+	gs := ai.Images.GenerateStreaming(ctx, withExtra(openai.ImageGenerateParams{Prompt: "a red fox"}, map[string]any{"seed": 7}))
+	var steps []string
+	var final []byte
+	for gs.Next() {
+		switch ev := gs.Current(); ev.Type {
+		case "image_generation.progress":
+			var p struct{ Step, Steps int }
+			if err := json.Unmarshal([]byte(ev.RawJSON()), &p); err != nil {
+				t.Fatal(err)
+			}
+			steps = append(steps, fmt.Sprintf("%d/%d", p.Step, p.Steps))
+		case "image_generation.completed":
+			if final, err = base64.StdEncoding.DecodeString(ev.B64JSON); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	if err := gs.Err(); err != nil || strings.Join(steps, " ") != "1/4 2/4 3/4 4/4" || final == nil {
+		t.Fatalf("streamed image: steps %v, %d bytes, %v", steps, len(final), err)
+	}
+	if w, h := pngOf(t, final); w != 512 || h != 512 {
+		t.Fatalf("streamed image %d×%d", w, h)
 	}
 
 	// Edit: img2img from the fox, with kiln's strength.
