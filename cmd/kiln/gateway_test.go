@@ -504,3 +504,51 @@ func TestGatewayUnderLoad(t *testing.T) {
 	}
 	t.Logf("%d answered, %d refused with 429; process memory: %s", answered.Load(), refused.Load(), strings.Join(rss, ", "))
 }
+
+// Under broker authorization `kiln gateway` logs in as the gateway identity
+// of `kiln broker init-auth --gateway-clients kiosk`: a key of kiosk and a
+// bare key (the gateway's own id) both run jobs through a worker logged in
+// as the worker, and each key's image URL is its own.
+func TestGatewayWithCredentials(t *testing.T) {
+	dir := t.TempDir()
+	if code, _, stderr := kiln(t, t.Context(), "broker", "init-auth", "--gateway-clients", "kiosk", dir); code != 0 {
+		t.Fatalf("init-auth: %d %s", code, stderr)
+	}
+	conf := filepath.Join(dir, "broker.conf")
+	if err := os.WriteFile(conf, []byte("include auth.conf\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	natsAddr, gwAddr := freeAddr(t), freeAddr(t)
+	url, base := "nats://"+natsAddr, "http://"+gwAddr
+	background(t, "", "broker", "--config", conf, "--listen", natsAddr, "--data", t.TempDir())
+	background(t, "", "worker", "--nats", url, "--nkey", filepath.Join(dir, "worker.nk"), "--name", "shelf-card0",
+		"--models", gatewayModels(t, false), "--lib", cardsim.Library(t))
+	gw := background(t, "", "gateway", "--nats", url, "--nkey", filepath.Join(dir, "gateway.nk"), "--client-id", "gateway",
+		"--gateway", gwAddr, "--gateway-keys", "kiosk:key-kiosk,key-own")
+	kiosk, own := openAI(base, option.WithAPIKey("key-kiosk")), openAI(base, option.WithAPIKey("key-own"))
+	wait.For(t, 60*time.Second, 100*time.Millisecond, func() error {
+		page, err := kiosk.Models.List(t.Context())
+		if err != nil || len(page.Data) != 3 {
+			return fmt.Errorf("the gateway does not list the worker's 3 models: %v (%s)", err, gw.stderr.String())
+		}
+		return nil
+	})
+	urls := map[string]string{}
+	for name, ai := range map[string]openai.Client{"kiosk": kiosk, "own": own} {
+		c, err := ai.Chat.Completions.New(t.Context(), openai.ChatCompletionNewParams{Model: "qwen3-tiny", MaxTokens: openai.Int(4),
+			Messages: []openai.ChatCompletionMessageParamUnion{openai.UserMessage("hi")}})
+		if err != nil || c.Choices[0].Message.Content == "" {
+			t.Fatalf("%s's chat: %v", name, err)
+		}
+		img, err := ai.Images.Generate(t.Context(), withExtra(openai.ImageGenerateParams{Prompt: "a fox"}, map[string]any{"steps": 1}))
+		if err != nil {
+			t.Fatalf("%s's image: %v", name, err)
+		}
+		urls[name] = img.Data[0].URL
+	}
+	pngOf(t, get(t, urls["kiosk"], "key-kiosk"))
+	pngOf(t, get(t, urls["own"], "key-own"))
+	if code, _ := fetch(t, urls["kiosk"], "key-own"); code != http.StatusNotFound {
+		t.Fatalf("the gateway's own key fetched kiosk's image: %d", code)
+	}
+}
