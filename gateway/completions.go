@@ -85,13 +85,17 @@ type chatStream struct {
 	sent    bool // text was sent
 }
 
+// event passes a job's event on. The status and headers wait for the
+// first token, not the "started" event: a worker emits "started" before
+// its handler checks the job against the model (a prompt too long for the
+// context, an image for a text-only model), and such a refusal must still
+// be a 4xx naming the field.
 func (st *chatStream) event(ev schema.Event) error {
 	switch ev.Type {
 	case schema.EventStarted:
 		if st.sent {
 			return errRestarted
 		}
-		st.start()
 	case schema.EventToken:
 		if ev.Text == "" {
 			return nil

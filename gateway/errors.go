@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"math"
 	"net/http"
+	"regexp"
 	"strconv"
 	"strings"
 
@@ -81,8 +82,14 @@ func openAIField(kilnField string) string {
 	case "init_image":
 		return "image"
 	}
+	// A message's images came as image_url parts of its content.
+	if m := messageImages.FindStringSubmatch(kilnField); m != nil {
+		return m[1] + ".content"
+	}
 	return kilnField
 }
+
+var messageImages = regexp.MustCompile(`^(messages\[\d+\])\.images(\[\d+\])?$`)
 
 // errDeadline is the cause of a request context whose X-Kiln-Deadline passed.
 var errDeadline = errors.New("the job's deadline passed")

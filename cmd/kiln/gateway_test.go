@@ -284,6 +284,13 @@ func TestGatewayServesTheOpenAISDK(t *testing.T) {
 	if e := apiError(t, "size 256x256", err, 400, "size"); e.Code != string(schema.CodeOutOfRange) {
 		t.Fatalf("size 256x256: code %q, want the worker's out_of_range", e.Code)
 	}
+	// A worker's refusal of a streamed chat is still a status, not a stream.
+	refusedStream := ai.Chat.Completions.NewStreaming(ctx, openai.ChatCompletionNewParams{Model: "qwen3-tiny",
+		Messages: []openai.ChatCompletionMessageParamUnion{openai.UserMessage([]openai.ChatCompletionContentPartUnionParam{
+			openai.TextContentPart("what is in it?"), openai.ImageContentPart(openai.ChatCompletionContentPartImageImageURLParam{URL: uri})})}})
+	for refusedStream.Next() {
+	}
+	apiError(t, "an image for a text-only model, streamed", refusedStream.Err(), 400, "messages[0].content")
 	_, err = ai.Chat.Completions.New(ctx, openai.ChatCompletionNewParams{Model: "gpt-4o",
 		Messages: []openai.ChatCompletionMessageParamUnion{openai.UserMessage("hi")}})
 	apiError(t, "model gpt-4o", err, 404, "model")
