@@ -371,6 +371,16 @@ func TestGatewayRefusesAndCancels(t *testing.T) {
 	u, base := startGateway(t, 4, "--models", gatewayModels(t, true), "--lib", cardsim.Library(t), "--queue-max", "1")
 	ai := openAI(base)
 	msgs := []openai.ChatCompletionMessageParamUnion{openai.UserMessage("write a long story")}
+	// Until a heartbeat says the broken package failed, the registry has it
+	// loading, which counts as served (its job would wait for the janitor's
+	// no_worker): wait for the gateway to list the three good models only.
+	wait.For(t, 30*time.Second, 100*time.Millisecond, func() error {
+		page, err := ai.Models.List(t.Context())
+		if err != nil || len(page.Data) != 3 {
+			return fmt.Errorf("models listed: %v %v", page, err)
+		}
+		return nil
+	})
 
 	_, err := ai.Chat.Completions.New(t.Context(), openai.ChatCompletionNewParams{Model: "qwen3-broken", Messages: msgs})
 	if e := apiError(t, "a model whose package failed", err, 503, "model"); e.Code != string(schema.CodeNoWorker) {
@@ -411,6 +421,25 @@ func TestGatewayRefusesAndCancels(t *testing.T) {
 		}
 		return nil
 	})
+
+	// kiln up stops while a stream runs: the stream ends (after the
+	// gateway's grace) with an error, not [DONE], and kiln up exits 0.
+	stream = ai.Chat.Completions.NewStreaming(t.Context(), openai.ChatCompletionNewParams{Model: "qwen3-tiny", Messages: msgs,
+		MaxTokens: openai.Int(900)})
+	for stream.Next() {
+		if stream.Current().Choices[0].Delta.Content != "" {
+			break
+		}
+	}
+	u.cancel()
+	for stream.Next() {
+	}
+	if stream.Err() == nil {
+		t.Fatal("a stream cut off by the shutdown ended as if complete")
+	}
+	if code, stderr := u.wait(); code != 0 {
+		t.Fatalf("kiln up exited %d: %s", code, stderr)
+	}
 }
 
 // API keys: each key's jobs run as its client, so one key's image URL
