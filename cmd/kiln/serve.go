@@ -5,6 +5,7 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"net"
 	"os"
 	"path/filepath"
 	"time"
@@ -154,6 +155,13 @@ func runUp(ctx context.Context, e *env, args []string) error {
 	if err != nil {
 		return err
 	}
+	var gl net.Listener // the gateway's address, taken before anything loads: a busy port fails at once
+	if !gf.off() {
+		if gl, err = gf.listen(); err != nil {
+			return err
+		}
+		defer gl.Close()
+	}
 	br, err := bf.start(ctx, e, *prefix)
 	if err != nil {
 		return err
@@ -184,7 +192,7 @@ func runUp(ctx context.Context, e *env, args []string) error {
 		workers = append(workers, w)
 	}
 	var gw *gateway.Server
-	if !gf.off() {
+	if gl != nil {
 		gnc, err := br.Connect(nats.Name("kiln-gateway"))
 		if err != nil {
 			return err
@@ -200,7 +208,7 @@ func runUp(ctx context.Context, e *env, args []string) error {
 	}
 	g.Go(func() error { return jan.Run(gctx) })
 	if gw != nil {
-		g.Go(func() error { return gw.Run(gctx) })
+		g.Go(func() error { return gw.Serve(gctx, gl) })
 	}
 	return g.Wait()
 }
