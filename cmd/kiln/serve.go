@@ -155,18 +155,18 @@ func runUp(ctx context.Context, e *env, args []string) error {
 	if err != nil {
 		return err
 	}
-	var gl net.Listener // the gateway's address, taken before anything loads: a busy port fails at once
+	br, err := bf.start(ctx, e, *prefix)
+	if err != nil {
+		return err
+	}
+	defer shutdownBroker(e, br)
+	var gl net.Listener // the gateway's address, taken before the models load: a busy port fails at once
 	if !gf.off() {
 		if gl, err = gf.listen(); err != nil {
 			return err
 		}
 		defer gl.Close()
 	}
-	br, err := bf.start(ctx, e, *prefix)
-	if err != nil {
-		return err
-	}
-	defer shutdownBroker(e, br)
 	jan, jnc, err := brokerJanitor(br, e, topology.Config{Prefix: *prefix}, *grace)
 	if err != nil {
 		return err
