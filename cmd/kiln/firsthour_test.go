@@ -69,8 +69,9 @@ func (r *running) jobID(t *testing.T) string {
 
 // commandPaths are every command and sub-command, as typed.
 var commandPaths = [][]string{
-	{"up"}, {"broker"}, {"broker", "init-auth"}, {"worker"}, {"chat"}, {"image"}, {"status"}, {"events"},
-	{"cancel"}, {"result"}, {"card"}, {"card", "info"}, {"card", "inspect"}, {"card", "reboot"}, {"card", "probe", "copy"}, {"card", "probe", "load-order"}, {"tokenize"}, {"version"},
+	{"up"}, {"gateway"}, {"broker"}, {"broker", "init-auth"}, {"worker"}, {"chat"}, {"image"}, {"status"}, {"events"},
+	{"cancel"}, {"result"}, {"card"}, {"card", "info"}, {"card", "inspect"}, {"card", "reboot"}, {"card", "probe", "copy"},
+	{"card", "probe", "load-order"}, {"card", "probe", "kv-inplace"}, {"tokenize"}, {"version"},
 }
 
 // Every command takes -h (and `kiln help <command>`), exits 0 and shows
