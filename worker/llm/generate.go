@@ -502,6 +502,10 @@ func (m *Model) check(prompt []int) error {
 	return nil
 }
 
+// Generate may be called from several goroutines at once (slots.go): each
+// call holds one slot from its first prefill chunk to its last token, and
+// waits for a free slot (or ctx's end) when every slot is taken.
+//
 // Generate runs req from a clean state and calls fn with every generated
 // token, in order, from the calling goroutine. It returns when a stop token
 // is sampled, fn returns ErrStop, MaxTokens or the end of the context is
@@ -516,6 +520,8 @@ func (m *Model) Generate(ctx context.Context, req Request, fn func(Token) error)
 	}
 	m.mu.Lock()
 	defer m.mu.Unlock()
+	m.slotsUsed.Add(1)
+	defer m.slotsUsed.Add(-1)
 	defer m.dev.Busy()() // no properties sample between the tokens of a reply
 	res := &Result{PromptTokens: len(req.Prompt)}
 	if err := m.check(req.Prompt); err != nil {

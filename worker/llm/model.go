@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"os"
 	"sync"
+	"sync/atomic"
 	"syscall"
 
 	"github.com/kiln-project/kiln/worker/axcl"
@@ -38,6 +39,10 @@ type Options struct {
 	// rows are KVBindAlign aligned). For a card on which `kiln card probe
 	// kv-inplace` finds the two differ.
 	KVStaging bool
+	// Slots is the number of K/V caches ("slots") kept on the card, so as
+	// many requests run at once (slots.go); 0 means one. More than the CMM
+	// budget holds beside the model fails Load with a *SlotBudgetError.
+	Slots int
 }
 
 func (o Options) withDefaults() Options {
@@ -118,6 +123,9 @@ type Model struct {
 	embed   []byte       // memory-mapped table
 	cmm     uint64       // CMM charged by Load
 
+	slotsTotal int
+	slotsUsed  atomic.Int32
+
 	mu       sync.Mutex // one request at a time; guards everything below
 	closed   bool
 	st       state
@@ -135,6 +143,10 @@ func Load(ctx context.Context, dev *npu.Device, dir string, opts *Options) (_ *M
 		o = *opts
 	}
 	o = o.withDefaults()
+	slots, err := o.slotCount()
+	if err != nil {
+		return nil, err
+	}
 	pkg, tok, err := openPackage(dir)
 	if err != nil {
 		return nil, err
@@ -148,7 +160,7 @@ func Load(ctx context.Context, dev *npu.Device, dir string, opts *Options) (_ *M
 		return nil, err
 	}
 	pkg.recordLayer(o.Bindings, &shape, ios)
-	m := &Model{dev: dev, pkg: pkg, tok: tok, log: o.Logger.With("model", pkg.Name), opts: o, shape: shape, layerIO: ios[0]}
+	m := &Model{dev: dev, pkg: pkg, tok: tok, log: o.Logger.With("model", pkg.Name), opts: o, shape: shape, layerIO: ios[0], slotsTotal: slots}
 	defer func() {
 		if err != nil {
 			m.release(context.WithoutCancel(ctx))
