@@ -325,6 +325,9 @@ func (m *Model) admit(j *job) *job {
 // step advances j by one step in its slot; false when j is done.
 func (m *Model) step(j *job) bool {
 	m.st = j.st
+	if m.test.beforeStep != nil {
+		m.test.beforeStep(j.st.index, j.phase)
+	}
 	if j.stop.Load() {
 		j.err = ErrStop
 		return false
@@ -527,8 +530,10 @@ func (m *Model) bindSlot(t *npu.Thread, g int) error {
 }
 
 // slotFaults break the slots on purpose (tests only): the exactness tests
-// must fail with them.
+// must fail with them. beforeStep, when set, is called by the scheduler
+// before every step (tests: the trace, and requests started at given steps).
 type slotFaults struct {
+	beforeStep func(slot int, phase jobPhase)
 	// noRebind leaves the K/V inputs bound to whichever slot's caches they
 	// were: a request reads another's rows.
 	noRebind bool
