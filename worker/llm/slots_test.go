@@ -306,3 +306,83 @@ func openDeviceBudget(t *testing.T, budget uint64) *npu.Device {
 	t.Cleanup(func() { dev.Close(bg) })
 	return dev
 }
+
+var smolPkg struct {
+	once sync.Once
+	dir  string
+	ref  *cardsim.Reference
+	err  error
+}
+
+// loadSmolVLM loads the simulator's SmolVLM package (2 llama layers, a
+// 320-token prefill chunk, 64 image rows from a 512×512 encoder).
+func loadSmolVLM(t *testing.T, opts *Options) (*Model, *cardsim.Reference) {
+	t.Helper()
+	smolPkg.once.Do(func() {
+		smolPkg.dir = t.TempDir()
+		if smolPkg.err = cardsim.WriteLLMPackage(smolPkg.dir, cardsim.TinySmolVLM()); smolPkg.err == nil {
+			smolPkg.ref, smolPkg.err = cardsim.LoadReference(smolPkg.dir)
+		}
+	})
+	if smolPkg.err != nil {
+		t.Fatal(smolPkg.err)
+	}
+	m, err := Load(bg, openDevice(t), smolPkg.dir, opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { m.Close(bg) })
+	return m, smolPkg.ref
+}
+
+// TestInterleavedImageRequestsGiveTheirSoloTokens: on the SmolVLM package,
+// text and image requests sharing a system prompt, interleaved on 4 slots,
+// give their solo tokens; the system prompt's rows are copied between
+// slots, but never a row at or past an image (two requests with the same
+// placeholders and different images differ, and the greedy one is the
+// reference's).
+func TestInterleavedImageRequestsGiveTheirSoloTokens(t *testing.T) {
+	m, ref := loadSmolVLM(t, &Options{Slots: 4})
+	one, _ := loadSmolVLM(t, &Options{PrefixCacheBytes: -1})
+	v, _ := m.Vision()
+	r := rand.New(rand.NewPCG(15, 2))
+	words := func(n int) []int {
+		p := make([]int, n)
+		for i := range p {
+			p[i] = r.IntN(49000) // below the special tokens and the image placeholder
+		}
+		return p
+	}
+	sys := words(100)
+	pad := slices.Repeat([]int{v.ImageTokenID}, v.Tokens)
+	imgPrompt := slices.Concat(sys, words(5), pad, words(10))
+	imgA, imgB := randomImage(r, 512*512*3), randomImage(r, 512*512*3)
+	plan := []planned{
+		{Request{Prompt: slices.Concat(sys, words(20)), MaxTokens: 12, StopIDs: []int{}, CachePrefix: len(sys)}, 0},
+		{Request{Prompt: imgPrompt, MaxTokens: 6, StopIDs: []int{}, Images: [][]byte{imgA}, Sampling: Sampling{Temperature: 0.8, TopK: 20, Seed: 3}}, 2},
+		{Request{Prompt: slices.Concat(sys, words(30)), MaxTokens: 8, StopIDs: []int{}, Sampling: Sampling{Temperature: 1, Seed: 4}}, 4},
+		{Request{Prompt: imgPrompt, MaxTokens: 4, StopIDs: []int{}, Images: [][]byte{imgB}}, 6},
+	}
+	want := solo(t, one, plan)
+	refToks, err := ref.GreedyImages(imgPrompt, v.ImageTokenID, [][]byte{imgB}, 4)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !slices.Equal(want[3], refToks) {
+		t.Fatalf("solo image request %v, reference %v", want[3], refToks)
+	}
+	got := interleave(t, m, plan)
+	overlapped(t, got)
+	for k := range plan {
+		if !slices.Equal(got[k].toks, want[k]) {
+			t.Fatalf("request %d interleaved: %v, solo %v", k, got[k].toks, want[k])
+		}
+		res := got[k].res
+		if res.CachedTokens > 105 {
+			t.Fatalf("request %d took over %d rows, past the system prompt and the image's start", k, res.CachedTokens)
+		}
+		if k > 0 && res.CachedTokens < 100 {
+			t.Fatalf("request %d took over %d rows, not the system prompt's 100", k, res.CachedTokens)
+		}
+	}
+}
