@@ -349,14 +349,14 @@ func (m *Model) step(j *job) bool {
 		j.err = err
 		return false
 	}
-	var err error
-	switch j.phase {
-	case phaseStart:
-		err = m.start(j)
+	if j.phase == phaseStart { // cheap unless it copies rows or encodes images: no step of its own
+		if err := m.start(j); err != nil {
+			return m.fail(j, err)
+		}
 		j.phase = phasePrefill
-		return err == nil || m.fail(j, err)
-	case phasePrefill:
-		if err = m.prefillOne(j.ctx, j.req.Prompt, &j.res.Prefill); err != nil {
+	}
+	if j.phase == phasePrefill {
+		if err := m.prefillOne(j.ctx, j.req.Prompt, &j.res.Prefill); err != nil {
 			return m.fail(j, err)
 		}
 		if j.st.pos < len(j.req.Prompt) {
