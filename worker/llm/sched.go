@@ -132,6 +132,9 @@ func (m *Model) run(ctx context.Context, j *job, fn func(Token) error, start tim
 	j.ctx, j.done = ctx, make(chan struct{})
 	j.toks = make(chan Token, max(j.limit, 1))
 	m.jobs <- j // never blocks: at most one job per slot is queued
+	if m.test.queued != nil {
+		m.test.queued(j.req.Prompt)
+	}
 	var (
 		delivered int
 		first     time.Time
@@ -339,7 +342,7 @@ func (m *Model) admit(j *job) *job {
 func (m *Model) step(j *job) bool {
 	m.st = j.st
 	if m.test.beforeStep != nil {
-		m.test.beforeStep(j.st.index, j.phase)
+		m.test.beforeStep(j.st.index, j.phase, j.req.Prompt)
 	}
 	if j.stop.Load() {
 		j.err = ErrStop
@@ -544,9 +547,11 @@ func (m *Model) bindSlot(t *npu.Thread, g int) error {
 
 // slotFaults break the slots on purpose (tests only): the exactness tests
 // must fail with them. beforeStep, when set, is called by the scheduler
-// before every step (tests: the trace, and requests started at given steps).
+// before every step, and queued once a request's job is queued (tests: the
+// trace, and requests started at given steps).
 type slotFaults struct {
-	beforeStep func(slot int, phase jobPhase)
+	beforeStep func(slot int, phase jobPhase, prompt []int)
+	queued     func(prompt []int)
 	// noRebind leaves the K/V inputs bound to whichever slot's caches they
 	// were: a request reads another's rows.
 	noRebind bool

@@ -33,6 +33,7 @@ type ran struct {
 // interleave runs the plan on m: requests are submitted at the given steps
 // of the scheduler (the scheduler waits until the newcomer is queued, so
 // the schedule is the same on every run), and returns what each gave.
+// Requests are told apart by their prompt's backing array (give each its own).
 func interleave(t *testing.T, m *Model, plan []planned) []ran {
 	t.Helper()
 	out := make([]ran, len(plan))
@@ -40,11 +41,22 @@ func interleave(t *testing.T, m *Model, plan []planned) []ran {
 		wg      sync.WaitGroup
 		step    int
 		started = make([]bool, len(plan))
+		queued  = make([]chan struct{}, len(plan))
 		slotOf  = map[int]int{} // slot -> request running in it
 	)
+	which := func(prompt []int) int {
+		for k := range plan {
+			if &plan[k].req.Prompt[0] == &prompt[0] {
+				return k
+			}
+		}
+		panic("a request not in the plan")
+	}
+	for k := range queued {
+		queued[k] = make(chan struct{})
+	}
 	launch := func(k int) {
 		started[k] = true
-		queued := len(m.jobs)
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
@@ -54,21 +66,12 @@ func interleave(t *testing.T, m *Model, plan []planned) []ran {
 				return nil
 			})
 		}()
-		for len(m.jobs) == queued { // wait until it is queued: admitted at the next round
-			runtime.Gosched()
-		}
+		<-queued[k] // admitted at the next round
 	}
-	var admitted []int // requests in admission order
-	m.test.beforeStep = func(slot int, phase jobPhase) {
+	m.test.queued = func(prompt []int) { close(queued[which(prompt)]) }
+	m.test.beforeStep = func(slot int, phase jobPhase, prompt []int) {
 		if phase == phaseStart {
-			// the oldest launched request not yet admitted is the one in this slot
-			for k := range plan {
-				if started[k] && !slices.Contains(admitted, k) {
-					admitted = append(admitted, k)
-					slotOf[slot] = k
-					break
-				}
-			}
+			slotOf[slot] = which(prompt)
 		}
 		out[slotOf[slot]].steps = append(out[slotOf[slot]].steps, step)
 		for k := range plan {
@@ -78,7 +81,7 @@ func interleave(t *testing.T, m *Model, plan []planned) []ran {
 		}
 		step++
 	}
-	defer func() { m.test.beforeStep = nil }()
+	defer func() { m.test.beforeStep, m.test.queued = nil, nil }()
 	for k := range plan {
 		if plan[k].at == 0 {
 			launch(k)
@@ -361,7 +364,7 @@ func TestInterleavedImageRequestsGiveTheirSoloTokens(t *testing.T) {
 		{Request{Prompt: slices.Concat(sys, words(20)), MaxTokens: 12, StopIDs: []int{}, CachePrefix: len(sys)}, 0},
 		{Request{Prompt: imgPrompt, MaxTokens: 6, StopIDs: []int{}, Images: [][]byte{imgA}, Sampling: Sampling{Temperature: 0.8, TopK: 20, Seed: 3}}, 2},
 		{Request{Prompt: slices.Concat(sys, words(30)), MaxTokens: 8, StopIDs: []int{}, Sampling: Sampling{Temperature: 1, Seed: 4}}, 4},
-		{Request{Prompt: imgPrompt, MaxTokens: 4, StopIDs: []int{}, Images: [][]byte{imgB}}, 6},
+		{Request{Prompt: slices.Clone(imgPrompt), MaxTokens: 4, StopIDs: []int{}, Images: [][]byte{imgB}}, 6},
 	}
 	want := solo(t, one, plan)
 	refToks, err := ref.GreedyImages(imgPrompt, v.ImageTokenID, [][]byte{imgB}, 4)
@@ -384,5 +387,106 @@ func TestInterleavedImageRequestsGiveTheirSoloTokens(t *testing.T) {
 		if k > 0 && res.CachedTokens < 100 {
 			t.Fatalf("request %d took over %d rows, not the system prompt's 100", k, res.CachedTokens)
 		}
+	}
+}
+
+// TestScheduleRoundRobin: the schedule itself. Three chats arriving
+// together prefill one after the other (each newcomer's first step comes
+// after the previous one's first token), then advance one token per round;
+// a newcomer with a two-chunk prompt arriving while they decode gets its
+// first token after its own two prefill steps with one decode step of each
+// running chat in between (its prefill plus one round), and meanwhile every
+// running chat still advances one token per round.
+func TestScheduleRoundRobin(t *testing.T) {
+	m, _ := loadSlots(t, 4)
+	r := rand.New(rand.NewPCG(15, 3))
+	chat := func(n, max int) Request { return Request{Prompt: randomPrompt(r, n), MaxTokens: max, StopIDs: []int{}} }
+	plan := []planned{{chat(20, 30), 0}, {chat(20, 30), 0}, {chat(20, 30), 0}, {chat(200, 3), 12}}
+	got := interleave(t, m, plan)
+	for k := 1; k < 3; k++ {
+		if got[k].steps[0] <= got[k-1].steps[0] {
+			t.Fatalf("chat %d started its prefill (step %d) before chat %d had its first token (step %d)", k, got[k].steps[0], k-1, got[k-1].steps[0])
+		}
+	}
+	for k, r := range got {
+		t.Logf("request %d: steps %v", k, r.steps)
+	}
+	late := got[3].steps
+	if late[1]-late[0] != 4 {
+		t.Fatalf("newcomer's two prefill steps at %v: want one decode step of each of the 3 running chats between them", late[:2])
+	}
+	for k := range 3 {
+		s := got[k].steps
+		for i := 1; i < len(s); i++ {
+			if s[i] > late[0] && s[i-1] < late[len(late)-1] && s[i]-s[i-1] > 4 {
+				t.Fatalf("chat %d waited %d steps for its next token while the newcomer ran (steps %v)", k, s[i]-s[i-1], s)
+			}
+		}
+	}
+}
+
+// TestCancelOneOfSeveral: a request cancelled mid-reply ends with its
+// context's error, and the requests running beside it still give their
+// solo tokens.
+func TestCancelOneOfSeveral(t *testing.T) {
+	m, _ := loadSlots(t, 3)
+	one, _, _ := loadTest(t, &Options{PrefixCacheBytes: -1})
+	plan := textPlan(false)[:3]
+	want := solo(t, one, plan)
+	ctx, cancel := context.WithCancel(bg)
+	defer cancel()
+	var wg sync.WaitGroup
+	var cancelled error
+	wg.Go(func() {
+		n := 0
+		_, cancelled = m.Generate(ctx, Request{Prompt: []int{5, 6, 7}, StopIDs: []int{}}, func(Token) error {
+			if n++; n == 3 {
+				cancel()
+			}
+			return nil
+		})
+	})
+	got := make([][]int, len(plan))
+	for k := range plan {
+		wg.Go(func() {
+			toks, _ := generate(t, m, plan[k].req)
+			got[k] = toks
+		})
+	}
+	wg.Wait()
+	if !errors.Is(cancelled, context.Canceled) {
+		t.Fatalf("cancelled request: %v", cancelled)
+	}
+	for k := range plan {
+		if !slices.Equal(got[k], want[k]) {
+			t.Fatalf("request %d beside a cancelled one: %v, solo %v", k, got[k], want[k])
+		}
+	}
+}
+
+// TestInterleavedDecodeAllocatesNothingPerToken: with two requests
+// interleaved on two slots, longer replies cost no more allocations than
+// short ones.
+func TestInterleavedDecodeAllocatesNothingPerToken(t *testing.T) {
+	if raceEnabled {
+		t.Skip("allocation counts are not meaningful under the race detector")
+	}
+	m, _ := loadSlots(t, 2)
+	run := func(n int) func() {
+		return func() {
+			var wg sync.WaitGroup
+			for k := range 2 {
+				wg.Go(func() {
+					if _, err := m.Generate(bg, Request{Prompt: []int{1, 2, 3 + k}, MaxTokens: n, StopIDs: []int{}}, nil); err != nil {
+						t.Error(err)
+					}
+				})
+			}
+			wg.Wait()
+		}
+	}
+	short, long := testing.AllocsPerRun(5, run(4)), testing.AllocsPerRun(5, run(64))
+	if long > short {
+		t.Fatalf("2 slots: %v allocations for 2 × 4 tokens, %v for 2 × 64", short, long)
 	}
 }
