@@ -12,8 +12,14 @@ import (
 // goroutines at once: each call owns one slot from its first prefill chunk
 // to its last token, and the model's scheduler interleaves the running
 // calls' prefill chunks and decode steps on the device thread round-robin
-// (docs/llm.md "Slots"). Nothing of a request (mask, positions, sampler,
-// prefix rows) crosses slots.
+// (sched.go; docs/llm.md "Slots"). A call finding every slot taken waits
+// for one until its context ends. Nothing of a request (mask, positions,
+// sampler, images) crosses slots; only the rows of a shared prompt start
+// (before any image) are copied from another slot.
+//
+// For the worker: Options.Slots = N at Load (0 means 1; a *SlotBudgetError
+// when N does not fit), Slots() for heartbeats and status, and at most the
+// free slots' worth of chat jobs admitted, so Generate never waits.
 
 // MaxSlots is the most slots Options.Slots may ask for.
 const MaxSlots = 16
@@ -37,8 +43,12 @@ type SlotBudgetError struct {
 }
 
 func (e *SlotBudgetError) Error() string {
-	return fmt.Sprintf("llm: %s: %d K/V slots of %s each do not fit: the model holds %s with one slot and %s of the %s CMM budget is left, room for %d slots",
-		e.Model, e.Slots, mib(e.PerSlot), mib(e.Loaded), mib(e.Free), mib(e.Budget), e.Fit)
+	room := fmt.Sprintf("room for %d slots", e.Fit)
+	if e.Fit == 1 {
+		room = "room for 1 slot"
+	}
+	return fmt.Sprintf("llm: %s: %d K/V slots of %s each do not fit: the model holds %s with one slot and %s of the %s CMM budget is left, %s",
+		e.Model, e.Slots, mib(e.PerSlot), mib(e.Loaded), mib(e.Free), mib(e.Budget), room)
 }
 
 // Is matches ErrSlotBudget.

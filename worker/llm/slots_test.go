@@ -490,3 +490,53 @@ func TestInterleavedDecodeAllocatesNothingPerToken(t *testing.T) {
 		t.Fatalf("2 slots: %v allocations for 2 × 4 tokens, %v for 2 × 64", short, long)
 	}
 }
+
+// TestExecuteFaultWithSeveralRunning: an execute failing while three
+// requests run ends the one whose step it was with the device error; every
+// request ends, each with its solo tokens or an error after a prefix of
+// them; the same three then run again, interleaved, to their solo tokens.
+func TestExecuteFaultWithSeveralRunning(t *testing.T) {
+	m, _ := loadSlots(t, 3)
+	one, _, _ := loadTest(t, &Options{PrefixCacheBytes: -1})
+	plan := textPlan(false)[:3]
+	want := solo(t, one, plan)
+	run := func() ([][]int, []error) {
+		toks, errs := make([][]int, len(plan)), make([]error, len(plan))
+		var wg sync.WaitGroup
+		for k := range plan {
+			wg.Go(func() {
+				_, errs[k] = m.Generate(bg, plan[k].req, func(tk Token) error {
+					toks[k] = append(toks[k], tk.ID)
+					return nil
+				})
+			})
+		}
+		wg.Wait()
+		return toks, errs
+	}
+	ctl := cardsim.Controls(t)
+	ctl.SetFaults(t, "fail_execute=25")
+	toks, errs := run()
+	failed := 0
+	for k := range plan {
+		switch {
+		case errs[k] != nil:
+			failed++
+			if !slices.Equal(toks[k], want[k][:min(len(toks[k]), len(want[k]))]) {
+				t.Fatalf("request %d failed (%v) after %v, not a prefix of its solo %v", k, errs[k], toks[k], want[k])
+			}
+		case !slices.Equal(toks[k], want[k]):
+			t.Fatalf("request %d beside a fault: %v, solo %v", k, toks[k], want[k])
+		}
+	}
+	if failed != 1 {
+		t.Fatalf("%d requests failed, want the one whose step hit the fault (%v)", failed, errs)
+	}
+	ctl.SetFaults(t, "")
+	toks, errs = run()
+	for k := range plan {
+		if errs[k] != nil || !slices.Equal(toks[k], want[k]) {
+			t.Fatalf("request %d after the fault: %v %v, solo %v", k, errs[k], toks[k], want[k])
+		}
+	}
+}
