@@ -540,3 +540,36 @@ func TestExecuteFaultWithSeveralRunning(t *testing.T) {
 		}
 	}
 }
+
+// TestInterleavedQwen3VLGiveTheirSoloTokens: on the Qwen3-VL package
+// (mRoPE: each image request decodes with its own position shift, and
+// deepstack additions in its prefill), an image request, a text request and
+// a two-image request interleaved on 3 slots give their solo tokens; the
+// greedy one-image request is the cacheless reference's.
+func TestInterleavedQwen3VLGiveTheirSoloTokens(t *testing.T) {
+	m, ref := loadQwen3VLWith(t, &Options{Slots: 3})
+	one, _ := loadQwen3VLWith(t, &Options{PrefixCacheBytes: -1})
+	text := []int{72, 101, 108, 108, 111, 32, 119, 104, 97, 116}
+	imgA, imgB := qwenImage(1), qwenImage(2)
+	onePrompt := qwenPrompt(text, 1, []int{68, 101, 115, 99})
+	plan := []planned{
+		{Request{Prompt: onePrompt, MaxTokens: 6, StopIDs: []int{}, Images: [][]byte{imgA}}, 0},
+		{Request{Prompt: slices.Concat(text, []int{40, 41, 42, 43, 44, 45}), MaxTokens: 10, StopIDs: []int{}, Sampling: Sampling{Temperature: 0.7, Seed: 5}}, 2},
+		{Request{Prompt: qwenPrompt(text, 2, []int{97, 98}), MaxTokens: 5, StopIDs: []int{}, Images: [][]byte{imgB, imgA}, Sampling: Sampling{Temperature: 0.9, TopK: 30, Seed: 6}}, 3},
+	}
+	want := solo(t, one, plan)
+	refToks, err := ref.GreedyQwen3VL(onePrompt, [][]byte{imgA}, 6, cardsim.Qwen3VLOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !slices.Equal(want[0], refToks) {
+		t.Fatalf("solo image request %v, reference %v", want[0], refToks)
+	}
+	got := interleave(t, m, plan)
+	overlapped(t, got)
+	for k := range plan {
+		if !slices.Equal(got[k].toks, want[k]) {
+			t.Fatalf("request %d interleaved: %v, solo %v", k, got[k].toks, want[k])
+		}
+	}
+}
