@@ -223,7 +223,10 @@ func TestBrokenSlotsFailTheExactnessTest(t *testing.T) {
 			got := interleave(t, m, plan)
 			same := true
 			for k := range plan {
-				same = same && slices.Equal(got[k].toks, want[k])
+				if !slices.Equal(got[k].toks, want[k]) {
+					same = false
+					t.Logf("%s: request %d interleaved %v, solo %v", fault, k, got[k].toks, want[k])
+				}
 			}
 			if same {
 				t.Fatalf("%s: every interleaved request still gives its solo tokens", fault)
