@@ -16,7 +16,10 @@ import (
 const npuMSPerToken = 274.0
 
 // loadShape loads the full shapes of s on the no-compute simulator.
-func loadShape(b *testing.B, s cardsim.LLMSpec) *Model {
+func loadShape(b *testing.B, s cardsim.LLMSpec) *Model { return loadShapeWith(b, s, nil) }
+
+// loadShapeWith is loadShape with options.
+func loadShapeWith(b *testing.B, s cardsim.LLMSpec, opts *Options) *Model {
 	b.Helper()
 	dir := filepath.Join(b.TempDir(), s.Name)
 	s.TokenizerDir = "../tokenize/testdata/qwen3"
@@ -25,7 +28,7 @@ func loadShape(b *testing.B, s cardsim.LLMSpec) *Model {
 	}
 	dev := openDevice(b)
 	cardsim.Controls(b).Config(b, "nocompute=1", "nocompute=0")
-	m, err := Load(context.Background(), dev, dir, nil)
+	m, err := Load(context.Background(), dev, dir, opts)
 	if err != nil {
 		b.Fatal(err)
 	}
@@ -87,7 +90,7 @@ func BenchmarkDecode(b *testing.B) {
 				if latency {
 					ctl.Config(b, fmt.Sprintf("sync_us=%d", fieldCallUS), "sync_us=0")
 				}
-				st := &m.st
+				st := m.st
 				ctx := context.Background()
 				greedy := Sampling{}
 				st.pos, st.maskAt = 0, -1
@@ -97,7 +100,7 @@ func BenchmarkDecode(b *testing.B) {
 						st.pos, st.maskAt = 0, -1
 					}
 					st.tok, st.logits = tok, true
-					if err := m.do(ctx, st.decodeFn); err != nil {
+					if err := m.do(ctx, m.decodeFn); err != nil {
 						b.Fatal(err)
 					}
 					st.pos++
@@ -133,7 +136,7 @@ func BenchmarkDecode(b *testing.B) {
 // against the ~274 ms the NPU needs per token.
 func BenchmarkDecodeQwen3_4B(b *testing.B) {
 	m := load4B(b)
-	st := &m.st
+	st := m.st
 	ctx := context.Background()
 	greedy := Sampling{}
 	st.pos, st.maskAt = 0, -1
@@ -144,7 +147,7 @@ func BenchmarkDecodeQwen3_4B(b *testing.B) {
 			st.pos = 0
 		}
 		st.tok, st.logits = tok, true
-		if err := m.do(ctx, st.decodeFn); err != nil {
+		if err := m.do(ctx, m.decodeFn); err != nil {
 			b.Fatal(err)
 		}
 		st.pos++

@@ -107,7 +107,10 @@ var qwenVLPkg struct {
 }
 
 // loadQwen3VL loads the vendor-shaped tiny Qwen3-VL package (cardsim.TinyQwen3VLVendor).
-func loadQwen3VL(t *testing.T) (*Model, *cardsim.Reference) {
+func loadQwen3VL(t *testing.T) (*Model, *cardsim.Reference) { return loadQwen3VLWith(t, nil) }
+
+// loadQwen3VLWith is loadQwen3VL with options.
+func loadQwen3VLWith(t *testing.T, opts *Options) (*Model, *cardsim.Reference) {
 	t.Helper()
 	qwenVLPkg.once.Do(func() {
 		dir, err := os.MkdirTemp("", "kiln-llm-qwen3vl-")
@@ -123,7 +126,7 @@ func loadQwen3VL(t *testing.T) (*Model, *cardsim.Reference) {
 	if qwenVLPkg.err != nil {
 		t.Fatal(qwenVLPkg.err)
 	}
-	m, err := Load(context.Background(), openDevice(t), qwenVLPkg.dir, nil)
+	m, err := Load(context.Background(), openDevice(t), qwenVLPkg.dir, opts)
 	if err != nil {
 		t.Fatal(err)
 	}
