@@ -32,6 +32,13 @@ type Config struct {
 	Chat map[string]Handler[schema.ChatJob]
 	// Image maps model names to their image handlers.
 	Image map[string]Handler[schema.ImageJob]
+	// MaxJobs is the most jobs the worker runs at once, across its models
+	// (default 1: one at a time). Each model also runs at most its
+	// handler's Capacity at once (1 without one): a chat model with N K/V
+	// slots takes N, an image model one. card.Card.MaxJobs is the card's
+	// sum. A worker that is full fetches nothing: the queue's jobs go to
+	// other cards.
+	MaxJobs int
 	// Limits are checked before any work (default schema.DefaultLimits).
 	Limits schema.Limits
 	// ShutdownGrace is how long Run lets the running job finish after its
@@ -90,6 +97,9 @@ func (c Config) withDefaults() Config {
 	}
 	if c.ShutdownGrace <= 0 {
 		c.ShutdownGrace = DefaultShutdownGrace
+	}
+	if c.MaxJobs <= 0 {
+		c.MaxJobs = 1
 	}
 	if c.PollInterval <= 0 {
 		c.PollInterval = DefaultPollInterval
