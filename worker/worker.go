@@ -501,6 +501,7 @@ func (w *Worker) loop() {
 			case <-w.stopFetch:
 				return
 			case <-w.freed:
+				w.lookEverywhere()
 			case <-w.hw.changedChan():
 			}
 			continue
@@ -522,12 +523,21 @@ func (w *Worker) loop() {
 		case rt := <-w.wake:
 			rt.pending, rt.rung = true, true
 		case <-w.freed:
+			w.lookEverywhere()
 		case <-w.hw.changedChan():
 		case <-timer.C:
-			for _, rt := range w.routes {
-				rt.pending = true
-			}
+			w.lookEverywhere()
 		}
+	}
+}
+
+// lookEverywhere marks every route as maybe holding a job: after the poll
+// interval, and when a slot frees (a job announced meanwhile may be a
+// redelivery, which is not announced, and the high lane must be looked at
+// first whatever woke the loop).
+func (w *Worker) lookEverywhere() {
+	for _, rt := range w.routes {
+		rt.pending = true
 	}
 }
 
