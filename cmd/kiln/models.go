@@ -54,12 +54,16 @@ func runModelsCheck(ctx context.Context, args []string, stdout, stderr io.Writer
 	lib := fs.String("lib", "", "path of libaxcl_rt.so (default $"+axcl.EnvLibrary+", else "+axcl.DefaultLibraryPath+")")
 	index := fs.Int("card", 0, "the card to load the packages on (its index)")
 	models := fs.String("models", getenv(envModels, defaultModels), "folder of model packages checked when no DIR is given ($"+envModels+")")
+	slots := slotsFlag(fs)
 	fs.Usage = func() {
 		fmt.Fprint(stderr, modelsUsage)
 		fmt.Fprintln(stderr, "\nflags:")
 		fs.PrintDefaults()
 	}
 	if err := parse(fs, args); err != nil { // flags may follow the folders
+		return err
+	}
+	if err := checkSlots(*slots); err != nil {
 		return err
 	}
 	dirs := fs.Args()
@@ -72,7 +76,7 @@ func runModelsCheck(ctx context.Context, args []string, stdout, stderr io.Writer
 			return fmt.Errorf("no model packages in %s (one sub-folder per model)", *models)
 		}
 	}
-	reports, err := card.Check(ctx, card.CheckConfig{Library: *lib, Index: *index}, dirs)
+	reports, err := card.Check(ctx, card.CheckConfig{Library: *lib, Index: *index, Slots: *slots}, dirs)
 	if err != nil {
 		return err
 	}
@@ -101,6 +105,9 @@ func printReports(w io.Writer, reports []card.PackageReport) error {
 			fmt.Fprintln(w)
 		}
 		verdict := fmt.Sprintf("serves %s jobs (runtime %s, %d MiB of CMM)", r.Kind, r.Runtime, r.CMMMiB)
+		if r.Slots > 0 {
+			verdict = fmt.Sprintf("serves %s jobs (runtime %s, %d MiB of CMM with %d K/V slots: %d jobs at once)", r.Kind, r.Runtime, r.CMMMiB, r.Slots, r.Slots)
+		}
 		if r.Refused != "" {
 			verdict = "REFUSED: " + r.Refused
 		}

@@ -28,6 +28,7 @@ type workerFlags struct {
 	models string
 	lib    string
 	grace  time.Duration
+	slots  *int
 	temp   thermalFlags
 }
 
@@ -37,6 +38,7 @@ func (w *workerFlags) register(fs *flag.FlagSet) {
 	fs.StringVar(&w.models, "models", getenv(envModels, defaultModels), "folder of model packages, one sub-folder per model ($"+envModels+")")
 	fs.StringVar(&w.lib, "lib", getenv(envAXCLLib, axcl.DefaultLibraryPath), "path of libaxcl_rt.so ($"+envAXCLLib+")")
 	fs.DurationVar(&w.grace, "grace", worker.DefaultShutdownGrace, "on stop, how long the running job may finish before it is handed back")
+	w.slots = slotsFlag(fs)
 	w.temp.register(fs)
 }
 
@@ -44,7 +46,10 @@ func (w *workerFlags) register(fs *flag.FlagSet) {
 // builds the worker's configuration (name "" = the default
 // <host>-card<index>). The caller closes the card.
 func (w *workerFlags) workerConfig(ctx context.Context, e *env, topo topology.Config, index int, name string) (worker.Config, *card.Card, error) {
-	c, err := card.Open(ctx, card.Config{Library: w.lib, Index: index, ModelsDir: w.models, Logger: e.log.With("card", index)})
+	if err := checkSlots(*w.slots); err != nil {
+		return worker.Config{}, nil, err
+	}
+	c, err := card.Open(ctx, card.Config{Library: w.lib, Index: index, ModelsDir: w.models, Slots: *w.slots, Logger: e.log.With("card", index)})
 	if err != nil {
 		return worker.Config{}, nil, err
 	}
@@ -54,6 +59,7 @@ func (w *workerFlags) workerConfig(ctx context.Context, e *env, topo topology.Co
 		Version:       version,
 		Topology:      topo,
 		ShutdownGrace: w.grace,
+		MaxJobs:       c.MaxJobs(),
 		Chat:          c.ChatHandlers(),
 		Image:         c.ImageHandlers(),
 		StatusFunc:    c.Status,
