@@ -87,7 +87,7 @@ func BenchmarkDecode(b *testing.B) {
 				if latency {
 					ctl.Config(b, fmt.Sprintf("sync_us=%d", fieldCallUS), "sync_us=0")
 				}
-				st := &m.st
+				st := m.st
 				ctx := context.Background()
 				greedy := Sampling{}
 				st.pos, st.maskAt = 0, -1
@@ -97,7 +97,7 @@ func BenchmarkDecode(b *testing.B) {
 						st.pos, st.maskAt = 0, -1
 					}
 					st.tok, st.logits = tok, true
-					if err := m.do(ctx, st.decodeFn); err != nil {
+					if err := m.do(ctx, m.decodeFn); err != nil {
 						b.Fatal(err)
 					}
 					st.pos++
@@ -133,7 +133,7 @@ func BenchmarkDecode(b *testing.B) {
 // against the ~274 ms the NPU needs per token.
 func BenchmarkDecodeQwen3_4B(b *testing.B) {
 	m := load4B(b)
-	st := &m.st
+	st := m.st
 	ctx := context.Background()
 	greedy := Sampling{}
 	st.pos, st.maskAt = 0, -1
@@ -144,7 +144,7 @@ func BenchmarkDecodeQwen3_4B(b *testing.B) {
 			st.pos = 0
 		}
 		st.tok, st.logits = tok, true
-		if err := m.do(ctx, st.decodeFn); err != nil {
+		if err := m.do(ctx, m.decodeFn); err != nil {
 			b.Fatal(err)
 		}
 		st.pos++

@@ -101,12 +101,18 @@ type Result struct {
 	// RestoredTokens is how many of those were copied from the host
 	// prefix cache.
 	RestoredTokens int
-	Finish         Finish
-	Prefill        PrefillStats
+	// CopiedTokens is how many of those were copied on the card from
+	// another slot's rows (a prompt sharing its start with a running or
+	// earlier request in another slot).
+	CopiedTokens int
+	Finish       Finish
+	Prefill      PrefillStats
 	// TTFT is from the start of Generate to the first token.
 	TTFT time.Duration
 	// Decode is from the first token to the last.
 	Decode time.Duration
+
+	slot *state // the slot the request ran in
 }
 
 // TokensPerSecond is the decode speed: tokens after the first over Decode.
@@ -117,10 +123,23 @@ func (r *Result) TokensPerSecond() float64 {
 	return float64(r.CompletionTokens-1) / r.Decode.Seconds()
 }
 
-// state is the per-request state and the host staging buffers, reused.
+// state is a slot: its K/V caches and decode mask on the card and the
+// state of the request running in it, kept between requests (the rows
+// still valid on the card). The host staging slices point into the pinned
+// buffers every slot shares: the scheduler fills and reads them within one
+// step of one slot.
 type state struct {
+	index  int
+	kc, vc []*npu.Buffer // per layer: K and V cache, Context rows of KVDim bf16
+	dmask  *npu.Buffer   // the slot's decode mask (Context+1 elements)
+	samp   *sampler
+	busy   bool // a request holds the slot (scheduler goroutine)
+	// cut bounds the rows of resident another slot may copy: the first
+	// image placeholder of the request running here.
+	cut int
+
 	pos       int // tokens in the KV cache
-	maskAt    int // the mask buffer holds the decode mask for this position; -1: it does not
+	maskAt    int // dmask holds the decode mask for this position; -1: it does not
 	tok       int // token of the decode step
 	logits    bool
 	chunkIn   []byte
@@ -143,10 +162,7 @@ type state struct {
 	restore   *prefixEntry
 	restoreN  int
 	save      *prefixEntry
-	decodeFn  func(*npu.Thread) error
-	chunkFn   func(*npu.Thread) error
-	restoreFn func(*npu.Thread) error
-	saveFn    func(*npu.Thread) error
+	copyFrom  *state // copyStep: the slot whose rows 0..restoreN-1 are copied
 }
 
 var (
@@ -154,7 +170,8 @@ var (
 	maskVisible = [2]byte{0, 0}
 )
 
-func (st *state) init(s *Shape) {
+func newState(index int, s *Shape) *state {
+	st := &state{index: index, maskAt: -1} // samp: allocSlots, once the vocabulary is known
 	if s.MRoPE {
 		st.dsBuf = make([]byte, s.Chunk*s.Hidden*2)
 		for r := range st.mpos {
@@ -163,14 +180,15 @@ func (st *state) init(s *Shape) {
 	}
 	st.history = make([]int, 0, s.Context)
 	st.resident = make([]int, 0, s.Context)
-	st.maskAt = -1
+	return st
 }
 
 func (m *Model) bindSteps() {
-	m.st.decodeFn = m.decodeStep
-	m.st.chunkFn = m.chunkStep
-	m.st.restoreFn = m.restoreStep
-	m.st.saveFn = m.saveStep
+	m.decodeFn = m.decodeStep
+	m.chunkFn = m.chunkStep
+	m.restoreFn = m.restoreStep
+	m.saveFn = m.saveStep
+	m.copyFn = m.copyStep
 }
 
 func (m *Model) embedRow(tok int) []byte {
@@ -201,7 +219,7 @@ func settle(t *npu.Thread, err error) error {
 
 // queueDecode queues decodeStep's work.
 func (m *Model) queueDecode(t *npu.Thread) error {
-	st, s := &m.st, &m.shape
+	st, s := m.st, &m.shape
 	p := st.pos
 	if p >= s.Context || st.tok < 0 || st.tok >= s.Vocab {
 		return fmt.Errorf("llm: decode token %d at position %d: outside vocabulary %d or context %d", st.tok, p, s.Vocab, s.Context)
@@ -218,24 +236,12 @@ func (m *Model) queueDecode(t *npu.Thread) error {
 	if err := t.CopyAsync(m.idx, 0, m.posTab, uint64(m.decodePos(p))*4, 4); err != nil {
 		return err
 	}
-	if st.maskAt == p-1 && p > 0 {
-		if err := t.CopyAsync(m.mask, uint64(p-1)*2, m.zero, 0, 2); err != nil {
-			return err
-		}
-	} else {
-		for j := 0; j < s.Context; j++ {
-			if j < p {
-				copy(st.decMask[2*j:], maskVisible[:])
-			} else {
-				copy(st.decMask[2*j:], maskHidden[:])
-			}
-		}
-		copy(st.decMask[2*s.Context:], maskVisible[:])
-		if err := t.WriteAsync(m.mask, 0, m.pin.decMask, 0, uint64(len(st.decMask))); err != nil {
-			return err
-		}
+	if err := m.queueMask(t); err != nil {
+		return err
 	}
-	st.maskAt = p
+	if err := m.bindSlot(t, s.Decode); err != nil {
+		return err
+	}
 	kv := uint64(s.KVDim * 2)
 	for i, l := range m.layers {
 		if m.kv.inPlace {
@@ -249,10 +255,10 @@ func (m *Model) queueDecode(t *npu.Thread) error {
 		if m.kv.inPlace {
 			continue
 		}
-		if err := t.CopyAsync(m.kc[i], uint64(p)*kv, m.kOut, 0, kv); err != nil {
+		if err := t.CopyAsync(st.kc[i], uint64(p)*kv, m.kOut, 0, kv); err != nil {
 			return err
 		}
-		if err := t.CopyAsync(m.vc[i], uint64(p)*kv, m.vOut, 0, kv); err != nil {
+		if err := t.CopyAsync(st.vc[i], uint64(p)*kv, m.vOut, 0, kv); err != nil {
 			return err
 		}
 	}
@@ -275,10 +281,46 @@ func (m *Model) postStep(t *npu.Thread, r int) error {
 	return t.ReadAsync(m.pin.logits, 0, m.pOut, 0, uint64(len(m.st.raw)))
 }
 
+// queueMask queues the decode mask of the slot's position st.pos: rows
+// before it visible, the rest hidden, the token's own element visible. The
+// slot keeps its mask on the card (dmask) and updates it by one element
+// per token; the mask buffer the layers read gets the slot's mask copied
+// in on the card when another slot's (or a prefill chunk's) is there, else
+// the same one element.
+func (m *Model) queueMask(t *npu.Thread) error {
+	st, s := m.st, &m.shape
+	p := st.pos
+	next := st.maskAt == p-1 && p > 0 // dmask holds the mask of the previous position
+	if next {
+		if err := t.CopyAsync(st.dmask, uint64(p-1)*2, m.zero, 0, 2); err != nil {
+			return err
+		}
+	} else {
+		for j := 0; j < s.Context; j++ {
+			if j < p {
+				copy(st.decMask[2*j:], maskVisible[:])
+			} else {
+				copy(st.decMask[2*j:], maskHidden[:])
+			}
+		}
+		copy(st.decMask[2*s.Context:], maskVisible[:])
+		if err := t.WriteAsync(st.dmask, 0, m.pin.decMask, 0, uint64(len(st.decMask))); err != nil {
+			return err
+		}
+	}
+	st.maskAt = p
+	if next && (m.maskOf == st || m.test.stickyMask && m.maskOf != nil) {
+		m.maskOf = st
+		return t.CopyAsync(m.mask, uint64(p-1)*2, m.zero, 0, 2)
+	}
+	m.maskOf = st
+	return t.CopyAsync(m.mask, 0, st.dmask, 0, uint64(s.Context+1)*2)
+}
+
 // chunkStep runs the staged chunk (st.chunkN tokens at st.pos) through
 // prefill group st.chunkG of every layer (device thread).
 func (m *Model) chunkStep(t *npu.Thread) error {
-	st, s := &m.st, &m.shape
+	st, s := m.st, &m.shape
 	if err := t.Write(m.hid[0], 0, st.chunkIn); err != nil {
 		return err
 	}
@@ -288,7 +330,10 @@ func (m *Model) chunkStep(t *npu.Thread) error {
 	if err := t.Write(m.mask, 0, st.chunkMask[:s.Chunk*(st.chunkH+s.Chunk)*2]); err != nil {
 		return err
 	}
-	st.maskAt = -1
+	m.maskOf = nil
+	if err := m.bindSlot(t, st.chunkG); err != nil {
+		return err
+	}
 	row := uint64(s.KVDim * 2)
 	n := uint64(st.chunkN) * row
 	for i, l := range m.layers {
@@ -298,10 +343,10 @@ func (m *Model) chunkStep(t *npu.Thread) error {
 		if err := m.addDeepstack(t, i); err != nil {
 			return err
 		}
-		if err := t.Copy(m.kc[i], uint64(st.pos)*row, m.kOut, 0, n); err != nil {
+		if err := t.Copy(st.kc[i], uint64(st.pos)*row, m.kOut, 0, n); err != nil {
 			return err
 		}
-		if err := t.Copy(m.vc[i], uint64(st.pos)*row, m.vOut, 0, n); err != nil {
+		if err := t.Copy(st.vc[i], uint64(st.pos)*row, m.vOut, 0, n); err != nil {
 			return err
 		}
 	}
@@ -316,7 +361,7 @@ func (m *Model) chunkStep(t *npu.Thread) error {
 // padding), and the mask — row r sees the st.pos cached rows and the chunk's
 // rows up to itself; padding rows see nothing.
 func (m *Model) stageChunk(toks []int, h int) {
-	st, s := &m.st, &m.shape
+	st, s := m.st, &m.shape
 	n, d := len(toks), s.Hidden*2
 	for i, tok := range toks {
 		row := m.imageRow(st.pos + i)
@@ -379,51 +424,48 @@ func (m *Model) do(ctx context.Context, fn func(*npu.Thread) error) error {
 	return m.dev.Do(ctx, fn)
 }
 
-// prefill runs prompt[st.pos:] and leaves the last token's logits in st.raw.
-// st.resident holds prompt[:st.pos] on entry and the prompt on success.
-func (m *Model) prefill(ctx context.Context, prompt []int, ps *PrefillStats) error {
-	st, s := &m.st, &m.shape
-	for st.pos < len(prompt) {
-		if err := ctx.Err(); err != nil {
-			return err
-		}
-		g, ok := s.group(st.pos)
-		if !ok {
-			// Past the largest prefill group: the decode group, one token at a time.
-			st.tok, st.row = prompt[st.pos], m.imageRow(st.pos)
-			st.logits = st.pos == len(prompt)-1
-			err := m.do(ctx, st.decodeFn)
-			st.row = nil
-			if err != nil {
-				st.resident = st.resident[:0]
-				return fmt.Errorf("llm: prefill at position %d: %w", st.pos, err)
-			}
-			ps.Positions++
-			ps.Columns += s.Context + 1
-			st.resident = append(st.resident, st.tok)
-			st.pos++
-			continue
-		}
-		n := min(s.Chunk, len(prompt)-st.pos)
-		m.stageChunk(prompt[st.pos:st.pos+n], g.History)
-		st.chunkG = g.Index
-		st.logits = st.pos+n == len(prompt)
-		if err := m.do(ctx, st.chunkFn); err != nil {
+// prefillOne runs the next chunk of prompt[st.pos:] (or, past the largest
+// prefill group, the next token through the decode group) in the current
+// slot; after the last one st.raw holds the last token's logits.
+// st.resident holds prompt[:st.pos] on entry and on success.
+func (m *Model) prefillOne(ctx context.Context, prompt []int, ps *PrefillStats) error {
+	st, s := m.st, &m.shape
+	g, ok := s.group(st.pos)
+	if !ok {
+		// Past the largest prefill group: the decode group, one token at a time.
+		st.tok, st.row = prompt[st.pos], m.imageRow(st.pos)
+		st.logits = st.pos == len(prompt)-1
+		err := m.do(ctx, m.decodeFn)
+		st.row = nil
+		if err != nil {
 			st.resident = st.resident[:0]
-			return fmt.Errorf("llm: prefill chunk at position %d (group %d): %w", st.pos, g.Index, err)
+			return fmt.Errorf("llm: prefill at position %d: %w", st.pos, err)
 		}
-		ps.Chunks++
-		ps.Positions += s.Chunk
-		ps.Columns += s.Chunk * (g.History + s.Chunk)
-		st.resident = append(st.resident, prompt[st.pos:st.pos+n]...)
-		st.pos += n
+		ps.Positions++
+		ps.Columns += s.Context + 1
+		st.resident = append(st.resident, st.tok)
+		st.pos++
+		return nil
 	}
+	n := min(s.Chunk, len(prompt)-st.pos)
+	m.stageChunk(prompt[st.pos:st.pos+n], g.History)
+	st.chunkG = g.Index
+	st.logits = st.pos+n == len(prompt)
+	if err := m.do(ctx, m.chunkFn); err != nil {
+		st.resident = st.resident[:0]
+		return fmt.Errorf("llm: prefill chunk at position %d (group %d): %w", st.pos, g.Index, err)
+	}
+	ps.Chunks++
+	ps.Positions += s.Chunk
+	ps.Columns += s.Chunk * (g.History + s.Chunk)
+	st.resident = append(st.resident, prompt[st.pos:st.pos+n]...)
+	st.pos += n
 	return nil
 }
 
 // loadLogits converts st.raw into the sampler's float32 logits.
 func (m *Model) loadLogits() {
-	lg, raw := m.samp.logits, m.st.raw
+	lg, raw := m.st.samp.logits, m.st.raw
 	if m.shape.PostFP32 {
 		for i := range lg {
 			lg[i] = math.Float32frombits(binary.LittleEndian.Uint32(raw[4*i:]))
@@ -443,7 +485,7 @@ func (m *Model) next(s *Sampling) int {
 		return argmaxBF16(m.st.raw[:2*m.shape.Vocab])
 	}
 	m.loadLogits()
-	return m.samp.pick(s, m.st.history)
+	return m.st.samp.pick(s, m.st.history)
 }
 
 // argmaxBF16 is argmax over little-endian bf16 values (lowest id on ties,
@@ -464,165 +506,6 @@ func argmaxBF16(raw []byte) int {
 		}
 	}
 	return max(best, 0)
-}
-
-// Logits runs the whole prompt from position 0 (no rows reused, prefix
-// cache not used) and returns the logits after its last token: what the
-// first sampled token is drawn from.
-func (m *Model) Logits(ctx context.Context, prompt []int) ([]float32, error) {
-	m.mu.Lock()
-	defer m.mu.Unlock()
-	if err := m.check(prompt); err != nil {
-		return nil, err
-	}
-	m.st.pos, m.st.maskAt, m.st.resident, m.st.runs = 0, -1, m.st.resident[:0], m.st.runs[:0]
-	var ps PrefillStats
-	if err := m.prefill(ctx, prompt, &ps); err != nil {
-		return nil, err
-	}
-	m.loadLogits()
-	return append([]float32(nil), m.samp.logits...), nil
-}
-
-func (m *Model) check(prompt []int) error {
-	if m.closed {
-		return errors.New("llm: model closed")
-	}
-	if len(prompt) == 0 {
-		return errors.New("llm: empty prompt")
-	}
-	if len(prompt) > m.shape.MaxPrompt() {
-		return &LimitError{Tokens: len(prompt), Limit: m.shape.MaxPrompt(), Context: m.shape.Context}
-	}
-	for _, t := range prompt {
-		if t < 0 || t >= m.shape.Vocab {
-			return fmt.Errorf("%w: %d is not below %d", ErrTokenRange, t, m.shape.Vocab)
-		}
-	}
-	return nil
-}
-
-// Generate may be called from several goroutines at once (slots.go): each
-// call holds one slot from its first prefill chunk to its last token, and
-// waits for a free slot (or ctx's end) when every slot is taken.
-//
-// Generate runs req from a clean state and calls fn with every generated
-// token, in order, from the calling goroutine. It returns when a stop token
-// is sampled, fn returns ErrStop, MaxTokens or the end of the context is
-// reached (a nil error), fn returns another error (that error), or ctx ends
-// (ctx's error, checked before every token and prefill chunk); fn may be
-// nil. The Result is filled in every case. A device error is returned wrapped; the next
-// request starts clean regardless.
-func (m *Model) Generate(ctx context.Context, req Request, fn func(Token) error) (*Result, error) {
-	start := time.Now()
-	if fn == nil {
-		fn = func(Token) error { return nil }
-	}
-	m.mu.Lock()
-	defer m.mu.Unlock()
-	m.slotsUsed.Add(1)
-	defer m.slotsUsed.Add(-1)
-	defer m.dev.Busy()() // no properties sample between the tokens of a reply
-	res := &Result{PromptTokens: len(req.Prompt)}
-	if err := m.check(req.Prompt); err != nil {
-		return res, err
-	}
-	if err := req.Sampling.validate(); err != nil {
-		return res, err
-	}
-	stops := req.StopIDs
-	if stops == nil {
-		stops = m.tok.StopIDs()
-	}
-	st, s := &m.st, &m.shape
-	st.pos, st.maskAt, st.history = 0, -1, st.history[:0]
-	m.samp.reset(req.Sampling.Seed)
-	prompt := req.Prompt
-
-	// Rows to keep: the longest common prefix with the tokens whose rows are
-	// on the card, or a longer one from the prefix cache, restored — one
-	// token short of the prompt at most (the last prompt token must run for
-	// its logits). Everything past them is masked: the request sees only
-	// what it computes itself.
-	// Rows at and past an image placeholder depend on the image, not only
-	// on the token ids: they are never kept or cached.
-	firstImage, err := m.prepareImages(ctx, &req)
-	if err != nil {
-		st.runs = st.runs[:0]
-		return res, err
-	}
-	defer func() {
-		st.resident = st.resident[:min(len(st.resident), firstImage)]
-		st.runs = st.runs[:0]
-	}()
-	reusable := min(len(prompt)-1, firstImage)
-	keep := commonPrefix(st.resident, prompt, reusable)
-	if e, n := m.prefixes.lookup(prompt, reusable); e != nil && n >= m.opts.MinPrefix && n > keep {
-		st.restore, st.restoreN = e, n
-		err := m.do(ctx, st.restoreFn)
-		st.restore = nil
-		if err != nil {
-			st.resident = st.resident[:0]
-			return res, fmt.Errorf("llm: restore cached prefix: %w", err)
-		}
-		st.resident = append(st.resident[:0], prompt[:n]...)
-		keep, res.RestoredTokens = n, n
-	}
-	st.resident = st.resident[:keep]
-	st.pos, res.CachedTokens = keep, keep
-	if err := m.prefill(ctx, prompt, &res.Prefill); err != nil {
-		return res, err
-	}
-	// Keep the marked prefix for later requests (its rows stay untouched
-	// by the decode below, so it is read back at the end).
-	save := min(req.CachePrefix, len(prompt), firstImage)
-	defer func() {
-		if save >= m.opts.MinPrefix && !m.prefixes.has(prompt[:save]) && m.dev.Err() == nil {
-			m.savePrefix(context.WithoutCancel(ctx), prompt[:save])
-		}
-	}()
-
-	limit := s.Context - len(prompt)
-	if req.MaxTokens > 0 {
-		limit = min(limit, req.MaxTokens)
-	}
-	var first time.Time
-	for {
-		tok := m.next(&req.Sampling)
-		if isStop(tok, stops) {
-			res.Finish = FinishStop
-			break
-		}
-		if first.IsZero() {
-			first = time.Now()
-			res.TTFT = first.Sub(start)
-		}
-		res.CompletionTokens++
-		st.history = append(st.history, tok)
-		res.Decode = time.Since(first)
-		if err := fn(Token{ID: tok, Index: res.CompletionTokens - 1}); err != nil {
-			if errors.Is(err, ErrStop) {
-				res.Finish = FinishStop
-				break
-			}
-			return res, err
-		}
-		if res.CompletionTokens >= limit {
-			res.Finish = FinishLength
-			break
-		}
-		if err := ctx.Err(); err != nil {
-			return res, err
-		}
-		st.tok, st.logits = tok, true
-		if err := m.do(ctx, st.decodeFn); err != nil {
-			st.resident = st.resident[:0]
-			return res, fmt.Errorf("llm: decode at position %d: %w", st.pos, err)
-		}
-		st.resident = append(st.resident, tok)
-		st.pos++
-	}
-	return res, nil
 }
 
 // commonPrefix is the length of the common prefix of a and b, at most limit.

@@ -75,10 +75,10 @@ func (m *Model) chooseKVWrite() error {
 // caches (the row the token writes).
 func (m *Model) bindRow(t *npu.Thread, i int, off uint64) error {
 	l, g := m.layers[i], m.shape.Decode
-	if err := t.Rebind(l, g, axcl.Output, m.kv.kIdx, m.kc[i], off, m.kv.row); err != nil {
+	if err := t.Rebind(l, g, axcl.Output, m.kv.kIdx, m.st.kc[i], off, m.kv.row); err != nil {
 		return err
 	}
-	return t.Rebind(l, g, axcl.Output, m.kv.vIdx, m.vc[i], off, m.kv.row)
+	return t.Rebind(l, g, axcl.Output, m.kv.vIdx, m.st.vc[i], off, m.kv.row)
 }
 
 // useKVInPlace switches the decode path (device thread); back to staging it
@@ -107,7 +107,7 @@ type pinned struct {
 // allocPinned allocates the pinned buffers and points the state's staging
 // slices at them.
 func (m *Model) allocPinned(ctx context.Context) error {
-	s, st := &m.shape, &m.st
+	s := &m.shape
 	maxH := 0
 	for _, g := range s.Prefill {
 		maxH = max(maxH, g.History)
@@ -124,14 +124,14 @@ func (m *Model) allocPinned(ctx context.Context) error {
 		for _, b := range []struct {
 			h **npu.HostBuffer
 			n int
-			s *[]byte
+			s func(*state) *[]byte // the slots' view of it
 		}{
 			{&m.pin.row, s.Hidden * 2, nil},
-			{&m.pin.decMask, (s.Context + 1) * 2, &st.decMask},
-			{&m.pin.chunkIn, s.Chunk * s.Hidden * 2, &st.chunkIn},
-			{&m.pin.chunkIdx, s.Chunk * 4 * idxRows, &st.chunkIdx},
-			{&m.pin.chunkMask, s.Chunk * (maxH + s.Chunk) * 2, &st.chunkMask},
-			{&m.pin.logits, logits, &st.raw},
+			{&m.pin.decMask, (s.Context + 1) * 2, func(st *state) *[]byte { return &st.decMask }},
+			{&m.pin.chunkIn, s.Chunk * s.Hidden * 2, func(st *state) *[]byte { return &st.chunkIn }},
+			{&m.pin.chunkIdx, s.Chunk * 4 * idxRows, func(st *state) *[]byte { return &st.chunkIdx }},
+			{&m.pin.chunkMask, s.Chunk * (maxH + s.Chunk) * 2, func(st *state) *[]byte { return &st.chunkMask }},
+			{&m.pin.logits, logits, func(st *state) *[]byte { return &st.raw }},
 		} {
 			h, err := t.AllocHost(uint64(b.n))
 			if err != nil {
@@ -139,7 +139,9 @@ func (m *Model) allocPinned(ctx context.Context) error {
 			}
 			*b.h = h
 			if b.s != nil {
-				*b.s = h.Bytes()
+				for _, st := range m.slots {
+					*b.s(st) = h.Bytes()
+				}
 			}
 		}
 		return nil
@@ -159,9 +161,11 @@ func (p *pinned) free(t *npu.Thread) error {
 
 // forget drops every view of the pinned buffers (they are freed, or will
 // be with the device).
-func (p *pinned) forget(st *state) {
+func (p *pinned) forget(slots []*state) {
 	*p = pinned{}
-	st.decMask, st.chunkIn, st.chunkIdx, st.chunkMask, st.raw = nil, nil, nil, nil, nil
+	for _, st := range slots {
+		st.decMask, st.chunkIn, st.chunkIdx, st.chunkMask, st.raw = nil, nil, nil, nil, nil
+	}
 }
 
 // KVProbe is what ProbeKVInPlace found.
@@ -191,53 +195,60 @@ func (m *Model) ProbeKVInPlace(ctx context.Context, prompt []int, n int) (*KVPro
 	if n < 1 || len(prompt)+n > s.Context {
 		return nil, fmt.Errorf("llm: probe: %d prompt tokens and %d more do not fit the context of %d", len(prompt), n, s.Context)
 	}
-	m.mu.Lock()
-	was := m.kv.inPlace
-	m.mu.Unlock()
+	var was bool
+	if err := m.exclusive(ctx, func() error { was = m.kv.inPlace; return nil }); err != nil {
+		return nil, err
+	}
 	defer m.setKVMode(context.WithoutCancel(ctx), was)
 	run := func(inPlace bool) ([]int, [][]byte, error) {
 		if err := m.setKVMode(ctx, inPlace); err != nil {
 			return nil, nil, err
 		}
-		// Zero the rows the run writes: a row the other run left behind
-		// must not stand in for one this run failed to write.
-		if err := m.do(ctx, func(t *npu.Thread) error {
-			n := uint64(len(prompt)+n) * m.kv.row
-			for i := range s.Layers {
-				if err := t.Fill(m.kc[i], 0, n, 0); err != nil {
-					return err
+		// Zero the rows the run writes in every slot: a row the other run
+		// left behind must not stand in for one this run failed to write.
+		if err := m.exclusive(ctx, func() error {
+			return m.do(ctx, func(t *npu.Thread) error {
+				n := uint64(len(prompt)+n) * m.kv.row
+				for _, st := range m.slots {
+					for i := range s.Layers {
+						if err := t.Fill(st.kc[i], 0, n, 0); err != nil {
+							return err
+						}
+						if err := t.Fill(st.vc[i], 0, n, 0); err != nil {
+							return err
+						}
+					}
 				}
-				if err := t.Fill(m.vc[i], 0, n, 0); err != nil {
-					return err
-				}
-			}
-			return nil
+				return nil
+			})
 		}); err != nil {
 			return nil, nil, err
 		}
 		var toks []int
-		if _, err := m.Generate(ctx, Request{Prompt: prompt, MaxTokens: n, StopIDs: []int{}}, func(t Token) error {
+		res, err := m.Generate(ctx, Request{Prompt: prompt, MaxTokens: n, StopIDs: []int{}}, func(t Token) error {
 			toks = append(toks, t.ID)
 			return nil
-		}); err != nil {
+		})
+		if err != nil {
 			return nil, nil, err
 		}
-		m.mu.Lock()
-		defer m.mu.Unlock()
-		rows := m.st.pos
-		pr.Rows = rows
+		st := res.slot
 		kv := make([][]byte, 2*s.Layers)
-		err := m.do(ctx, func(t *npu.Thread) error {
-			for i := range s.Layers {
-				kv[2*i], kv[2*i+1] = make([]byte, uint64(rows)*m.kv.row), make([]byte, uint64(rows)*m.kv.row)
-				if err := t.Read(kv[2*i], m.kc[i], 0); err != nil {
-					return err
+		err = m.exclusive(ctx, func() error {
+			rows := st.pos
+			pr.Rows = rows
+			return m.do(ctx, func(t *npu.Thread) error {
+				for i := range s.Layers {
+					kv[2*i], kv[2*i+1] = make([]byte, uint64(rows)*m.kv.row), make([]byte, uint64(rows)*m.kv.row)
+					if err := t.Read(kv[2*i], st.kc[i], 0); err != nil {
+						return err
+					}
+					if err := t.Read(kv[2*i+1], st.vc[i], 0); err != nil {
+						return err
+					}
 				}
-				if err := t.Read(kv[2*i+1], m.vc[i], 0); err != nil {
-					return err
-				}
-			}
-			return nil
+				return nil
+			})
 		})
 		return toks, kv, err
 	}
@@ -265,13 +276,15 @@ func (m *Model) ProbeKVInPlace(ctx context.Context, prompt []int, n int) (*KVPro
 // setKVMode switches the decode path and drops the card's rows, so the next
 // request prefills from scratch.
 func (m *Model) setKVMode(ctx context.Context, inPlace bool) error {
-	m.mu.Lock()
-	defer m.mu.Unlock()
 	if inPlace && m.kv.row%KVBindAlign != 0 {
 		return fmt.Errorf("llm: K/V rows of %d bytes cannot be bound in place (not a multiple of %d)", m.kv.row, KVBindAlign)
 	}
-	m.st.resident = m.st.resident[:0]
-	return m.do(ctx, func(t *npu.Thread) error { return m.useKVInPlace(t, inPlace) })
+	return m.exclusive(ctx, func() error {
+		for _, st := range m.slots {
+			st.resident = st.resident[:0]
+		}
+		return m.do(ctx, func(t *npu.Thread) error { return m.useKVInPlace(t, inPlace) })
+	})
 }
 
 // firstRowDifference names the first differing row of the per-layer K and V

@@ -94,7 +94,7 @@ func refCheck(t *testing.T, m *Model, ref *cardsim.Reference, prompt, got []int)
 
 func sameAsLogits(m *Model, want []float32) bool {
 	m.loadLogits()
-	return slices.Equal(m.samp.logits, want)
+	return slices.Equal(m.st.samp.logits, want)
 }
 
 // TestInPlaceDecodeMatchesReference: with 2048-byte rows decode binds its
@@ -129,7 +129,7 @@ func TestInPlaceDecodeMatchesReference(t *testing.T) {
 		}
 		gotStaged, _ := generate(t, staged, greedy(prompt, k))
 		staged.loadLogits()
-		if !slices.Equal(gotStaged, got) || !slices.Equal(staged.samp.logits, m.samp.logits) {
+		if !slices.Equal(gotStaged, got) || !slices.Equal(staged.st.samp.logits, m.st.samp.logits) {
 			t.Fatalf("prompt of %d: staging path gave %v, in place %v", n, gotStaged, got)
 		}
 	}

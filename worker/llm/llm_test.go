@@ -52,8 +52,8 @@ func sameLogits(t *testing.T, m *Model, ref *cardsim.Reference, prompt []int) {
 	}
 	m.loadLogits()
 	for i, w := range want {
-		if m.samp.logits[i] != w {
-			t.Fatalf("prompt of %d: logit %d = %v, reference %v", len(prompt), i, m.samp.logits[i], w)
+		if m.st.samp.logits[i] != w {
+			t.Fatalf("prompt of %d: logit %d = %v, reference %v", len(prompt), i, m.st.samp.logits[i], w)
 		}
 	}
 }

@@ -8,7 +8,6 @@ import (
 	"log/slog"
 	"os"
 	"sync"
-	"sync/atomic"
 	"syscall"
 
 	"github.com/kiln-project/kiln/worker/axcl"
@@ -93,8 +92,9 @@ type Shape struct {
 // least one token can be generated.
 func (s Shape) MaxPrompt() int { return s.Context - 1 }
 
-// Model is an LLM package resident on the card. Generate runs one request
-// at a time; concurrent calls wait for each other.
+// Model is an LLM package resident on the card. Generate may be called
+// concurrently: each call holds one of the model's K/V slots (slots.go) and
+// the model's scheduler interleaves the calls' work on the device thread.
 type Model struct {
 	dev   *npu.Device
 	pkg   *Package
@@ -106,30 +106,45 @@ type Model struct {
 	layers  []*npu.Model
 	layerIO layerIO // the tensors of shape group 0 of every layer, by role
 	post    *npu.Model
-	kc, vc  []*npu.Buffer // per layer: K and V cache, Context rows of KVDim bf16
 	hid     [2]*npu.Buffer
 	idx     *npu.Buffer // indices, shared by every layer
 	mask    *npu.Buffer // mask, shared by every layer
-	kOut    *npu.Buffer // K_cache_out, shared by every layer
-	vOut    *npu.Buffer // V_cache_out
-	postIn  *npu.Buffer
-	pOut    *npu.Buffer
-	posTab  *npu.Buffer // uint32 positions 0..Context-1: the decode indices, copied on the card
-	zero    *npu.Buffer // a visible (0) mask element, copied on the card
-	owned   []*npu.Buffer
-	pin     pinned       // pinned host buffers (kvbind.go)
-	kv      kvWrite      // how decode writes the K/V rows (kvbind.go)
-	vision  *visionModel // nil: text only
-	embed   []byte       // memory-mapped table
-	cmm     uint64       // CMM charged by Load
+	// maskOf is the slot whose decode mask (for its position maskOf.maskAt)
+	// the mask buffer holds; nil after a prefill chunk wrote it.
+	maskOf *state
+	kOut   *npu.Buffer // K_cache_out, shared by every layer
+	vOut   *npu.Buffer // V_cache_out
+	postIn *npu.Buffer
+	pOut   *npu.Buffer
+	posTab *npu.Buffer // uint32 positions 0..Context-1: the decode indices, copied on the card
+	zero   *npu.Buffer // a visible (0) mask element, copied on the card
+	owned  []*npu.Buffer
+	pin    pinned       // pinned host buffers (kvbind.go)
+	kv     kvWrite      // how decode writes the K/V rows (kvbind.go)
+	vision *visionModel // nil: text only
+	embed  []byte       // memory-mapped table
+	cmm    uint64       // CMM charged by Load
+	// cacheBytes is one layer's K (or V) cache of one slot.
+	cacheBytes uint64
 
-	slotsTotal int
-	slotsUsed  atomic.Int32
+	// Slots (slots.go, sched.go): the per-request state and K/V caches of
+	// each, the semaphore of the free ones, the scheduler goroutine's
+	// queue, and which slot's caches every shape group's K/V inputs are
+	// bound to (device thread).
+	slots  []*state
+	st     *state // the slot being stepped (scheduler goroutine)
+	sem    chan struct{}
+	jobs   chan *job
+	quit   chan struct{}
+	halted chan struct{}
+	kvIn   []kvInput // per shape group
+	bound  []int     // per shape group: slot index, -1: unknown
+	test   slotFaults
 
-	mu       sync.Mutex // one request at a time; guards everything below
+	decodeFn, chunkFn, restoreFn, saveFn, copyFn func(*npu.Thread) error
+
+	mu       sync.Mutex // guards everything below
 	closed   bool
-	st       state
-	samp     *sampler
 	prefixes *prefixCache
 }
 
@@ -160,7 +175,7 @@ func Load(ctx context.Context, dev *npu.Device, dir string, opts *Options) (_ *M
 		return nil, err
 	}
 	pkg.recordLayer(o.Bindings, &shape, ios)
-	m := &Model{dev: dev, pkg: pkg, tok: tok, log: o.Logger.With("model", pkg.Name), opts: o, shape: shape, layerIO: ios[0], slotsTotal: slots}
+	m := &Model{dev: dev, pkg: pkg, tok: tok, log: o.Logger.With("model", pkg.Name), opts: o, shape: shape, layerIO: ios[0]}
 	defer func() {
 		if err != nil {
 			m.release(context.WithoutCancel(ctx))
@@ -188,24 +203,30 @@ func Load(ctx context.Context, dev *npu.Device, dir string, opts *Options) (_ *M
 	if err := m.mapEmbed(); err != nil {
 		return nil, err
 	}
+	if err := m.allocSlots(ctx, slots, used0); err != nil {
+		return nil, err
+	}
 	used1, err := dev.CMMUsed(ctx)
 	if err != nil {
 		return nil, err
 	}
 	m.cmm = used1 - min(used0, used1)
-	m.samp = newSampler(m.shape.Vocab)
 	m.prefixes = newPrefixCache(o.PrefixCacheBytes, o.PrefixCacheEntries)
-	m.st.init(&m.shape)
 	if err := m.allocPinned(ctx); err != nil {
 		return nil, fmt.Errorf("llm: %s: pinned host buffers: %w", pkg.Name, err)
 	}
 	if err := m.chooseKVWrite(); err != nil {
 		return nil, err
 	}
+	if err := m.findKVInputs(); err != nil {
+		return nil, err
+	}
 	m.bindSteps()
+	m.startScheduler()
 	m.log.Info("llm: model loaded", "layers", shape.Layers, "hidden", shape.Hidden, "kv_dim", shape.KVDim,
 		"context", shape.Context, "chunk", shape.Chunk, "prefill_histories", histories(shape.Prefill),
-		"vocab", m.shape.Vocab, "cmm_mib", m.cmm>>20, "kv_rows", m.kv.mode())
+		"vocab", m.shape.Vocab, "cmm_mib", m.cmm>>20, "kv_rows", m.kv.mode(),
+		"slots", len(m.slots), "slot_mib", SlotBytes(shape)>>20)
 	return m, nil
 }
 
@@ -214,6 +235,7 @@ func Load(ctx context.Context, dev *npu.Device, dir string, opts *Options) (_ *M
 // the table of decode positions.
 func (m *Model) allocBuffers(ctx context.Context, sizes bufferSizes) error {
 	shape := &m.shape
+	m.cacheBytes = sizes.cache
 	return m.dev.Do(ctx, func(t *npu.Thread) error {
 		alloc := func(n uint64) (*npu.Buffer, error) {
 			b, err := t.Alloc(n)
@@ -245,21 +267,40 @@ func (m *Model) allocBuffers(ctx context.Context, sizes bufferSizes) error {
 		if err := t.Write(m.posTab, 0, pos); err != nil {
 			return err
 		}
-		// Zeroed once: rows a request has not written are masked, and zeros
-		// (unlike whatever the CMM held) cannot turn a masked score into NaN.
-		for range m.pkg.Layers {
-			k, err := alloc(sizes.cache)
-			if err != nil {
-				return err
-			}
-			v, err := alloc(sizes.cache)
-			if err != nil {
-				return err
-			}
-			m.kc, m.vc = append(m.kc, k), append(m.vc, v)
-		}
-		return nil
+		m.slots = []*state{newState(0, shape)}
+		return m.allocCaches(t, m.slots[0])
 	})
+}
+
+// allocCaches allocates st's K and V cache of every layer and its decode
+// mask, zeroed: rows a request has not written are masked, and zeros
+// (unlike whatever the CMM held) cannot turn a masked score into NaN
+// (device thread).
+func (m *Model) allocCaches(t *npu.Thread, st *state) error {
+	s := &m.shape
+	alloc := func(n uint64) (*npu.Buffer, error) {
+		b, err := t.Alloc(n)
+		if err != nil {
+			return nil, err
+		}
+		m.owned = append(m.owned, b)
+		return b, t.Fill(b, 0, n, 0)
+	}
+	cache := m.cacheBytes
+	for range m.pkg.Layers {
+		k, err := alloc(cache)
+		if err != nil {
+			return err
+		}
+		v, err := alloc(cache)
+		if err != nil {
+			return err
+		}
+		st.kc, st.vc = append(st.kc, k), append(st.vc, v)
+	}
+	var err error
+	st.dmask, err = alloc(uint64(s.Context+1) * 2)
+	return err
 }
 
 // loadLayers loads every layer model with its tensors bound to the shared
@@ -280,7 +321,7 @@ func (m *Model) loadLayers(ctx context.Context, layer0 []axcl.ShapeGroup) error 
 			Bind: map[npu.TensorRef]*npu.Buffer{
 				ref(x.in()): m.hid[i%2], ref(x.out()): m.hid[(i+1)%2],
 				ref(x.idx()): m.idx, ref(x.mask()): m.mask,
-				ref(x.k()): m.kc[i], ref(x.v()): m.vc[i],
+				ref(x.k()): m.slots[0].kc[i], ref(x.v()): m.slots[0].vc[i],
 				ref(x.ko()): m.kOut, ref(x.vo()): m.vOut,
 			},
 		})
@@ -390,14 +431,18 @@ func (m *Model) CMMBytes() uint64 { return m.cmm }
 func (m *Model) StopIDs() []int { return m.tok.StopIDs() }
 
 // Close unloads the models, frees the device buffers and unmaps the
-// embedding table. A running Generate finishes first.
+// embedding table. Running Generate calls finish first; calls waiting for
+// a slot, and later ones, fail.
 func (m *Model) Close(ctx context.Context) error {
 	m.mu.Lock()
-	defer m.mu.Unlock()
 	if m.closed {
+		m.mu.Unlock()
 		return nil
 	}
 	m.closed = true
+	m.mu.Unlock()
+	m.acquireAll()
+	m.stopScheduler()
 	return m.release(ctx)
 }
 
@@ -427,7 +472,7 @@ func (m *Model) release(ctx context.Context) error {
 		errs = append(errs, syscall.Munmap(m.embed))
 		m.embed = nil
 	}
-	m.pin.forget(&m.st)
+	m.pin.forget(m.slots)
 	if err := errors.Join(errs...); err != nil {
 		return fmt.Errorf("llm: close %s: %w", m.pkg.Name, err)
 	}

@@ -90,10 +90,10 @@ func (m *Model) restoreStep(t *npu.Thread) error {
 	row := m.shape.KVDim * 2
 	all := len(e.tokens) * row
 	for i := range m.layers {
-		if err := t.Write(m.kc[i], 0, e.kv[i][:n*row]); err != nil {
+		if err := t.Write(m.st.kc[i], 0, e.kv[i][:n*row]); err != nil {
 			return err
 		}
-		if err := t.Write(m.vc[i], 0, e.kv[i][all:all+n*row]); err != nil {
+		if err := t.Write(m.st.vc[i], 0, e.kv[i][all:all+n*row]); err != nil {
 			return err
 		}
 	}
@@ -106,10 +106,26 @@ func (m *Model) saveStep(t *npu.Thread) error {
 	e := m.st.save
 	n := len(e.tokens) * m.shape.KVDim * 2
 	for i := range m.layers {
-		if err := t.Read(e.kv[i][:n], m.kc[i], 0); err != nil {
+		if err := t.Read(e.kv[i][:n], m.st.kc[i], 0); err != nil {
 			return err
 		}
-		if err := t.Read(e.kv[i][n:], m.vc[i], 0); err != nil {
+		if err := t.Read(e.kv[i][n:], m.st.vc[i], 0); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// copyStep copies rows 0..st.restoreN-1 of every layer's K and V cache
+// from slot st.copyFrom into the current slot, on the card (device thread).
+func (m *Model) copyStep(t *npu.Thread) error {
+	st := m.st
+	src, n := st.copyFrom, uint64(st.restoreN*m.shape.KVDim*2)
+	for i := range m.layers {
+		if err := t.Copy(st.kc[i], 0, src.kc[i], 0, n); err != nil {
+			return err
+		}
+		if err := t.Copy(st.vc[i], 0, src.vc[i], 0, n); err != nil {
 			return err
 		}
 	}
@@ -117,7 +133,8 @@ func (m *Model) saveStep(t *npu.Thread) error {
 }
 
 // savePrefix copies the K/V rows of tokens (a prefix of the request just
-// run) to host memory and adds them to the cache.
+// run in the current slot) to host memory and adds them to the cache
+// (scheduler goroutine).
 func (m *Model) savePrefix(ctx context.Context, tokens []int) {
 	if m.opts.PrefixCacheBytes < 0 {
 		return
@@ -132,13 +149,15 @@ func (m *Model) savePrefix(ctx context.Context, tokens []int) {
 		e.kv[i] = make([]byte, 2*n)
 	}
 	m.st.save = e
-	err := m.do(ctx, m.st.saveFn)
+	err := m.do(ctx, m.saveFn)
 	m.st.save = nil
 	if err != nil {
 		m.log.Warn("llm: prefix not cached", "tokens", len(tokens), "err", err)
 		return
 	}
+	m.mu.Lock()
 	m.prefixes.add(e)
+	m.mu.Unlock()
 	m.log.Debug("llm: prefix cached", "tokens", len(tokens), "bytes", size)
 }
 

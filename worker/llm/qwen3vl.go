@@ -135,7 +135,7 @@ func (s *Shape) imageLimit() int {
 // prepareMRoPE computes the request's positions and decode shift (mRoPE models only) and
 // refuses images past the prefill range. st.runs holds the image starts.
 func (m *Model) prepareMRoPE(prompt []int) error {
-	st, v := &m.st, m.vision
+	st, v := m.st, m.vision
 	st.ropeShift = 0
 	if !m.shape.MRoPE || len(st.runs) == 0 {
 		return nil
@@ -162,7 +162,7 @@ func (m *Model) decodePos(p int) int {
 // absolute positions, or for mRoPE three rows (t, h, w) of Chunk each — a request's image
 // positions, else the absolute position in all three. Padding is 0.
 func (m *Model) stageIndices(n int) {
-	st, s := &m.st, &m.shape
+	st, s := m.st, &m.shape
 	rows := 1
 	if s.MRoPE {
 		rows = 3
@@ -188,7 +188,7 @@ func (m *Model) stageIndices(n int) {
 // in float32, round to bf16, write back — infer_image.py's
 // data[visual_pos_masks] += deepstack_visual_embeds[i] after layer i.
 func (m *Model) addDeepstack(t *npu.Thread, layer int) error {
-	st, v := &m.st, m.vision
+	st, v := m.st, m.vision
 	if v == nil || layer >= v.info.Deepstack || len(st.runs) == 0 {
 		return nil
 	}

@@ -66,8 +66,11 @@ func (o Options) slotCount() (int, error) {
 // Slots reports how many slots running requests hold and how many the
 // model has.
 func (m *Model) Slots() (used, total int) {
-	return int(m.slotsUsed.Load()), m.slotsTotal
+	return len(m.sem), cap(m.sem)
 }
 
-// SlotBytes is the card memory of one of the model's slots.
-func (m *Model) SlotBytes() uint64 { return SlotBytes(m.shape) }
+// SlotBytes is the card memory of one of the model's slots: its K and V
+// caches and decode mask.
+func (m *Model) SlotBytes() uint64 {
+	return uint64(len(m.layers))*2*m.cacheBytes + uint64(m.shape.Context+1)*2
+}

@@ -151,7 +151,7 @@ func (m *Model) encodeStep(t *npu.Thread) error {
 // encodes them on the card and keeps their rows for the prefill. It returns
 // the position of the first placeholder, or len(prompt) without images.
 func (m *Model) prepareImages(ctx context.Context, req *Request) (int, error) {
-	st := &m.st
+	st := m.st
 	st.runs = st.runs[:0]
 	if len(req.Images) == 0 {
 		return len(req.Prompt), nil
@@ -230,7 +230,7 @@ func toFP32(dst, raw []byte, fp32 bool) {
 // imageRow is the encoder's row for prompt position pos, or nil when pos
 // holds no image.
 func (m *Model) imageRow(pos int) []byte {
-	st := &m.st
+	st := m.st
 	if len(st.runs) == 0 {
 		return nil
 	}

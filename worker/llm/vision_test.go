@@ -121,8 +121,8 @@ func TestImagesReplacePlaceholderRows(t *testing.T) {
 		want := refImageLogits(t, ref, spec, prompt, starts, images)
 		m.loadLogits()
 		for j := range want {
-			if m.samp.logits[j] != want[j] {
-				t.Fatalf("run %d: logit %d = %v, reference %v", i, j, m.samp.logits[j], want[j])
+			if m.st.samp.logits[j] != want[j] {
+				t.Fatalf("run %d: logit %d = %v, reference %v", i, j, m.st.samp.logits[j], want[j])
 			}
 		}
 		if toks[0] != argmax(want) {
