@@ -37,7 +37,7 @@ func (w *workerFlags) register(fs *flag.FlagSet) {
 	fs.StringVar(&w.name, "name", "", "worker name (default <host>-card<N>)")
 	fs.StringVar(&w.models, "models", getenv(envModels, defaultModels), "folder of model packages, one sub-folder per model ($"+envModels+")")
 	fs.StringVar(&w.lib, "lib", getenv(envAXCLLib, axcl.DefaultLibraryPath), "path of libaxcl_rt.so ($"+envAXCLLib+")")
-	fs.DurationVar(&w.grace, "grace", worker.DefaultShutdownGrace, "on stop, how long the running job may finish before it is handed back")
+	fs.DurationVar(&w.grace, "grace", worker.DefaultShutdownGrace, "on stop, how long the running jobs may finish before those still running are handed back")
 	w.slots = slotsFlag(fs)
 	w.temp.register(fs)
 }
