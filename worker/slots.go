@@ -12,8 +12,11 @@ import (
 // Capacity is optionally implemented by a Handler that runs several jobs
 // at once: a chat model that holds several K/V slots on the card. total is
 // how many of its jobs may run at once (less than 1 counts as 1), used how
-// many run now as the model sees it (for reports). A Handler without it
-// runs one job at a time.
+// many run now as the model sees it. A Handler without it runs one job at
+// a time; one with it must be safe to call from several goroutines (each
+// job runs on its own), and Capacity is asked before every fetch, so it
+// must be cheap. Heartbeats report the worker's own count of the model's
+// running jobs as slots_used, total as slots_total.
 //
 // The worker admits a job of a model only while fewer than total of that
 // model's jobs run here, and fewer than Config.MaxJobs jobs of any model:
@@ -56,9 +59,10 @@ func capacityOf(h any) func() int {
 // free slot of its model and room under MaxJobs. Owned by the loop (the
 // counts only fall elsewhere).
 func (w *Worker) roomFor(rt *route) bool {
+	capacity := rt.capacity() // outside w.mu: a handler's Capacity may take its own locks
 	w.mu.Lock()
 	defer w.mu.Unlock()
-	return w.reserved < w.cfg.MaxJobs && w.inUse[slotKey(rt.kind, rt.model)] < rt.capacity()
+	return w.reserved < w.cfg.MaxJobs && w.inUse[slotKey(rt.kind, rt.model)] < capacity
 }
 
 // full reports whether MaxJobs jobs run now.
