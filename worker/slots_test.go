@@ -7,6 +7,7 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -473,5 +474,123 @@ func TestLostCardWithSeveralJobsRunning(t *testing.T) {
 	}
 	if n := storedResults(t, bb); n != 3 {
 		t.Fatalf("%d results stored, want 3", n)
+	}
+}
+
+// A hot card lets its running jobs finish and admits nothing new until it
+// has cooled: the job queued meanwhile starts only once the governor says
+// ok again.
+func TestHotCardFinishesRunningJobsAndAdmitsNothing(t *testing.T) {
+	t.Parallel()
+	zone := filepath.Join(t.TempDir(), "temp")
+	writeTemp(t, zone, 50000)
+	bb := setup(t, topology.Config{})
+	h := newHeld()
+	var w atomic.Pointer[worker.Worker]
+	var govAtStart []string // the governor's state as each job started
+	var mu sync.Mutex
+	inner := h.handler()
+	watched := worker.HandlerFunc[schema.ChatJob](func(ctx context.Context, job *worker.Job[schema.ChatJob]) (*schema.Result, error) {
+		mu.Lock()
+		govAtStart = append(govAtStart, w.Load().Status().Governor.State)
+		mu.Unlock()
+		return inner.Handle(ctx, job)
+	})
+	warm := bb.Worker(t, "warm3", func(c *worker.Config) {
+		slotted(watched, 3)(c)
+		c.Thermal = &thermal.MonitorConfig{SoC: thermal.ZoneSource(zone), Interval: 20 * time.Millisecond}
+	})
+	w.Store(warm)
+	c := bb.Client(t)
+	ps := submitN(t, c, 2, nil)
+	h.await(t, 2)
+	writeTemp(t, zone, 82000) // SoC pause 80 °C, critical 85 °C
+	wait.For(t, 30*time.Second, 5*time.Millisecond, func() error {
+		if g := warm.Status().Governor.State; g != string(thermal.Hot) {
+			return fmt.Errorf("governor %s", g)
+		}
+		return nil
+	})
+	late, err := c.Submit(workertest.Context(t), chatJob("late", nil))
+	if err != nil {
+		t.Fatal(err)
+	}
+	h.free()
+	for _, res := range results(t, ps) {
+		if res.Status != schema.StatusOK || res.Worker != "warm3" || res.Attempt != 1 {
+			t.Fatalf("job running when the card got hot: %+v; want it finished here on attempt 1", res)
+		}
+	}
+	waitState(t, warm, schema.StatePaused)
+	writeTemp(t, zone, 60000) // below resume, 72 °C
+	res := results(t, []*client.Pending{late})[0]
+	if res.Status != schema.StatusOK || res.Worker != "warm3" || res.Attempt != 1 {
+		t.Fatalf("job queued while hot: %+v", res)
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if len(govAtStart) != 3 || govAtStart[2] != string(thermal.OK) {
+		t.Fatalf("governor state as each job started: %v; want the third to start once it was ok", govAtStart)
+	}
+}
+
+// One of several running jobs passes its deadline: it ends expired, the
+// others run on and finish.
+func TestDeadlineOfOneOfSeveralRunningJobs(t *testing.T) {
+	t.Parallel()
+	bb := setup(t, topology.Config{})
+	h := newHeld()
+	bb.Worker(t, "deadline3", slotted(h.handler(), 3))
+	c := bb.Client(t)
+	ctx := workertest.Context(t)
+	ps := submitN(t, c, 2, nil)
+	h.await(t, 2)
+	job := chatJob("soon", nil)
+	deadline := time.Now().Add(2 * time.Second)
+	job.Deadline = &deadline
+	p, err := c.Submit(ctx, job)
+	if err != nil {
+		t.Fatal(err)
+	}
+	h.await(t, 1) // it runs beside the others
+	res, err := p.Wait(ctx, nil)
+	if !errors.Is(err, client.ErrExpired) || res.Status != schema.StatusExpired {
+		t.Fatalf("job past its deadline: %+v, %v; want expired", res, err)
+	}
+	h.free()
+	for _, res := range results(t, ps) {
+		if res.Status != schema.StatusOK || res.Attempt != 1 {
+			t.Fatalf("the other jobs: %+v; want ok on attempt 1", res)
+		}
+	}
+}
+
+// Several jobs held past the ack wait are each kept in progress: none is
+// redelivered.
+func TestSeveralLongJobsAreKeptInProgress(t *testing.T) {
+	t.Parallel()
+	bb := setup(t, topology.Config{AckWait: 3 * time.Second})
+	h := newHeld()
+	bb.Worker(t, "long3", slotted(h.handler(), 3))
+	c := bb.Client(t)
+	ps := submitN(t, c, 3, nil)
+	h.await(t, 3)
+	time.Sleep(2*3*time.Second + time.Second) // two ack waits and more: only InProgress keeps them
+	cons := chatConsumer(t, bb)
+	info, err := cons.Info(t.Context())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if info.NumRedelivered != 0 || info.NumAckPending != 3 {
+		t.Fatalf("consumer after two ack waits: %d redelivered, %d ack pending; want 0 and 3", info.NumRedelivered, info.NumAckPending)
+	}
+	h.free()
+	for _, res := range results(t, ps) {
+		if res.Status != schema.StatusOK || res.Attempt != 1 {
+			t.Fatalf("result %+v: want ok on attempt 1", res)
+		}
+	}
+	if len(h.started) != 0 {
+		t.Fatalf("%d jobs started again", len(h.started))
 	}
 }
