@@ -123,7 +123,9 @@ func (w *Worker) slots(kind, model string) (used, total int) {
 func (w *Worker) addRunning(j *runningJob) {
 	w.mu.Lock()
 	w.running = append(w.running, j)
-	w.state = schema.StateBusy
+	if w.state == schema.StateReady {
+		w.state = schema.StateBusy // not over stopping
+	}
 	cause := w.halt
 	w.mu.Unlock()
 	if cause == nil {
