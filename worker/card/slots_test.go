@@ -10,6 +10,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/kiln-project/kiln/client"
 	"github.com/kiln-project/kiln/schema"
 	"github.com/kiln-project/kiln/test/cardsim"
 	"github.com/kiln-project/kiln/test/wait"
@@ -123,5 +124,63 @@ func TestCardRefusesSlotsBeyondTheCMMBudget(t *testing.T) {
 	c.Status(&hb)
 	if hb.Models[0].State != schema.ModelFailed || !strings.Contains(hb.Models[0].Error, "room for") {
 		t.Fatalf("heartbeat %+v: want the package failed with the figures", hb.Models[0])
+	}
+}
+
+// An execute failure while three chats run in the model's slots: every
+// running job is handed back, the card is reset and reloaded, and each job
+// ends with one result, the reply it gets alone.
+func TestCardSlotsFaultHandsEveryJobBack(t *testing.T) {
+	sim := cardsim.Controls(t)
+	c := slotsCard(t, 3)
+	q := workertest.StartQueue(t, workertest.QueueOptions{})
+	q.Worker(t, "fault0", func(cfg *worker.Config) {
+		cfg.Chat, cfg.MaxJobs, cfg.Device, cfg.StatusFunc = c.ChatHandlers(), c.MaxJobs(), c, c.Status
+		cfg.ResetDelays = []time.Duration{10 * time.Millisecond}
+	})
+	cl := q.Client(t)
+	ctx := workertest.Context(t)
+	job := func(i int) *schema.ChatJob {
+		return &schema.ChatJob{JobHeader: schema.JobHeader{Model: "qwen3-tiny"}, MaxTokens: 200,
+			Messages: []schema.Message{{Role: "user", Content: "visitor " + strconv.Itoa(i)}}}
+	}
+	solo := make([]string, 3)
+	for i := range solo {
+		res, err := cl.Chat(ctx, job(i), nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if res.Usage.CompletionTokens < 20 {
+			t.Fatalf("visitor %d: a reply of %d tokens is too short to be running when the fault comes", i, res.Usage.CompletionTokens)
+		}
+		solo[i] = res.Text
+	}
+	// Slow the card down so the three are surely running together when
+	// the fault comes.
+	sim.Config(t, "exec_us=2000", "exec_us=0")
+	var ps []*client.Pending
+	for i := range 3 {
+		p, err := cl.Submit(ctx, job(i))
+		if err != nil {
+			t.Fatal(err)
+		}
+		ps = append(ps, p)
+	}
+	capacity := c.ChatHandlers()["qwen3-tiny"].(worker.Capacity)
+	wait.For(t, 30*time.Second, time.Millisecond, func() error {
+		if used, _ := capacity.Capacity(); used != 3 {
+			return fmt.Errorf("%d chats running", used)
+		}
+		return nil
+	})
+	sim.SetFaults(t, "fail_execute=1")
+	for i, p := range ps {
+		res, err := p.Wait(ctx, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if res.Text != solo[i] || res.Attempt != 2 {
+			t.Errorf("visitor %d after the fault: attempt %d %q; want attempt 2 with %q", i, res.Attempt, res.Text, solo[i])
+		}
 	}
 }
