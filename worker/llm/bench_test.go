@@ -16,7 +16,10 @@ import (
 const npuMSPerToken = 274.0
 
 // loadShape loads the full shapes of s on the no-compute simulator.
-func loadShape(b *testing.B, s cardsim.LLMSpec) *Model {
+func loadShape(b *testing.B, s cardsim.LLMSpec) *Model { return loadShapeWith(b, s, nil) }
+
+// loadShapeWith is loadShape with options.
+func loadShapeWith(b *testing.B, s cardsim.LLMSpec, opts *Options) *Model {
 	b.Helper()
 	dir := filepath.Join(b.TempDir(), s.Name)
 	s.TokenizerDir = "../tokenize/testdata/qwen3"
@@ -25,7 +28,7 @@ func loadShape(b *testing.B, s cardsim.LLMSpec) *Model {
 	}
 	dev := openDevice(b)
 	cardsim.Controls(b).Config(b, "nocompute=1", "nocompute=0")
-	m, err := Load(context.Background(), dev, dir, nil)
+	m, err := Load(context.Background(), dev, dir, opts)
 	if err != nil {
 		b.Fatal(err)
 	}

@@ -19,13 +19,23 @@
 // One token or one prompt chunk is one trip to the device thread
 // ([npu.Device.Do]); the decode loop allocates nothing.
 //
+// # Slots and the scheduler
+//
+// A model keeps [Options.Slots] K/V caches ("slots") and serves as many
+// requests at once: each [Model.Generate] call owns a slot from its first
+// prefill chunk to its last token, and one scheduler goroutine per model
+// interleaves the running requests on the device thread round-robin —
+// every decoding request one token per round, the oldest newcomer one
+// prefill chunk (slots.go, sched.go; docs/llm.md "Slots").
+//
 // # Jobs
 //
 // [Model.Generate] runs one request from its token ids and streams the
 // sampled tokens to a callback. Every request starts from a clean state:
 // a mask that hides every cache row it did not compute or take over, no
 // sampler history. Taken over are the rows of the longest common prefix
-// with the tokens still on the card from the previous request (the same
+// with the tokens still on the card from the slot's previous request (or,
+// copied on the card, another slot's) (the same
 // tokens at the same positions give the same rows), or, when longer, rows
 // from the prefix cache: the K/V rows of a prompt prefix the caller marks
 // as cacheable (an installation's system prompt) are copied to host memory

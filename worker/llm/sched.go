@@ -17,12 +17,16 @@ import (
 // running request. A request (Generate, Logits) takes a slot from the
 // semaphore, hands a job to the scheduler and reads its tokens from a
 // channel. The scheduler runs rounds: it admits the jobs that arrived,
-// then steps every running job once, oldest first — a step is the job's
-// start (prefix rows copied or restored, images encoded), one prefill
-// chunk, or one decode step with its sample. So each running chat advances
-// one token per round and a newcomer's first token comes after its own
-// prefill plus at most a round of the others' steps. A decode step stays
-// one trip to the device thread with one stream sync.
+// then steps every decoding job once and the oldest job that has not
+// reached its first token once, in arrival order — a step is one decode
+// step with its sample, or for the newcomer its start (prefix rows copied
+// or restored, images encoded) or one prefill chunk. So each running chat
+// advances one token per round, and newcomers' prefills run one after the
+// other, each chunk interleaved with one token of every running chat: the
+// k-th of k visitors arriving together sees its first token after the k
+// prefills plus the decode steps interleaved with them, where serving the
+// whole replies one after the other makes it wait for k−1 replies. A
+// decode step stays one trip to the device thread with one stream sync.
 
 // jobPhase is where a job is.
 type jobPhase int
@@ -280,8 +284,17 @@ func (m *Model) schedule() {
 				more = false
 			}
 		}
-		n := 0
+		n, prefilling := 0, false
 		for _, j := range running {
+			if j.phase != phaseDecode {
+				// One newcomer's prefill at a time, oldest first.
+				if prefilling {
+					running[n] = j
+					n++
+					continue
+				}
+				prefilling = true
+			}
 			if m.step(j) {
 				running[n] = j
 				n++
@@ -325,6 +338,9 @@ func (m *Model) admit(j *job) *job {
 // step advances j by one step in its slot; false when j is done.
 func (m *Model) step(j *job) bool {
 	m.st = j.st
+	if m.test.beforeStep != nil {
+		m.test.beforeStep(j.st.index, j.phase)
+	}
 	if j.stop.Load() {
 		j.err = ErrStop
 		return false
@@ -333,14 +349,14 @@ func (m *Model) step(j *job) bool {
 		j.err = err
 		return false
 	}
-	var err error
-	switch j.phase {
-	case phaseStart:
-		err = m.start(j)
+	if j.phase == phaseStart { // cheap unless it copies rows or encodes images: no step of its own
+		if err := m.start(j); err != nil {
+			return m.fail(j, err)
+		}
 		j.phase = phasePrefill
-		return err == nil || m.fail(j, err)
-	case phasePrefill:
-		if err = m.prefillOne(j.ctx, j.req.Prompt, &j.res.Prefill); err != nil {
+	}
+	if j.phase == phasePrefill {
+		if err := m.prefillOne(j.ctx, j.req.Prompt, &j.res.Prefill); err != nil {
 			return m.fail(j, err)
 		}
 		if j.st.pos < len(j.req.Prompt) {
@@ -527,8 +543,10 @@ func (m *Model) bindSlot(t *npu.Thread, g int) error {
 }
 
 // slotFaults break the slots on purpose (tests only): the exactness tests
-// must fail with them.
+// must fail with them. beforeStep, when set, is called by the scheduler
+// before every step (tests: the trace, and requests started at given steps).
 type slotFaults struct {
+	beforeStep func(slot int, phase jobPhase)
 	// noRebind leaves the K/V inputs bound to whichever slot's caches they
 	// were: a request reads another's rows.
 	noRebind bool

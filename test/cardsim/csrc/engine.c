@@ -798,6 +798,16 @@ axclError sim_execute(uint64_t id, uint64_t ctx, uint32_t group, void *io) {
         }
     }
     long exec_us = g_cfg.exec_us;
+    if (m->spec.kind == KIND_LLM_LAYER && g_cfg.prefill_exec_us > 0) {
+        /* a group with more input rows than the smallest (the decode group) is a prefill chunk */
+        int x = sim_find_in(&m->spec, "input");
+        if (x >= 0) {
+            uint64_t lo = m->spec.in[x].bytes[group];
+            for (int g = 0; g < m->spec.ngroups; g++)
+                if (m->spec.in[x].bytes[g] < lo) lo = m->spec.in[x].bytes[g];
+            if (m->spec.in[x].bytes[group] > lo) exec_us = g_cfg.prefill_exec_us;
+        }
+    }
     int nocompute = g_cfg.nocompute;
     pthread_mutex_unlock(&g_mu);
 

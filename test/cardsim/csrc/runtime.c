@@ -13,7 +13,7 @@
 
 #define EXPORT __attribute__((visibility("default")))
 
-#define SIM_CFG_DEFAULTS {0, 0, 40.0, 2.5, 0.05, "", 0, 300000, 7040ull << 20, 0}
+#define SIM_CFG_DEFAULTS {0, 0, 0, 40.0, 2.5, 0.05, "", 0, 300000, 7040ull << 20, 0}
 simcfg g_cfg = SIM_CFG_DEFAULTS;
 
 pthread_mutex_t g_mu = PTHREAD_MUTEX_INITIALIZER;
@@ -164,6 +164,7 @@ static int set_opt(const char *k, const char *v) {
     double d = strtod(v, &end);
     if (errno || end == v || *end) return -1;
     if (!strcmp(k, "exec_us")) g_cfg.exec_us = d < 0 ? 0 : (long)d;
+    else if (!strcmp(k, "prefill_exec_us")) g_cfg.prefill_exec_us = d < 0 ? 0 : (long)d;
     else if (!strcmp(k, "nocompute")) g_cfg.nocompute = d != 0;
     else if (!strcmp(k, "ambient_c")) g_cfg.ambient_c = d;
     else if (!strcmp(k, "heat_c_per_s")) g_cfg.heat_c_per_s = d;
@@ -177,7 +178,7 @@ static int set_opt(const char *k, const char *v) {
     return 0;
 }
 
-/* kilnsim_config applies "key=value,key=value" (keys: exec_us nocompute ambient_c heat_c_per_s
+/* kilnsim_config applies "key=value,key=value" (keys: exec_us prefill_exec_us nocompute ambient_c heat_c_per_s
  * cool_per_s temp_file log hang_cap_ms cmm_mib props_us). Returns 0, or -1 at the first bad entry. */
 EXPORT int kilnsim_config(const char *spec) {
     if (!spec) return -1;
@@ -375,6 +376,7 @@ EXPORT axclError axclInit(const char *config) {
      * init/finalize cycle in the same process (kilnsim_config, env) do not leak into this one */
     g_cfg = (simcfg)SIM_CFG_DEFAULTS;
     env_opt("KILN_SIM_EXEC_US", "exec_us");
+    env_opt("KILN_SIM_PREFILL_EXEC_US", "prefill_exec_us");
     env_opt("KILN_SIM_NOCOMPUTE", "nocompute");
     env_opt("KILN_SIM_AMBIENT_C", "ambient_c");
     env_opt("KILN_SIM_HEAT_C_PER_S", "heat_c_per_s");

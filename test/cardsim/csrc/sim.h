@@ -157,6 +157,7 @@ typedef struct simmodel {
 /* config (env at axclInit, kilnsim_config at any time) */
 typedef struct simcfg {
     long exec_us;
+    long prefill_exec_us; /* an LLM layer's prefill-group execute takes this instead (0: exec_us) */
     int nocompute;
     double ambient_c, heat_c_per_s, cool_per_s;
     char temp_file[512];

@@ -1,0 +1,388 @@
+package llm
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"math/rand/v2"
+	"runtime"
+	"slices"
+	"sync"
+	"testing"
+
+	"github.com/kiln-project/kiln/test/cardsim"
+	"github.com/kiln-project/kiln/worker/npu"
+)
+
+// planned is a request of an interleaving test, submitted when the
+// scheduler is about to take its at-th step (0: at the start).
+type planned struct {
+	req Request
+	at  int
+}
+
+// ran is what a request gave: its tokens and result, and the scheduler's
+// steps of its slot (by global step number).
+type ran struct {
+	toks  []int
+	res   *Result
+	err   error
+	steps []int
+}
+
+// interleave runs the plan on m: requests are submitted at the given steps
+// of the scheduler (the scheduler waits until the newcomer is queued, so
+// the schedule is the same on every run), and returns what each gave.
+func interleave(t *testing.T, m *Model, plan []planned) []ran {
+	t.Helper()
+	out := make([]ran, len(plan))
+	var (
+		wg      sync.WaitGroup
+		step    int
+		started = make([]bool, len(plan))
+		slotOf  = map[int]int{} // slot -> request running in it
+	)
+	launch := func(k int) {
+		started[k] = true
+		queued := len(m.jobs)
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			r := &out[k]
+			r.res, r.err = m.Generate(bg, plan[k].req, func(tk Token) error {
+				r.toks = append(r.toks, tk.ID)
+				return nil
+			})
+		}()
+		for len(m.jobs) == queued { // wait until it is queued: admitted at the next round
+			runtime.Gosched()
+		}
+	}
+	var admitted []int // requests in admission order
+	m.test.beforeStep = func(slot int, phase jobPhase) {
+		if phase == phaseStart {
+			// the oldest launched request not yet admitted is the one in this slot
+			for k := range plan {
+				if started[k] && !slices.Contains(admitted, k) {
+					admitted = append(admitted, k)
+					slotOf[slot] = k
+					break
+				}
+			}
+		}
+		out[slotOf[slot]].steps = append(out[slotOf[slot]].steps, step)
+		for k := range plan {
+			if !started[k] && plan[k].at == step+1 {
+				launch(k)
+			}
+		}
+		step++
+	}
+	defer func() { m.test.beforeStep = nil }()
+	for k := range plan {
+		if plan[k].at == 0 {
+			launch(k)
+		}
+	}
+	wg.Wait()
+	for k := range plan {
+		if !started[k] {
+			t.Fatalf("request %d planned at step %d: the others were done after %d steps", k, plan[k].at, step)
+		}
+		if out[k].err != nil {
+			t.Fatalf("request %d: %v", k, out[k].err)
+		}
+	}
+	return out
+}
+
+// overlapped checks that every request ran interleaved with another: some
+// other request stepped between its first and its last step.
+func overlapped(t *testing.T, rs []ran) {
+	t.Helper()
+	for k, r := range rs {
+		first, last := r.steps[0], r.steps[len(r.steps)-1]
+		found := false
+		for o, x := range rs {
+			if o != k && slices.ContainsFunc(x.steps, func(s int) bool { return s > first && s < last }) {
+				found = true
+			}
+		}
+		if !found {
+			t.Fatalf("request %d (steps %d..%d) ran alone", k, first, last)
+		}
+	}
+}
+
+// solo runs every request alone, one after the other, on a one-slot model.
+func solo(t *testing.T, m *Model, plan []planned) [][]int {
+	t.Helper()
+	var out [][]int
+	for _, p := range plan {
+		toks, _ := generate(t, m, p.req)
+		out = append(out, toks)
+	}
+	return out
+}
+
+// textPlan is 4 requests of different lengths (one past the largest
+// prefill group, so its prompt also takes the decode-group path), greedy
+// and seeded sampling, starting at different steps; with system, every
+// prompt starts with the same 150 tokens, marked cacheable.
+func textPlan(system bool) []planned {
+	r := rand.New(rand.NewPCG(15, 1))
+	var sys []int
+	if system {
+		sys = randomPrompt(r, 150)
+	}
+	seeded := func(seed uint64) Sampling {
+		return Sampling{Temperature: 0.9, TopK: 40, TopP: 0.95, Seed: seed}
+	}
+	req := func(n, max int, s Sampling) Request {
+		return Request{Prompt: slices.Concat(sys, randomPrompt(r, n)), MaxTokens: max, StopIDs: []int{}, Sampling: s, CachePrefix: len(sys)}
+	}
+	return []planned{
+		{req(9, 14, Sampling{}), 0},
+		{req(200, 6, seeded(7)), 3},
+		{req(40, 9, Sampling{}), 5},
+		{req(3+400-len(sys), 5, seeded(9)), 8},
+	}
+}
+
+func loadSlots(t *testing.T, n int) (*Model, *cardsim.Reference) {
+	m, ref, _ := loadTest(t, &Options{Slots: n})
+	return m, ref
+}
+
+// TestInterleavedRequestsGiveTheirSoloTokens is the heart of issue 15:
+// four requests of different lengths, greedy and seeded, starting at
+// different steps, each interleaved with the others on a 4-slot model,
+// give exactly the tokens each gives alone on a one-slot model — with and
+// without a shared system prompt (copied on the card from another slot's
+// rows, or restored from the host prefix cache). The greedy solo tokens of
+// the shortest are the cacheless reference's.
+func TestInterleavedRequestsGiveTheirSoloTokens(t *testing.T) {
+	m, ref := loadSlots(t, 4)
+	one, _, _ := loadTest(t, &Options{PrefixCacheBytes: -1})
+	if used, total := m.Slots(); used != 0 || total != 4 {
+		t.Fatalf("slots %d/%d", used, total)
+	}
+	for _, system := range []bool{false, true} {
+		t.Run(fmt.Sprintf("system=%v", system), func(t *testing.T) {
+			plan := textPlan(system)
+			want := solo(t, one, plan)
+			if !system {
+				refToks, err := ref.Greedy(plan[0].req.Prompt, 14)
+				if err != nil {
+					t.Fatal(err)
+				}
+				if !slices.Equal(want[0], refToks) {
+					t.Fatalf("solo %v, reference %v", want[0], refToks)
+				}
+			}
+			got := interleave(t, m, plan)
+			overlapped(t, got)
+			for k, r := range got {
+				t.Logf("request %d: slot %d, steps %v, cached %d (copied %d, restored %d)", k, r.res.slot.index, r.steps, r.res.CachedTokens, r.res.CopiedTokens, r.res.RestoredTokens)
+			}
+			copied := 0
+			for k := range plan {
+				if !slices.Equal(got[k].toks, want[k]) {
+					t.Fatalf("request %d interleaved: %v, solo %v", k, got[k].toks, want[k])
+				}
+				copied += got[k].res.CopiedTokens + got[k].res.RestoredTokens
+			}
+			if system && copied < 3*150 {
+				t.Fatalf("shared system prompt: %d rows copied or restored, want the 150 rows for each of the later 3", copied)
+			}
+			if !system && copied != 0 {
+				t.Fatalf("no shared prefix, yet %d rows copied", copied)
+			}
+			if used, _ := m.Slots(); used != 0 {
+				t.Fatalf("%d slots held after the requests", used)
+			}
+		})
+	}
+}
+
+// TestBrokenSlotsFailTheExactnessTest: with the K/V inputs left bound to
+// whichever slot ran last, or with the mask buffer keeping another slot's
+// mask, the interleaved requests no longer give their solo tokens: the
+// test above can fail.
+func TestBrokenSlotsFailTheExactnessTest(t *testing.T) {
+	one, _, _ := loadTest(t, &Options{PrefixCacheBytes: -1})
+	plan := textPlan(false)
+	want := solo(t, one, plan)
+	for _, fault := range []string{"noRebind", "stickyMask"} {
+		t.Run(fault, func(t *testing.T) {
+			m, _ := loadSlots(t, 4)
+			m.test.noRebind, m.test.stickyMask = fault == "noRebind", fault == "stickyMask"
+			got := interleave(t, m, plan)
+			same := true
+			for k := range plan {
+				same = same && slices.Equal(got[k].toks, want[k])
+			}
+			if same {
+				t.Fatalf("%s: every interleaved request still gives its solo tokens", fault)
+			}
+		})
+	}
+}
+
+// TestSlotsBeyondTheBudgetAreRefused: more slots than the CMM budget holds
+// fail Load naming the model, the slot size and the budget; a bad count
+// names the field.
+func TestSlotsBeyondTheBudgetAreRefused(t *testing.T) {
+	dir, _ := testPackage(t)
+	dev := openDevice(t)
+	one, err := Load(bg, dev, dir, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	per, cmm := one.SlotBytes(), one.CMMBytes()
+	if want := uint64(2*2*639*32*2 + 640*2); per != want {
+		t.Fatalf("slot bytes %d, want %d", per, want)
+	}
+	if err := one.Close(bg); err != nil {
+		t.Fatal(err)
+	}
+	// A budget with room for the model and 2.5 slots.
+	cfgDev := openDeviceBudget(t, cmm+per*3/2)
+	if _, err := Load(bg, cfgDev, dir, &Options{Slots: 2}); err != nil {
+		t.Fatalf("2 slots in a budget for 2.5: %v", err)
+	}
+	cfgDev = openDeviceBudget(t, cmm+per*3/2)
+	_, err = Load(bg, cfgDev, dir, &Options{Slots: 4})
+	var be *SlotBudgetError
+	if !errors.As(err, &be) || !errors.Is(err, ErrSlotBudget) || be.Slots != 4 || be.Fit != 2 || be.PerSlot != per || be.Model != "qwen3-test" {
+		t.Fatalf("4 slots in a budget for 2.5: %v (%+v)", err, be)
+	}
+	if !contains(err.Error(), "room for 2 slots") || !contains(err.Error(), "qwen3-test") {
+		t.Fatalf("message %q", err)
+	}
+	for _, n := range []int{-1, MaxSlots + 1} {
+		if _, err := Load(bg, dev, dir, &Options{Slots: n}); !errors.Is(err, ErrSlots) || !contains(err.Error(), "slots is") {
+			t.Fatalf("slots %d: %v", n, err)
+		}
+	}
+}
+
+// TestGenerateWaitsForAFreeSlot: a call beyond the slots waits for one
+// (or its context's end) and then runs.
+func TestGenerateWaitsForAFreeSlot(t *testing.T) {
+	m, _ := loadSlots(t, 1)
+	hold := make(chan struct{})
+	got := make(chan struct{})
+	go func() {
+		m.Generate(bg, Request{Prompt: []int{1, 2}, MaxTokens: 2, StopIDs: []int{}}, func(Token) error {
+			<-hold
+			return nil
+		})
+		close(got)
+	}()
+	for used, _ := m.Slots(); used == 0; used, _ = m.Slots() {
+		runtime.Gosched()
+	}
+	ctx, cancel := context.WithCancel(bg)
+	cancel()
+	if _, err := m.Generate(ctx, Request{Prompt: []int{3}}, nil); !errors.Is(err, context.Canceled) {
+		t.Fatalf("no free slot, cancelled: %v", err)
+	}
+	close(hold)
+	<-got
+	if _, err := m.Generate(bg, Request{Prompt: []int{3}, MaxTokens: 1}, nil); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// openDeviceBudget opens the simulated card with a CMM budget of budget
+// bytes; it is closed at cleanup.
+func openDeviceBudget(t *testing.T, budget uint64) *npu.Device {
+	t.Helper()
+	dev, err := npu.Open(bg, npu.Config{Library: cardsim.Library(t), SampleInterval: -1, CMMBudget: budget})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { dev.Close(bg) })
+	return dev
+}
+
+var smolPkg struct {
+	once sync.Once
+	dir  string
+	ref  *cardsim.Reference
+	err  error
+}
+
+// loadSmolVLM loads the simulator's SmolVLM package (2 llama layers, a
+// 320-token prefill chunk, 64 image rows from a 512×512 encoder).
+func loadSmolVLM(t *testing.T, opts *Options) (*Model, *cardsim.Reference) {
+	t.Helper()
+	smolPkg.once.Do(func() {
+		smolPkg.dir = t.TempDir()
+		if smolPkg.err = cardsim.WriteLLMPackage(smolPkg.dir, cardsim.TinySmolVLM()); smolPkg.err == nil {
+			smolPkg.ref, smolPkg.err = cardsim.LoadReference(smolPkg.dir)
+		}
+	})
+	if smolPkg.err != nil {
+		t.Fatal(smolPkg.err)
+	}
+	m, err := Load(bg, openDevice(t), smolPkg.dir, opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { m.Close(bg) })
+	return m, smolPkg.ref
+}
+
+// TestInterleavedImageRequestsGiveTheirSoloTokens: on the SmolVLM package,
+// text and image requests sharing a system prompt, interleaved on 4 slots,
+// give their solo tokens; the system prompt's rows are copied between
+// slots, but never a row at or past an image (two requests with the same
+// placeholders and different images differ, and the greedy one is the
+// reference's).
+func TestInterleavedImageRequestsGiveTheirSoloTokens(t *testing.T) {
+	m, ref := loadSmolVLM(t, &Options{Slots: 4})
+	one, _ := loadSmolVLM(t, &Options{PrefixCacheBytes: -1})
+	v, _ := m.Vision()
+	r := rand.New(rand.NewPCG(15, 2))
+	words := func(n int) []int {
+		p := make([]int, n)
+		for i := range p {
+			p[i] = r.IntN(49000) // below the special tokens and the image placeholder
+		}
+		return p
+	}
+	sys := words(100)
+	pad := slices.Repeat([]int{v.ImageTokenID}, v.Tokens)
+	imgPrompt := slices.Concat(sys, words(5), pad, words(10))
+	imgA, imgB := randomImage(r, 512*512*3), randomImage(r, 512*512*3)
+	plan := []planned{
+		{Request{Prompt: slices.Concat(sys, words(20)), MaxTokens: 12, StopIDs: []int{}, CachePrefix: len(sys)}, 0},
+		{Request{Prompt: imgPrompt, MaxTokens: 6, StopIDs: []int{}, Images: [][]byte{imgA}, Sampling: Sampling{Temperature: 0.8, TopK: 20, Seed: 3}}, 2},
+		{Request{Prompt: slices.Concat(sys, words(30)), MaxTokens: 8, StopIDs: []int{}, Sampling: Sampling{Temperature: 1, Seed: 4}}, 4},
+		{Request{Prompt: imgPrompt, MaxTokens: 4, StopIDs: []int{}, Images: [][]byte{imgB}}, 6},
+	}
+	want := solo(t, one, plan)
+	refToks, err := ref.GreedyImages(imgPrompt, v.ImageTokenID, [][]byte{imgB}, 4)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !slices.Equal(want[3], refToks) {
+		t.Fatalf("solo image request %v, reference %v", want[3], refToks)
+	}
+	got := interleave(t, m, plan)
+	overlapped(t, got)
+	for k := range plan {
+		if !slices.Equal(got[k].toks, want[k]) {
+			t.Fatalf("request %d interleaved: %v, solo %v", k, got[k].toks, want[k])
+		}
+		res := got[k].res
+		if res.CachedTokens > 105 {
+			t.Fatalf("request %d took over %d rows, past the system prompt and the image's start", k, res.CachedTokens)
+		}
+		if k > 0 && res.CachedTokens < 100 {
+			t.Fatalf("request %d took over %d rows, not the system prompt's 100", k, res.CachedTokens)
+		}
+	}
+}
