@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"slices"
 	"sync"
 	"time"
 
@@ -140,7 +141,10 @@ func (c *Card) openDevice(ctx context.Context) (*npu.Device, error) {
 }
 
 // findPackages picks the packages of c.dir that a runtime recognises and
-// makes a handler for each.
+// makes a handler for each. They load in name order, chat packages last:
+// a chat model's K/V slots take what the CMM budget leaves after every
+// other resident model, so slots that do not fit refuse the chat package
+// (with the figures), not the image model loaded after it.
 func (c *Card) findPackages() error {
 	names, err := modelPackages(c.dir)
 	if err != nil {
@@ -164,6 +168,17 @@ func (c *Card) findPackages() error {
 			c.image[name] = imageOn(c, name)
 		}
 	}
+	slices.SortStableFunc(c.order, func(a, b string) int {
+		_, ca := c.chat[a]
+		_, cb := c.chat[b]
+		switch {
+		case ca == cb:
+			return 0
+		case cb:
+			return -1
+		}
+		return 1
+	})
 	return nil
 }
 

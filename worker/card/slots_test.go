@@ -184,3 +184,51 @@ func TestCardSlotsFaultHandsEveryJobBack(t *testing.T) {
 		}
 	}
 }
+
+// Chat packages load after the others, so their slots take what the CMM
+// budget leaves beside the image model: slots that do not fit refuse the
+// chat package (with the figures), and the image model, though its name
+// sorts after, still serves.
+func TestSlotsTakeWhatTheImageModelLeaves(t *testing.T) {
+	lib := cardsim.Library(t)
+	models := t.TempDir()
+	spec := cardsim.TinyQwen3()
+	spec.TokenizerDir = "../tokenize/testdata/qwen3"
+	if err := cardsim.WriteLLMPackage(filepath.Join(models, "qwen3-tiny"), spec); err != nil {
+		t.Fatal(err)
+	}
+	sdSpec := cardsim.SD15LCM()
+	sdSpec.TokenizerDir = "../tokenize/testdata/clip"
+	if err := cardsim.WriteSDPackage(filepath.Join(models, "sd15-lcm"), sdSpec); err != nil {
+		t.Fatal(err)
+	}
+	open := func(slots int) (*card.Card, schema.Heartbeat) {
+		c, err := card.Open(t.Context(), card.Config{Library: lib, ModelsDir: models, Slots: slots, Logger: quiet})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := c.Load(t.Context()); err != nil {
+			t.Fatal(err)
+		}
+		hb := schema.Heartbeat{Models: []schema.ModelInfo{{Name: "qwen3-tiny", Kind: schema.KindChat}, {Name: "sd15-lcm", Kind: schema.KindImage}}}
+		c.Status(&hb)
+		return c, hb
+	}
+	one, hb := open(1)
+	if err := one.Close(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+	if hb.Models[0].CMMMiB <= 0 || hb.Models[1].CMMMiB <= 0 {
+		t.Fatalf("both packages with one slot: %+v", hb.Models)
+	}
+	// Room for both with one slot and a few more, not for sixteen.
+	t.Setenv("KILN_SIM_CMM_MIB", strconv.Itoa(hb.Models[0].CMMMiB+hb.Models[1].CMMMiB+2))
+	c, hb := open(llm.MaxSlots)
+	t.Cleanup(func() { _ = c.Close(t.Context()) })
+	if !errors.Is(c.ModelErr(schema.KindChat, "qwen3-tiny"), llm.ErrSlotBudget) || hb.Models[0].State != schema.ModelFailed {
+		t.Fatalf("chat package with %d slots: %v, %+v; want refused for the CMM budget", llm.MaxSlots, c.ModelErr(schema.KindChat, "qwen3-tiny"), hb.Models[0])
+	}
+	if err := c.ModelErr(schema.KindImage, "sd15-lcm"); err != nil || hb.Models[1].State != schema.ModelReady {
+		t.Fatalf("image package beside it: %v, %+v; want it serving", err, hb.Models[1])
+	}
+}
