@@ -41,8 +41,9 @@ type Config struct {
 	MaxJobs int
 	// Limits are checked before any work (default schema.DefaultLimits).
 	Limits schema.Limits
-	// ShutdownGrace is how long Run lets the running job finish after its
-	// context ends before handing it back to the queue (default 30 s).
+	// ShutdownGrace is how long Run lets the running jobs finish after its
+	// context ends before handing those still running back to the queue
+	// (default 30 s).
 	ShutdownGrace time.Duration
 	// PollInterval is the longest an idle worker waits before looking at
 	// the queue again without a wake-up (redeliveries do not wake; default 1 s).
@@ -54,8 +55,9 @@ type Config struct {
 	// to each heartbeat.
 	StatusFunc func(*schema.Heartbeat)
 	// Thermal, when set, runs the thermal governor (DESIGN §8) on these
-	// sources and thresholds: hot stops fetching after the running job,
-	// critical hands the running job back to the queue. nil: governor off.
+	// sources and thresholds: hot stops fetching (the running jobs
+	// finish), critical hands every running job back to the queue. nil:
+	// governor off.
 	Thermal *thermal.MonitorConfig
 	// Device, when set, is reset (models reloaded) after a handler's error
 	// that it reports as a device fault; a lost card stops the worker.
