@@ -23,8 +23,9 @@ import (
 var ErrStopped = errors.New("worker: stopped")
 
 // Worker takes jobs for the models of one card, as many at once as the
-// card has free slots (Capacity, Config.MaxJobs), and answers them. Every worker that serves a model pulls from the same durable
-// consumer: that is the load balancing across cards and Pis.
+// card has free slots (Capacity, Config.MaxJobs), and answers them. Every
+// worker that serves a model pulls from the same durable consumer: that is
+// the load balancing across cards and Pis.
 type Worker struct {
 	cfg  Config
 	nc   *nats.Conn
@@ -257,8 +258,8 @@ func (w *Worker) modelNames() []string {
 
 // Run starts the worker, serves until ctx ends, then stops gracefully: the
 // running jobs get ShutdownGrace to finish before those still running are
-// handed back to the queue. It returns nil after a clean stop, and an error matching
-// ErrCardLost after stopping because the card was lost.
+// handed back to the queue. It returns nil after a clean stop, and an
+// error matching ErrCardLost after stopping because the card was lost.
 func (w *Worker) Run(ctx context.Context) error {
 	if err := w.Start(ctx); err != nil {
 		return err
@@ -279,8 +280,8 @@ func (w *Worker) Run(ctx context.Context) error {
 
 // Stop stops taking jobs and waits for the running jobs to finish. If ctx
 // ends first, each job still running is cancelled and handed back to the
-// queue so another card takes it at once, and Stop returns ctx.Err() after the worker
-// has stopped. Calling Stop again, or before Start, is safe.
+// queue so another card takes it at once, and Stop returns ctx.Err() after
+// the worker has stopped. Calling Stop again, or before Start, is safe.
 func (w *Worker) Stop(ctx context.Context) error {
 	w.stopOnce.Do(func() {
 		w.setState(schema.StateStopping)
