@@ -238,6 +238,11 @@ type ModelInfo struct {
 	State string `msgpack:"state,omitempty" json:"state,omitempty"`
 	// Error says why a failed package did not load.
 	Error string `msgpack:"error,omitempty" json:"error,omitempty"`
+	// SlotsUsed of SlotsTotal jobs of the model run now: a chat model's
+	// K/V slots, 1 for a model that runs one job at a time (0 from a
+	// worker older than the fields).
+	SlotsUsed  int `msgpack:"slots_used,omitempty" json:"slots_used,omitempty"`
+	SlotsTotal int `msgpack:"slots_total,omitempty" json:"slots_total,omitempty"`
 }
 
 // Serving reports whether the model takes jobs (or will once loaded): it
@@ -276,6 +281,12 @@ type Heartbeat struct {
 	// periods is taken as gone.
 	IntervalMS int64     `msgpack:"interval_ms" json:"interval_ms"`
 	Time       time.Time `msgpack:"time" json:"time"`
+
+	// RunningJobs are the ids of every job running on the card, oldest
+	// first (CurrentJob is the first); MaxJobs is the most that run at
+	// once (issue 15: a chat model's K/V slots).
+	RunningJobs []string `msgpack:"running_jobs,omitempty" json:"running_jobs,omitempty"`
+	MaxJobs     int      `msgpack:"max_jobs,omitempty" json:"max_jobs,omitempty"`
 }
 
 // Serves reports whether the worker has the model of the given kind resident.

@@ -32,10 +32,18 @@ type Config struct {
 	Chat map[string]Handler[schema.ChatJob]
 	// Image maps model names to their image handlers.
 	Image map[string]Handler[schema.ImageJob]
+	// MaxJobs is the most jobs the worker runs at once, across its models
+	// (default 1: one at a time). Each model also runs at most its
+	// handler's Capacity at once (1 without one): a chat model with N K/V
+	// slots takes N, an image model one. card.Card.MaxJobs is the card's
+	// sum. A worker that is full fetches nothing: the queue's jobs go to
+	// other cards.
+	MaxJobs int
 	// Limits are checked before any work (default schema.DefaultLimits).
 	Limits schema.Limits
-	// ShutdownGrace is how long Run lets the running job finish after its
-	// context ends before handing it back to the queue (default 30 s).
+	// ShutdownGrace is how long Run lets the running jobs finish after its
+	// context ends before handing those still running back to the queue
+	// (default 30 s).
 	ShutdownGrace time.Duration
 	// PollInterval is the longest an idle worker waits before looking at
 	// the queue again without a wake-up (redeliveries do not wake; default 1 s).
@@ -47,8 +55,9 @@ type Config struct {
 	// to each heartbeat.
 	StatusFunc func(*schema.Heartbeat)
 	// Thermal, when set, runs the thermal governor (DESIGN §8) on these
-	// sources and thresholds: hot stops fetching after the running job,
-	// critical hands the running job back to the queue. nil: governor off.
+	// sources and thresholds: hot stops fetching (the running jobs
+	// finish), critical hands every running job back to the queue. nil:
+	// governor off.
 	Thermal *thermal.MonitorConfig
 	// Device, when set, is reset (models reloaded) after a handler's error
 	// that it reports as a device fault; a lost card is rebooted (Rebooter)
@@ -92,6 +101,9 @@ func (c Config) withDefaults() Config {
 	}
 	if c.ShutdownGrace <= 0 {
 		c.ShutdownGrace = DefaultShutdownGrace
+	}
+	if c.MaxJobs <= 0 {
+		c.MaxJobs = 1
 	}
 	if c.PollInterval <= 0 {
 		c.PollInterval = DefaultPollInterval

@@ -1,7 +1,7 @@
 // Package worker is kiln's queue runtime: the process side of one card. A
 // Worker takes jobs for the models its handlers serve from the shared
-// JetStream queue, one at a time, runs them, streams their events and
-// answers each with exactly one result.
+// JetStream queue, as many at once as the card has free slots, runs them,
+// streams their events and answers each with exactly one result.
 //
 // It knows NATS, the topology (broker/topology) and the wire contract
 // (schema), and nothing of what runs a job: it imports no engine. The
@@ -19,7 +19,12 @@
 //
 // # The fetch loop
 //
-// One goroutine fetches one job at a time, high lane before normal. An idle
+// One goroutine fetches one job at a time, high lane before normal, while
+// the card has a free slot: a model runs at most its handler's Capacity of
+// jobs at once (one without it), and the worker at most Config.MaxJobs in
+// all. Each admitted job runs on a goroutine of its own; a full card
+// fetches nothing, so the queue's jobs go to other cards, and a slot that
+// frees makes the loop look at every route again, high lanes first. An idle
 // worker sleeps until the jobs stream announces a stored job on the route's
 // wake subject, or Config.PollInterval passes. Before each fetch it asks
 // the health gate: the thermal governor (Config.Thermal), a card reset in
@@ -65,10 +70,11 @@
 //     every HeartbeatInterval, and a NATS micro service (MicroName) whose
 //     status endpoint answers with the same heartbeat.
 //   - Cancels: the kiln_cancel bucket mirrored in memory, and the cancel
-//     subjects, which stop the running job at its next token or step; both
-//     are keyed by schema.JobKey(client, id).
+//     subjects, which stop the running job they name (and no other) at its
+//     next token or step; both are keyed by schema.JobKey(client, id).
 //   - Device faults (Config.Device): a transient error the card reports as
-//     a fault resets the card with back-off after the job is handed back;
+//     a fault hands every other running job back (ErrDeviceFault), then
+//     resets the card with back-off once none runs;
 //     MaxFaults in a row make the worker unhealthy and stop it
 //     (ErrUnhealthy); a lost card stops it (ErrCardLost). Either way a
 //     Device that is a Rebooter reboots its card first, so that the next
@@ -83,7 +89,7 @@
 // # Lifecycle
 //
 // New checks the Config, Start binds the consumers and starts the loop,
-// Stop drains (the running job finishes, or is handed back when ctx ends),
-// StopAndCancel hands the running job back at once, and Run does Start,
+// Stop drains (the running jobs finish, or are handed back when ctx ends),
+// StopAndCancel hands every running job back at once, and Run does Start,
 // waits for its context and stops within Config.ShutdownGrace.
 package worker

@@ -106,15 +106,18 @@ func (w *Worker) startLoading(ctx context.Context) bool {
 	return true
 }
 
-// noteFault records a device fault seen by the running job; the loop
-// handles it once the job is handed back (handleFault).
+// noteFault records a device fault seen by a job and stops the other
+// running jobs (ErrDeviceFault: each is handed back); the loop resets the
+// card once none runs (handleFault).
 func (w *Worker) noteFault(err error) bool {
 	if w.cfg.Device == nil || !w.cfg.Device.Fault(err) {
 		return false
 	}
 	w.hw.mu.Lock()
 	w.hw.fault = err
+	w.hw.notify()
 	w.hw.mu.Unlock()
+	w.cancelAll(ErrDeviceFault)
 	return true
 }
 
@@ -125,7 +128,8 @@ func (w *Worker) jobSucceeded() {
 	w.hw.mu.Unlock()
 }
 
-// handleFault runs on the loop after a job that hit a device fault: it
+// handleFault runs on the loop after a job hit a device fault and every
+// running job has been handed back: it
 // resets the card with back-off until it works again, MaxFaults faults in
 // a row (without a job done in between) make the worker unhealthy, and a
 // lost card makes it exit. Heartbeats say "loading" meanwhile.

@@ -42,6 +42,14 @@ func (h *health) notify() {
 	h.changed = make(chan struct{})
 }
 
+// changedChan is closed at the next change of the health gate (or a
+// device fault seen by a job).
+func (h *health) changedChan() <-chan struct{} {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	return h.changed
+}
+
 // startGovernor starts the thermal monitor when the config has one.
 func (w *Worker) startGovernor(ctx context.Context) error {
 	if w.cfg.Thermal == nil {
@@ -65,15 +73,15 @@ func (w *Worker) startGovernor(ctx context.Context) error {
 
 // onThermal acts on a governor transition: one event on
 // kiln.events.thermal.<worker>, in order (the monitor serialises them);
-// critical stops the running job at its next token or step and hands it
-// back to the queue (ErrPaused), so a cooler card takes it.
+// critical stops every running job at its next token or step and hands
+// each back to the queue (ErrPaused), so a cooler card takes it.
 func (w *Worker) onThermal(t thermal.Transition) {
 	w.hw.mu.Lock()
 	w.hw.gov = t.To
 	w.hw.notify()
 	w.hw.mu.Unlock()
 	if t.To == thermal.Critical {
-		w.cancelCurrent(ErrPaused)
+		w.cancelAll(ErrPaused)
 	}
 	ev := schema.ThermalEvent{Worker: w.cfg.Name, From: string(t.From), To: string(t.To),
 		CardTempC: finite(t.Reading.CardC), SoCTempC: finite(t.Reading.SoCC), Reason: t.Reason, Time: time.Now().UTC()}

@@ -15,11 +15,12 @@ func (w *Worker) Status() schema.Heartbeat {
 	host, _ := os.Hostname()
 	w.mu.Lock()
 	state := w.state
-	current := ""
-	if w.current != nil {
-		current = w.current.id
-	}
 	w.mu.Unlock()
+	running := w.runningIDs()
+	current := ""
+	if len(running) > 0 {
+		current = running[0]
+	}
 	hb := schema.Heartbeat{
 		Worker:      w.cfg.Name,
 		Host:        host,
@@ -28,6 +29,8 @@ func (w *Worker) Status() schema.Heartbeat {
 		State:       state,
 		Models:      w.Models(),
 		CurrentJob:  current,
+		RunningJobs: running,
+		MaxJobs:     w.cfg.MaxJobs,
 		JobsOK:      w.jobsOK.Load(),
 		JobsFailed:  w.jobsFailed.Load(),
 		JobsRefused: w.jobsRefused.Load(),
@@ -39,6 +42,7 @@ func (w *Worker) Status() schema.Heartbeat {
 	}
 	w.governorStatus(&hb)
 	for i := range hb.Models {
+		hb.Models[i].SlotsUsed, hb.Models[i].SlotsTotal = w.slots(hb.Models[i].Kind, hb.Models[i].Name)
 		if err := w.modelErr(hb.Models[i].Kind, hb.Models[i].Name); err != nil {
 			hb.Models[i].State, hb.Models[i].Error = schema.ModelFailed, err.Error()
 		}

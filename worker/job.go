@@ -236,22 +236,15 @@ func requestError(err error, code schema.ErrorCode) *schema.Error {
 	return schema.Errorf(code, "", "%v", err)
 }
 
-// occupy makes d the worker's running job, busy in heartbeats, with a
-// context that a cancel request, Stop or the governor cancels with a cause.
-// release ends both.
+// occupy makes d one of the worker's running jobs, busy in heartbeats,
+// with a context that a cancel request, Stop, the governor or another
+// job's device fault cancels with a cause. release ends both.
 func (w *Worker) occupy(ctx context.Context, d *delivery) (jctx context.Context, release func()) {
 	jctx, cancel := context.WithCancelCause(ctx)
-	w.mu.Lock()
-	w.current = &runningJob{id: d.id, key: schema.JobKey(d.client, d.id), cancel: cancel}
-	w.state = schema.StateBusy
-	w.mu.Unlock()
+	j := &runningJob{id: d.id, key: schema.JobKey(d.client, d.id), cancel: cancel}
+	w.addRunning(j)
 	return jctx, func() {
-		w.mu.Lock()
-		w.current = nil
-		if w.state == schema.StateBusy {
-			w.state = schema.StateReady
-		}
-		w.mu.Unlock()
+		w.removeRunning(j)
 		cancel(nil)
 	}
 }
@@ -408,7 +401,8 @@ type outcome struct {
 //
 //   - stopped by a cancel request or its deadline: cancelled or expired,
 //     with what the handler had made so far;
-//   - an error while the worker stops or the card is critical: handed back
+//   - an error while the worker stops, the card is critical or another
+//     job's device fault stopped it: handed back
 //     (a handler that finished before it saw that keeps its result);
 //   - no error: ok;
 //   - a *schema.Error: the request's fault, rejected;
@@ -420,7 +414,7 @@ func classify(e ending, retryDelays []time.Duration) outcome {
 	var verr *schema.Error
 	var perr *permanentError
 	switch {
-	case e.err != nil && (errors.Is(e.cause, ErrShutdown) || errors.Is(e.cause, ErrPaused)):
+	case e.err != nil && (errors.Is(e.cause, ErrShutdown) || errors.Is(e.cause, ErrPaused) || errors.Is(e.cause, ErrDeviceFault)):
 		return outcome{settle: settleHandBack}
 	case errors.Is(e.cause, ErrCancelRequested):
 		return outcome{status: schema.StatusCancelled, finish: schema.FinishCancelled,

@@ -22,9 +22,10 @@ import (
 // ErrStopped is returned by Start on a worker that was stopped.
 var ErrStopped = errors.New("worker: stopped")
 
-// Worker takes jobs for the models of one card, one at a time, and answers
-// them. Every worker that serves a model pulls from the same durable
-// consumer: that is the load balancing across cards and Pis.
+// Worker takes jobs for the models of one card, as many at once as the
+// card has free slots (Capacity, Config.MaxJobs), and answers them. Every
+// worker that serves a model pulls from the same durable consumer: that is
+// the load balancing across cards and Pis.
 type Worker struct {
 	cfg  Config
 	nc   *nats.Conn
@@ -50,8 +51,13 @@ type Worker struct {
 	cancelWatch jetstream.KeyWatcher
 
 	mu        sync.Mutex
-	current   *runningJob
+	running   []*runningJob  // admitted jobs, oldest first
+	reserved  int            // jobs fetched and not yet settled
+	inUse     map[string]int // reserved jobs by slotKey
+	halt      error          // ErrShutdown once Stop's grace ended: a job admitted later stops at once
 	state     string
+	jobs      sync.WaitGroup       // the running jobs' goroutines
+	freed     chan struct{}        // a job settled: its slot is free
 	cancelled map[string]time.Time // ids cancelled (kiln_cancel mirror), pruned after JobMaxAge
 
 	jobsOK, jobsFailed atomic.Int64
@@ -62,17 +68,12 @@ type Worker struct {
 	svc micro.Service // NATS micro registration (micro.go)
 }
 
-type runningJob struct {
-	id     string
-	key    string // schema.JobKey: what a cancel names
-	cancel context.CancelCauseFunc
-}
-
 // route is one (kind, model, lane) the worker pulls from.
 type route struct {
 	kind, model, lane string
 	cons              jetstream.Consumer
 	run               func(ctx context.Context, d *delivery)
+	capacity          func() int    // how many of its model's jobs may run at once (Capacity)
 	ackWait           time.Duration // the consumer's: InProgress every third of it
 	maxDeliver        int           // the consumer's: the last delivery fails; 0 or less: no limit
 
@@ -122,6 +123,8 @@ func New(nc *nats.Conn, cfg Config) (*Worker, error) {
 		stopped:   make(chan struct{}),
 		state:     schema.StateLoading,
 		cancelled: map[string]time.Time{},
+		inUse:     map[string]int{},
+		freed:     make(chan struct{}, 1),
 	}
 	w.hw.init()
 	return w, nil
@@ -175,11 +178,11 @@ func (w *Worker) start(ctx context.Context) error {
 	}
 	for _, lane := range []string{schema.LaneHigh, schema.LaneNormal} {
 		for model, h := range w.cfg.Chat {
-			w.routes = append(w.routes, &route{kind: schema.KindChat, model: model, lane: lane,
+			w.routes = append(w.routes, &route{kind: schema.KindChat, model: model, lane: lane, capacity: capacityOf(h),
 				run: func(ctx context.Context, d *delivery) { runJob(ctx, w, d, h, schema.ValidateChat) }})
 		}
 		for model, h := range w.cfg.Image {
-			w.routes = append(w.routes, &route{kind: schema.KindImage, model: model, lane: lane,
+			w.routes = append(w.routes, &route{kind: schema.KindImage, model: model, lane: lane, capacity: capacityOf(h),
 				run: func(ctx context.Context, d *delivery) { runJob(ctx, w, d, h, schema.ValidateImage) }})
 		}
 	}
@@ -254,9 +257,9 @@ func (w *Worker) modelNames() []string {
 }
 
 // Run starts the worker, serves until ctx ends, then stops gracefully: the
-// running job gets ShutdownGrace to finish before it is handed back to the
-// queue. It returns nil after a clean stop, and an error matching
-// ErrCardLost after stopping because the card was lost.
+// running jobs get ShutdownGrace to finish before those still running are
+// handed back to the queue. It returns nil after a clean stop, and an
+// error matching ErrCardLost after stopping because the card was lost.
 func (w *Worker) Run(ctx context.Context) error {
 	if err := w.Start(ctx); err != nil {
 		return err
@@ -275,10 +278,10 @@ func (w *Worker) Run(ctx context.Context) error {
 	return nil
 }
 
-// Stop stops taking jobs and waits for the running job to finish. If ctx
-// ends first, the running job is cancelled and handed back to the queue so
-// another card takes it at once, and Stop returns ctx.Err() after the worker
-// has stopped. Calling Stop again, or before Start, is safe.
+// Stop stops taking jobs and waits for the running jobs to finish. If ctx
+// ends first, each job still running is cancelled and handed back to the
+// queue so another card takes it at once, and Stop returns ctx.Err() after
+// the worker has stopped. Calling Stop again, or before Start, is safe.
 func (w *Worker) Stop(ctx context.Context) error {
 	w.stopOnce.Do(func() {
 		w.setState(schema.StateStopping)
@@ -289,14 +292,14 @@ func (w *Worker) Stop(ctx context.Context) error {
 	case <-w.stopped:
 		return nil
 	case <-ctx.Done():
-		w.cancelCurrent(ErrShutdown)
+		w.cancelAll(ErrShutdown)
 		<-w.stopped
 		return ctx.Err()
 	}
 }
 
-// StopAndCancel stops at once: the running job is cancelled and handed back
-// to the queue. It waits until the worker has stopped or ctx ends.
+// StopAndCancel stops at once: every running job is cancelled and handed
+// back to the queue. It waits until the worker has stopped or ctx ends.
 func (w *Worker) StopAndCancel(ctx context.Context) error {
 	cctx, cancel := context.WithCancel(ctx)
 	cancel()
@@ -363,20 +366,25 @@ func (w *Worker) setState(s string) {
 }
 
 // onCancel handles kiln.cancel.<client>.<id> (kiln.cancel.<id> for an
-// anonymous job): it stops the running job if it is that client's job of
-// that id.
+// anonymous job): it stops the running job that is that client's job of
+// that id, and no other.
 func (w *Worker) onCancel(m *nats.Msg) {
 	key, ok := w.subj.ParseCancel(m.Subject)
 	if !ok {
 		return
 	}
 	w.mu.Lock()
-	cur := w.current
 	w.cancelled[key] = time.Now()
+	var hit []*runningJob
+	for _, j := range w.running {
+		if j.key == key {
+			hit = append(hit, j)
+		}
+	}
 	w.mu.Unlock()
-	if cur != nil && cur.key == key {
-		w.log.Info("cancel requested", "job", cur.id, "key", key)
-		cur.cancel(ErrCancelRequested)
+	for _, j := range hit {
+		w.log.Info("cancel requested", "job", j.id, "key", key)
+		j.cancel(ErrCancelRequested)
 	}
 }
 
@@ -430,25 +438,23 @@ func (w *Worker) wasCancelled(key string) bool {
 	return ok
 }
 
-func (w *Worker) cancelCurrent(cause error) {
-	w.mu.Lock()
-	cur := w.current
-	w.mu.Unlock()
-	if cur != nil {
-		cur.cancel(cause)
-	}
-}
-
-// loop takes one job at a time, high lanes first, until Stop.
+// loop admits jobs, high lanes first, while the card has free slots (one
+// at a time per model unless its handler says otherwise: Capacity; at most
+// Config.MaxJobs in all), until Stop; each admitted job runs on a goroutine
+// of its own. When Stop comes it waits for the running jobs to settle.
 //
 // An idle worker sleeps until the job stream republishes a stored job's
-// headers on the wake subject of its route, or PollInterval passes
-// (redeliveries after a retry delay do not wake). Each route remembers
-// whether a job may be waiting on it, so a wake-up costs one fetch, not a
-// scan of every consumer, and a high lane is still looked at before any
-// normal one whenever it may hold a job.
+// headers on the wake subject of its route, a running job settles and
+// frees its slot, or PollInterval passes (redeliveries after a retry delay
+// do not wake). Each route remembers whether a job may be waiting on it, so
+// a wake-up costs one fetch, not a scan of every consumer, and a high lane
+// is still looked at before any normal one whenever it may hold a job.
+//
+// A device fault seen by a job stops the others (ErrDeviceFault: each is
+// handed back); once none runs, the loop resets the card (handleFault).
 func (w *Worker) loop() {
 	defer close(w.loopDone)
+	defer w.jobs.Wait()
 	timer := time.NewTimer(w.cfg.PollInterval)
 	defer timer.Stop()
 	for _, rt := range w.routes {
@@ -458,12 +464,26 @@ func (w *Worker) loop() {
 		if w.stopping() {
 			return
 		}
+		if w.hw.faultPending() {
+			if !w.idle() {
+				// The other jobs are being handed back; reset once they are.
+				select {
+				case <-w.stopFetch:
+					return
+				case <-w.freed:
+				}
+				continue
+			}
+			w.handleFault()
+			continue
+		}
 		if wait := w.gate(); wait != nil {
 			// Paused (governor), resetting or unhealthy: fetch nothing.
 			select {
 			case <-w.stopFetch:
 				return
 			case <-wait:
+			case <-w.freed:
 			case <-timer.C:
 			}
 			if w.Err() != nil {
@@ -475,6 +495,18 @@ func (w *Worker) loop() {
 			}
 			continue
 		}
+		if w.full() {
+			// No free slot: the queue's jobs are for other cards until one
+			// frees (or the card faults, or the governor acts).
+			select {
+			case <-w.stopFetch:
+				return
+			case <-w.freed:
+				w.lookEverywhere()
+			case <-w.hw.changedChan():
+			}
+			continue
+		}
 		w.drainWake()
 		if msg, rt := w.next(); msg != nil {
 			// The delivery says how many more wait behind it.
@@ -482,8 +514,7 @@ func (w *Worker) loop() {
 			if meta, err := msg.Metadata(); err == nil {
 				rt.pending = meta.NumPending > 0
 			}
-			w.process(rt, msg)
-			w.handleFault()
+			w.startJob(rt, func() { w.process(rt, msg) })
 			continue
 		}
 		timer.Reset(w.cfg.PollInterval)
@@ -492,11 +523,22 @@ func (w *Worker) loop() {
 			return
 		case rt := <-w.wake:
 			rt.pending, rt.rung = true, true
+		case <-w.freed:
+			w.lookEverywhere()
+		case <-w.hw.changedChan():
 		case <-timer.C:
-			for _, rt := range w.routes {
-				rt.pending = true
-			}
+			w.lookEverywhere()
 		}
+	}
+}
+
+// lookEverywhere marks every route as maybe holding a job: after the poll
+// interval, and when a slot frees (a job announced meanwhile may be a
+// redelivery, which is not announced, and the high lane must be looked at
+// first whatever woke the loop).
+func (w *Worker) lookEverywhere() {
+	for _, rt := range w.routes {
+		rt.pending = true
 	}
 }
 
@@ -516,11 +558,12 @@ func (w *Worker) drainWake() {
 	}
 }
 
-// next asks, in priority order, each route that may hold a job for one.
+// next asks, in priority order, each route that may hold a job and whose
+// model has a free slot for one.
 func (w *Worker) next() (jetstream.Msg, *route) {
 	for _, rt := range w.routes {
-		if !rt.pending {
-			continue
+		if !rt.pending || !w.roomFor(rt) {
+			continue // a full model's jobs stay pending: looked at again when a slot frees
 		}
 		if w.modelErr(rt.kind, rt.model) != nil {
 			rt.pending, rt.rung = false, false // its package did not load: leave its jobs to other cards

@@ -53,11 +53,11 @@ func runStatus(ctx context.Context, e *env, args []string) error {
 			case schema.ModelLoading:
 				models = append(models, m.Kind+"/"+m.Name+" (loading)")
 			default:
-				models = append(models, m.Kind+"/"+m.Name)
+				models = append(models, m.Kind+"/"+m.Name+slotsText(m))
 			}
 		}
 		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%d\t%d\t%d\t%.1f\t%s\n", w.Worker, w.State, temp(w.CardTempC), temp(w.SoCTempC),
-			w.Governor.State, orDash(strings.Join(models, ",")), orDash(w.CurrentJob), w.JobsOK, w.JobsFailed, w.JobsRefused, w.TokensPerS,
+			w.Governor.State, orDash(strings.Join(models, ",")), orDash(jobsText(w)), w.JobsOK, w.JobsFailed, w.JobsRefused, w.TokensPerS,
 			(time.Duration(w.UptimeS) * time.Second).String())
 	}
 	if len(workers) == 0 {
@@ -86,6 +86,23 @@ func runStatus(ctx context.Context, e *env, args []string) error {
 		fmt.Fprintln(tw, "(no queues: no worker has registered a model yet)")
 	}
 	return tw.Flush()
+}
+
+// slotsText is " used/total" of a model that runs several jobs at once
+// (a chat model's K/V slots), "" otherwise.
+func slotsText(m schema.ModelInfo) string {
+	if m.SlotsTotal <= 1 {
+		return ""
+	}
+	return fmt.Sprintf(" %d/%d", m.SlotsUsed, m.SlotsTotal)
+}
+
+// jobsText is the oldest running job, and how many more run beside it.
+func jobsText(h schema.Heartbeat) string {
+	if n := len(h.RunningJobs); n > 1 {
+		return fmt.Sprintf("%s +%d", h.CurrentJob, n-1)
+	}
+	return h.CurrentJob
 }
 
 func temp(c float64) string {
@@ -145,7 +162,7 @@ func describe(ev client.FleetEvent) string {
 		h := ev.Heartbeat
 		job := ""
 		if h.CurrentJob != "" {
-			job = " job " + h.CurrentJob
+			job = " job " + jobsText(*h)
 		}
 		return fmt.Sprintf("%s heartbeat %-12s %s card %s°C soc %s°C ok %d failed %d refused %d%s", h.Time.Local().Format(time.TimeOnly),
 			h.Worker, h.State, temp(h.CardTempC), temp(h.SoCTempC), h.JobsOK, h.JobsFailed, h.JobsRefused, job)

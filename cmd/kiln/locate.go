@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -70,7 +71,7 @@ func locate(ctx context.Context, nc *nats.Conn, c *client.Client, topo topology.
 	}
 	if ws, err := c.Workers(ctx); err == nil {
 		for _, hb := range liveStatus(ctx, nc, topo.Subjects(), ws) {
-			if hb.CurrentJob == id {
+			if hb.CurrentJob == id || slices.Contains(hb.RunningJobs, id) {
 				w.worker = hb.Worker
 			}
 		}

@@ -55,12 +55,16 @@ func runModelsCheck(ctx context.Context, args []string, stdout, stderr io.Writer
 	index := fs.Int("card", 0, "the card to load the packages on (its index)")
 	models := fs.String("models", getenv(envModels, defaultModels), "folder of model packages checked when no DIR is given ($"+envModels+")")
 	lockDir := fs.String("lock-dir", getenv(envLockDir, ""), "folder of the per-card locks ($"+envLockDir+"; unset: /run/kiln when it exists, else $TMPDIR/kiln)")
+	slots := slotsFlag(fs)
 	fs.Usage = func() {
 		fmt.Fprint(stderr, modelsUsage)
 		fmt.Fprintln(stderr, "\nflags:")
 		fs.PrintDefaults()
 	}
 	if err := parse(fs, args); err != nil { // flags may follow the folders
+		return err
+	}
+	if err := checkSlots(*slots); err != nil {
 		return err
 	}
 	dirs := fs.Args()
@@ -78,7 +82,7 @@ func runModelsCheck(ctx context.Context, args []string, stdout, stderr io.Writer
 		return err
 	}
 	defer lock.Release()
-	reports, err := card.Check(ctx, card.CheckConfig{Library: *lib, Index: *index}, dirs)
+	reports, err := card.Check(ctx, card.CheckConfig{Library: *lib, Index: *index, Slots: *slots}, dirs)
 	if err != nil {
 		return err
 	}
@@ -107,6 +111,9 @@ func printReports(w io.Writer, reports []card.PackageReport) error {
 			fmt.Fprintln(w)
 		}
 		verdict := fmt.Sprintf("serves %s jobs (runtime %s, %d MiB of CMM)", r.Kind, r.Runtime, r.CMMMiB)
+		if r.Slots > 0 {
+			verdict = fmt.Sprintf("serves %s jobs (runtime %s, %d MiB of CMM with %d K/V slots: %d jobs at once)", r.Kind, r.Runtime, r.CMMMiB, r.Slots, r.Slots)
+		}
 		if r.Refused != "" {
 			verdict = "REFUSED: " + r.Refused
 		}

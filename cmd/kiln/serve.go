@@ -31,6 +31,7 @@ type workerFlags struct {
 	lib    string
 	lock   string
 	grace  time.Duration
+	slots  *int
 	temp   thermalFlags
 }
 
@@ -40,7 +41,8 @@ func (w *workerFlags) register(fs *flag.FlagSet) {
 	fs.StringVar(&w.models, "models", getenv(envModels, defaultModels), "folder of model packages, one sub-folder per model ($"+envModels+")")
 	fs.StringVar(&w.lib, "lib", getenv(envAXCLLib, axcl.DefaultLibraryPath), "path of libaxcl_rt.so ($"+envAXCLLib+")")
 	fs.StringVar(&w.lock, "lock-dir", getenv(envLockDir, ""), "folder of the per-card locks ($"+envLockDir+"; unset: /run/kiln when it exists, else $TMPDIR/kiln)")
-	fs.DurationVar(&w.grace, "grace", worker.DefaultShutdownGrace, "on stop, how long the running job may finish before it is handed back")
+	fs.DurationVar(&w.grace, "grace", worker.DefaultShutdownGrace, "on stop, how long the running jobs may finish before those still running are handed back")
+	w.slots = slotsFlag(fs)
 	w.temp.register(fs)
 }
 
@@ -48,7 +50,10 @@ func (w *workerFlags) register(fs *flag.FlagSet) {
 // builds the worker's configuration (name "" = the default
 // <host>-card<index>). The caller closes the card.
 func (w *workerFlags) workerConfig(ctx context.Context, e *env, topo topology.Config, index int, name string) (worker.Config, *card.Card, error) {
-	c, err := card.Open(ctx, card.Config{Library: w.lib, Index: index, ModelsDir: w.models, Logger: e.log.With("card", index)})
+	if err := checkSlots(*w.slots); err != nil {
+		return worker.Config{}, nil, err
+	}
+	c, err := card.Open(ctx, card.Config{Library: w.lib, Index: index, ModelsDir: w.models, Slots: *w.slots, Logger: e.log.With("card", index)})
 	if err != nil {
 		return worker.Config{}, nil, err
 	}
@@ -68,6 +73,7 @@ func (w *workerFlags) workerConfig(ctx context.Context, e *env, topo topology.Co
 		Version:       version,
 		Topology:      topo,
 		ShutdownGrace: w.grace,
+		MaxJobs:       c.MaxJobs(),
 		Chat:          c.ChatHandlers(),
 		Image:         c.ImageHandlers(),
 		StatusFunc:    c.Status,

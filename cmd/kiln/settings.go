@@ -2,6 +2,7 @@ package main
 
 import (
 	"flag"
+	"fmt"
 	"net"
 	"os"
 	"strconv"
@@ -15,6 +16,7 @@ import (
 	"github.com/kiln-project/kiln/gateway"
 	"github.com/kiln-project/kiln/schema"
 	"github.com/kiln-project/kiln/worker/axcl"
+	"github.com/kiln-project/kiln/worker/llm"
 )
 
 // Every environment variable kiln reads. Each has a flag of the same
@@ -26,6 +28,7 @@ const (
 	envConfig    = "KILN_CONFIG"     // kiln up / broker: optional nats-server config file
 	envAXCLLib   = axcl.EnvLibrary   // path of libaxcl_rt.so
 	envModels    = "KILN_MODELS"     // folder of model packages, one sub-folder per model
+	envSlots     = "KILN_SLOTS"      // kiln up / worker / models check: K/V slots of each chat model
 	envPrefix    = "KILN_PREFIX"     // subject prefix
 	envLogFormat = "KILN_LOG_FORMAT" // text or json
 	envDebug     = "KILN_DEBUG"      // any value: debug logs
@@ -64,6 +67,7 @@ var environment = []setting{
 	{envAXCLLib, "lib", "path of libaxcl_rt.so (default " + axcl.DefaultLibraryPath + ")"},
 	{envLockDir, "lock-dir", "folder of the per-card locks a worker holds (default /run/kiln when it exists, else $TMPDIR/kiln)"},
 	{envModels, "models", "folder of model packages, one sub-folder per model (default " + defaultModels + ")"},
+	{envSlots, "slots", "kiln up / worker / models check: K/V slots of each chat model, so many of its jobs run at once (default 1, at most " + strconv.Itoa(llm.MaxSlots) + "; more than the card's CMM holds refuse the package, with the figures)"},
 	{envGovernor, "governor", "off: no thermal governor"},
 	{envCardTemp, "card-temp", "card pause,resume,critical °C"},
 	{envSoCTemp, "soc-temp", "SoC pause,resume,critical °C"},
@@ -153,6 +157,21 @@ func (b *brokerFlags) register(fs *flag.FlagSet) {
 	fs.IntVar(&b.replicas, "replicas", replicas, "stream replicas ($"+envReplicas+"; 0: 1 on one server, min(3, routes) on a cluster)")
 	fs.StringVar(&b.account, "account", "", "account of kiln's streams when --config defines accounts (default KILN)")
 	fs.BoolVar(&b.leaf, "leaf", getenv(envLeaf, "") == "1", "leaf node of a central broker (--config with leafnodes remotes): no JetStream here ($"+envLeaf+"=1)")
+}
+
+// slotsFlag registers --slots, the K/V slots of each chat model
+// (llm.Options.Slots): 0 or 1 is one job at a time.
+func slotsFlag(fs *flag.FlagSet) *int {
+	n, _ := strconv.Atoi(getenv(envSlots, "1"))
+	return fs.Int("slots", n, fmt.Sprintf("K/V slots of each chat model: so many of its jobs run at once, 1..%d ($%s)", llm.MaxSlots, envSlots))
+}
+
+// checkSlots refuses a --slots outside 0..llm.MaxSlots.
+func checkSlots(n int) error {
+	if n < 0 || n > llm.MaxSlots {
+		return fmt.Errorf("--slots is %d: it must be 1 to %d (%s)", n, llm.MaxSlots, envSlots)
+	}
+	return nil
 }
 
 // unservedGrace registers --unserved-grace, the grace of the janitor that

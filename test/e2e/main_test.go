@@ -38,6 +38,7 @@ const (
 	envAckWait = "KILN_E2E_ACKWAIT" // topology ack wait
 	envGrace   = "KILN_E2E_GRACE"   // worker shutdown grace
 	envJobs    = "KILN_E2E_JOBS"    // client: jobs to run
+	envSlots   = "KILN_E2E_SLOTS"   // worker: echo jobs run at once (default 1)
 )
 
 func TestMain(m *testing.M) {
@@ -94,7 +95,12 @@ func childWorker() int {
 	}
 	defer nc.Close()
 	grace, _ := time.ParseDuration(os.Getenv(envGrace))
-	return echo.RunWorker(nc, worker.Config{Name: os.Getenv(envName), Topology: childTopology(), ShutdownGrace: grace})
+	cfg := worker.Config{Name: os.Getenv(envName), Topology: childTopology(), ShutdownGrace: grace}
+	if n, _ := strconv.Atoi(os.Getenv(envSlots)); n > 1 {
+		cfg.Chat = map[string]worker.Handler[schema.ChatJob]{"echo": echo.Slots(echo.Chat, n)}
+		cfg.MaxJobs = n
+	}
+	return echo.RunWorker(nc, cfg)
 }
 
 // childClient runs KILN_E2E_JOBS chat jobs one after another and checks

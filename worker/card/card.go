@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"slices"
 	"sync"
 	"time"
 
@@ -27,6 +28,12 @@ type Config struct {
 	// ModelsDir is the folder of model packages, one sub-folder per model
 	// (a missing folder holds no packages).
 	ModelsDir string
+	// Slots is the K/V slots of each chat model (llm.Options.Slots; 0:
+	// one): that many of its jobs run at once. A chat package whose slots
+	// do not fit the CMM budget beside what loaded before it does not load:
+	// load_failed names the figures (llm.SlotBudgetError) and the other
+	// packages serve.
+	Slots int
 	// Logger (default slog.Default()).
 	Logger *slog.Logger
 	// EnumerateTimeout bounds the wait for a card that has not enumerated
@@ -43,6 +50,7 @@ type Card struct {
 	log   *slog.Logger
 	lib   string // "" without a card runtime
 	index int
+	slots int      // Config.Slots
 	dir   string   // the models folder
 	order []string // names of the packages served, in load order
 	chat  map[string]worker.Handler[schema.ChatJob]
@@ -69,6 +77,8 @@ var (
 	_ worker.Device       = (*Card)(nil)
 	_ worker.Loader       = (*Card)(nil)
 	_ worker.ModelChecker = (*Card)(nil)
+
+	_ worker.Capacity = (*onCard[schema.ChatJob])(nil)
 )
 
 // Open opens the card of cfg and finds the model packages in
@@ -85,6 +95,7 @@ func Open(ctx context.Context, cfg Config) (*Card, error) {
 	c := &Card{
 		log:    cfg.Logger,
 		index:  cfg.Index,
+		slots:  cfg.Slots,
 		dir:    cfg.ModelsDir,
 		chat:   map[string]worker.Handler[schema.ChatJob]{},
 		image:  map[string]worker.Handler[schema.ImageJob]{},
@@ -144,7 +155,10 @@ func (c *Card) openDevice(ctx context.Context) (*npu.Device, error) {
 }
 
 // findPackages picks the packages of c.dir that a runtime recognises and
-// makes a handler for each.
+// makes a handler for each. They load in name order, chat packages last:
+// a chat model's K/V slots take what the CMM budget leaves after every
+// other resident model, so slots that do not fit refuse the chat package
+// (with the figures), not the image model loaded after it.
 func (c *Card) findPackages() error {
 	names, err := modelPackages(c.dir)
 	if err != nil {
@@ -173,6 +187,17 @@ func (c *Card) findPackages() error {
 			c.image[name] = imageOn(c, name)
 		}
 	}
+	slices.SortStableFunc(c.order, func(a, b string) int {
+		_, ca := c.chat[a]
+		_, cb := c.chat[b]
+		switch {
+		case ca == cb:
+			return 0
+		case cb:
+			return -1
+		}
+		return 1
+	})
 	return nil
 }
 
@@ -270,26 +295,58 @@ func (c *Card) loadAll(ctx context.Context, dev *npu.Device) (models map[string]
 
 func (c *Card) loadModel(ctx context.Context, dev *npu.Device, rt *modelRuntime, name, path string) (*servedModel, error) {
 	start := time.Now()
-	m, err := rt.open(ctx, dev, name, path, c.log, nil)
+	m, err := rt.open(ctx, dev, name, path, c.log, nil, c.slots)
 	if err != nil {
 		return nil, fmt.Errorf("model %s: %w", name, err)
 	}
-	c.log.Info("model loaded", "model", name, "runtime", rt.name, "cmm_mib", m.cmmMiB, "took", time.Since(start).Round(time.Millisecond))
+	_, slots := m.capacity()
+	c.log.Info("model loaded", "model", name, "runtime", rt.name, "cmm_mib", m.cmmMiB, "slots", slots, "took", time.Since(start).Round(time.Millisecond))
 	return m, nil
 }
 
-// chatOn is the chat handler of model name on c: it runs whichever
-// instance of the model is loaded now.
+// onCard is the handler of model name on c: it runs whichever instance of
+// the model is loaded now, and says how many of its jobs may run at once
+// (worker.Capacity: a chat model's K/V slots).
+type onCard[T any] struct {
+	c      *Card
+	name   string
+	handle func(*servedModel) worker.Handler[T] // the model's handler of T; nil when it serves none
+}
+
+// Handle implements worker.Handler.
+func (h *onCard[T]) Handle(ctx context.Context, job *worker.Job[T]) (*schema.Result, error) {
+	h.c.mu.RLock()
+	defer h.c.mu.RUnlock()
+	m := h.c.models[h.name]
+	if m == nil || h.handle(m) == nil {
+		return nil, h.c.notLoaded(h.name)
+	}
+	return h.handle(m).Handle(ctx, job)
+}
+
+// Capacity implements worker.Capacity: the loaded model's slots (one while
+// it is not loaded: the worker fetches nothing for it then anyway).
+func (h *onCard[T]) Capacity() (used, total int) {
+	h.c.mu.RLock()
+	defer h.c.mu.RUnlock()
+	if m := h.c.models[h.name]; m != nil {
+		return m.capacity()
+	}
+	return 0, 1
+}
+
+// capacity is the model's slots: used and total (0 and 1 for a model that
+// runs one job at a time).
+func (m *servedModel) capacity() (used, total int) {
+	if m.slots == nil {
+		return 0, 1
+	}
+	return m.slots()
+}
+
+// chatOn is the chat handler of model name on c.
 func chatOn(c *Card, name string) worker.Handler[schema.ChatJob] {
-	return worker.HandlerFunc[schema.ChatJob](func(ctx context.Context, job *worker.Job[schema.ChatJob]) (*schema.Result, error) {
-		c.mu.RLock()
-		defer c.mu.RUnlock()
-		m := c.models[name]
-		if m == nil || m.chat == nil {
-			return nil, c.notLoaded(name)
-		}
-		return m.chat.Handle(ctx, job)
-	})
+	return &onCard[schema.ChatJob]{c: c, name: name, handle: func(m *servedModel) worker.Handler[schema.ChatJob] { return m.chat }}
 }
 
 // notLoaded is a handler's error for a model not loaded now (c.mu held):
@@ -303,15 +360,21 @@ func (c *Card) notLoaded(name string) error {
 
 // imageOn is chatOn for image models.
 func imageOn(c *Card, name string) worker.Handler[schema.ImageJob] {
-	return worker.HandlerFunc[schema.ImageJob](func(ctx context.Context, job *worker.Job[schema.ImageJob]) (*schema.Result, error) {
-		c.mu.RLock()
-		defer c.mu.RUnlock()
-		m := c.models[name]
-		if m == nil || m.image == nil {
-			return nil, c.notLoaded(name)
+	return &onCard[schema.ImageJob]{c: c, name: name, handle: func(m *servedModel) worker.Handler[schema.ImageJob] { return m.image }}
+}
+
+// MaxJobs is the most jobs the card's packages run at once (worker.Config.MaxJobs):
+// Config.Slots for each chat package, one for each image package.
+func (c *Card) MaxJobs() int {
+	n := 0
+	for _, name := range c.order {
+		if _, ok := c.chat[name]; ok {
+			n += max(c.slots, 1)
+		} else {
+			n++
 		}
-		return m.image.Handle(ctx, job)
-	})
+	}
+	return max(n, 1)
 }
 
 // Reset implements worker.Device: unload the models, close the device,

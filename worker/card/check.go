@@ -23,6 +23,9 @@ type CheckConfig struct {
 	Library string
 	// Index is the card to check on.
 	Index int
+	// Slots is the K/V slots of each chat model, as Config.Slots: a package
+	// whose slots do not fit the CMM budget is Refused with the figures.
+	Slots int
 	// Logger (default: discard; the loaders log their progress).
 	Logger *slog.Logger
 }
@@ -50,6 +53,9 @@ type PackageReport struct {
 	// loaded on the card). CMMMiB is what it took when it did.
 	Refused string `json:"refused,omitempty"`
 	CMMMiB  int    `json:"cmm_mib,omitempty"`
+	// Slots is how many jobs of a chat package run at once: its K/V slots
+	// (CMMMiB holds them all); 0 for a package that runs one at a time.
+	Slots int `json:"slots,omitempty"`
 }
 
 // ModelReport is one model file of a package.
@@ -92,7 +98,7 @@ func Check(ctx context.Context, cfg CheckConfig, dirs []string) (_ []PackageRepo
 	}()
 	reports := make([]PackageReport, 0, len(dirs))
 	for _, dir := range dirs {
-		r := checkPackage(ctx, dev, dir, cfg.Logger)
+		r := checkPackage(ctx, dev, dir, cfg.Slots, cfg.Logger)
 		if derr := dev.Err(); derr != nil {
 			return reports, fmt.Errorf("card %d failed while checking %s: %w", cfg.Index, dir, derr)
 		}
@@ -104,7 +110,7 @@ func Check(ctx context.Context, cfg CheckConfig, dirs []string) (_ []PackageRepo
 	return reports, nil
 }
 
-func checkPackage(ctx context.Context, dev *npu.Device, dir string, log *slog.Logger) PackageReport {
+func checkPackage(ctx context.Context, dev *npu.Device, dir string, slots int, log *slog.Logger) PackageReport {
 	r := PackageReport{Dir: dir, Name: filepath.Base(filepath.Clean(dir))}
 	st, err := os.Stat(dir)
 	if err != nil {
@@ -148,13 +154,16 @@ func checkPackage(ctx context.Context, dev *npu.Device, dir string, log *slog.Lo
 		return r
 	}
 	var bound npu.Bindings
-	m, err := rt.open(ctx, dev, r.Name, dir, log, &bound)
+	m, err := rt.open(ctx, dev, r.Name, dir, log, &bound, slots)
 	r.Bindings = bound.List()
 	if err != nil {
 		r.Refused = err.Error()
 		return r
 	}
 	r.CMMMiB = m.cmmMiB
+	if m.slots != nil {
+		_, r.Slots = m.slots()
+	}
 	if m.close != nil {
 		if err := m.close(ctx); err != nil {
 			r.Refused = fmt.Sprintf("loaded, but unloading it failed: %v", err)

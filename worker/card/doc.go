@@ -20,7 +20,12 @@
 // A Card is the worker's worker.Device, worker.Loader,
 // worker.ModelChecker and worker.Rebooter. Its handlers
 // (ChatHandlers, ImageHandlers) stay valid across resets: each calls
-// whichever instance of its model is loaded now. The adapters that turn a
+// whichever instance of its model is loaded now, and each is a
+// worker.Capacity: a chat model runs Config.Slots jobs at once (its K/V
+// slots, llm.Options.Slots), an image model one; MaxJobs is their sum, the
+// worker's Config.MaxJobs. Slots that do not fit the CMM budget refuse
+// that package (llm.SlotBudgetError, with the figures) like any other
+// load failure. The adapters that turn a
 // job into an engine call live here too: ChatHandler serves chat jobs with
 // an llm.Model (chat templates, sampling settings, images scaled for the
 // vision encoder), ImageHandler serves image jobs with an sd.Pipeline.

@@ -22,8 +22,9 @@ type modelRuntime struct {
 	// detect reports whether the package folder is one this runtime serves.
 	detect func(dir string) bool
 	// open loads the package onto the card; bind, when not nil, records what
-	// it binds to each role (kiln models check).
-	open func(ctx context.Context, dev *npu.Device, model, dir string, log *slog.Logger, bind *npu.Bindings) (*servedModel, error)
+	// it binds to each role (kiln models check); slots is Config.Slots (a
+	// chat model's K/V slots; other runtimes run one job at a time).
+	open func(ctx context.Context, dev *npu.Device, model, dir string, log *slog.Logger, bind *npu.Bindings, slots int) (*servedModel, error)
 }
 
 // servedModel is a package resident on the card with its handler.
@@ -32,6 +33,9 @@ type servedModel struct {
 	image  worker.Handler[schema.ImageJob]
 	cmmMiB int
 	close  func(context.Context) error
+	// slots reports the jobs running and the most that may run at once
+	// (a chat model's K/V slots); nil: one at a time.
+	slots func() (used, total int)
 }
 
 // modelRuntimes lists the runtimes in the order they are asked.

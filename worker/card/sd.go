@@ -15,7 +15,7 @@ func sdRuntime() modelRuntime {
 	return modelRuntime{name: "sd", kind: schema.KindImage, detect: sd.Detect, open: openSD}
 }
 
-func openSD(ctx context.Context, dev *npu.Device, model, dir string, log *slog.Logger, bind *npu.Bindings) (*servedModel, error) {
+func openSD(ctx context.Context, dev *npu.Device, model, dir string, log *slog.Logger, bind *npu.Bindings, _ int) (*servedModel, error) {
 	p, err := sd.Open(ctx, dev, dir, sd.Config{Name: model, Logger: log, Bindings: bind})
 	if err != nil {
 		return nil, err
