@@ -7,7 +7,6 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
-	"slices"
 	"sync"
 	"time"
 
@@ -155,10 +154,7 @@ func (c *Card) openDevice(ctx context.Context) (*npu.Device, error) {
 }
 
 // findPackages picks the packages of c.dir that a runtime recognises and
-// makes a handler for each. They load in name order, chat packages last:
-// a chat model's K/V slots take what the CMM budget leaves after every
-// other resident model, so slots that do not fit refuse the chat package
-// (with the figures), not the image model loaded after it.
+// makes a handler for each, in the load order of loadOrder (order.go).
 func (c *Card) findPackages() error {
 	names, err := modelPackages(c.dir)
 	if err != nil {
@@ -187,17 +183,6 @@ func (c *Card) findPackages() error {
 			c.image[name] = imageOn(c, name)
 		}
 	}
-	slices.SortStableFunc(c.order, func(a, b string) int {
-		_, ca := c.chat[a]
-		_, cb := c.chat[b]
-		switch {
-		case ca == cb:
-			return 0
-		case cb:
-			return -1
-		}
-		return 1
-	})
 	return nil
 }
 

@@ -22,7 +22,10 @@ import (
 // first, then packages with both (a vision-language model: llm.Load loads
 // its vision encoder before its layers), then LLM-only packages, each class
 // in name order. Two packages with both builds cannot both keep the rule;
-// loadOrder says so in the log.
+// loadOrder says so in the log. The same order puts every chat package
+// after the image packages, so a chat model's K/V slots take what the CMM
+// budget leaves after the other resident models: slots that do not fit
+// refuse the chat package (with the figures), not an image model.
 
 // engineBuild is how a package's engine files were built.
 type engineBuild int
