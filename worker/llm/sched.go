@@ -17,15 +17,16 @@ import (
 // running request. A request (Generate, Logits) takes a slot from the
 // semaphore, hands a job to the scheduler and reads its tokens from a
 // channel. The scheduler runs rounds: it admits the jobs that arrived,
-// then steps every decoding job once and the oldest job that has not
-// reached its first token once, in arrival order — a step is one decode
-// step with its sample, or for the newcomer its start (prefix rows copied
-// or restored, images encoded) or one prefill chunk. So each running chat
-// advances one token per round, and newcomers' prefills run one after the
-// other, each chunk interleaved with one token of every running chat: the
-// k-th of k visitors arriving together sees its first token after the k
-// prefills plus the decode steps interleaved with them, where serving the
-// whole replies one after the other makes it wait for k−1 replies. A
+// then steps every running job once, in arrival order — a step is one
+// decode step with its sample, or for a newcomer its start (prefix rows
+// copied or restored, images encoded) or one prefill chunk. So each running
+// chat advances one token per round, and every newcomer's prefill advances
+// one chunk per round too: a newcomer's first token comes after its own
+// prefill chunks, each interleaved with one step of every other running
+// job — the k-th of k visitors arriving together sees its first token after
+// k prefills, where serving the whole replies one after the other makes it
+// wait for k−1 replies, and a short prompt never waits behind a long one's
+// whole prefill. A
 // decode step stays one trip to the device thread with one stream sync.
 
 // jobPhase is where a job is.
@@ -287,17 +288,8 @@ func (m *Model) schedule() {
 				more = false
 			}
 		}
-		n, prefilling := 0, false
+		n := 0
 		for _, j := range running {
-			if j.phase != phaseDecode {
-				// One newcomer's prefill at a time, oldest first.
-				if prefilling {
-					running[n] = j
-					n++
-					continue
-				}
-				prefilling = true
-			}
 			if m.step(j) {
 				running[n] = j
 				n++
