@@ -238,9 +238,9 @@ func (w *Watcher) poll(ctx context.Context) {
 	w.workers = hbs
 	for _, hb := range hbs {
 		w.sampleTemps(hb)
-		if hb.CurrentJob != "" {
-			j := w.jobLocked(hb.CurrentJob)
-			if !j.Done() {
+		// The heartbeat names the running job by its id alone.
+		for _, j := range w.jobs {
+			if j.ID == hb.CurrentJob && !j.Done() {
 				j.State, j.Worker = JobRunning, hb.Worker
 			}
 		}
@@ -263,15 +263,15 @@ func (w *Watcher) sampleTemps(hb schema.Heartbeat) {
 	w.temps[hb.Worker] = h
 }
 
-// jobLocked returns the job with id, adding it when new (and dropping the
+// jobLocked returns client's job id, adding it when new (and dropping the
 // oldest past RecentJobs). w.mu is held.
-func (w *Watcher) jobLocked(id string) *Job {
+func (w *Watcher) jobLocked(client, id string) *Job {
 	for _, j := range w.jobs {
-		if j.ID == id {
+		if j.ID == id && j.Client == client {
 			return j
 		}
 	}
-	j := &Job{ID: id, State: JobQueued}
+	j := &Job{ID: id, Client: client, State: JobQueued}
 	w.jobs = append(w.jobs, j)
 	if over := len(w.jobs) - w.cfg.RecentJobs; over > 0 {
 		w.jobs = slices.Delete(w.jobs, 0, over)
@@ -280,11 +280,14 @@ func (w *Watcher) jobLocked(id string) *Job {
 }
 
 // onWake records a job the jobs stream stored: the wake subject is the
-// job's, under wake instead of jobs; the id is its message id.
+// job's, under wake instead of jobs; its message id is its key.
 func (w *Watcher) onWake(m *nats.Msg) {
-	id := m.Header.Get(nats.MsgIdHdr)
 	route, err := w.subj.ParseJob(strings.Replace(m.Subject, w.subj.Prefix+".wake.", w.subj.Prefix+".jobs.", 1))
-	if id == "" || err != nil {
+	if err != nil {
+		return
+	}
+	id := schema.JobIDOf(route.Client, m.Header.Get(nats.MsgIdHdr))
+	if id == "" {
 		return
 	}
 	queued := time.Now()
@@ -292,8 +295,8 @@ func (w *Watcher) onWake(m *nats.Msg) {
 		queued = ts
 	}
 	w.mu.Lock()
-	j := w.jobLocked(id)
-	j.Client, j.Kind, j.Model, j.Lane, j.Queued = route.Client, route.Kind, route.Model, route.Lane, queued
+	j := w.jobLocked(route.Client, id)
+	j.Kind, j.Model, j.Lane, j.Queued = route.Kind, route.Model, route.Lane, queued
 	w.mu.Unlock()
 	w.changed()
 }
@@ -361,16 +364,16 @@ func (w *Watcher) onResult(m jetstream.Msg) {
 		return
 	}
 	tokens := strings.Split(strings.TrimPrefix(m.Subject(), w.subj.Prefix+".results."), ".")
-	id := tokens[0]
+	id, client := tokens[0], ""
+	if len(tokens) == 2 {
+		client = tokens[1]
+	}
 	finished := time.Now()
 	if md, err := m.Metadata(); err == nil {
 		finished = md.Timestamp
 	}
 	w.mu.Lock()
-	j := w.jobLocked(id)
-	if len(tokens) == 2 {
-		j.Client = tokens[1]
-	}
+	j := w.jobLocked(client, id)
 	j.State, j.Worker, j.Finished, j.Usage = res.Status, res.Worker, finished, res.Usage
 	j.Text, j.FinishReason, j.Error = preview(res.Text), res.FinishReason, res.Error
 	if len(res.Image) > 0 {
@@ -473,28 +476,14 @@ func (w *Watcher) Faults() map[string]uint64 {
 	return maps.Clone(w.faults)
 }
 
-// Image returns the image of a recent job and its MIME type.
-func (w *Watcher) Image(id string) ([]byte, string, bool) {
+// Image returns the image of client's recent job id and its MIME type.
+func (w *Watcher) Image(client, id string) ([]byte, string, bool) {
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	for _, j := range w.jobs {
-		if j.ID == id && j.image != nil {
+		if j.ID == id && j.Client == client && j.image != nil {
 			return j.image, j.mime, true
 		}
 	}
 	return nil, "", false
-}
-
-// Job returns a recent job.
-func (w *Watcher) Job(id string) (Job, bool) {
-	w.mu.Lock()
-	defer w.mu.Unlock()
-	for _, j := range w.jobs {
-		if j.ID == id {
-			c := *j
-			c.image = nil
-			return c, true
-		}
-	}
-	return Job{}, false
 }
