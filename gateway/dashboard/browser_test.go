@@ -217,6 +217,10 @@ func TestDashboardInChromium(t *testing.T) {
 	}
 	waitJS(t, ctx, "the job cancelled", row(mine.ID)+`.dataset.state === 'cancelled' && `+row(other.ID)+`.dataset.state === 'ok'`)
 
+	if out := os.Getenv("KILN_SHOT"); out != "" {
+		png, _ := chromedp.Run(ctx, chromedp.FullScreenshot(100))
+		_ = os.WriteFile(out, png, 0o644)
+	}
 	// Nothing but the test server was asked for anything.
 	host := strings.TrimPrefix(srv.URL, "http://")
 	var n int
