@@ -120,6 +120,7 @@ func (b *brokerFlags) start(ctx context.Context, e *env, prefix string) (*broker
 	}
 	br, err := broker.New(broker.Config{
 		Listen:     b.listen,
+		WebSocket:  b.websocket,
 		StoreDir:   data,
 		ConfigFile: b.config,
 		Account:    b.account,

@@ -33,6 +33,7 @@ const (
 	envTLSCA     = "KILN_TLS_CA"     // clients and workers: CA file of the broker's TLS certificate
 	envReplicas  = "KILN_REPLICAS"   // kiln up / broker: stream replicas (default: from the cluster size)
 	envLeaf      = "KILN_LEAF"       // kiln broker: 1 = a leaf node of a central broker
+	envWebSocket = "KILN_WEBSOCKET"  // kiln up / broker: host:port of a NATS WebSocket listener (default: none)
 	// kiln up / broker / worker: how long a job for a model no live worker
 	// serves waits before the janitor answers it no_worker.
 	envUnservedGrace = "KILN_UNSERVED_GRACE"
@@ -57,6 +58,7 @@ var environment = []setting{
 	{envConfig, "config", "kiln up / broker: a nats-server config file (accounts, TLS, cluster)"},
 	{envReplicas, "replicas", "kiln up / broker: stream replicas (default: from the cluster size)"},
 	{envLeaf, "leaf", "kiln broker: 1 = a leaf node of a central broker"},
+	{envWebSocket, "websocket", "kiln up / broker: host:port of a NATS WebSocket listener for browsers, same users and permissions (default: none)"},
 	{envUnservedGrace, "unserved-grace", "kiln up / broker / worker: how long a job for a model no live worker serves waits before it is answered no_worker (default " + janitor.DefaultGrace.String() + ")"},
 	{envPrefix, "prefix", "subject prefix (default " + schema.DefaultPrefix + ")"},
 	{envAXCLLib, "lib", "path of libaxcl_rt.so (default " + axcl.DefaultLibraryPath + ")"},
@@ -129,6 +131,7 @@ func (c *connFlags) topology() topology.Config {
 // brokerFlags are the flags of the commands that run the embedded broker.
 type brokerFlags struct {
 	listen, data, config string
+	websocket            string
 	queueMax             int64
 	jobMaxAge            time.Duration
 	replicas             int
@@ -138,6 +141,7 @@ type brokerFlags struct {
 
 func (b *brokerFlags) register(fs *flag.FlagSet) {
 	fs.StringVar(&b.listen, "listen", getenv(envListen, broker.DefaultListen), "client listen address host:port ($"+envListen+")")
+	fs.StringVar(&b.websocket, "websocket", getenv(envWebSocket, ""), "host:port of a NATS WebSocket listener for browsers (nats.ws), same users and permissions ($"+envWebSocket+"; unset: none)")
 	fs.StringVar(&b.data, "data", getenv(envData, defaultData), "JetStream store folder ($"+envData+")")
 	fs.StringVar(&b.config, "config", getenv(envConfig, ""), "nats-server config file: accounts, TLS, cluster ($"+envConfig+")")
 	fs.Int64Var(&b.queueMax, "queue-max", topology.DefaultMaxQueuedJobs, "most jobs queued at once; more are refused at publish")

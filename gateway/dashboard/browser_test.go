@@ -217,7 +217,8 @@ func TestDashboardInChromium(t *testing.T) {
 	}
 	waitJS(t, ctx, "the job cancelled", row(mine.ID)+`.dataset.state === 'cancelled' && `+row(other.ID)+`.dataset.state === 'ok'`)
 
-	if out := os.Getenv("KILN_SHOT"); out != "" {
+	// A screenshot of the page on a phone, to look at: KILN_DASHBOARD_SCREENSHOT=/tmp/dash.png.
+	if out := os.Getenv("KILN_DASHBOARD_SCREENSHOT"); out != "" {
 		png, _ := chromedp.Run(ctx, chromedp.FullScreenshot(100))
 		_ = os.WriteFile(out, png, 0o644)
 	}
