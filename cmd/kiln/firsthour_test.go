@@ -69,7 +69,7 @@ func (r *running) jobID(t *testing.T) string {
 
 // commandPaths are every command and sub-command, as typed.
 var commandPaths = [][]string{
-	{"up"}, {"broker"}, {"broker", "init-auth"}, {"worker"}, {"chat"}, {"image"}, {"status"}, {"events"},
+	{"up"}, {"gateway"}, {"broker"}, {"broker", "init-auth"}, {"worker"}, {"chat"}, {"image"}, {"status"}, {"events"},
 	{"cancel"}, {"result"}, {"card"}, {"card", "info"}, {"card", "inspect"}, {"tokenize"}, {"version"},
 }
 

@@ -53,6 +53,7 @@ func commands() map[string]command {
 		"up":       {"embedded broker + one worker per card in one process (the single-Pi default)", runUp},
 		"broker":   {"the embedded broker alone", runBroker},
 		"worker":   {"one card's worker against any broker", runWorker},
+		"gateway":  {"the OpenAI-compatible HTTP API over the queue (docs/gateway.md)", runGateway},
 		"chat":     {"submit a chat job and stream the answer to stdout", runChat},
 		"image":    {"submit an image job, show progress, write the PNG", runImage},
 		"status":   {"the fleet: workers, state, temperatures, current job, queue depth", runStatus},

@@ -43,7 +43,8 @@ type upProcess struct {
 	stderr string
 }
 
-// startUp runs `kiln up --listen <free port> --data <temp> --grace 1s` plus
+// startUp runs `kiln up --listen <free port> --data <temp> --grace 1s
+// --gateway off` plus
 // args, stopped at test end. An exit other than 0 after the stop fails the
 // test unless the test waited for the exit itself.
 func startUp(t *testing.T, args ...string) *upProcess {
@@ -51,7 +52,8 @@ func startUp(t *testing.T, args ...string) *upProcess {
 	addr := freeAddr(t)
 	ctx, cancel := context.WithCancel(t.Context())
 	u := &upProcess{url: "nats://" + addr, cancel: cancel, done: make(chan struct{}), code: -1}
-	args = append([]string{"up", "--listen", addr, "--data", t.TempDir(), "--grace", "1s"}, args...)
+	// No gateway unless the test asks for one (--gateway ADDR after these wins).
+	args = append([]string{"up", "--listen", addr, "--data", t.TempDir(), "--grace", "1s", "--gateway", "off"}, args...)
 	go func() {
 		defer close(u.done)
 		u.code, _, u.stderr = kiln(t, ctx, args...)

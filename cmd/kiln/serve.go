@@ -15,6 +15,7 @@ import (
 	"github.com/kiln-project/kiln/broker"
 	"github.com/kiln-project/kiln/broker/janitor"
 	"github.com/kiln-project/kiln/broker/topology"
+	"github.com/kiln-project/kiln/gateway"
 	"github.com/kiln-project/kiln/schema"
 	"github.com/kiln-project/kiln/worker"
 	"github.com/kiln-project/kiln/worker/axcl"
@@ -141,9 +142,11 @@ func runUp(ctx context.Context, e *env, args []string) error {
 	fs := newFlags(e, "up", "")
 	var bf brokerFlags
 	var wf workerFlags
+	var gf gatewayFlags
 	prefix := fs.String("prefix", getenv(envPrefix, schema.DefaultPrefix), "subject prefix ($"+envPrefix+")")
 	bf.register(fs)
 	wf.register(fs)
+	gf.register(fs, true)
 	grace := unservedGrace(fs)
 	if err := parse(fs, args); err != nil {
 		return err
@@ -181,11 +184,25 @@ func runUp(ctx context.Context, e *env, args []string) error {
 		e.log.Info("kiln up", "url", br.ClientURL(), "worker", w.Name())
 		workers = append(workers, w)
 	}
+	var gw *gateway.Server
+	if !gf.off() {
+		gnc, err := br.Connect(nats.Name("kiln-gateway"))
+		if err != nil {
+			return err
+		}
+		defer gnc.Close()
+		if gw, err = gf.server(e, gnc, topology.Config{Prefix: *prefix}, ""); err != nil {
+			return err
+		}
+	}
 	g, gctx := errgroup.WithContext(ctx)
 	for _, w := range workers {
 		g.Go(func() error { return w.Run(gctx) })
 	}
 	g.Go(func() error { return jan.Run(gctx) })
+	if gw != nil {
+		g.Go(func() error { return gw.Run(gctx) })
+	}
 	return g.Wait()
 }
 

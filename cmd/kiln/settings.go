@@ -12,6 +12,7 @@ import (
 	"github.com/kiln-project/kiln/broker"
 	"github.com/kiln-project/kiln/broker/janitor"
 	"github.com/kiln-project/kiln/broker/topology"
+	"github.com/kiln-project/kiln/gateway"
 	"github.com/kiln-project/kiln/schema"
 	"github.com/kiln-project/kiln/worker/axcl"
 )
@@ -67,6 +68,10 @@ var environment = []setting{
 	{envCardTemp, "card-temp", "card pause,resume,critical °C"},
 	{envSoCTemp, "soc-temp", "SoC pause,resume,critical °C"},
 	{envSoCZone, "soc-zone", "thermal zone file of the host SoC"},
+	{envGateway, "gateway", "kiln up / gateway: HTTP address of the OpenAI-compatible gateway; kiln up: off runs none (default " + gateway.DefaultAddr + ")"},
+	{envGatewayKeys, "gateway-keys", "kiln up / gateway: API keys as client:key, comma-separated (none: the gateway is open)"},
+	{envGatewayKeysFile, "gateway-keys-file", "kiln up / gateway: file of API keys, one client:key a line"},
+	{envGatewayURL, "gateway-url", "kiln up / gateway: base URL clients reach the gateway at (image URLs)"},
 	{envNkey, "nkey", "nkey seed file to log in with (kiln broker init-auth)"},
 	{envClientID, "client-id", "the id broker permissions know a client by: the token of its jobs, replies, results and cancels (unset: anonymous jobs)"},
 	{envTLSCA, "tls-ca", "CA file of the broker's TLS certificate (tls:// URLs)"},

@@ -1,0 +1,229 @@
+package gateway
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net/http"
+	"time"
+
+	"github.com/kiln-project/kiln/schema"
+)
+
+// chatCompletions serves POST /v1/chat/completions.
+func (s *Server) chatCompletions(w http.ResponseWriter, r *http.Request, c *caller) {
+	id := schema.NewID()
+	w.Header().Set(HeaderJobID, id)
+	body, aerr := readBody(w, r, maxChatBody)
+	if aerr != nil {
+		writeError(w, aerr)
+		return
+	}
+	req, aerr := decodeChat(body)
+	if aerr == nil {
+		req.job.ID = id
+		aerr = jobHeader(r, &req.job.JobHeader)
+	}
+	if aerr == nil {
+		aerr = s.checkModel(r.Context(), schema.KindChat, req.job.Model)
+	}
+	if aerr != nil {
+		writeError(w, aerr)
+		return
+	}
+	ctx, cancel := jobContext(r, &req.job.JobHeader)
+	defer cancel()
+	created := time.Now().Unix()
+	if !req.stream {
+		res, err := c.client.Chat(ctx, &req.job, nil)
+		if err != nil {
+			s.answerError(w, r, id, err)
+			return
+		}
+		writeJSON(w, http.StatusOK, completion(req, res, created))
+		return
+	}
+	st := &chatStream{w: w, id: id, model: req.job.Model, created: created}
+	res, err := c.client.Chat(ctx, &req.job, st.event)
+	switch {
+	case err != nil && !st.open:
+		s.answerError(w, r, id, err)
+	case err != nil:
+		if r.Context().Err() == nil { // the client is still there to read why
+			e := s.kilnError(id, err)
+			if errors.Is(err, errRestarted) {
+				e = &apiError{Status: http.StatusBadGateway, Type: typeServer, Code: "restarted", Message: err.Error()}
+			}
+			st.frame(map[string]*apiError{"error": e})
+		}
+	default:
+		st.finish(res, req.includeUsage)
+	}
+}
+
+// answerError answers a job that ended without a result to show, unless
+// its client has gone (then there is no one to answer).
+func (s *Server) answerError(w http.ResponseWriter, r *http.Request, id string, err error) {
+	if r.Context().Err() != nil {
+		s.log.Debug("client went away: job cancelled", "job", id)
+		return
+	}
+	writeError(w, s.kilnError(id, err))
+}
+
+// errRestarted ends a stream whose job started over on another worker
+// after text was sent: what the client has cannot be taken back.
+var errRestarted = errors.New("the job restarted on another worker after part of its answer was sent; retry the request")
+
+// chatStream writes a job's events as server-sent chat.completion.chunk
+// frames.
+type chatStream struct {
+	w       http.ResponseWriter
+	id      string
+	model   string
+	created int64
+	open    bool // headers and the first chunk were sent
+	sent    bool // text was sent
+}
+
+func (st *chatStream) event(ev schema.Event) error {
+	switch ev.Type {
+	case schema.EventStarted:
+		if st.sent {
+			return errRestarted
+		}
+		st.start()
+	case schema.EventToken:
+		if ev.Text == "" {
+			return nil
+		}
+		st.start()
+		st.sent = true
+		st.frame(st.chunk(map[string]string{"content": ev.Text}, nil, nil))
+	}
+	return nil
+}
+
+// start sends the headers and the chunk that names the role, once.
+func (st *chatStream) start() {
+	if st.open {
+		return
+	}
+	st.open = true
+	h := st.w.Header()
+	h.Set("Content-Type", "text/event-stream")
+	h.Set("Cache-Control", "no-cache")
+	h.Set("X-Accel-Buffering", "no") // a proxy in front must not buffer the stream
+	st.w.WriteHeader(http.StatusOK)
+	st.frame(st.chunk(map[string]string{"role": "assistant", "content": ""}, nil, nil))
+}
+
+func (st *chatStream) finish(res *schema.Result, includeUsage bool) {
+	st.start()
+	reason := finishReason(res)
+	st.frame(st.chunk(map[string]string{}, &reason, nil))
+	if includeUsage {
+		u := usageOf(res)
+		c := st.chunk(nil, nil, &u)
+		c.Choices = []chunkChoice{}
+		st.frame(c)
+	}
+	_, _ = fmt.Fprint(st.w, "data: [DONE]\n\n")
+	_ = http.NewResponseController(st.w).Flush()
+}
+
+func (st *chatStream) chunk(delta map[string]string, finish *string, usage *usage) chatChunk {
+	c := chatChunk{ID: "chatcmpl-" + st.id, Object: "chat.completion.chunk", Created: st.created, Model: st.model, Usage: usage}
+	if delta != nil {
+		c.Choices = []chunkChoice{{Delta: delta, FinishReason: finish}}
+	}
+	return c
+}
+
+// frame sends one server-sent event.
+func (st *chatStream) frame(v any) {
+	b, _ := json.Marshal(v)
+	_, _ = fmt.Fprintf(st.w, "data: %s\n\n", b)
+	_ = http.NewResponseController(st.w).Flush()
+}
+
+// The OpenAI shapes the gateway writes.
+type (
+	chatChunk struct {
+		ID      string        `json:"id"`
+		Object  string        `json:"object"`
+		Created int64         `json:"created"`
+		Model   string        `json:"model"`
+		Choices []chunkChoice `json:"choices"`
+		Usage   *usage        `json:"usage,omitempty"`
+	}
+	chunkChoice struct {
+		Index        int               `json:"index"`
+		Delta        map[string]string `json:"delta"`
+		FinishReason *string           `json:"finish_reason"`
+		Logprobs     *struct{}         `json:"logprobs"`
+	}
+	chatCompletion struct {
+		ID      string       `json:"id"`
+		Object  string       `json:"object"`
+		Created int64        `json:"created"`
+		Model   string       `json:"model"`
+		Choices []chatChoice `json:"choices"`
+		Usage   usage        `json:"usage"`
+		Kiln    kilnInfo     `json:"kiln"`
+	}
+	chatChoice struct {
+		Index        int         `json:"index"`
+		Message      chatMessage `json:"message"`
+		FinishReason string      `json:"finish_reason"`
+		Logprobs     *struct{}   `json:"logprobs"`
+	}
+	chatMessage struct {
+		Role    string  `json:"role"`
+		Content string  `json:"content"`
+		Refusal *string `json:"refusal"`
+	}
+	usage struct {
+		PromptTokens     int `json:"prompt_tokens"`
+		CompletionTokens int `json:"completion_tokens"`
+		TotalTokens      int `json:"total_tokens"`
+	}
+	// kilnInfo is the extension field "kiln" of an answer: what the job
+	// ran with and where, so that it can be repeated (seed) and timed.
+	kilnInfo struct {
+		JobID      string  `json:"job_id"`
+		Worker     string  `json:"worker,omitempty"`
+		Seed       *uint64 `json:"seed,omitempty"`
+		QueueMS    int64   `json:"queue_ms"`
+		TTFTMS     int64   `json:"ttft_ms,omitempty"`
+		TotalMS    int64   `json:"total_ms"`
+		TokensPerS float64 `json:"tokens_per_s,omitempty"`
+	}
+)
+
+func completion(req *chatRequest, res *schema.Result, created int64) chatCompletion {
+	return chatCompletion{
+		ID: "chatcmpl-" + req.job.ID, Object: "chat.completion", Created: created, Model: req.job.Model,
+		Choices: []chatChoice{{Message: chatMessage{Role: "assistant", Content: res.Text}, FinishReason: finishReason(res)}},
+		Usage:   usageOf(res),
+		Kiln:    infoOf(req.job.ID, res),
+	}
+}
+
+func infoOf(id string, res *schema.Result) kilnInfo {
+	return kilnInfo{JobID: id, Worker: res.Worker, Seed: res.Seed, QueueMS: res.Usage.QueueMS, TTFTMS: res.Usage.TTFTMS,
+		TotalMS: res.Usage.TotalMS, TokensPerS: res.Usage.TokensPerS}
+}
+
+func usageOf(res *schema.Result) usage {
+	u := res.Usage
+	return usage{PromptTokens: u.PromptTokens, CompletionTokens: u.CompletionTokens, TotalTokens: u.PromptTokens + u.CompletionTokens}
+}
+
+// finishReason is OpenAI's name for why the answer ended.
+func finishReason(res *schema.Result) string {
+	if res.FinishReason == schema.FinishLength {
+		return "length"
+	}
+	return "stop"
+}
