@@ -4,6 +4,7 @@ import (
 	"context"
 	"flag"
 	"fmt"
+	"net/http"
 	"strings"
 
 	"github.com/nats-io/nats.go"
@@ -43,8 +44,8 @@ func (g *gatewayFlags) register(fs *flag.FlagSet, up bool) {
 func (g *gatewayFlags) off() bool { return strings.EqualFold(strings.TrimSpace(g.addr), gatewayOff) }
 
 // server makes the gateway on nc, its requests running as clientID when
-// no keys are given.
-func (g *gatewayFlags) server(e *env, nc *nats.Conn, topo topology.Config, clientID string) (*gateway.Server, error) {
+// no keys are given, serving routes beside its API (fleetRoutes).
+func (g *gatewayFlags) server(e *env, nc *nats.Conn, topo topology.Config, clientID string, routes map[string]http.Handler) (*gateway.Server, error) {
 	if g.off() {
 		return nil, fmt.Errorf("--gateway %s: give an address to listen on", gatewayOff)
 	}
@@ -60,7 +61,7 @@ func (g *gatewayFlags) server(e *env, nc *nats.Conn, topo topology.Config, clien
 		keys = append(keys, more...)
 	}
 	return gateway.New(gateway.Config{Conn: nc, Topology: topo, Addr: g.addr, Keys: keys, ClientID: clientID,
-		PublicURL: g.publicURL, Logger: e.log})
+		PublicURL: g.publicURL, Routes: routes, Logger: e.log})
 }
 
 func runGateway(ctx context.Context, e *env, args []string) error {
@@ -81,7 +82,13 @@ func runGateway(ctx context.Context, e *env, args []string) error {
 		return err
 	}
 	defer nc.Close()
-	gw, err := gf.server(e, nc, cf.topology(), cf.clientID)
+	// An anonymous gateway is an admin or on an open broker: its dashboard may cancel any job.
+	routes, stop, err := fleetRoutes(ctx, e, nc, cf.topology(), cf.clientID, cf.clientID == "")
+	if err != nil {
+		return err
+	}
+	defer stop()
+	gw, err := gf.server(e, nc, cf.topology(), cf.clientID, routes)
 	if err != nil {
 		return err
 	}

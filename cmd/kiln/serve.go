@@ -191,7 +191,14 @@ func runUp(ctx context.Context, e *env, args []string) error {
 			return err
 		}
 		defer gnc.Close()
-		if gw, err = gf.server(e, gnc, topology.Config{Prefix: *prefix}, ""); err != nil {
+		topo := topology.Config{Prefix: *prefix}
+		// The broker's own in-process user may cancel any client's job.
+		routes, stop, err := fleetRoutes(ctx, e, gnc, topo, "", true)
+		if err != nil {
+			return err
+		}
+		defer stop()
+		if gw, err = gf.server(e, gnc, topo, "", routes); err != nil {
 			return err
 		}
 	}
