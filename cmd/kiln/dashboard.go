@@ -17,9 +17,11 @@ import (
 // fleetRoutes makes what the gateway serves beside its API, from one watch
 // of the fleet on nc: GET /metrics and the dashboard at `/`. The dashboard
 // acts as clientID ("" anonymous); cancelAny lets it cancel any client's
-// job (the identity may: kiln up's in-process connection, an admin). The
-// returned func stops the watch.
-func fleetRoutes(ctx context.Context, e *env, nc *nats.Conn, topo topology.Config, clientID string, cancelAny bool) (map[string]http.Handler, func(), error) {
+// job (the identity may: kiln up's in-process connection, an admin).
+// A gateway with API keys gets a read-only dashboard: its cancel buttons
+// and playground would act without a key. The returned func stops the
+// watch.
+func (g *gatewayFlags) fleetRoutes(ctx context.Context, e *env, nc *nats.Conn, topo topology.Config, clientID string, cancelAny bool) (map[string]http.Handler, func(), error) {
 	opts := []client.Option{client.WithPrefix(topo.WithDefaults().Prefix)}
 	if clientID != "" {
 		opts = append(opts, client.WithClientID(clientID))
@@ -39,10 +41,13 @@ func fleetRoutes(ctx context.Context, e *env, nc *nats.Conn, topo topology.Confi
 		stop()
 		return nil, nil, err
 	}
-	d, err := dashboard.New(dashboard.Config{Watcher: w, Client: c, CancelAny: cancelAny, Logger: e.log})
+	d, err := dashboard.New(dashboard.Config{Watcher: w, Client: c, CancelAny: cancelAny, ReadOnly: g.hasKeys(), Logger: e.log})
 	if err != nil {
 		stop()
 		return nil, nil, err
 	}
 	return map[string]http.Handler{"GET /metrics": m, "/": d}, stop, nil
 }
+
+// hasKeys reports whether API keys guard the gateway.
+func (g *gatewayFlags) hasKeys() bool { return g.keys != "" || g.keysFile != "" }

@@ -83,7 +83,7 @@ func runGateway(ctx context.Context, e *env, args []string) error {
 	}
 	defer nc.Close()
 	// An anonymous gateway is an admin or on an open broker: its dashboard may cancel any job.
-	routes, stop, err := fleetRoutes(ctx, e, nc, cf.topology(), cf.clientID, cf.clientID == "")
+	routes, stop, err := gf.fleetRoutes(ctx, e, nc, cf.topology(), cf.clientID, cf.clientID == "")
 	if err != nil {
 		return err
 	}

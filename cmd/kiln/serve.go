@@ -193,7 +193,7 @@ func runUp(ctx context.Context, e *env, args []string) error {
 		defer gnc.Close()
 		topo := topology.Config{Prefix: *prefix}
 		// The broker's own in-process user may cancel any client's job.
-		routes, stop, err := fleetRoutes(ctx, e, gnc, topo, "", true)
+		routes, stop, err := gf.fleetRoutes(ctx, e, gnc, topo, "", true)
 		if err != nil {
 			return err
 		}
