@@ -14,6 +14,7 @@
 package dashboard
 
 import (
+	"bytes"
 	"embed"
 	"encoding/json"
 	"errors"
@@ -207,12 +208,8 @@ func (d *Dashboard) cancel(w http.ResponseWriter, r *http.Request) {
 	if !d.readJSON(w, r, &req) {
 		return
 	}
-	if !schema.ValidToken(req.ID) {
-		httpError(w, http.StatusBadRequest, "id", "id must be a job id (letters, digits, '-' and '_', at most 128 bytes)")
-		return
-	}
-	if req.Client != "" && !schema.ValidToken(req.Client) {
-		httpError(w, http.StatusBadRequest, "client", "client must be a client id (letters, digits, '-' and '_', at most 128 bytes)")
+	if param, msg := req.check(); param != "" {
+		httpError(w, http.StatusBadRequest, param, msg)
 		return
 	}
 	if !d.mayCancel(req.Client) {
@@ -226,6 +223,17 @@ func (d *Dashboard) cancel(w http.ResponseWriter, r *http.Request) {
 	}
 	d.log.Info("job cancelled from the dashboard", "job", req.ID, "client", req.Client, "remote", r.RemoteAddr)
 	writeJSON(w, http.StatusOK, map[string]any{"id": req.ID, "cancelled": true})
+}
+
+// check names the field of req that is wrong and why ("" when none is).
+func (req cancelRequest) check() (param, msg string) {
+	if !schema.ValidToken(req.ID) {
+		return "id", "id must be a job id (letters, digits, '-' and '_', at most 128 bytes)"
+	}
+	if req.Client != "" && !schema.ValidToken(req.Client) {
+		return "client", "client must be a client id (letters, digits, '-' and '_', at most 128 bytes), or empty for an anonymous job"
+	}
+	return "", ""
 }
 
 // readJSON decodes a small JSON body strictly into v, after checking that
@@ -246,13 +254,32 @@ func (d *Dashboard) readJSON(w http.ResponseWriter, r *http.Request, v any) bool
 			return false
 		}
 	}
-	dec := json.NewDecoder(io.LimitReader(r.Body, maxRequestBody))
-	dec.DisallowUnknownFields()
-	if err := dec.Decode(v); err != nil {
-		httpError(w, http.StatusBadRequest, "", "bad JSON body: "+err.Error())
+	if err := decodeBody(r.Body, v); err != nil {
+		httpError(w, http.StatusBadRequest, "", err.Error())
 		return false
 	}
 	return true
+}
+
+// decodeBody decodes one JSON value of at most maxRequestBody bytes into v,
+// refusing fields v does not have and anything after the value.
+func decodeBody(body io.Reader, v any) error {
+	b, err := io.ReadAll(io.LimitReader(body, maxRequestBody+1))
+	if err != nil {
+		return fmt.Errorf("reading the body: %w", err)
+	}
+	if len(b) > maxRequestBody {
+		return fmt.Errorf("body over %d bytes", maxRequestBody)
+	}
+	dec := json.NewDecoder(bytes.NewReader(b))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(v); err != nil {
+		return fmt.Errorf("bad JSON body: %w", err)
+	}
+	if dec.More() {
+		return errors.New("bad JSON body: data after the JSON value")
+	}
+	return nil
 }
 
 func writeJSON(w http.ResponseWriter, status int, v any) {

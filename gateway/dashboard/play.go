@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/base64"
 	"errors"
+	"fmt"
 	"net/http"
 	"strings"
 	"time"
@@ -48,15 +49,32 @@ func (d *Dashboard) readPlay(w http.ResponseWriter, r *http.Request) (playReques
 	if !d.readJSON(w, r, &req) {
 		return req, false
 	}
-	if strings.TrimSpace(req.Prompt) == "" {
-		httpError(w, http.StatusBadRequest, "prompt", "prompt is empty")
-		return req, false
-	}
-	if !schema.ValidToken(req.Model) {
-		httpError(w, http.StatusBadRequest, "model", "model must be a model name (letters, digits, '-' and '_')")
+	if param, msg := req.check(); param != "" {
+		httpError(w, http.StatusBadRequest, param, msg)
 		return req, false
 	}
 	return req, true
+}
+
+// maxPrompt bounds a playground prompt (the queue's own limits are
+// larger; the playground is for trying a model out).
+const maxPrompt = 8 << 10
+
+// check names the field of req that is wrong and why ("" when none is).
+func (req playRequest) check() (param, msg string) {
+	switch {
+	case !schema.ValidToken(req.Model):
+		return "model", "model must be a model name (letters, digits, '-' and '_', at most 128 bytes)"
+	case strings.TrimSpace(req.Prompt) == "":
+		return "prompt", "prompt is empty"
+	case len(req.Prompt) > maxPrompt:
+		return "prompt", fmt.Sprintf("prompt is %d bytes, at most %d", len(req.Prompt), maxPrompt)
+	case req.MaxTokens < 0 || req.MaxTokens > 4096:
+		return "max_tokens", "max_tokens must be 0 (256) to 4096"
+	case req.Steps < 0 || req.Steps > 50:
+		return "steps", "steps must be 0 (the model's) to 50"
+	}
+	return "", ""
 }
 
 // playChat streams a chat answer: `queued` {job_id}, `started` (discard
@@ -70,7 +88,7 @@ func (d *Dashboard) playChat(w http.ResponseWriter, r *http.Request) {
 		req.MaxTokens = 256
 	}
 	job := &schema.ChatJob{JobHeader: schema.JobHeader{Model: req.Model},
-		Messages: []schema.Message{{Role: "user", Content: req.Prompt}}, MaxTokens: min(req.MaxTokens, 4096)}
+		Messages: []schema.Message{{Role: "user", Content: req.Prompt}}, MaxTokens: req.MaxTokens}
 	d.play(w, r, job)
 }
 
