@@ -1,8 +1,6 @@
 package metrics
 
 import (
-	"time"
-
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/kiln-project/kiln/gateway/watch"
@@ -35,7 +33,7 @@ var (
 	workerModels    = desc("worker_models_resident", "Models loaded and served.", "worker")
 	workerModel     = desc("worker_model_info", "One series per model a worker lists, with its state (loading, ready, failed).", "worker", "model", "kind", "state")
 	workerFaults    = desc("worker_device_faults_total", "Device faults the worker reported since the gateway started.", "worker")
-	workerHeartbeat = desc("worker_heartbeat_age_seconds", "Time since the worker's latest heartbeat.", "worker")
+	workerHeartbeat = desc("worker_heartbeat_age_seconds", "Time since the gateway saw the worker's latest heartbeat (on the gateway's clock, read every 2 s).", "worker")
 	workerJobs      = desc("worker_jobs_total", "Jobs the worker finished since it started: ok, failed (failed, cancelled, expired, retried) or refused (invalid).", "worker", "outcome")
 	workerSpeed     = desc("worker_tokens_per_second", "The worker's recent decode speed.", "worker")
 	workerUptime    = desc("worker_uptime_seconds", "Time since the worker started.", "worker")
@@ -99,7 +97,7 @@ func (f *fleet) Collect(ch chan<- prometheus.Metric) {
 		}
 		gauge(workerModels, float64(resident), n)
 		counter(workerFaults, float64(w.Faults), n)
-		gauge(workerHeartbeat, max(time.Since(w.Time).Seconds(), 0), n)
+		gauge(workerHeartbeat, max(s.Time.Sub(w.Seen).Seconds(), 0), n)
 		counter(workerJobs, float64(w.JobsOK), n, "ok")
 		counter(workerJobs, float64(w.JobsFailed), n, "failed")
 		counter(workerJobs, float64(w.JobsRefused), n, "refused")

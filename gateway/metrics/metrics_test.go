@@ -119,6 +119,9 @@ func TestMetricsFollowTheQueue(t *testing.T) {
 		return is(s, "kiln_worker_card_temperature_celsius", worker, 57) &&
 			is(s, "kiln_worker_state", map[string]string{"worker": simfleet.WorkerName, "state": "ready"}, 1)
 	})
+	if _, ok := s.value("kiln_worker_heartbeat_age_seconds", worker); !ok {
+		t.Error("no kiln_worker_heartbeat_age_seconds")
+	}
 	for name, want := range map[string]float64{"kiln_workers": 1, "kiln_worker_models_resident": 2, "kiln_worker_device_faults_total": 0} {
 		if v, _ := s.value(name, nil); v != want {
 			t.Errorf("%s = %g, want %g", name, v, want)
@@ -172,6 +175,17 @@ func TestMetricsFollowTheQueue(t *testing.T) {
 		t.Errorf("queue wait sum %gs, but the job waited out a thermal pause", wait)
 	}
 
+	// A device fault: the job is handed back, the card reset, the job run
+	// again; the fault is counted.
+	f.Control.SetFaults(t, "fail_execute=1")
+	if res, err := cl.Chat(ctx, &schema.ChatJob{JobHeader: schema.JobHeader{Model: simfleet.ChatModel}, MaxTokens: 4,
+		Messages: []schema.Message{{Role: "user", Content: "again"}}}, nil); err != nil || res.Status != schema.StatusOK {
+		t.Fatalf("chat after a device fault: %v %+v", err, res)
+	}
+	until("the device fault counted", func(s scrape) bool {
+		return is(s, "kiln_worker_device_faults_total", worker, 1) && is(s, "kiln_jobs_total", okChats, 2)
+	})
+
 	// An image, and a refused job: each outcome by its kind and code.
 	img, err := cl.Image(ctx, &schema.ImageJob{JobHeader: schema.JobHeader{Model: simfleet.ImageModel}, Prompt: "a kiln", Steps: 1}, nil)
 	if err != nil || img.Status != schema.StatusOK {
@@ -185,7 +199,7 @@ func TestMetricsFollowTheQueue(t *testing.T) {
 		return is(s, "kiln_jobs_total", map[string]string{"kind": "image", "model": simfleet.ImageModel, "outcome": "ok"}, 1) &&
 			is(s, "kiln_jobs_total", map[string]string{"kind": "image", "model": simfleet.ImageModel, "outcome": "error"}, 1) &&
 			is(s, "kiln_job_errors_total", map[string]string{"kind": "image", "code": string(bad.Error.Code)}, 1) &&
-			is(s, "kiln_worker_jobs_total", map[string]string{"worker": simfleet.WorkerName, "outcome": "ok"}, 2) &&
+			is(s, "kiln_worker_jobs_total", map[string]string{"worker": simfleet.WorkerName, "outcome": "ok"}, 3) &&
 			is(s, "kiln_worker_jobs_total", map[string]string{"worker": simfleet.WorkerName, "outcome": "refused"}, 1)
 	})
 }

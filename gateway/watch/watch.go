@@ -118,11 +118,13 @@ type TempSample struct {
 	SoCC  float64   `json:"soc_c,omitempty"`
 }
 
-// Worker is a live worker: its latest heartbeat, the temperatures of its
-// recent heartbeats (oldest first) and the device faults it reported since
-// the watcher started.
+// Worker is a live worker: its latest heartbeat, when the watcher first
+// saw that heartbeat (on its own clock: a Pi's may be off), the
+// temperatures of its recent heartbeats (oldest first) and the device
+// faults it reported since the watcher started.
 type Worker struct {
 	schema.Heartbeat
+	Seen   time.Time    `json:"seen"`
 	Temps  []TempSample `json:"temps"`
 	Faults uint64       `json:"faults"`
 }
@@ -142,6 +144,7 @@ type Watcher struct {
 	mu        sync.Mutex
 	jobs      []*Job // oldest first, at most RecentJobs
 	temps     map[string][]TempSample
+	seen      map[string]time.Time // worker -> when its latest heartbeat was first seen
 	faults    map[string]uint64
 	queue     []client.QueueDepth
 	workers   []schema.Heartbeat
@@ -161,7 +164,7 @@ func Start(ctx context.Context, cfg Config) (*Watcher, error) {
 		return nil, fmt.Errorf("watch: %w", err)
 	}
 	w := &Watcher{cfg: cfg, js: js, subj: cfg.Topology.Subjects(), log: cfg.Logger.With("component", "watch"),
-		temps: map[string][]TempSample{}, faults: map[string]uint64{}, listeners: map[chan struct{}]struct{}{},
+		temps: map[string][]TempSample{}, seen: map[string]time.Time{}, faults: map[string]uint64{}, listeners: map[chan struct{}]struct{}{},
 		refused: map[string]bool{}, done: make(chan struct{})}
 	if w.registry, err = topology.WatchRegistry(ctx, js, cfg.Topology); err != nil {
 		return nil, fmt.Errorf("watch: %w", err)
@@ -250,12 +253,13 @@ func (w *Watcher) poll(ctx context.Context) {
 }
 
 // sampleTemps adds hb's temperatures to its worker's history once per
-// heartbeat. w.mu is held.
+// heartbeat, and notes when it first saw it. w.mu is held.
 func (w *Watcher) sampleTemps(hb schema.Heartbeat) {
 	h := w.temps[hb.Worker]
-	if n := len(h); n > 0 && !hb.Time.After(h[n-1].Time) {
+	if n := len(h); n > 0 && hb.Time.Equal(h[n-1].Time) {
 		return
 	}
+	w.seen[hb.Worker] = time.Now()
 	h = append(h, TempSample{Time: hb.Time, CardC: hb.CardTempC, SoCC: hb.SoCTempC})
 	if over := len(h) - w.cfg.TempHistory; over > 0 {
 		h = slices.Delete(h, 0, over)
@@ -458,7 +462,7 @@ func (w *Watcher) Snapshot() Snapshot {
 	defer w.mu.Unlock()
 	s := Snapshot{Time: time.Now().UTC(), Queue: slices.Clone(w.queue)}
 	for _, hb := range w.workers {
-		s.Workers = append(s.Workers, Worker{Heartbeat: hb, Temps: slices.Clone(w.temps[hb.Worker]), Faults: w.faults[hb.Worker]})
+		s.Workers = append(s.Workers, Worker{Heartbeat: hb, Seen: w.seen[hb.Worker], Temps: slices.Clone(w.temps[hb.Worker]), Faults: w.faults[hb.Worker]})
 	}
 	for _, j := range slices.Backward(w.jobs) {
 		c := *j
