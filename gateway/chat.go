@@ -369,5 +369,8 @@ func decodeDataURI(uri, path string) ([]byte, *apiError) {
 	if len(img) == 0 {
 		return nil, invalid(schema.CodeMissingField, path, "the image is empty")
 	}
+	if len(img) > schema.DefaultLimits.MaxImageBytes {
+		return nil, invalid(schema.CodeOverLimit, path, "the image is %d bytes, at most %d allowed", len(img), schema.DefaultLimits.MaxImageBytes)
+	}
 	return img, nil
 }

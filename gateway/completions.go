@@ -37,7 +37,7 @@ func (s *Server) chatCompletions(w http.ResponseWriter, r *http.Request, c *call
 	if !req.stream {
 		res, err := c.client.Chat(ctx, &req.job, nil)
 		if err != nil {
-			s.answerError(w, r, id, err)
+			s.answerError(w, r, s.jobError(ctx, id, err))
 			return
 		}
 		writeJSON(w, http.StatusOK, completion(req, res, created))
@@ -47,10 +47,10 @@ func (s *Server) chatCompletions(w http.ResponseWriter, r *http.Request, c *call
 	res, err := c.client.Chat(ctx, &req.job, st.event)
 	switch {
 	case err != nil && !st.open:
-		s.answerError(w, r, id, err)
+		s.answerError(w, r, s.jobError(ctx, id, err))
 	case err != nil:
 		if r.Context().Err() == nil { // the client is still there to read why
-			e := s.kilnError(id, err)
+			e := s.jobError(ctx, id, err)
 			if errors.Is(err, errRestarted) {
 				e = &apiError{Status: http.StatusBadGateway, Type: typeServer, Code: "restarted", Message: err.Error()}
 			}
@@ -63,12 +63,12 @@ func (s *Server) chatCompletions(w http.ResponseWriter, r *http.Request, c *call
 
 // answerError answers a job that ended without a result to show, unless
 // its client has gone (then there is no one to answer).
-func (s *Server) answerError(w http.ResponseWriter, r *http.Request, id string, err error) {
+func (s *Server) answerError(w http.ResponseWriter, r *http.Request, e *apiError) {
 	if r.Context().Err() != nil {
-		s.log.Debug("client went away: job cancelled", "job", id)
+		s.log.Debug("client went away: its job is cancelled", "job", w.Header().Get(HeaderJobID))
 		return
 	}
-	writeError(w, s.kilnError(id, err))
+	writeError(w, e)
 }
 
 // errRestarted ends a stream whose job started over on another worker

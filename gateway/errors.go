@@ -86,6 +86,16 @@ func openAIField(kilnField string) string {
 // errDeadline is the cause of a request context whose X-Kiln-Deadline passed.
 var errDeadline = errors.New("the job's deadline passed")
 
+// jobError turns what the kiln client returned for a job waited for in
+// ctx (jobContext) into an answer: past the job's deadline, whatever
+// failed (the publish included) is a 504.
+func (s *Server) jobError(ctx context.Context, jobID string, err error) *apiError {
+	if errors.Is(context.Cause(ctx), errDeadline) {
+		err = &client.CancelledError{JobID: jobID, Cause: errDeadline}
+	}
+	return s.kilnError(jobID, err)
+}
+
 // kilnError turns what the kiln client returned for a job into an answer.
 func (s *Server) kilnError(jobID string, err error) *apiError {
 	var je *client.JobError

@@ -322,7 +322,7 @@ func (s *Server) runImages(w http.ResponseWriter, r *http.Request, c *caller, id
 		})
 	}
 	if err := g.Wait(); err != nil {
-		s.answerError(w, r, id, unwrapCancel(ctx, err))
+		s.answerError(w, r, s.jobError(ctx, id, unwrapCancel(ctx, err)))
 		return
 	}
 	base := s.publicURL(r)

@@ -45,6 +45,10 @@ const (
 	RoleObserver Role = "observer"
 	// RoleAdmin may do anything in the account.
 	RoleAdmin Role = "admin"
+	// RoleGateway is an HTTP gateway (package gateway): a controller for
+	// its own id and for each of its Clients (the client ids its API keys
+	// map to), and an observer for the dashboard and metrics it serves.
+	RoleGateway Role = "gateway"
 )
 
 // The names of the two identities every set has; a controller or observer
@@ -54,11 +58,14 @@ const (
 	AdminName  = "admin"
 )
 
-// Identity is one user: its name (the client id of a controller or
-// observer, and the name of its files) and role.
+// Identity is one user: its name (the client id of a controller,
+// observer or gateway, and the name of its files) and role.
 type Identity struct {
 	Name string
 	Role Role
+	// Clients are the client ids a gateway submits jobs for besides its
+	// own (its API keys' clients).
+	Clients []string
 }
 
 // Config describes a set of users: the flags of `kiln broker init-auth`.
@@ -73,6 +80,13 @@ type Config struct {
 	Controllers []string
 	// Observers are the observers' ids, tokens like Controllers.
 	Observers []string
+	// Gateways are the HTTP gateways' ids, tokens like Controllers; each
+	// acts for itself and for GatewayClients.
+	Gateways []string
+	// GatewayClients are the client ids the gateways' API keys map to:
+	// tokens, but not WorkerName or AdminName (a controller's id is fine:
+	// its jobs then come through NATS and HTTP alike).
+	GatewayClients []string
 	// Hub is host:port of the hub's leaf node listener, for
 	// leaf-remote.conf (default DefaultHub).
 	Hub string
@@ -134,12 +148,21 @@ func identities(cfg Config) ([]Identity, error) {
 	for _, list := range []struct {
 		names []string
 		role  Role
-	}{{cfg.Controllers, RoleController}, {cfg.Observers, RoleObserver}} {
+	}{{cfg.Controllers, RoleController}, {cfg.Observers, RoleObserver}, {cfg.Gateways, RoleGateway}} {
 		for _, n := range list.names {
-			if !schema.ValidToken(n) || n == WorkerName || n == AdminName {
-				return nil, fmt.Errorf("id %q: want a subject token (letters, digits, '-', '_') other than %s and %s", n, WorkerName, AdminName)
+			if err := checkID(n); err != nil {
+				return nil, err
 			}
-			ids = append(ids, Identity{Name: n, Role: list.role})
+			id := Identity{Name: n, Role: list.role}
+			if list.role == RoleGateway {
+				id.Clients = cfg.GatewayClients
+			}
+			ids = append(ids, id)
+		}
+	}
+	for _, n := range cfg.GatewayClients {
+		if err := checkID(n); err != nil {
+			return nil, fmt.Errorf("gateway client: %w", err)
 		}
 	}
 	seen := map[string]bool{}
@@ -150,6 +173,14 @@ func identities(cfg Config) ([]Identity, error) {
 		seen[id.Name] = true
 	}
 	return ids, nil
+}
+
+// checkID refuses an id that is not a subject token or is a reserved name.
+func checkID(n string) error {
+	if !schema.ValidToken(n) || n == WorkerName || n == AdminName {
+		return fmt.Errorf("id %q: want a subject token (letters, digits, '-', '_') other than %s and %s", n, WorkerName, AdminName)
+	}
+	return nil
 }
 
 // WriteOptions tune Set.Write; nil means the defaults.
@@ -245,7 +276,11 @@ func (s *Set) serverConf() string {
 	b.WriteString("# Public nkeys only: the seeds (<id>.nk) stay with the processes that use them.\n")
 	fmt.Fprintf(&b, "accounts {\n  %s {\n    jetstream: enabled\n    users: [\n", s.cfg.Account)
 	for _, u := range s.users {
-		fmt.Fprintf(&b, "      # %s %s\n      {\n        nkey: %s\n", u.Role, u.Name, u.public)
+		fmt.Fprintf(&b, "      # %s %s", u.Role, u.Name)
+		if len(u.Clients) > 0 {
+			fmt.Fprintf(&b, " (for %s)", strings.Join(u.Clients, ", "))
+		}
+		fmt.Fprintf(&b, "\n      {\n        nkey: %s\n", u.public)
 		if p := u.Permissions(s.cfg.Topology); p != nil {
 			fmt.Fprintf(&b, "        permissions: {\n          publish: { allow: %s }\n          subscribe: { allow: %s }\n",
 				confList(p.Publish), confList(p.Subscribe))

@@ -28,7 +28,9 @@ var update = flag.Bool("update", false, "rewrite testdata with what the code wri
 // controller publishes jobs, cancels and cancel keys under its own id only
 // (kiln.jobs.*.*.*.<id>, kiln.cancel.<id>.*, $KV.kiln_cancel.<id>.*), a
 // worker hears cancels of both shapes (kiln.cancel.>) and reads the worker
-// registry (its janitor).
+// registry (its janitor); the gateway role (a controller for itself and its
+// API keys' clients, and an observer), with the controllers' subjects in
+// the gateway's order (their own, then the shared ones).
 func TestConfFilesAsWritten(t *testing.T) {
 	for _, prefix := range []string{"kiln", "art"} {
 		s := &Set{
@@ -36,7 +38,9 @@ func TestConfFilesAsWritten(t *testing.T) {
 			leafPassword: "LEAFPWD",
 			made:         time.Date(2026, 12, 2, 21, 42, 27, 0, time.UTC),
 		}
-		ids := []Identity{{WorkerName, RoleWorker}, {AdminName, RoleAdmin}, {"room-1", RoleController}, {"room-2", RoleController}, {"lobby", RoleObserver}}
+		ids := []Identity{{Name: WorkerName, Role: RoleWorker}, {Name: AdminName, Role: RoleAdmin}, {Name: "room-1", Role: RoleController},
+			{Name: "room-2", Role: RoleController}, {Name: "lobby", Role: RoleObserver},
+			{Name: "gateway", Role: RoleGateway, Clients: []string{"room-1", "kiosk"}}}
 		for i, id := range ids {
 			s.users = append(s.users, user{Identity: id, seed: []byte("SEED" + id.Name), public: "UPUB" + string(rune('A'+i))})
 		}

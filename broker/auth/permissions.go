@@ -41,15 +41,21 @@ func (id Identity) Permissions(topo topology.Config) *Permissions {
 	api := topology.APISubject
 	switch id.Role {
 	case RoleController:
-		pub := []string{
-			s.ClientJobs(id.Name), s.ClientCancels(id.Name), topology.KVKey(topo.CancelBucket(), schema.JobKey(id.Name, "*")),
-			api(topology.APIAccountInfo), api(topology.APIStreamInfo, cancelKV), api(topology.APIStreamInfo, results),
-			api(topology.APIDirectGet, results, s.ClientResults(id.Name)),
-			topology.FlowControlSubjects,
-		}
+		pub, sub := clientRights(topo, id.Name)
 		return &Permissions{
-			Publish:   append(pub, readStream(workersKV)...),
-			Subscribe: []string{s.ClientReplies(id.Name), topology.Inboxes(id.Name)},
+			Publish:   append(pub, controllerShared(topo)...),
+			Subscribe: append(sub, topology.Inboxes(id.Name)),
+		}
+	case RoleGateway:
+		var pub, sub []string
+		for _, c := range append([]string{id.Name}, id.Clients...) {
+			p, s := clientRights(topo, c)
+			pub, sub = append(pub, p...), append(sub, s...)
+		}
+		obs := Identity{Name: id.Name, Role: RoleObserver}.Permissions(topo)
+		return &Permissions{
+			Publish:   dedupe(append(append(pub, controllerShared(topo)...), obs.Publish...)),
+			Subscribe: dedupe(append(sub, obs.Subscribe...)),
 		}
 	case RoleWorker:
 		pub := []string{
@@ -87,6 +93,42 @@ func (id Identity) Permissions(topo topology.Config) *Permissions {
 	default: // RoleAdmin
 		return nil
 	}
+}
+
+// clientRights are what acting as client takes: publishing its jobs,
+// cancels and cancel keys, reading its results, hearing its replies.
+func clientRights(topo topology.Config, client string) (pub, sub []string) {
+	s := topo.Subjects()
+	return []string{
+			s.ClientJobs(client), s.ClientCancels(client), topology.KVKey(topo.CancelBucket(), schema.JobKey(client, "*")),
+			topology.APISubject(topology.APIDirectGet, topo.ResultsStream(), s.ClientResults(client)),
+		},
+		[]string{s.ClientReplies(client)}
+}
+
+// controllerShared is what every controller needs besides its own
+// subjects: JetStream's account info, the cancel bucket and results
+// stream infos, flow control, and reading the worker registry.
+func controllerShared(topo topology.Config) []string {
+	api := topology.APISubject
+	pub := []string{
+		api(topology.APIAccountInfo), api(topology.APIStreamInfo, topology.KVStream(topo.CancelBucket())),
+		api(topology.APIStreamInfo, topo.ResultsStream()), topology.FlowControlSubjects,
+	}
+	return append(pub, readStream(topology.KVStream(topo.WorkersBucket()))...)
+}
+
+// dedupe drops repeated subjects, keeping the first of each.
+func dedupe(l []string) []string {
+	seen := map[string]bool{}
+	out := l[:0:0]
+	for _, s := range l {
+		if !seen[s] {
+			seen[s] = true
+			out = append(out, s)
+		}
+	}
+	return out
 }
 
 // readStream is what reading stream takes: its info, an ordered or durable

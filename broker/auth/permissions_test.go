@@ -43,7 +43,8 @@ type account struct {
 func startAccount(t *testing.T) *account {
 	t.Helper()
 	dir := t.TempDir()
-	set, err := auth.New(auth.Config{Controllers: []string{"room-1", "room-2"}, Observers: []string{"lobby"}})
+	set, err := auth.New(auth.Config{Controllers: []string{"room-1", "room-2"}, Observers: []string{"lobby"},
+		Gateways: []string{"gw"}, GatewayClients: []string{"kiosk"}})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -212,6 +213,7 @@ func TestRolePermissions(t *testing.T) {
 	t.Run("controller", a.controller)
 	t.Run("worker", a.worker)
 	t.Run("observer", a.observer)
+	t.Run("gateway", a.gateway)
 	t.Run("admin", a.admin)
 	t.Run("in-process broker user", a.inProcessUser)
 }
@@ -314,6 +316,64 @@ func (a *account) controller(t *testing.T) {
 	deniedPub(t, nc, "replying to room-2", s.Reply("room-2", "job-z"))
 	deniedSub(t, nc, "subscribing to events", s.Events())
 	deniedSub(t, nc, "subscribing to wakes", s.Wakes())
+}
+
+// gateway checks that a gateway submits jobs, reads replies and results
+// as itself and as each client its API keys map to, and as no other, and
+// reads what an observer reads (for the dashboard and metrics it serves).
+func (a *account) gateway(t *testing.T) {
+	ctx := testContext(t)
+	s, topo := a.subj, a.topo
+	nc := a.login(t, "gw")
+	for _, id := range []string{"gw", "kiosk"} {
+		c, err := client.New(nc, client.WithClientID(id))
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		jobs := subscribe(t, a.root, s.ClientJobs(id))
+		p, err := c.Submit(ctx, chatJob("job-"+id))
+		if err != nil {
+			t.Fatalf("submit as %s: %v", id, err)
+		}
+		defer p.Close()
+		if m := next(t, jobs, id+"'s job"); m.Subject != s.ClientJob(schema.KindChat, "echo", schema.LaneNormal, id) {
+			t.Errorf("%s's job on %s", id, m.Subject)
+		}
+		if err := c.Cancel(ctx, p.ID); err != nil {
+			t.Errorf("cancel as %s: %v", id, err)
+		}
+		res := &schema.Result{JobID: "job-gw-done", Status: schema.StatusOK, Text: "for " + id}
+		if _, err := a.rootJS.PublishMsg(ctx, encode(t, s.ClientResult("job-gw-done", id), res)); err != nil {
+			t.Fatal(err)
+		}
+		if got, err := c.Result(ctx, "job-gw-done"); err != nil || got.Text != "for "+id {
+			t.Errorf("%s's result through the gateway: %+v %v", id, got, err)
+		}
+		replies := subscribe(t, nc, s.Reply(id, "job-x"))
+		if err := a.root.Publish(s.Reply(id, "job-x"), []byte("token")); err != nil {
+			t.Fatal(err)
+		}
+		next(t, replies, id+"'s reply")
+	}
+	obs, err := client.New(nc, client.WithClientID("gw"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer obs.Close()
+	if _, err := obs.Queue(ctx); err != nil {
+		t.Errorf("queue depths: %v", err)
+	}
+	subscribe(t, nc, s.Events())
+
+	deniedPub(t, nc, "publishing a job as room-2", s.ClientJob(schema.KindChat, "echo", schema.LaneNormal, "room-2"))
+	deniedPub(t, nc, "publishing an anonymous job", s.Job(schema.KindChat, "echo", schema.LaneNormal))
+	deniedPub(t, nc, "cancelling room-2's job", s.ClientCancel("room-2", "job-y"))
+	deniedSub(t, nc, "subscribing to room-2's replies", s.ClientReplies("room-2"))
+	deniedSub(t, nc, "subscribing to kiosk's inboxes", topology.Inboxes("kiosk"))
+	deniedPub(t, nc, "reading room-2's result", topology.APISubject(topology.APIDirectGet, topo.ResultsStream(), s.ClientResult("job-done", "room-2")))
+	deniedPub(t, nc, "pulling a job", topology.APISubject(topology.APIConsumerNext, topo.JobsStream(), topology.ConsumerName(schema.KindChat, "echo", schema.LaneNormal)))
+	deniedPub(t, nc, "publishing a result", s.ClientResult("job-forged", "kiosk"))
 }
 
 // worker checks that a worker takes jobs, publishes replies, results, events

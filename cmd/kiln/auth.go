@@ -47,6 +47,8 @@ func runInitAuth(_ context.Context, e *env, args []string) error {
 	fs := newFlags(e, "broker init-auth", "DIR")
 	controllers := fs.String("controllers", "controller-1", "controller client ids, comma-separated (each reads only its own replies and results)")
 	observers := fs.String("observers", "observer", "observer ids, comma-separated (read events, the worker registry and queue depths)")
+	gateways := fs.String("gateways", "gateway", "HTTP gateway ids, comma-separated (kiln gateway: a controller for itself and --gateway-clients, and an observer)")
+	gatewayClients := fs.String("gateway-clients", "", "client ids the gateways' API keys map to, comma-separated (each key's jobs, replies and results are that client's)")
 	prefix := fs.String("prefix", getenv(envPrefix, schema.DefaultPrefix), "subject prefix ($"+envPrefix+")")
 	account := fs.String("account", auth.DefaultAccount, "account that holds kiln's streams")
 	force := fs.Bool("force", false, "overwrite existing files")
@@ -62,12 +64,14 @@ func runInitAuth(_ context.Context, e *env, args []string) error {
 	}
 	dir := fs.Arg(0)
 	set, err := auth.New(auth.Config{
-		Topology:    topology.Config{Prefix: *prefix},
-		Account:     *account,
-		Controllers: splitList(*controllers),
-		Observers:   splitList(*observers),
-		Hub:         *hub,
-		TLSHosts:    splitList(*tlsHosts),
+		Topology:       topology.Config{Prefix: *prefix},
+		Account:        *account,
+		Controllers:    splitList(*controllers),
+		Observers:      splitList(*observers),
+		Gateways:       splitList(*gateways),
+		GatewayClients: splitList(*gatewayClients),
+		Hub:            *hub,
+		TLSHosts:       splitList(*tlsHosts),
 	})
 	if err != nil {
 		return err

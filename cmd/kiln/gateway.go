@@ -35,9 +35,9 @@ func (g *gatewayFlags) register(fs *flag.FlagSet, up bool) {
 		what = "HTTP address of the OpenAI-compatible gateway, or off ($" + envGateway + ")"
 	}
 	fs.StringVar(&g.addr, "gateway", getenv(envGateway, gateway.DefaultAddr), what)
-	fs.StringVar(&g.keys, "gateway-keys", getenv(envGatewayKeys, ""), "gateway API keys as client:key, comma-separated; a bare key runs as --client-id ($"+envGatewayKeys+"; none: the gateway is open)")
+	fs.StringVar(&g.keys, "gateway-keys", getenv(envGatewayKeys, ""), "gateway API keys as client:key, comma-separated; a bare key runs as the gateway's own client id ($"+envGatewayKeys+"; none: the gateway is open)")
 	fs.StringVar(&g.keysFile, "gateway-keys-file", getenv(envGatewayKeysFile, ""), "file of gateway API keys, one client:key a line ($"+envGatewayKeysFile+")")
-	fs.StringVar(&g.publicURL, "gateway-url", getenv(envGatewayURL, ""), "base URL clients reach the gateway at, for image URLs ($"+envGatewayURL+"; default: from each request)")
+	fs.StringVar(&g.publicURL, "gateway-url", getenv(envGatewayURL, ""), "base URL clients reach the gateway at, for image URLs ($"+envGatewayURL+"; unset: the Host of each request)")
 }
 
 // off reports whether kiln up runs no gateway.
