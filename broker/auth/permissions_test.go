@@ -366,6 +366,23 @@ func (a *account) gateway(t *testing.T) {
 	}
 	subscribe(t, nc, s.Events())
 
+	// Follows its clients' jobs as they pass (its dashboard and metrics):
+	// their wakes, and their results through a consumer of its own.
+	subscribe(t, nc, s.ClientWakes("kiosk"))
+	js, err := jetstream.New(nc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cons, err := js.OrderedConsumer(ctx, topo.ResultsStream(), jetstream.OrderedConsumerConfig{FilterSubjects: []string{s.ClientResults("kiosk")}})
+	if err != nil {
+		t.Fatalf("a consumer of kiosk's results: %v", err)
+	}
+	if m, err := cons.Next(jetstream.FetchMaxWait(5 * time.Second)); err != nil || m.Subject() != s.ClientResult("job-gw-done", "kiosk") {
+		t.Errorf("kiosk's result through the gateway's consumer: %v", err)
+	}
+	deniedPub(t, nc, "a consumer of room-2's results", topology.APISubject(topology.APIConsumerCreate, topo.ResultsStream(), "mine", s.ClientResults("room-2")))
+	deniedSub(t, nc, "subscribing to room-2's wakes", s.ClientWakes("room-2"))
+
 	deniedPub(t, nc, "publishing a job as room-2", s.ClientJob(schema.KindChat, "echo", schema.LaneNormal, "room-2"))
 	deniedPub(t, nc, "publishing an anonymous job", s.Job(schema.KindChat, "echo", schema.LaneNormal))
 	deniedPub(t, nc, "cancelling room-2's job", s.ClientCancel("room-2", "job-y"))

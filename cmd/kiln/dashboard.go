@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"net/http"
+	"slices"
 
 	"github.com/nats-io/nats.go"
 
@@ -17,7 +18,10 @@ import (
 // fleetRoutes makes what the gateway serves beside its API, from one watch
 // of the fleet on nc: GET /metrics and the dashboard at `/`. The dashboard
 // acts as clientID ("" anonymous); cancelAny lets it cancel any client's
-// job (the identity may: kiln up's in-process connection, an admin).
+// job (the identity may: kiln up's in-process connection, an admin). A
+// gateway with a client id is a gateway identity of init-auth, which may
+// follow only its own and its API keys' clients' jobs: the watch follows
+// those; an anonymous one follows every job.
 // A gateway with API keys gets a read-only dashboard: its cancel buttons
 // and playground would act without a key. The returned func stops the
 // watch.
@@ -30,7 +34,21 @@ func (g *gatewayFlags) fleetRoutes(ctx context.Context, e *env, nc *nats.Conn, t
 	if err != nil {
 		return nil, nil, err
 	}
-	w, err := watch.Start(ctx, watch.Config{Conn: nc, Client: c, Topology: topo, Logger: e.log})
+	var follow []string
+	if clientID != "" {
+		keys, err := g.apiKeys(clientID)
+		if err != nil {
+			c.Close()
+			return nil, nil, err
+		}
+		follow = []string{clientID}
+		for _, k := range keys {
+			if k.Client != "" && !slices.Contains(follow, k.Client) {
+				follow = append(follow, k.Client)
+			}
+		}
+	}
+	w, err := watch.Start(ctx, watch.Config{Conn: nc, Client: c, Topology: topo, Clients: follow, Logger: e.log})
 	if err != nil {
 		c.Close()
 		return nil, nil, fmt.Errorf("dashboard: %w", err)

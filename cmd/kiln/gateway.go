@@ -49,6 +49,17 @@ func (g *gatewayFlags) server(e *env, nc *nats.Conn, topo topology.Config, clien
 	if g.off() {
 		return nil, fmt.Errorf("--gateway %s: give an address to listen on", gatewayOff)
 	}
+	keys, err := g.apiKeys(clientID)
+	if err != nil {
+		return nil, err
+	}
+	return gateway.New(gateway.Config{Conn: nc, Topology: topo, Addr: g.addr, Keys: keys, ClientID: clientID,
+		PublicURL: g.publicURL, Routes: routes, Logger: e.log})
+}
+
+// apiKeys reads the API keys of --gateway-keys and --gateway-keys-file; a
+// bare key runs as clientID.
+func (g *gatewayFlags) apiKeys(clientID string) ([]gateway.Key, error) {
 	keys, err := gateway.ParseKeys(g.keys, clientID)
 	if err != nil {
 		return nil, fmt.Errorf("--gateway-keys: %w", err)
@@ -60,8 +71,7 @@ func (g *gatewayFlags) server(e *env, nc *nats.Conn, topo topology.Config, clien
 		}
 		keys = append(keys, more...)
 	}
-	return gateway.New(gateway.Config{Conn: nc, Topology: topo, Addr: g.addr, Keys: keys, ClientID: clientID,
-		PublicURL: g.publicURL, Routes: routes, Logger: e.log})
+	return keys, nil
 }
 
 func runGateway(ctx context.Context, e *env, args []string) error {

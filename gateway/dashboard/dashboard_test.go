@@ -2,6 +2,7 @@ package dashboard_test
 
 import (
 	"encoding/json"
+	"fmt"
 	"io"
 	"log/slog"
 	"net/http"
@@ -14,6 +15,10 @@ import (
 	"github.com/kiln-project/kiln/client"
 	"github.com/kiln-project/kiln/gateway/dashboard"
 	"github.com/kiln-project/kiln/gateway/watch"
+	"github.com/kiln-project/kiln/schema"
+	"github.com/kiln-project/kiln/test/echo"
+	"github.com/kiln-project/kiln/test/wait"
+	"github.com/kiln-project/kiln/worker"
 	"github.com/kiln-project/kiln/worker/workertest"
 )
 
@@ -110,4 +115,43 @@ func TestDashboardRefuses(t *testing.T) {
 			t.Errorf("read-only %s: %+v, want 403", path, got)
 		}
 	}
+}
+
+// A dashboard whose watch follows given clients (a gateway identity's own
+// and its API keys' clients) lists their jobs, with their text, and no
+// other client's.
+func TestDashboardFollowsItsClients(t *testing.T) {
+	q := workertest.StartQueue(t, workertest.QueueOptions{Chat: map[string]worker.Handler[schema.ChatJob]{"echo": echo.Chat}})
+	q.Worker(t, "w1", nil)
+	w, err := watch.Start(t.Context(), watch.Config{Conn: brokertest.Connect(t, q.Broker), Client: q.Client(t),
+		Topology: q.Topology, Clients: []string{"gw", "kiosk"}, PollInterval: 100 * time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(w.Stop)
+	ctx := workertest.Context(t)
+	ids := map[string]string{}
+	for _, c := range []string{"gw", "kiosk", "room-2"} {
+		res, err := q.Client(t, client.WithClientID(c)).Chat(ctx, &schema.ChatJob{JobHeader: schema.JobHeader{Model: "echo"},
+			Messages: []schema.Message{{Role: "user", Content: "hello " + c}}}, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		ids[c] = res.JobID
+	}
+	wait.For(t, 10*time.Second, 20*time.Millisecond, func() error {
+		seen := map[string]watch.Job{}
+		for _, j := range w.Snapshot().Jobs {
+			seen[j.Client] = j
+		}
+		for _, c := range []string{"gw", "kiosk"} {
+			if j := seen[c]; j.ID != ids[c] || j.State != schema.StatusOK || j.Model != "echo" || !strings.Contains(j.Text, c) {
+				return fmt.Errorf("%s's job not listed done: %+v", c, j)
+			}
+		}
+		if j, ok := seen["room-2"]; ok {
+			t.Fatalf("room-2's job listed: %+v", j)
+		}
+		return nil
+	})
 }

@@ -20,7 +20,7 @@ var (
 
 	queueWaiting = desc("queue_waiting_jobs", "Jobs queued and not yet delivered to a worker.", lane...)
 	queueRunning = desc("queue_running_jobs", "Jobs delivered to a worker and not yet acknowledged.", lane...)
-	queueOldest  = desc("queue_oldest_job_age_seconds", "Age of the longest-waiting job not yet delivered (0 when none waits).", lane...)
+	queueOldest  = desc("queue_oldest_job_age_seconds", "Age of the longest-waiting job not yet delivered (0 when none waits; absent when the gateway may not read the jobs stream).", lane...)
 	queueServed  = desc("queue_served", "1 when a registered worker serves the kind and model, 0 when none does.", lane...)
 
 	workersLive     = desc("workers", "Live workers (heard from within three heartbeat periods).")
@@ -64,11 +64,13 @@ func (f *fleet) Collect(ch chan<- prometheus.Metric) {
 		l := []string{q.Kind, q.Model, q.Lane}
 		gauge(queueWaiting, float64(q.Waiting), l...)
 		gauge(queueRunning, float64(q.Running), l...)
-		age := 0.0
-		if !q.Oldest.IsZero() {
-			age = max(s.Time.Sub(q.Oldest).Seconds(), 0)
+		switch {
+		case !q.Oldest.IsZero():
+			gauge(queueOldest, max(s.Time.Sub(q.Oldest).Seconds(), 0), l...)
+		case q.Waiting == 0:
+			gauge(queueOldest, 0, l...)
+			// else: jobs wait, but the identity may not read when they came
 		}
-		gauge(queueOldest, age, l...)
 		gauge(queueServed, boolf(!q.Unserved), l...)
 	}
 	gauge(workersLive, float64(len(s.Workers)))

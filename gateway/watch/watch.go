@@ -40,6 +40,11 @@ type Config struct {
 	Client *client.Client
 	// Topology gives the prefix and the stream and bucket names.
 	Topology topology.Config
+	// Clients, when set, limits the jobs followed to these clients' (their
+	// wakes and results): what a gateway identity of `kiln broker
+	// init-auth` may read (broker/auth). Empty: every job (an open broker,
+	// an admin, the broker's in-process user).
+	Clients []string
 	// PollInterval is how often the queue depths and the registry are read
 	// (default 2 s).
 	PollInterval time.Duration
@@ -169,7 +174,11 @@ func Start(ctx context.Context, cfg Config) (*Watcher, error) {
 	if w.registry, err = topology.WatchRegistry(ctx, js, cfg.Topology); err != nil {
 		return nil, fmt.Errorf("watch: %w", err)
 	}
-	for subject, fn := range map[string]nats.MsgHandler{w.subj.Wakes(): w.onWake, w.subj.Device("*"): w.onDevice} {
+	subs := map[string]nats.MsgHandler{w.subj.Device("*"): w.onDevice}
+	for _, s := range w.wakeSubjects() {
+		subs[s] = w.onWake
+	}
+	for subject, fn := range subs {
 		sub, err := cfg.Conn.Subscribe(subject, fn)
 		if err != nil {
 			w.Stop()
@@ -196,11 +205,39 @@ func (w *Watcher) Stop() {
 	w.registry.Stop()
 }
 
+// wakeSubjects are the wake subjects of the jobs followed.
+func (w *Watcher) wakeSubjects() []string {
+	if len(w.cfg.Clients) == 0 {
+		return []string{w.subj.Wakes()}
+	}
+	var out []string
+	for _, c := range w.cfg.Clients {
+		out = append(out, w.subj.ClientWakes(c))
+	}
+	return out
+}
+
+// resultSubjects are the result subjects of the jobs followed, one
+// consumer each (a gateway identity may make a consumer of one client's
+// results at a time).
+func (w *Watcher) resultSubjects() []string {
+	if len(w.cfg.Clients) == 0 {
+		return []string{w.subj.Results()}
+	}
+	var out []string
+	for _, c := range w.cfg.Clients {
+		out = append(out, w.subj.ClientResults(c))
+	}
+	return out
+}
+
 // run follows the results and polls the registry and the queue until ctx ends.
 func (w *Watcher) run(ctx context.Context) {
 	defer close(w.done)
 	var wg sync.WaitGroup
-	wg.Go(func() { w.followResults(ctx) })
+	for _, subject := range w.resultSubjects() {
+		wg.Go(func() { w.followResults(ctx, subject) })
+	}
 	t := time.NewTicker(w.cfg.PollInterval)
 	defer t.Stop()
 	for {
@@ -321,10 +358,11 @@ func (w *Watcher) onDevice(m *nats.Msg) {
 	w.changed()
 }
 
-// followResults reads the results stored from now on until ctx ends.
-func (w *Watcher) followResults(ctx context.Context) {
+// followResults reads the results stored on subject from now on until
+// ctx ends.
+func (w *Watcher) followResults(ctx context.Context, subject string) {
 	for ctx.Err() == nil {
-		err := w.readResults(ctx)
+		err := w.readResults(ctx, subject)
 		if ctx.Err() != nil {
 			return
 		}
@@ -336,9 +374,9 @@ func (w *Watcher) followResults(ctx context.Context) {
 	}
 }
 
-func (w *Watcher) readResults(ctx context.Context) error {
+func (w *Watcher) readResults(ctx context.Context, subject string) error {
 	cons, err := w.js.OrderedConsumer(ctx, w.cfg.Topology.ResultsStream(), jetstream.OrderedConsumerConfig{
-		FilterSubjects: []string{w.subj.Results()}, DeliverPolicy: jetstream.DeliverNewPolicy})
+		FilterSubjects: []string{subject}, DeliverPolicy: jetstream.DeliverNewPolicy})
 	if err != nil {
 		return err
 	}
