@@ -43,7 +43,7 @@ func (s *Server) chatCompletions(w http.ResponseWriter, r *http.Request, c *call
 		writeJSON(w, http.StatusOK, completion(req, res, created))
 		return
 	}
-	st := &chatStream{w: w, id: id, model: req.job.Model, created: created}
+	st := &chatStream{eventStream: eventStream{w: w}, id: id, model: req.job.Model, created: created}
 	res, err := c.client.Chat(ctx, &req.job, st.event)
 	switch {
 	case err != nil && !st.open:
@@ -78,11 +78,10 @@ var errRestarted = errors.New("the job restarted on another worker after part of
 // chatStream writes a job's events as server-sent chat.completion.chunk
 // frames.
 type chatStream struct {
-	w       http.ResponseWriter
+	eventStream
 	id      string
 	model   string
 	created int64
-	open    bool // headers and the first chunk were sent
 	sent    bool // text was sent
 }
 
@@ -109,12 +108,6 @@ func (st *chatStream) start() {
 	if st.open {
 		return
 	}
-	st.open = true
-	h := st.w.Header()
-	h.Set("Content-Type", "text/event-stream")
-	h.Set("Cache-Control", "no-cache")
-	h.Set("X-Accel-Buffering", "no") // a proxy in front must not buffer the stream
-	st.w.WriteHeader(http.StatusOK)
 	st.frame(st.chunk(map[string]string{"role": "assistant", "content": ""}, nil, nil))
 }
 
@@ -128,8 +121,7 @@ func (st *chatStream) finish(res *schema.Result, includeUsage bool) {
 		c.Choices = []chunkChoice{}
 		st.frame(c)
 	}
-	_, _ = fmt.Fprint(st.w, "data: [DONE]\n\n")
-	_ = http.NewResponseController(st.w).Flush()
+	st.done()
 }
 
 func (st *chatStream) chunk(delta map[string]string, finish *string, usage *usage) chatChunk {
@@ -141,10 +133,37 @@ func (st *chatStream) chunk(delta map[string]string, finish *string, usage *usag
 }
 
 // frame sends one server-sent event.
-func (st *chatStream) frame(v any) {
+func (st *chatStream) frame(v any) { st.send("", v) }
+
+// eventStream writes server-sent events; the first one sends the status
+// and headers.
+type eventStream struct {
+	w    http.ResponseWriter
+	open bool // the status and headers were sent
+}
+
+// send writes one event (name "" for a data-only one) and flushes it.
+func (es *eventStream) send(name string, v any) {
+	if !es.open {
+		es.open = true
+		h := es.w.Header()
+		h.Set("Content-Type", "text/event-stream")
+		h.Set("Cache-Control", "no-cache")
+		h.Set("X-Accel-Buffering", "no") // a proxy in front must not buffer the stream
+		es.w.WriteHeader(http.StatusOK)
+	}
 	b, _ := json.Marshal(v)
-	_, _ = fmt.Fprintf(st.w, "data: %s\n\n", b)
-	_ = http.NewResponseController(st.w).Flush()
+	if name != "" {
+		_, _ = fmt.Fprintf(es.w, "event: %s\n", name)
+	}
+	_, _ = fmt.Fprintf(es.w, "data: %s\n\n", b)
+	_ = http.NewResponseController(es.w).Flush()
+}
+
+// done ends a chat stream as OpenAI's do.
+func (es *eventStream) done() {
+	_, _ = fmt.Fprint(es.w, "data: [DONE]\n\n")
+	_ = http.NewResponseController(es.w).Flush()
 }
 
 // The OpenAI shapes the gateway writes.

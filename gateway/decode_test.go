@@ -128,6 +128,8 @@ func TestDecodeImage(t *testing.T) {
 		{`{"prompt":"x","style":"vivid"}`, "style"},
 		{`{"prompt":"x","strength":0.5}`, "strength"}, // an edit's field only
 		{`{"prompt":"x","steps":0}`, "steps"},
+		{`{"prompt":"x","stream":true,"n":2}`, "n"},
+		{`{"prompt":"x","partial_images":2}`, "partial_images"},
 	} {
 		o, _ := parseObject([]byte(c.body), "")
 		if _, err := decodeImage(o, false); err == nil || err.Param != c.param {

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"math"
 	"net/http"
 	"strconv"
 	"strings"
@@ -19,7 +20,7 @@ import (
 const (
 	typeInvalidRequest = "invalid_request_error"
 	typeServer         = "server_error"
-	typeRateLimit      = "rate_limit_error" // not an OpenAI name for 429's type, but what its SDKs show
+	typeRateLimit      = "rate_limit_error" // OpenAI's own 429s say what ran out ("requests", "tokens"); here the queue did
 	typeTimeout        = "timeout_error"
 )
 
@@ -107,7 +108,7 @@ func (s *Server) kilnError(jobID string, err error) *apiError {
 	case errors.As(err, &je) && je.Result.Error != nil && je.Result.Error.Code.Invalid():
 		return invalid(je.Result.Error.Code, openAIField(je.Result.Error.Field), "%s", je.Result.Error.Message)
 	case errors.Is(err, client.ErrQueueFull):
-		secs := int((s.cfg.RetryAfter + 999_999_999) / 1_000_000_000)
+		secs := int(math.Ceil(s.cfg.RetryAfter.Seconds()))
 		return &apiError{Status: http.StatusTooManyRequests, Type: typeRateLimit, Code: "queue_full", RetryAfter: secs,
 			Message: fmt.Sprintf("kiln's queue is full: the job was not accepted; retry after %d s", secs)}
 	case errors.Is(err, client.ErrNoWorker):

@@ -44,6 +44,7 @@ type imageRequest struct {
 	job    schema.ImageJob
 	n      int
 	format string
+	stream bool // answer with server-sent events: progress per step, then the image
 }
 
 // decodeImage reads the fields of an image generation (edit false) or
@@ -103,13 +104,20 @@ func decodeImage(o *object, edit bool) (*imageRequest, *apiError) {
 			j.Strength = s
 		}
 	}
+	if req.stream, _, err = o.boolean("stream"); err != nil {
+		return nil, err
+	}
+	if req.stream && req.n > 1 {
+		return nil, unsupported("n", "a streamed image request makes one image: n must be 1")
+	}
 	if err := decodeMetadata(o, &j.JobHeader); err != nil {
 		return nil, err
 	}
 	if err := o.refuseUnlessDefault("makes one kind of PNG per model", map[string][]string{
 		"quality": {`"auto"`, `"standard"`}, "style": {}, "background": {`"auto"`, `"opaque"`},
 		"moderation": {`"auto"`}, "output_format": {`"png"`}, "output_compression": {"100"},
-		"partial_images": {"0"}, "stream": {"false"}, "input_fidelity": {},
+		"partial_images": {"0"}, "input_fidelity": {}, "frame_count": {}, "frame_duration_ms": {},
+		"complexity": {}, "svg": {},
 	}); err != nil {
 		return nil, err
 	}
@@ -309,6 +317,10 @@ func (s *Server) runImages(w http.ResponseWriter, r *http.Request, c *caller, id
 	w.Header().Set(HeaderJobID, strings.Join(ids, ","))
 	ctx, cancel := jobContext(r, &req.job.JobHeader)
 	defer cancel()
+	if req.stream {
+		s.streamImage(ctx, w, r, c, jobs[0])
+		return
+	}
 	results := make([]*schema.Result, len(jobs))
 	g, gctx := errgroup.WithContext(ctx)
 	for i, j := range jobs {
@@ -411,4 +423,49 @@ func (s *Server) imageFile(w http.ResponseWriter, r *http.Request, c *caller) {
 	w.Header().Set("Cache-Control", "private, max-age=3600")
 	w.Header().Set("Content-Length", strconv.Itoa(len(res.Image)))
 	_, _ = w.Write(res.Image)
+}
+
+// imageEvent is one server-sent event of a streamed image request:
+// "image_generation.progress" (kiln's: step of steps) after every step,
+// then OpenAI's "image_generation.completed" with the image.
+type imageEvent struct {
+	Type         string    `json:"type"`
+	Step         int       `json:"step,omitempty"`
+	Steps        int       `json:"steps,omitempty"`
+	B64JSON      string    `json:"b64_json,omitempty"`
+	CreatedAt    int64     `json:"created_at"`
+	Size         string    `json:"size,omitempty"`
+	OutputFormat string    `json:"output_format,omitempty"`
+	Kiln         *kilnInfo `json:"kiln,omitempty"`
+}
+
+// streamImage runs one image job and streams its progress: the status
+// and headers wait for the first step, so that a job refused by its
+// worker still gets its 4xx.
+func (s *Server) streamImage(ctx context.Context, w http.ResponseWriter, r *http.Request, c *caller, j *schema.ImageJob) {
+	j.Progress = true
+	sse := &eventStream{w: w}
+	res, err := c.client.Image(ctx, j, func(ev schema.Event) error {
+		if ev.Type == schema.EventProgress {
+			sse.send("image_generation.progress", imageEvent{Type: "image_generation.progress", Step: ev.Step, Steps: ev.Steps,
+				CreatedAt: time.Now().Unix()})
+		}
+		return nil
+	})
+	switch {
+	case err != nil && !sse.open:
+		s.answerError(w, r, s.jobError(ctx, j.ID, err))
+	case err != nil:
+		if r.Context().Err() == nil {
+			sse.send("error", map[string]*apiError{"error": s.jobError(ctx, j.ID, err)})
+		}
+	default:
+		info := infoOf(j.ID, res)
+		ev := imageEvent{Type: "image_generation.completed", B64JSON: base64.StdEncoding.EncodeToString(res.Image),
+			CreatedAt: time.Now().Unix(), OutputFormat: "png", Kiln: &info}
+		if d := res.Diffusion; d != nil {
+			ev.Size = fmt.Sprintf("%dx%d", d.Width, d.Height)
+		}
+		sse.send("image_generation.completed", ev)
+	}
 }

@@ -87,7 +87,12 @@ func runGateway(ctx context.Context, e *env, args []string) error {
 	if err != nil {
 		return err
 	}
-	nc, err := connect(ctx, cf.url, "kiln-gateway", append(opts, nats.MaxReconnects(-1))...)
+	// A key mapped to a client the broker does not let this identity act
+	// for: the broker refuses its publishes asynchronously; say so.
+	refused := nats.ErrorHandler(func(_ *nats.Conn, _ *nats.Subscription, err error) {
+		e.log.Warn("the broker refused the gateway (is every key's client in init-auth --gateway-clients?)", "err", err)
+	})
+	nc, err := connect(ctx, cf.url, "kiln-gateway", append(opts, nats.MaxReconnects(-1), refused)...)
 	if err != nil {
 		return err
 	}

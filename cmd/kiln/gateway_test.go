@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/base64"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"image/png"
@@ -12,6 +13,8 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -30,7 +33,7 @@ import (
 // into a new folder: qwen3-tiny (chat), smolvlm-tiny (vision, SmolVLM's
 // layout), sd15-lcm (images), and with broken a chat package missing a
 // layer file (it fails to load: listed, never served).
-func gatewayModels(t *testing.T, broken bool) string {
+func gatewayModels(t testing.TB, broken bool) string {
 	t.Helper()
 	models := t.TempDir()
 	qwen := cardsim.TinyQwen3()
@@ -61,7 +64,7 @@ func gatewayModels(t *testing.T, broken bool) string {
 // startGateway runs kiln up with its gateway on a free port (plus args)
 // and waits until the fleet serves n models. It returns kiln up and the
 // gateway's base URL.
-func startGateway(t *testing.T, n int, args ...string) (*upProcess, string) {
+func startGateway(t testing.TB, n int, args ...string) (*upProcess, string) {
 	t.Helper()
 	addr := freeAddr(t)
 	u := startUp(t, append([]string{"--gateway", addr, "--name", "shelf-card0"}, args...)...)
@@ -110,7 +113,7 @@ func pngOf(t *testing.T, b []byte) (w, h int) {
 
 // kilnClient is a kiln client on kiln up's broker, as client id (""
 // anonymous).
-func kilnClient(t *testing.T, url, id string) *client.Client {
+func kilnClient(t testing.TB, url, id string) *client.Client {
 	t.Helper()
 	nc, err := nats.Connect(url)
 	if err != nil {
@@ -225,6 +228,31 @@ func TestGatewayServesTheOpenAISDK(t *testing.T) {
 		ResponseFormat: openai.ImageGenerateParamsResponseFormatB64JSON}, map[string]any{"seed": 7, "steps": 1}))
 	if err != nil || len(two.Data) != 2 || two.Data[0].B64JSON != base64.StdEncoding.EncodeToString(a) || two.Data[1].B64JSON == two.Data[0].B64JSON {
 		t.Fatalf("n=2: %d images, %v (the first with seed 7 must be the same, the second another)", len(two.Data), err)
+	}
+
+	// Streamed: a progress event per step (kiln's), then OpenAI's completed event with the image.
+	gs := ai.Images.GenerateStreaming(ctx, withExtra(openai.ImageGenerateParams{Prompt: "a red fox"}, map[string]any{"seed": 7}))
+	var steps []string
+	var final []byte
+	for gs.Next() {
+		switch ev := gs.Current(); ev.Type {
+		case "image_generation.progress":
+			var p struct{ Step, Steps int }
+			if err := json.Unmarshal([]byte(ev.RawJSON()), &p); err != nil {
+				t.Fatal(err)
+			}
+			steps = append(steps, fmt.Sprintf("%d/%d", p.Step, p.Steps))
+		case "image_generation.completed":
+			if final, err = base64.StdEncoding.DecodeString(ev.B64JSON); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	if err := gs.Err(); err != nil || strings.Join(steps, " ") != "1/4 2/4 3/4 4/4" || final == nil {
+		t.Fatalf("streamed image: steps %v, %d bytes, %v", steps, len(final), err)
+	}
+	if w, h := pngOf(t, final); w != 512 || h != 512 {
+		t.Fatalf("streamed image %d×%d", w, h)
 	}
 
 	// Edit: img2img from the fox, with kiln's strength.
@@ -421,4 +449,58 @@ func TestGatewayKeysKeepClientsApart(t *testing.T) {
 	if r, err := kilnClient(t, u.url, "room-2").Result(t.Context(), resp.Header.Get(gateway.HeaderJobID)); err != nil || r.Text == "" {
 		t.Fatalf("room-2's chat result: %+v %v", r, err)
 	}
+}
+
+// 200 streaming HTTP clients at once against one simulated card and a
+// queue bounded at 20 jobs: every request ends, with a whole streamed
+// answer or a 429 with Retry-After, and none hangs. The test logs the
+// process's peak RSS (kiln up, broker, worker, gateway and the 200
+// clients in one process).
+func TestGatewayUnderLoad(t *testing.T) {
+	const clients = 200
+	_, base := startGateway(t, 3, "--models", gatewayModels(t, false), "--lib", cardsim.Library(t), "--queue-max", "20")
+	ai := openAI(base)
+	ctx, cancel := context.WithTimeout(t.Context(), 3*time.Minute) // far past what it takes: a hang fails, not a slow run
+	defer cancel()
+	params := openai.ChatCompletionNewParams{Model: "qwen3-tiny", MaxTokens: openai.Int(8),
+		Messages:      []openai.ChatCompletionMessageParamUnion{openai.UserMessage("hi")},
+		StreamOptions: openai.ChatCompletionStreamOptionsParam{IncludeUsage: openai.Bool(true)}}
+	var answered, refused atomic.Int64
+	failures := make(chan error, clients)
+	var wg sync.WaitGroup
+	for range clients {
+		wg.Go(func() {
+			stream := ai.Chat.Completions.NewStreaming(ctx, params)
+			var acc openai.ChatCompletionAccumulator
+			for stream.Next() {
+				acc.AddChunk(stream.Current())
+			}
+			err := stream.Err()
+			var e *openai.Error
+			switch {
+			case err == nil && len(acc.Choices) == 1 && acc.Choices[0].FinishReason != "" && acc.Usage.CompletionTokens > 0:
+				answered.Add(1)
+			case errors.As(err, &e) && e.StatusCode == http.StatusTooManyRequests && e.Response.Header.Get("Retry-After") != "":
+				refused.Add(1)
+			default:
+				failures <- fmt.Errorf("neither an answer nor a 429: %v (%d choices)", err, len(acc.Choices))
+			}
+		})
+	}
+	wg.Wait()
+	close(failures)
+	for err := range failures {
+		t.Error(err)
+	}
+	if answered.Load() == 0 || answered.Load()+refused.Load() != clients {
+		t.Fatalf("%d answered, %d refused of %d", answered.Load(), refused.Load(), clients)
+	}
+	status, _ := os.ReadFile("/proc/self/status")
+	var rss []string
+	for _, line := range strings.Split(string(status), "\n") {
+		if strings.HasPrefix(line, "VmHWM") || strings.HasPrefix(line, "VmRSS") {
+			rss = append(rss, strings.Join(strings.Fields(line), " "))
+		}
+	}
+	t.Logf("%d answered, %d refused with 429; process memory: %s", answered.Load(), refused.Load(), strings.Join(rss, ", "))
 }

@@ -18,14 +18,14 @@ import (
 )
 
 // kiln runs the command in-process and returns its exit code, stdout and stderr.
-func kiln(t *testing.T, ctx context.Context, args ...string) (int, string, string) {
+func kiln(t testing.TB, ctx context.Context, args ...string) (int, string, string) {
 	t.Helper()
 	var out, errOut bytes.Buffer
 	code := run(ctx, args, strings.NewReader(""), &out, &errOut)
 	return code, out.String(), errOut.String()
 }
 
-func freeAddr(t *testing.T) string {
+func freeAddr(t testing.TB) string {
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
@@ -47,7 +47,7 @@ type upProcess struct {
 // --gateway off` plus
 // args, stopped at test end. An exit other than 0 after the stop fails the
 // test unless the test waited for the exit itself.
-func startUp(t *testing.T, args ...string) *upProcess {
+func startUp(t testing.TB, args ...string) *upProcess {
 	t.Helper()
 	addr := freeAddr(t)
 	ctx, cancel := context.WithCancel(t.Context())
@@ -94,7 +94,7 @@ type fleetStatus struct {
 }
 
 // waitStatus polls `kiln status --json` until ok says so, or 30 s pass.
-func waitStatus(t *testing.T, url string, ok func(*fleetStatus) bool) fleetStatus {
+func waitStatus(t testing.TB, url string, ok func(*fleetStatus) bool) fleetStatus {
 	t.Helper()
 	var st fleetStatus
 	wait.For(t, 30*time.Second, 100*time.Millisecond, func() error {

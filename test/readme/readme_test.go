@@ -98,6 +98,12 @@ var firstHour = []*expectation{
 		prints: []string{`"job_id":"job-1"`, `"status":"ok"`}},
 	{command: regexp.MustCompile(`^nats -s \$kiln sub 'kiln\.events\.>'$`), mode: tail,
 		prints: []string{`kiln\.events\.heartbeat\.`, `"state":"ready"`}},
+	{command: regexp.MustCompile(`^curl -s \$OPENAI_BASE_URL/models$`), mode: runs,
+		stdout: `"id":"qwen3-tiny","object":"model".*"kind":"chat"`},
+	{command: regexp.MustCompile(`^curl -sN \$OPENAI_BASE_URL/chat/completions .*"stream":true`), mode: runs,
+		stdout: `(?s)^data: \{"id":"chatcmpl-.*"object":"chat.completion.chunk".*"finish_reason":"(length|stop)".*data: \[DONE\]\n\n$`},
+	{command: regexp.MustCompile(`^curl -s \$OPENAI_BASE_URL/images/generations .*"b64_json"`), mode: runs,
+		stdout: `^\{"created":\d+,"data":\[\{"b64_json":"iVBORw0KGgo`},
 	{command: regexp.MustCompile(`^GOOS=linux GOARCH=arm64 CGO_ENABLED=0 go build -o kiln \./cmd/kiln$`), mode: runs,
 		check: elf("kiln"), writes: []string{"kiln"}},
 }
@@ -412,7 +418,7 @@ func runToEnd(t *testing.T, root string, env []string, script, text string, e *e
 
 // testEnv is the test's environment without the kiln and NATS settings of
 // the machine, plus what the README has the user export: a free port and a
-// new store folder.
+// new store folder; and a free port for the HTTP gateway.
 func testEnv(t *testing.T, natsDir string) []string {
 	var env []string
 	for _, kv := range os.Environ() {
@@ -431,7 +437,13 @@ func testEnv(t *testing.T, natsDir string) []string {
 	}
 	addr := l.Addr().String()
 	l.Close()
-	return append(env, "KILN_LISTEN="+addr, "KILN_DATA="+t.TempDir())
+	gw, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	gwAddr := gw.Addr().String()
+	gw.Close()
+	return append(env, "KILN_LISTEN="+addr, "KILN_DATA="+t.TempDir(), "KILN_GATEWAY="+gwAddr)
 }
 
 // natsCLI is the folder of the nats CLI: on PATH, else in $GOPATH/bin
