@@ -20,6 +20,7 @@ import (
 
 	"github.com/kiln-project/kiln/broker/brokertest"
 	"github.com/kiln-project/kiln/client"
+	"github.com/kiln-project/kiln/gateway"
 	"github.com/kiln-project/kiln/gateway/dashboard"
 	"github.com/kiln-project/kiln/gateway/internal/simfleet"
 	"github.com/kiln-project/kiln/gateway/watch"
@@ -107,9 +108,10 @@ func do(t *testing.T, ctx context.Context, steps ...chromedp.Action[chromedp.Voi
 	}
 }
 
-// The dashboard in a real headless Chromium, on a phone-sized window: it
-// shows the simulated card and its temperature live, the playground
-// streams a chat answer and shows an image with its step bar, a cancel
+// The dashboard in a real headless Chromium, on a phone-sized window, served
+// beside the gateway's API: it shows the simulated card and its
+// temperature live, the playground streams a chat answer and shows an
+// image with its step bar (through the gateway's OpenAI endpoints), a cancel
 // button cancels a queued job of the dashboard's identity (and another
 // client's job has none), and no request leaves the machine.
 func TestDashboardInChromium(t *testing.T) {
@@ -122,12 +124,20 @@ func TestDashboardInChromium(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Cleanup(w.Stop)
+	quiet := slog.New(slog.NewTextHandler(io.Discard, nil))
 	d, err := dashboard.New(dashboard.Config{Watcher: w, Client: f.Queue.Client(t, client.WithClientID(id)), Title: "kiln test shelf",
-		Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
+		Logger: quiet})
 	if err != nil {
 		t.Fatal(err)
 	}
-	srv := httptest.NewServer(d)
+	// The page beside the gateway's API, as kiln up serves it: the
+	// playground uses the gateway's OpenAI endpoints, as the same client.
+	gw, err := gateway.New(gateway.Config{Conn: brokertest.Connect(t, f.Queue.Broker), Topology: f.Queue.Topology, ClientID: id,
+		Routes: map[string]http.Handler{"/": d}, Logger: quiet})
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := httptest.NewServer(gw.Handler())
 	t.Cleanup(srv.Close)
 
 	// The card and its temperature, live.

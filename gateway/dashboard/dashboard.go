@@ -4,13 +4,13 @@
 // watch.Watcher — every card with its state, temperatures and their recent
 // history, CMM, models and running job; queue depth per lane; recent jobs
 // with their text or image — with cancel buttons and a small playground
-// that streams a chat answer and shows an image with a step bar.
+// that streams a chat answer and shows an image with a step bar through
+// the gateway's own OpenAI endpoints (the page is served beside them).
 //
 // The dashboard acts as one kiln identity: the client it is given (the
 // gateway's). Its cancel buttons cancel that client's jobs, or any
 // client's when Config.CancelAny says the identity may (an open broker, an
-// admin); the playground submits jobs as that client. docs/dashboard.md
-// says more.
+// admin). docs/dashboard.md says more.
 package dashboard
 
 import (
@@ -47,7 +47,9 @@ type Config struct {
 	// cancel anonymous jobs only unless CancelAny is set.
 	CancelAny bool
 	// ReadOnly hides the cancel buttons and the playground, and refuses
-	// their requests.
+	// cancels: for a gateway with API keys, whose /v1/ endpoints the
+	// playground could not call without one and whose dashboard endpoints
+	// take none.
 	ReadOnly bool
 	// Title heads the page (default "kiln").
 	Title string
@@ -69,8 +71,6 @@ type Dashboard struct {
 const (
 	PathEvents     = "/dashboard/events"
 	PathCancel     = "/dashboard/cancel"
-	PathPlayChat   = "/dashboard/play/chat"
-	PathPlayImage  = "/dashboard/play/image"
 	pathJobImage   = "/dashboard/jobs/{id}/image"
 	pathAssets     = "/dashboard/assets/"
 	maxRequestBody = 64 << 10
@@ -100,8 +100,6 @@ func New(cfg Config) (*Dashboard, error) {
 	d.mux.HandleFunc("GET "+PathEvents, d.events)
 	d.mux.HandleFunc("GET "+pathJobImage, d.jobImage)
 	d.mux.HandleFunc("POST "+PathCancel, d.cancel)
-	d.mux.HandleFunc("POST "+PathPlayChat, d.playChat)
-	d.mux.HandleFunc("POST "+PathPlayImage, d.playImage)
 	return d, nil
 }
 

@@ -1,6 +1,7 @@
 // kiln dashboard: renders the gateway's `fleet` events (GET /dashboard/events)
-// and drives the playground (POST /dashboard/play/chat and /image, which
-// answer with server-sent events). No library: it must work offline.
+// and drives the playground through the gateway's OpenAI endpoints beside it
+// (POST /v1/chat/completions and /v1/images/generations, streamed). No
+// library: it must work offline.
 "use strict";
 
 const $ = (id) => document.getElementById(id);
@@ -133,7 +134,7 @@ async function post(path, body) {
 }
 
 // stream reads a server-sent event stream from a fetch response, calling
-// on(event, data) for each event.
+// on(event, data) for each event (data as sent: JSON text or "[DONE]").
 async function stream(res, on) {
   const reader = res.body.getReader();
   const dec = new TextDecoder();
@@ -150,7 +151,7 @@ async function stream(res, on) {
         if (line.startsWith("event: ")) event = line.slice(7);
         else if (line.startsWith("data: ")) data += line.slice(6);
       }
-      if (data) on(event, JSON.parse(data));
+      if (data) on(event, data);
     }
   }
 }
@@ -159,29 +160,34 @@ async function errorText(res) {
   try { const e = await res.json(); return e.error ? e.error.message : res.statusText; } catch { return res.statusText; }
 }
 
-function playForm(kind, onEvent) {
+// playForm runs the playground form of kind: it posts body() to path (the
+// gateway's OpenAI endpoint, streamed) and passes each event to onEvent,
+// which returns {text, done, error} to show.
+function playForm(kind, path, body, onEvent) {
   const form = $(`play-${kind}`), status = $(`play-${kind}-status`), send = $(`play-${kind}-send`);
   form.addEventListener("submit", async (e) => {
     e.preventDefault();
     send.disabled = true;
-    status.textContent = "submitting…";
     delete form.dataset.status;
-    onEvent("reset", {});
+    status.textContent = "submitting…";
+    onEvent("reset", null);
+    const t0 = performance.now();
     try {
-      const res = await post(`/dashboard/play/${kind}`, { model: $(`play-${kind}-model`).value, prompt: $(`play-${kind}-prompt`).value });
-      if (!res.ok) { status.textContent = "refused: " + await errorText(res); return; }
-      await stream(res, (event, d) => {
-        if (event === "queued") status.textContent = `job ${d.job_id} queued`;
-        else if (event === "started") status.textContent = `job ${d.job_id} running on ${d.worker}`;
-        else if (event === "result") {
-          status.textContent = `job ${d.job_id} ${d.status}` + (d.usage && d.usage.total_ms ? ` in ${fmtMS(d.usage.total_ms)}` : "") +
-            (d.usage && d.usage.tokens_per_s ? `, ${d.usage.tokens_per_s.toFixed(1)} tok/s` : "") + (d.error ? `: ${d.error.message}` : "");
-          form.dataset.status = d.status; form.dataset.job = d.job_id;
-        }
-        onEvent(event, d);
+      const res = await post(path, body());
+      const job = res.headers.get("X-Kiln-Job-Id") || "";
+      form.dataset.job = job;
+      if (!res.ok) { status.textContent = `job ${job} refused: ` + await errorText(res); form.dataset.status = "error"; return; }
+      status.textContent = `job ${job} running`;
+      let outcome = "error";
+      await stream(res, (event, data) => {
+        const r = onEvent(event, data === "[DONE]" ? null : JSON.parse(data)) || {};
+        if (r.error) { status.textContent = `job ${job} failed: ${r.error.message}`; outcome = "error"; }
+        else if (r.done) { outcome = "ok"; status.textContent = `job ${job} ok in ${fmtMS(Math.round(performance.now() - t0))}` + (r.note ? ", " + r.note : ""); }
       });
+      form.dataset.status = outcome;
     } catch (err) {
       status.textContent = "failed: " + err;
+      form.dataset.status = "error";
     } finally {
       send.disabled = false;
     }
@@ -197,17 +203,31 @@ function init() {
     const res = await post("/dashboard/cancel", { id: b.dataset.id, client: b.dataset.client });
     b.textContent = res.ok ? "Cancel sent" : "Refused: " + await errorText(res);
   });
+  // Chat: POST /v1/chat/completions, streamed (chat.completion.chunk frames).
   const chatOut = $("play-chat-out");
-  playForm("chat", (event, d) => {
-    if (event === "reset" || event === "started") { chatOut.textContent = ""; chatOut.dataset.tokens = 0; }
-    else if (event === "token") { chatOut.textContent += d.text; chatOut.dataset.tokens = +chatOut.dataset.tokens + 1; }
-    else if (event === "result" && d.status === "ok") chatOut.textContent = d.text;
+  playForm("chat", "/v1/chat/completions", () => ({
+    model: $("play-chat-model").value, stream: true, stream_options: { include_usage: true }, max_tokens: 256,
+    messages: [{ role: "user", content: $("play-chat-prompt").value }],
+  }), (event, d) => {
+    if (event === "reset") { chatOut.textContent = ""; chatOut.dataset.tokens = 0; return; }
+    if (d === null) return { done: true, note: chatOut.dataset.usage || "" };       // [DONE]
+    if (d.error) return { error: d.error };
+    const delta = d.choices && d.choices[0] && d.choices[0].delta;
+    if (delta && delta.content) { chatOut.textContent += delta.content; chatOut.dataset.tokens = +chatOut.dataset.tokens + 1; }
+    if (d.usage) chatOut.dataset.usage = `${d.usage.completion_tokens} tokens`;
   });
+  // Image: POST /v1/images/generations, streamed: a progress event per step, then the image.
   const bar = $("play-image-steps"), img = $("play-image-out");
-  playForm("image", (event, d) => {
-    if (event === "reset" || event === "started") { bar.value = 0; bar.dataset.seen = 0; img.hidden = true; }
-    else if (event === "progress") { bar.max = d.steps; bar.value = d.step; bar.dataset.seen = (+bar.dataset.seen || 0) + 1; }
-    else if (event === "result" && d.image) { bar.value = bar.max; img.src = d.image; img.alt = "generated image, job " + d.job_id; img.hidden = false; }
+  playForm("image", "/v1/images/generations", () => ({
+    model: $("play-image-model").value, prompt: $("play-image-prompt").value, stream: true, response_format: "b64_json",
+  }), (event, d) => {
+    if (event === "reset") { bar.value = 0; bar.dataset.seen = 0; img.hidden = true; return; }
+    if (event === "error" || (d && d.error)) return { error: d.error };
+    if (event === "image_generation.progress") { bar.max = d.steps; bar.value = d.step; bar.dataset.seen = +bar.dataset.seen + 1; }
+    if (event === "image_generation.completed") {
+      bar.value = bar.max; img.src = "data:image/png;base64," + d.b64_json; img.alt = "generated image"; img.hidden = false;
+      return { done: true, note: d.size || "" };
+    }
   });
 }
 
