@@ -80,9 +80,23 @@ type QueueDepth struct {
 	Subject string `json:"subject,omitempty"`
 }
 
+// QueueOption tunes Client.Queue.
+type QueueOption func(*queueOptions)
+
+type queueOptions struct{ noOldest bool }
+
+// WithoutOldest leaves QueueDepth.Oldest zero, and reads no job message:
+// for a client whose identity may not read the jobs stream's messages (a
+// controller, an observer, a gateway), which the broker would refuse.
+func WithoutOldest() QueueOption { return func(o *queueOptions) { o.noOldest = true } }
+
 // Queue lists the job consumers and how many jobs wait on each, and the
 // jobs queued for models that no worker serves.
-func (c *Client) Queue(ctx context.Context) ([]QueueDepth, error) {
+func (c *Client) Queue(ctx context.Context, opts ...QueueOption) ([]QueueDepth, error) {
+	var o queueOptions
+	for _, opt := range opts {
+		opt(&o)
+	}
 	st, err := c.js.Stream(ctx, c.topo.JobsStream())
 	if err != nil {
 		return nil, fmt.Errorf("kiln: jobs stream: %w", err)
@@ -100,7 +114,7 @@ func (c *Client) Queue(ctx context.Context) ([]QueueDepth, error) {
 		return false
 	}
 	var out []QueueDepth
-	var oldest oldestReader
+	oldest := oldestReader{off: o.noOldest}
 	consumed := map[string]bool{}
 	lister := st.ListConsumers(ctx)
 	for info := range lister.Info() {

@@ -41,7 +41,8 @@ type Config struct {
 	// Topology gives the prefix and the stream and bucket names.
 	Topology topology.Config
 	// Clients, when set, limits the jobs followed to these clients' (their
-	// wakes and results): what a gateway identity of `kiln broker
+	// wakes and results), and leaves out when the oldest waiting job was
+	// queued (a job message read): what a gateway identity of `kiln broker
 	// init-auth` may read (broker/auth). Empty: every job (an open broker,
 	// an admin, the broker's in-process user).
 	Clients []string
@@ -265,7 +266,11 @@ func (w *Watcher) refusedOnce(part string, err error) {
 // poll reads the queue depths and the registry's latest heartbeats.
 func (w *Watcher) poll(ctx context.Context) {
 	qctx, cancel := context.WithTimeout(ctx, 5*time.Second)
-	queue, err := w.cfg.Client.Queue(qctx)
+	var opts []client.QueueOption
+	if len(w.cfg.Clients) > 0 {
+		opts = append(opts, client.WithoutOldest()) // a gateway identity may not read job messages
+	}
+	queue, err := w.cfg.Client.Queue(qctx, opts...)
 	cancel()
 	if err != nil && ctx.Err() == nil {
 		w.refusedOnce("queue depths", err)
