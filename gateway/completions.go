@@ -1,6 +1,7 @@
 package gateway
 
 import (
+	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -49,7 +50,7 @@ func (s *Server) chatCompletions(w http.ResponseWriter, r *http.Request, c *call
 	case err != nil && !st.open:
 		s.answerError(w, r, s.jobError(ctx, id, err))
 	case err != nil:
-		if r.Context().Err() == nil { // the client is still there to read why
+		if !clientGone(r) { // the client is still there to read why
 			e := s.jobError(ctx, id, err)
 			if errors.Is(err, errRestarted) {
 				e = &apiError{Status: http.StatusBadGateway, Type: typeServer, Code: "restarted", Message: err.Error()}
@@ -64,11 +65,17 @@ func (s *Server) chatCompletions(w http.ResponseWriter, r *http.Request, c *call
 // answerError answers a job that ended without a result to show, unless
 // its client has gone (then there is no one to answer).
 func (s *Server) answerError(w http.ResponseWriter, r *http.Request, e *apiError) {
-	if r.Context().Err() != nil {
+	if clientGone(r) {
 		s.log.Debug("client went away: its job is cancelled", "job", w.Header().Get(HeaderJobID))
 		return
 	}
 	writeError(w, e)
+}
+
+// clientGone reports whether the request's client went away (not: the
+// gateway's shutdown ended the request, whose client is there to read why).
+func clientGone(r *http.Request) bool {
+	return r.Context().Err() != nil && !errors.Is(context.Cause(r.Context()), errShutdown)
 }
 
 // errRestarted ends a stream whose job started over on another worker
@@ -85,13 +92,17 @@ type chatStream struct {
 	sent    bool // text was sent
 }
 
+// event passes a job's event on. The status and headers wait for the
+// first token, not the "started" event: a worker emits "started" before
+// its handler checks the job against the model (a prompt too long for the
+// context, an image for a text-only model), and such a refusal must still
+// be a 4xx naming the field.
 func (st *chatStream) event(ev schema.Event) error {
 	switch ev.Type {
 	case schema.EventStarted:
 		if st.sent {
 			return errRestarted
 		}
-		st.start()
 	case schema.EventToken:
 		if ev.Text == "" {
 			return nil

@@ -188,3 +188,13 @@ func TestParseKeys(t *testing.T) {
 		}
 	}
 }
+
+func TestOpenAIField(t *testing.T) {
+	for kiln, want := range map[string]string{"width": "size", "height": "size", "init_image": "image",
+		"messages[2].images": "messages[2].content", "messages[0].images[1]": "messages[0].content",
+		"messages[1].content": "messages[1].content", "temperature": "temperature", "stop[0]": "stop[0]"} {
+		if got := openAIField(kiln); got != want {
+			t.Errorf("%s: %s, want %s", kiln, got, want)
+		}
+	}
+}

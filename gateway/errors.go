@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"math"
 	"net/http"
+	"regexp"
 	"strconv"
 	"strings"
 
@@ -81,18 +82,32 @@ func openAIField(kilnField string) string {
 	case "init_image":
 		return "image"
 	}
+	// A message's images came as image_url parts of its content.
+	if m := messageImages.FindStringSubmatch(kilnField); m != nil {
+		return m[1] + ".content"
+	}
 	return kilnField
 }
 
+var messageImages = regexp.MustCompile(`^(messages\[\d+\])\.images(\[\d+\])?$`)
+
 // errDeadline is the cause of a request context whose X-Kiln-Deadline passed.
 var errDeadline = errors.New("the job's deadline passed")
+
+// errShutdown is the cause of the requests still running when the
+// gateway's shutdown grace ran out.
+var errShutdown = errors.New("the gateway is shutting down")
 
 // jobError turns what the kiln client returned for a job waited for in
 // ctx (jobContext) into an answer: past the job's deadline, whatever
 // failed (the publish included) is a 504.
 func (s *Server) jobError(ctx context.Context, jobID string, err error) *apiError {
-	if errors.Is(context.Cause(ctx), errDeadline) {
+	switch cause := context.Cause(ctx); {
+	case errors.Is(cause, errDeadline):
 		err = &client.CancelledError{JobID: jobID, Cause: errDeadline}
+	case errors.Is(cause, errShutdown):
+		return &apiError{Status: http.StatusServiceUnavailable, Type: typeServer, Code: "shutting_down",
+			Message: fmt.Sprintf("the gateway stopped before job %s finished (the job is cancelled); retry", jobID)}
 	}
 	return s.kilnError(jobID, err)
 }

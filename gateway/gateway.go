@@ -273,7 +273,7 @@ func (s *Server) Serve(ctx context.Context, l net.Listener) error {
 	err := hs.Shutdown(sctx)
 	if err != nil {
 		// Streams still running past the grace: cancel them and their jobs.
-		cancelAll(errors.New("gateway shutting down"))
+		cancelAll(errShutdown)
 		cctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 		defer cancel()
 		err = hs.Shutdown(cctx)

@@ -456,7 +456,7 @@ func (s *Server) streamImage(ctx context.Context, w http.ResponseWriter, r *http
 	case err != nil && !sse.open:
 		s.answerError(w, r, s.jobError(ctx, j.ID, err))
 	case err != nil:
-		if r.Context().Err() == nil {
+		if !clientGone(r) {
 			sse.send("error", map[string]*apiError{"error": s.jobError(ctx, j.ID, err)})
 		}
 	default:

@@ -4,6 +4,7 @@ import (
 	"context"
 	"flag"
 	"fmt"
+	"net"
 	"net/http"
 	"strings"
 
@@ -42,6 +43,15 @@ func (g *gatewayFlags) register(fs *flag.FlagSet, up bool) {
 
 // off reports whether kiln up runs no gateway.
 func (g *gatewayFlags) off() bool { return strings.EqualFold(strings.TrimSpace(g.addr), gatewayOff) }
+
+// listen takes the gateway's address.
+func (g *gatewayFlags) listen() (net.Listener, error) {
+	l, err := net.Listen("tcp", g.addr)
+	if err != nil {
+		return nil, fmt.Errorf("gateway: %w (--gateway or $%s picks another address; for kiln up, off runs none)", err, envGateway)
+	}
+	return l, nil
+}
 
 // server makes the gateway on nc, its requests running as clientID when
 // no keys are given, serving routes beside its API (fleetRoutes).
@@ -107,5 +117,9 @@ func runGateway(ctx context.Context, e *env, args []string) error {
 	if err != nil {
 		return err
 	}
-	return gw.Run(ctx)
+	l, err := gf.listen()
+	if err != nil {
+		return err
+	}
+	return gw.Serve(ctx, l)
 }

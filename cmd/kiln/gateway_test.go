@@ -284,6 +284,13 @@ func TestGatewayServesTheOpenAISDK(t *testing.T) {
 	if e := apiError(t, "size 256x256", err, 400, "size"); e.Code != string(schema.CodeOutOfRange) {
 		t.Fatalf("size 256x256: code %q, want the worker's out_of_range", e.Code)
 	}
+	// A worker's refusal of a streamed chat is still a status, not a stream.
+	refusedStream := ai.Chat.Completions.NewStreaming(ctx, openai.ChatCompletionNewParams{Model: "qwen3-tiny",
+		Messages: []openai.ChatCompletionMessageParamUnion{openai.UserMessage([]openai.ChatCompletionContentPartUnionParam{
+			openai.TextContentPart("what is in it?"), openai.ImageContentPart(openai.ChatCompletionContentPartImageImageURLParam{URL: uri})})}})
+	for refusedStream.Next() {
+	}
+	apiError(t, "an image for a text-only model, streamed", refusedStream.Err(), 400, "messages[0].content")
 	_, err = ai.Chat.Completions.New(ctx, openai.ChatCompletionNewParams{Model: "gpt-4o",
 		Messages: []openai.ChatCompletionMessageParamUnion{openai.UserMessage("hi")}})
 	apiError(t, "model gpt-4o", err, 404, "model")
@@ -364,6 +371,16 @@ func TestGatewayRefusesAndCancels(t *testing.T) {
 	u, base := startGateway(t, 4, "--models", gatewayModels(t, true), "--lib", cardsim.Library(t), "--queue-max", "1")
 	ai := openAI(base)
 	msgs := []openai.ChatCompletionMessageParamUnion{openai.UserMessage("write a long story")}
+	// Until a heartbeat says the broken package failed, the registry has it
+	// loading, which counts as served (its job would wait for the janitor's
+	// no_worker): wait for the gateway to list the three good models only.
+	wait.For(t, 30*time.Second, 100*time.Millisecond, func() error {
+		page, err := ai.Models.List(t.Context())
+		if err != nil || len(page.Data) != 3 {
+			return fmt.Errorf("models listed: %v %v", page, err)
+		}
+		return nil
+	})
 
 	_, err := ai.Chat.Completions.New(t.Context(), openai.ChatCompletionNewParams{Model: "qwen3-broken", Messages: msgs})
 	if e := apiError(t, "a model whose package failed", err, 503, "model"); e.Code != string(schema.CodeNoWorker) {
@@ -404,6 +421,25 @@ func TestGatewayRefusesAndCancels(t *testing.T) {
 		}
 		return nil
 	})
+
+	// kiln up stops while a stream runs: the stream ends (after the
+	// gateway's grace) with an error, not [DONE], and kiln up exits 0.
+	stream = ai.Chat.Completions.NewStreaming(t.Context(), openai.ChatCompletionNewParams{Model: "qwen3-tiny", Messages: msgs,
+		MaxTokens: openai.Int(900)})
+	for stream.Next() {
+		if stream.Current().Choices[0].Delta.Content != "" {
+			break
+		}
+	}
+	u.cancel()
+	for stream.Next() {
+	}
+	if stream.Err() == nil {
+		t.Fatal("a stream cut off by the shutdown ended as if complete")
+	}
+	if code, stderr := u.wait(); code != 0 {
+		t.Fatalf("kiln up exited %d: %s", code, stderr)
+	}
 }
 
 // API keys: each key's jobs run as its client, so one key's image URL
@@ -503,4 +539,52 @@ func TestGatewayUnderLoad(t *testing.T) {
 		}
 	}
 	t.Logf("%d answered, %d refused with 429; process memory: %s", answered.Load(), refused.Load(), strings.Join(rss, ", "))
+}
+
+// Under broker authorization `kiln gateway` logs in as the gateway identity
+// of `kiln broker init-auth --gateway-clients kiosk`: a key of kiosk and a
+// bare key (the gateway's own id) both run jobs through a worker logged in
+// as the worker, and each key's image URL is its own.
+func TestGatewayWithCredentials(t *testing.T) {
+	dir := t.TempDir()
+	if code, _, stderr := kiln(t, t.Context(), "broker", "init-auth", "--gateway-clients", "kiosk", dir); code != 0 {
+		t.Fatalf("init-auth: %d %s", code, stderr)
+	}
+	conf := filepath.Join(dir, "broker.conf")
+	if err := os.WriteFile(conf, []byte("include auth.conf\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	natsAddr, gwAddr := freeAddr(t), freeAddr(t)
+	url, base := "nats://"+natsAddr, "http://"+gwAddr
+	background(t, "", "broker", "--config", conf, "--listen", natsAddr, "--data", t.TempDir())
+	background(t, "", "worker", "--nats", url, "--nkey", filepath.Join(dir, "worker.nk"), "--name", "shelf-card0",
+		"--models", gatewayModels(t, false), "--lib", cardsim.Library(t))
+	gw := background(t, "", "gateway", "--nats", url, "--nkey", filepath.Join(dir, "gateway.nk"), "--client-id", "gateway",
+		"--gateway", gwAddr, "--gateway-keys", "kiosk:key-kiosk,key-own")
+	kiosk, own := openAI(base, option.WithAPIKey("key-kiosk")), openAI(base, option.WithAPIKey("key-own"))
+	wait.For(t, 60*time.Second, 100*time.Millisecond, func() error {
+		page, err := kiosk.Models.List(t.Context())
+		if err != nil || len(page.Data) != 3 {
+			return fmt.Errorf("the gateway does not list the worker's 3 models: %v (%s)", err, gw.stderr.String())
+		}
+		return nil
+	})
+	urls := map[string]string{}
+	for name, ai := range map[string]openai.Client{"kiosk": kiosk, "own": own} {
+		c, err := ai.Chat.Completions.New(t.Context(), openai.ChatCompletionNewParams{Model: "qwen3-tiny", MaxTokens: openai.Int(4),
+			Messages: []openai.ChatCompletionMessageParamUnion{openai.UserMessage("hi")}})
+		if err != nil || c.Choices[0].Message.Content == "" {
+			t.Fatalf("%s's chat: %v", name, err)
+		}
+		img, err := ai.Images.Generate(t.Context(), withExtra(openai.ImageGenerateParams{Prompt: "a fox"}, map[string]any{"steps": 1}))
+		if err != nil {
+			t.Fatalf("%s's image: %v", name, err)
+		}
+		urls[name] = img.Data[0].URL
+	}
+	pngOf(t, get(t, urls["kiosk"], "key-kiosk"))
+	pngOf(t, get(t, urls["own"], "key-own"))
+	if code, _ := fetch(t, urls["kiosk"], "key-own"); code != http.StatusNotFound {
+		t.Fatalf("the gateway's own key fetched kiosk's image: %d", code)
+	}
 }

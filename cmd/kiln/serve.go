@@ -5,6 +5,7 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"net"
 	"os"
 	"path/filepath"
 	"time"
@@ -160,6 +161,13 @@ func runUp(ctx context.Context, e *env, args []string) error {
 		return err
 	}
 	defer shutdownBroker(e, br)
+	var gl net.Listener // the gateway's address, taken before the models load: a busy port fails at once
+	if !gf.off() {
+		if gl, err = gf.listen(); err != nil {
+			return err
+		}
+		defer gl.Close()
+	}
 	jan, jnc, err := brokerJanitor(br, e, topology.Config{Prefix: *prefix}, *grace)
 	if err != nil {
 		return err
@@ -185,7 +193,7 @@ func runUp(ctx context.Context, e *env, args []string) error {
 		workers = append(workers, w)
 	}
 	var gw *gateway.Server
-	if !gf.off() {
+	if gl != nil {
 		gnc, err := br.Connect(nats.Name("kiln-gateway"))
 		if err != nil {
 			return err
@@ -208,7 +216,7 @@ func runUp(ctx context.Context, e *env, args []string) error {
 	}
 	g.Go(func() error { return jan.Run(gctx) })
 	if gw != nil {
-		g.Go(func() error { return gw.Run(gctx) })
+		g.Go(func() error { return gw.Serve(gctx, gl) })
 	}
 	return g.Wait()
 }
