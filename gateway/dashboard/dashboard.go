@@ -167,16 +167,17 @@ func (d *Dashboard) events(w http.ResponseWriter, r *http.Request) {
 			return
 		case <-time.After(d.cfg.MinInterval):
 		}
-	wait:
-		select {
-		case <-r.Context().Done():
-			return
-		case <-changes:
-		case <-keepalive.C:
-			if sse.comment("keepalive") != nil {
+		for changed := false; !changed; {
+			select {
+			case <-r.Context().Done():
 				return
+			case <-changes:
+				changed = true
+			case <-keepalive.C:
+				if sse.comment("keepalive") != nil {
+					return
+				}
 			}
-			goto wait
 		}
 	}
 }

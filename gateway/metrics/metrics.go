@@ -77,7 +77,7 @@ func New(cfg Config) (*Metrics, error) {
 			return nil, err
 		}
 	}
-	m.handler = promhttp.HandlerFor(m.reg, promhttp.HandlerOpts{ErrorLog: nil})
+	m.handler = promhttp.HandlerFor(m.reg, promhttp.HandlerOpts{})
 	cfg.Watcher.OnFinished(m.observe)
 	return m, nil
 }
