@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"net/http"
+	"os"
 	"slices"
 
 	"github.com/nats-io/nats.go"
@@ -59,7 +60,11 @@ func (g *gatewayFlags) fleetRoutes(ctx context.Context, e *env, nc *nats.Conn, t
 		stop()
 		return nil, nil, err
 	}
-	d, err := dashboard.New(dashboard.Config{Watcher: w, Client: c, CancelAny: cancelAny, ReadOnly: g.hasKeys(), Logger: e.log})
+	title := "kiln"
+	if host, err := os.Hostname(); err == nil {
+		title += " · " + host
+	}
+	d, err := dashboard.New(dashboard.Config{Watcher: w, Client: c, CancelAny: cancelAny, ReadOnly: g.hasKeys(), Title: title, Logger: e.log})
 	if err != nil {
 		stop()
 		return nil, nil, err
