@@ -38,8 +38,9 @@ var static embed.FS
 type Config struct {
 	// Watcher is the fleet the page shows.
 	Watcher *watch.Watcher
-	// Client is the identity the dashboard acts as: its cancels and
-	// playground jobs are this client's.
+	// Client is the identity the dashboard acts as: its cancels are this
+	// client's. (The playground calls the gateway's /v1/ endpoints, which
+	// run as the gateway's client.)
 	Client *client.Client
 	// CancelAny lets the cancel buttons cancel any client's job, not only
 	// Client's own: for an identity the broker lets cancel any job (an

@@ -16,7 +16,6 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"maps"
 	"slices"
 	"strings"
 	"sync"
@@ -513,14 +512,6 @@ func (w *Watcher) Snapshot() Snapshot {
 		s.Jobs = append(s.Jobs, c)
 	}
 	return s
-}
-
-// Faults returns the device faults each worker reported since the watcher
-// started.
-func (w *Watcher) Faults() map[string]uint64 {
-	w.mu.Lock()
-	defer w.mu.Unlock()
-	return maps.Clone(w.faults)
 }
 
 // Image returns the image of client's recent job id and its MIME type.
