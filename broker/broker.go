@@ -40,6 +40,12 @@ type Config struct {
 	Listen string
 	// DontListen serves only in-process connections (no TCP).
 	DontListen bool
+	// WebSocket, when set, is host:port of a NATS WebSocket listener (port
+	// 0 picks a free one), for browsers on the queue (nats.ws, nats.js):
+	// the same accounts, users and permissions as Listen. Plain ws:// unless
+	// the config file's websocket block sets TLS; a config file's websocket
+	// block is used as it is when WebSocket is empty. Off by default.
+	WebSocket string
 	// StoreDir is the JetStream store folder. Required unless ConfigFile
 	// sets store_dir.
 	StoreDir string
@@ -138,20 +144,38 @@ func (b *Broker) options() (*server.Options, error) {
 		if listen == "" {
 			listen = DefaultListen
 		}
-		host, port, err := net.SplitHostPort(listen)
+		host, p, err := hostPort("listen", listen)
 		if err != nil {
-			return nil, fmt.Errorf("broker: listen address %q: %w", listen, err)
-		}
-		p, err := strconv.Atoi(port)
-		if err != nil || p < 0 || p > 65535 {
-			return nil, fmt.Errorf("broker: listen address %q: port must be 0..65535", listen)
-		}
-		if p == 0 {
-			p = server.RANDOM_PORT
+			return nil, err
 		}
 		opts.Host, opts.Port = host, p
 	}
+	if b.cfg.WebSocket != "" {
+		host, p, err := hostPort("websocket", b.cfg.WebSocket)
+		if err != nil {
+			return nil, err
+		}
+		opts.Websocket.Host, opts.Websocket.Port = host, p
+		opts.Websocket.NoTLS = opts.Websocket.TLSConfig == nil
+	}
 	return opts, nil
+}
+
+// hostPort splits a listen address; port 0 becomes the server's "pick a
+// free port".
+func hostPort(what, addr string) (string, int, error) {
+	host, port, err := net.SplitHostPort(addr)
+	if err != nil {
+		return "", 0, fmt.Errorf("broker: %s address %q: %w", what, addr, err)
+	}
+	p, err := strconv.Atoi(port)
+	if err != nil || p < 0 || p > 65535 {
+		return "", 0, fmt.Errorf("broker: %s address %q: port must be 0..65535", what, addr)
+	}
+	if p == 0 {
+		p = server.RANDOM_PORT
+	}
+	return host, p, nil
 }
 
 // Start runs the server, waits until it accepts connections and provisions
@@ -205,6 +229,9 @@ func (b *Broker) Start(ctx context.Context) error {
 		b.Shutdown(ctx)
 		return fmt.Errorf("broker: %w", err)
 	}
+	if ws := b.WebSocketURL(); ws != "" {
+		b.log.Info("NATS websocket listener open", "url", ws, "tls", opts.Websocket.TLSConfig != nil, "auth", b.internal != nil)
+	}
 	b.log.Info("broker ready", "url", b.ClientURL(), "store", opts.StoreDir, "sync_always", opts.SyncAlways,
 		"replicas", topo.Replicas, "clustered", srv.JetStreamIsClustered(), "auth", b.internal != nil)
 	return nil
@@ -216,6 +243,19 @@ func (b *Broker) ClientURL() string {
 		return ""
 	}
 	return b.srv.ClientURL()
+}
+
+// WebSocketURL is the URL browsers connect to over NATS WebSocket
+// (ws://host:port, wss:// with TLS), or "" when no websocket listener is open.
+func (b *Broker) WebSocketURL() string {
+	if b.srv == nil {
+		return ""
+	}
+	ports := b.srv.PortsInfo(time.Second)
+	if ports == nil || len(ports.WebSocket) == 0 {
+		return ""
+	}
+	return ports.WebSocket[0]
 }
 
 // Server is the embedded server, for tests and diagnostics.

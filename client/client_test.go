@@ -10,7 +10,10 @@ import (
 	"testing"
 	"time"
 
+	"github.com/nats-io/nats.go/jetstream"
+
 	"github.com/kiln-project/kiln/broker/brokertest"
+	"github.com/kiln-project/kiln/broker/topology"
 	"github.com/kiln-project/kiln/client"
 	"github.com/kiln-project/kiln/schema"
 	"github.com/kiln-project/kiln/test/echo"
@@ -127,6 +130,66 @@ func TestJobErrorSaysItOnce(t *testing.T) {
 	for _, c := range cases {
 		if got := (&client.JobError{Result: &c.res}).Error(); got != c.want {
 			t.Errorf("%+v: %q, want %q", c.res, got, c.want)
+		}
+	}
+}
+
+// Queue lists each (kind, model, lane) once, whoever's jobs wait there
+// (anonymous and clients' subjects alike), with or without a consumer, and
+// says when the oldest waiting job was queued unless asked not to.
+func TestQueueListsEachRouteOnce(t *testing.T) {
+	b := brokertest.Run(t, nil)
+	nc := brokertest.Connect(t, b)
+	ctx := t.Context()
+	js, err := jetstream.New(nc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// A consumer for chat/held/normal that nobody fetches from, none for chat/nobody/normal.
+	if _, err := topology.EnsureConsumer(ctx, js, topology.Config{}, schema.KindChat, "held", schema.LaneNormal); err != nil {
+		t.Fatal(err)
+	}
+	before := time.Now()
+	for _, id := range []string{"", "room-1", "room-2"} {
+		opts := []client.Option{client.WithoutWorkerCheck()}
+		if id != "" {
+			opts = append(opts, client.WithClientID(id))
+		}
+		c, err := client.New(nc, opts...)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		for _, model := range []string{"held", "nobody"} {
+			p, err := c.Submit(ctx, &schema.ChatJob{JobHeader: schema.JobHeader{Model: model}, Messages: []schema.Message{{Role: "user", Content: "hi"}}})
+			if err != nil {
+				t.Fatal(err)
+			}
+			p.Close()
+		}
+	}
+	c, err := client.New(nc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	for _, opts := range [][]client.QueueOption{nil, {client.WithoutOldest()}} {
+		queue, err := c.Queue(ctx, opts...)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(queue) != 2 {
+			t.Fatalf("queue %+v: want one row per route", queue)
+		}
+		for _, q := range queue {
+			if q.Kind != schema.KindChat || q.Lane != schema.LaneNormal || q.Waiting != 3 || q.Unserved != true {
+				t.Errorf("%+v: want 3 waiting, unserved", q)
+			}
+			if oldest := q.Oldest; opts == nil && (oldest.Before(before.Add(-time.Second)) || oldest.After(time.Now())) {
+				t.Errorf("%s: oldest %v, want the first job's time (after %v)", q.Model, oldest, before)
+			} else if opts != nil && !oldest.IsZero() {
+				t.Errorf("%s: oldest %v read WithoutOldest", q.Model, oldest)
+			}
 		}
 	}
 }

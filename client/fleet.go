@@ -68,6 +68,10 @@ type QueueDepth struct {
 	Waiting uint64 `json:"waiting"` // queued, not yet delivered
 	Running int    `json:"running"` // delivered, not yet acknowledged
 	Retries int    `json:"retries"` // waiting for a redelivery
+	// Oldest is when the longest-waiting job not yet delivered was
+	// queued; zero when none waits or the client may not read the jobs
+	// stream's messages (a controller or observer).
+	Oldest time.Time `json:"oldest,omitzero"`
 	// Unserved: no registered worker serves this kind and model. A janitor
 	// answers its jobs (no_worker) after the grace.
 	Unserved bool `json:"unserved,omitempty"`
@@ -76,9 +80,23 @@ type QueueDepth struct {
 	Subject string `json:"subject,omitempty"`
 }
 
+// QueueOption tunes Client.Queue.
+type QueueOption func(*queueOptions)
+
+type queueOptions struct{ noOldest bool }
+
+// WithoutOldest leaves QueueDepth.Oldest zero, and reads no job message:
+// for a client whose identity may not read the jobs stream's messages (a
+// controller, an observer, a gateway), which the broker would refuse.
+func WithoutOldest() QueueOption { return func(o *queueOptions) { o.noOldest = true } }
+
 // Queue lists the job consumers and how many jobs wait on each, and the
 // jobs queued for models that no worker serves.
-func (c *Client) Queue(ctx context.Context) ([]QueueDepth, error) {
+func (c *Client) Queue(ctx context.Context, opts ...QueueOption) ([]QueueDepth, error) {
+	var o queueOptions
+	for _, opt := range opts {
+		opt(&o)
+	}
 	st, err := c.js.Stream(ctx, c.topo.JobsStream())
 	if err != nil {
 		return nil, fmt.Errorf("kiln: jobs stream: %w", err)
@@ -96,6 +114,7 @@ func (c *Client) Queue(ctx context.Context) ([]QueueDepth, error) {
 		return false
 	}
 	var out []QueueDepth
+	oldest := oldestReader{off: o.noOldest}
 	consumed := map[string]bool{}
 	lister := st.ListConsumers(ctx)
 	for info := range lister.Info() {
@@ -107,10 +126,14 @@ func (c *Client) Queue(ctx context.Context) ([]QueueDepth, error) {
 		if err != nil {
 			continue
 		}
-		consumed[info.Config.FilterSubject] = true
-		out = append(out, QueueDepth{Kind: subj.Kind, Model: subj.Model, Lane: subj.Lane,
+		consumed[route(subj)] = true
+		q := QueueDepth{Kind: subj.Kind, Model: subj.Model, Lane: subj.Lane,
 			Waiting: info.NumPending, Running: info.NumAckPending, Retries: info.NumRedelivered,
-			Unserved: !served(subj.Kind, subj.Model)})
+			Unserved: !served(subj.Kind, subj.Model)}
+		if q.Waiting > 0 {
+			q.Oldest = oldest.after(ctx, st, info.Delivered.Stream+1, c.subj.JobFilters(subj.Kind, subj.Model, subj.Lane))
+		}
+		out = append(out, q)
 	}
 	if err := lister.Err(); err != nil {
 		return nil, fmt.Errorf("kiln: list consumers: %w", err)
@@ -121,17 +144,28 @@ func (c *Client) Queue(ctx context.Context) ([]QueueDepth, error) {
 	if err != nil {
 		return nil, fmt.Errorf("kiln: jobs stream: %w", err)
 	}
+	unconsumed := map[string]int{} // route -> index in out: one entry per route, whoever's jobs
 	for subject, n := range si.State.Subjects {
-		if consumed[subject] {
+		subj, err := c.subj.ParseJob(subject)
+		if err == nil && consumed[route(subj)] {
 			continue
 		}
-		q := QueueDepth{Waiting: n, Unserved: true}
-		if subj, err := c.subj.ParseJob(subject); err == nil {
-			q.Kind, q.Model, q.Lane = subj.Kind, subj.Model, subj.Lane
-		} else {
-			q.Subject = subject
+		at := oldest.after(ctx, st, 1, []string{subject})
+		if err != nil {
+			out = append(out, QueueDepth{Subject: subject, Waiting: n, Unserved: true, Oldest: at})
+			continue
 		}
-		out = append(out, q)
+		i, seen := unconsumed[route(subj)]
+		if !seen {
+			i = len(out)
+			unconsumed[route(subj)] = i
+			out = append(out, QueueDepth{Kind: subj.Kind, Model: subj.Model, Lane: subj.Lane, Unserved: true})
+		}
+		q := &out[i]
+		q.Waiting += n
+		if !at.IsZero() && (q.Oldest.IsZero() || at.Before(q.Oldest)) {
+			q.Oldest = at
+		}
 	}
 	sort.Slice(out, func(i, j int) bool {
 		a, b := out[i], out[j]
@@ -141,6 +175,40 @@ func (c *Client) Queue(ctx context.Context) ([]QueueDepth, error) {
 		return a.Lane < b.Lane
 	})
 	return out, nil
+}
+
+// route names a job's consumer: the (kind, model, lane) of its subject,
+// anonymous or a client's.
+func route(s schema.JobSubject) string { return s.Kind + "." + s.Model + "." + s.Lane }
+
+// oldestReader finds when the next job a consumer hands out was stored,
+// with one stored-message get per subject. The first get that fails other
+// than "no such message" (a client not allowed to read the jobs stream's
+// messages: a controller or observer) turns it off for the rest of the
+// listing, so that such a client waits for one refusal at most.
+type oldestReader struct{ off bool }
+
+// after is the time the first job at or after stream sequence seq on one
+// of subjects was stored; zero when there is none or it cannot be read.
+func (o *oldestReader) after(ctx context.Context, st jetstream.Stream, seq uint64, subjects []string) time.Time {
+	var oldest time.Time
+	for _, s := range subjects {
+		if o.off {
+			return time.Time{}
+		}
+		gctx, cancel := context.WithTimeout(ctx, time.Second)
+		m, err := st.GetMsg(gctx, seq, jetstream.WithGetMsgSubject(s))
+		cancel()
+		switch {
+		case err == nil:
+			if oldest.IsZero() || m.Time.Before(oldest) {
+				oldest = m.Time
+			}
+		case !errors.Is(err, jetstream.ErrMsgNotFound):
+			o.off = true
+		}
+	}
+	return oldest
 }
 
 // FleetEvent is one message from KILN_EVENTS: exactly one of its pointers is set.

@@ -76,6 +76,10 @@ func (s Subjects) WakeFilters(kind, model, lane string) []string {
 // Wakes is the wildcard of every wake subject: where KILN_JOBS republishes.
 func (s Subjects) Wakes() string { return s.p() + ".wake.>" }
 
+// ClientWakes is the wildcard of the wake subjects of client's jobs:
+// <prefix>.wake.*.*.*.<client>.
+func (s Subjects) ClientWakes(client string) string { return s.Wake("*", "*", "*") + "." + client }
+
 // Reply is the default reply subject of a job submitted by client.
 func (s Subjects) Reply(client, job string) string {
 	return s.p() + ".reply." + client + "." + job

@@ -29,8 +29,9 @@ var update = flag.Bool("update", false, "rewrite testdata with what the code wri
 // (kiln.jobs.*.*.*.<id>, kiln.cancel.<id>.*, $KV.kiln_cancel.<id>.*), a
 // worker hears cancels of both shapes (kiln.cancel.>) and reads the worker
 // registry (its janitor); the gateway role (a controller for itself and its
-// API keys' clients, and an observer), with the controllers' subjects in
-// the gateway's order (their own, then the shared ones).
+// API keys' clients, following their wakes and results, and an observer),
+// with the controllers' subjects in the gateway's order (their own, then
+// the shared ones).
 func TestConfFilesAsWritten(t *testing.T) {
 	for _, prefix := range []string{"kiln", "art"} {
 		s := &Set{

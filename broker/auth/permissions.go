@@ -51,6 +51,8 @@ func (id Identity) Permissions(topo topology.Config) *Permissions {
 		for _, c := range append([]string{id.Name}, id.Clients...) {
 			p, s := clientRights(topo, c)
 			pub, sub = append(pub, p...), append(sub, s...)
+			p, s = followRights(topo, c)
+			pub, sub = append(pub, p...), append(sub, s...)
 		}
 		obs := Identity{Name: id.Name, Role: RoleObserver}.Permissions(topo)
 		return &Permissions{
@@ -104,6 +106,20 @@ func clientRights(topo topology.Config, client string) (pub, sub []string) {
 			topology.APISubject(topology.APIDirectGet, topo.ResultsStream(), s.ClientResults(client)),
 		},
 		[]string{s.ClientReplies(client)}
+}
+
+// followRights are what following client's jobs as they pass takes (the
+// gateway's dashboard and metrics, gateway/watch): hearing their wakes
+// (headers only, no body) and reading their results as they are stored,
+// through a consumer of one's own filtered on the client's results.
+func followRights(topo topology.Config, client string) (pub, sub []string) {
+	s, results, api := topo.Subjects(), topo.ResultsStream(), topology.APISubject
+	return []string{
+			api(topology.APIConsumerCreate, results, "*", s.ClientResults(client)),
+			api(topology.APIConsumerDelete, results, "*"), api(topology.APIConsumerInfo, results, "*"),
+			api(topology.APIConsumerNext, results, "*"),
+		},
+		[]string{s.ClientWakes(client)}
 }
 
 // controllerShared is what every controller needs besides its own

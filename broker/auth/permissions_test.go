@@ -33,6 +33,9 @@ type account struct {
 	// role then reads, and reads what each role published.
 	root   *nats.Conn
 	rootJS jetstream.JetStream
+	// url is where identities log in: the broker's TCP listener, or its
+	// NATS WebSocket listener.
+	url string
 }
 
 // startAccount writes a set with controllers room-1 and room-2 and observer
@@ -52,7 +55,7 @@ func startAccount(t *testing.T) *account {
 	if err := os.WriteFile(conf, []byte("include auth.conf\n"), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	b, err := broker.New(broker.Config{ConfigFile: conf, Listen: "127.0.0.1:0", StoreDir: t.TempDir(),
+	b, err := broker.New(broker.Config{ConfigFile: conf, Listen: "127.0.0.1:0", WebSocket: "127.0.0.1:0", StoreDir: t.TempDir(),
 		Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
 	if err != nil {
 		t.Fatal(err)
@@ -77,7 +80,7 @@ func startAccount(t *testing.T) *account {
 		t.Fatal(err)
 	}
 	topo := topology.Config{}.WithDefaults()
-	return &account{b: b, dir: dir, topo: topo, subj: topo.Subjects(), root: root, rootJS: js}
+	return &account{b: b, dir: dir, topo: topo, subj: topo.Subjects(), root: root, rootJS: js, url: b.ClientURL()}
 }
 
 // login connects over TCP as identity id with its seed file and, like
@@ -94,7 +97,7 @@ func (a *account) login(t *testing.T, id string) *nats.Conn {
 	if id != auth.WorkerName {
 		opts = append(opts, nats.CustomInboxPrefix(topology.InboxPrefix(id)))
 	}
-	nc, err := nats.Connect(a.b.ClientURL(), opts...)
+	nc, err := nats.Connect(a.url, opts...)
 	if err != nil {
 		t.Fatalf("login as %s: %v", id, err)
 	}
@@ -187,6 +190,20 @@ func chatJob(id string) *schema.ChatJob {
 	return &schema.ChatJob{JobHeader: schema.JobHeader{ID: id, Model: "echo"}, Messages: []schema.Message{{Role: "user", Content: "hi"}}}
 }
 
+// A browser on the broker's NATS WebSocket listener (nats.ws, nats.js)
+// logs in as the same users with the same permissions: strangers are
+// refused, a controller submits and cancels its own jobs only.
+func TestWebSocketSamePermissions(t *testing.T) {
+	a := startAccount(t)
+	if a.url = a.b.WebSocketURL(); !strings.HasPrefix(a.url, "ws://127.0.0.1:") {
+		t.Fatalf("websocket URL %q, want ws://127.0.0.1:<port>", a.url)
+	}
+	a.register(t, "w1")
+	t.Run("strangers", a.strangers)
+	t.Run("controller", a.controller)
+	t.Run("observer", a.observer)
+}
+
 // TestRolePermissions logs in as every role of a set on one broker and
 // checks what each may and may not do, as docs/deploy.md §4 lists it.
 func TestRolePermissions(t *testing.T) {
@@ -202,16 +219,26 @@ func TestRolePermissions(t *testing.T) {
 }
 
 // strangers checks that nobody logs in without credentials, nor with a key
-// the broker does not know.
+// the broker does not know. Over WebSocket the server's close can reach
+// the client before its authorization error does (a write on the closed
+// socket fails first): there a refusal is any failed connect.
 func (a *account) strangers(t *testing.T) {
-	if _, err := nats.Connect(a.b.ClientURL()); !errors.Is(err, nats.ErrAuthorization) {
-		t.Errorf("connect without credentials: %v, want an authorization violation", err)
+	ws := strings.HasPrefix(a.url, "ws")
+	refused := func(what string, nc *nats.Conn, err error) {
+		t.Helper()
+		if err == nil {
+			nc.Close()
+		}
+		if err == nil || (!ws && !errors.Is(err, nats.ErrAuthorization)) {
+			t.Errorf("%s: %v, want an authorization violation", what, err)
+		}
 	}
+	nc, err := nats.Connect(a.url)
+	refused("connect without credentials", nc, err)
 	kp, _ := nkeys.CreateUser()
 	pub, _ := kp.PublicKey()
-	if _, err := nats.Connect(a.b.ClientURL(), nats.Nkey(pub, kp.Sign)); !errors.Is(err, nats.ErrAuthorization) {
-		t.Errorf("connect with an unknown key: %v, want an authorization violation", err)
-	}
+	nc, err = nats.Connect(a.url, nats.Nkey(pub, kp.Sign))
+	refused("connect with an unknown key", nc, err)
 }
 
 // controller checks that a controller submits and cancels under its own id
@@ -348,6 +375,23 @@ func (a *account) gateway(t *testing.T) {
 		t.Errorf("queue depths: %v", err)
 	}
 	subscribe(t, nc, s.Events())
+
+	// Follows its clients' jobs as they pass (its dashboard and metrics):
+	// their wakes, and their results through a consumer of its own.
+	subscribe(t, nc, s.ClientWakes("kiosk"))
+	js, err := jetstream.New(nc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cons, err := js.OrderedConsumer(ctx, topo.ResultsStream(), jetstream.OrderedConsumerConfig{FilterSubjects: []string{s.ClientResults("kiosk")}})
+	if err != nil {
+		t.Fatalf("a consumer of kiosk's results: %v", err)
+	}
+	if m, err := cons.Next(jetstream.FetchMaxWait(5 * time.Second)); err != nil || m.Subject() != s.ClientResult("job-gw-done", "kiosk") {
+		t.Errorf("kiosk's result through the gateway's consumer: %v", err)
+	}
+	deniedPub(t, nc, "a consumer of room-2's results", topology.APISubject(topology.APIConsumerCreate, topo.ResultsStream(), "mine", s.ClientResults("room-2")))
+	deniedSub(t, nc, "subscribing to room-2's wakes", s.ClientWakes("room-2"))
 
 	deniedPub(t, nc, "publishing a job as room-2", s.ClientJob(schema.KindChat, "echo", schema.LaneNormal, "room-2"))
 	deniedPub(t, nc, "publishing an anonymous job", s.Job(schema.KindChat, "echo", schema.LaneNormal))

@@ -5,6 +5,7 @@ import (
 	"flag"
 	"fmt"
 	"net"
+	"net/http"
 	"strings"
 
 	"github.com/nats-io/nats.go"
@@ -53,11 +54,22 @@ func (g *gatewayFlags) listen() (net.Listener, error) {
 }
 
 // server makes the gateway on nc, its requests running as clientID when
-// no keys are given.
-func (g *gatewayFlags) server(e *env, nc *nats.Conn, topo topology.Config, clientID string) (*gateway.Server, error) {
+// no keys are given, serving routes beside its API (fleetRoutes).
+func (g *gatewayFlags) server(e *env, nc *nats.Conn, topo topology.Config, clientID string, routes map[string]http.Handler) (*gateway.Server, error) {
 	if g.off() {
 		return nil, fmt.Errorf("--gateway %s: give an address to listen on", gatewayOff)
 	}
+	keys, err := g.apiKeys(clientID)
+	if err != nil {
+		return nil, err
+	}
+	return gateway.New(gateway.Config{Conn: nc, Topology: topo, Addr: g.addr, Keys: keys, ClientID: clientID,
+		PublicURL: g.publicURL, Routes: routes, Logger: e.log})
+}
+
+// apiKeys reads the API keys of --gateway-keys and --gateway-keys-file; a
+// bare key runs as clientID.
+func (g *gatewayFlags) apiKeys(clientID string) ([]gateway.Key, error) {
 	keys, err := gateway.ParseKeys(g.keys, clientID)
 	if err != nil {
 		return nil, fmt.Errorf("--gateway-keys: %w", err)
@@ -69,8 +81,7 @@ func (g *gatewayFlags) server(e *env, nc *nats.Conn, topo topology.Config, clien
 		}
 		keys = append(keys, more...)
 	}
-	return gateway.New(gateway.Config{Conn: nc, Topology: topo, Addr: g.addr, Keys: keys, ClientID: clientID,
-		PublicURL: g.publicURL, Logger: e.log})
+	return keys, nil
 }
 
 func runGateway(ctx context.Context, e *env, args []string) error {
@@ -96,7 +107,13 @@ func runGateway(ctx context.Context, e *env, args []string) error {
 		return err
 	}
 	defer nc.Close()
-	gw, err := gf.server(e, nc, cf.topology(), cf.clientID)
+	// An anonymous gateway is an admin or on an open broker: its dashboard may cancel any job.
+	routes, stop, err := gf.fleetRoutes(ctx, e, nc, cf.topology(), cf.clientID, cf.clientID == "")
+	if err != nil {
+		return err
+	}
+	defer stop()
+	gw, err := gf.server(e, nc, cf.topology(), cf.clientID, routes)
 	if err != nil {
 		return err
 	}

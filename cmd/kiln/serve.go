@@ -140,6 +140,7 @@ func (b *brokerFlags) start(ctx context.Context, e *env, prefix string) (*broker
 	}
 	br, err := broker.New(broker.Config{
 		Listen:     b.listen,
+		WebSocket:  b.websocket,
 		StoreDir:   data,
 		ConfigFile: b.config,
 		Account:    b.account,
@@ -216,7 +217,14 @@ func runUp(ctx context.Context, e *env, args []string) error {
 			return err
 		}
 		defer gnc.Close()
-		if gw, err = gf.server(e, gnc, topology.Config{Prefix: *prefix}, ""); err != nil {
+		topo := topology.Config{Prefix: *prefix}
+		// The broker's own in-process user may cancel any client's job.
+		routes, stop, err := gf.fleetRoutes(ctx, e, gnc, topo, "", true)
+		if err != nil {
+			return err
+		}
+		defer stop()
+		if gw, err = gf.server(e, gnc, topo, "", routes); err != nil {
 			return err
 		}
 	}

@@ -38,6 +38,7 @@ const (
 	envReplicas  = "KILN_REPLICAS"   // kiln up / broker: stream replicas (default: from the cluster size)
 	envLeaf      = "KILN_LEAF"       // kiln broker: 1 = a leaf node of a central broker
 	envLockDir   = "KILN_LOCK_DIR"   // workers, kiln card, kiln models: folder of the per-card locks
+	envWebSocket = "KILN_WEBSOCKET"  // kiln up / broker: host:port of a NATS WebSocket listener (default: none)
 	// kiln up / broker / worker: how long a job for a model no live worker
 	// serves waits before the janitor answers it no_worker.
 	envUnservedGrace = "KILN_UNSERVED_GRACE"
@@ -62,6 +63,7 @@ var environment = []setting{
 	{envConfig, "config", "kiln up / broker: a nats-server config file (accounts, TLS, cluster)"},
 	{envReplicas, "replicas", "kiln up / broker: stream replicas (default: from the cluster size)"},
 	{envLeaf, "leaf", "kiln broker: 1 = a leaf node of a central broker"},
+	{envWebSocket, "websocket", "kiln up / broker: host:port of a NATS WebSocket listener for browsers, same users and permissions (default: none)"},
 	{envUnservedGrace, "unserved-grace", "kiln up / broker / worker: how long a job for a model no live worker serves waits before it is answered no_worker (default " + janitor.DefaultGrace.String() + ")"},
 	{envPrefix, "prefix", "subject prefix (default " + schema.DefaultPrefix + ")"},
 	{envAXCLLib, "lib", "path of libaxcl_rt.so (default " + axcl.DefaultLibraryPath + ")"},
@@ -140,6 +142,7 @@ func (c *connFlags) topology() topology.Config {
 // brokerFlags are the flags of the commands that run the embedded broker.
 type brokerFlags struct {
 	listen, data, config string
+	websocket            string
 	queueMax             int64
 	jobMaxAge            time.Duration
 	replicas             int
@@ -149,6 +152,7 @@ type brokerFlags struct {
 
 func (b *brokerFlags) register(fs *flag.FlagSet) {
 	fs.StringVar(&b.listen, "listen", getenv(envListen, broker.DefaultListen), "client listen address host:port ($"+envListen+")")
+	fs.StringVar(&b.websocket, "websocket", getenv(envWebSocket, ""), "host:port of a NATS WebSocket listener for browsers (nats.ws), same users and permissions ($"+envWebSocket+"; unset: none)")
 	fs.StringVar(&b.data, "data", getenv(envData, defaultData), "JetStream store folder ($"+envData+")")
 	fs.StringVar(&b.config, "config", getenv(envConfig, ""), "nats-server config file: accounts, TLS, cluster ($"+envConfig+")")
 	fs.Int64Var(&b.queueMax, "queue-max", topology.DefaultMaxQueuedJobs, "most jobs queued at once; more are refused at publish")
