@@ -394,8 +394,8 @@ func TestInterleavedImageRequestsGiveTheirSoloTokens(t *testing.T) {
 }
 
 // TestScheduleRoundRobin: the schedule itself. Three chats arriving
-// together prefill one after the other (each newcomer's first step comes
-// after the previous one's first token), then advance one token per round;
+// together each take their prefill step in arrival order (each one's first
+// token after the previous one's), then advance one token per round;
 // a newcomer with a two-chunk prompt arriving while they decode gets its
 // first token after its own two prefill steps with one decode step of each
 // running chat in between (its prefill plus one round), and meanwhile every
@@ -408,7 +408,7 @@ func TestScheduleRoundRobin(t *testing.T) {
 	got := interleave(t, m, plan)
 	for k := 1; k < 3; k++ {
 		if got[k].steps[0] <= got[k-1].steps[0] {
-			t.Fatalf("chat %d started its prefill (step %d) before chat %d had its first token (step %d)", k, got[k].steps[0], k-1, got[k-1].steps[0])
+			t.Fatalf("chat %d had its first token (step %d) before chat %d, which arrived first (step %d)", k, got[k].steps[0], k-1, got[k-1].steps[0])
 		}
 	}
 	for k, r := range got {
