@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"encoding/json"
 	"errors"
-	"fmt"
 	"io"
 	"math"
 	"net/http"
@@ -75,12 +74,6 @@ func (o *object) raw(name string) json.RawMessage {
 		return nil
 	}
 	return v
-}
-
-// has reports whether the field is present and not null.
-func (o *object) has(name string) bool {
-	v, ok := o.fields[name]
-	return ok && string(bytes.TrimSpace(v)) != "null"
 }
 
 func (o *object) decode(name string, v any, want string) (bool, *apiError) {
@@ -207,7 +200,7 @@ func describeJSON(raw []byte) string {
 	case 'n':
 		return "null"
 	}
-	return fmt.Sprintf("%s", clip(string(t)))
+	return clip(string(t))
 }
 
 // clip shortens s for an error message.

@@ -38,14 +38,12 @@ func TestStatusShowsSlotsAndEveryRunningJob(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer c.Close()
-	var ids []string
 	for range 2 {
 		p, err := c.Submit(t.Context(), chatJob(strings.Repeat("slow ", 100), map[string]string{"delay_ms": "200"}))
 		if err != nil {
 			t.Fatal(err)
 		}
 		defer p.Close()
-		ids = append(ids, p.ID)
 	}
 	wait.For(t, 30*time.Second, 5*time.Millisecond, func() error {
 		if n := len(w.Status().RunningJobs); n != 2 {
