@@ -88,6 +88,8 @@ var firstHour = []*expectation{
 		prints: []string{`runtime `, `CARD\s+ID\s+PCI`}},
 	{command: regexp.MustCompile(`^build/kiln models check --lib build/cardsim/libaxcl_rt\.so build/models/\*$`), mode: runs,
 		prints: []string{`serves chat jobs \(runtime llm`, `serves image jobs \(runtime sd`, `encoder_hidden_states`}},
+	{command: regexp.MustCompile(`^build/kiln models check --slots 4 --lib build/cardsim/libaxcl_rt\.so build/models/qwen3-tiny$`), mode: runs,
+		prints: []string{`with 4 K/V slots: 4 jobs at once`}},
 	{command: regexp.MustCompile(`^build/kiln tokenize --tokenizer \S+ "hello"$`), mode: runs,
 		prints: []string{`^\[\d+(,\d+)*\]\n$`}},
 	{command: regexp.MustCompile(`^nats -s \$kiln sub '[^']+' &$`), mode: background, ready: `Subscribing on `,

@@ -55,8 +55,7 @@ func interleave(t *testing.T, m *Model, plan []planned) []ran {
 	for k := range queued {
 		queued[k] = make(chan struct{})
 	}
-	launch := func(k int) {
-		started[k] = true
+	launch := func(k int) { // started[k] is set by the caller
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
@@ -76,16 +75,24 @@ func interleave(t *testing.T, m *Model, plan []planned) []ran {
 		out[slotOf[slot]].steps = append(out[slotOf[slot]].steps, step)
 		for k := range plan {
 			if !started[k] && plan[k].at == step+1 {
+				started[k] = true
 				launch(k)
 			}
 		}
 		step++
 	}
 	defer func() { m.test.beforeStep, m.test.queued = nil, nil }()
+	// The requests at step 0 are marked started before any is launched: the
+	// scheduler reads started while this goroutine launches the next one.
+	var first []int
 	for k := range plan {
 		if plan[k].at == 0 {
-			launch(k)
+			started[k] = true
+			first = append(first, k)
 		}
+	}
+	for _, k := range first {
+		launch(k)
 	}
 	wg.Wait()
 	for k := range plan {
