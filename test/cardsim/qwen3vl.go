@@ -263,9 +263,7 @@ func (r *Reference) GreedyQwen3VL(prompt []int, images [][]byte, n int, o Qwen3V
 			}
 		}
 	}
-	toks := append([]int(nil), prompt...)
-	var out []int
-	for i := 0; i < n; i++ {
+	return greedyWith(prompt, n, func(toks []int) ([]float32, error) {
 		pos := Qwen3VLPositions(toks, Qwen3VLImagePad, gh, gw)
 		if o.Positions1D {
 			for r := range pos {
@@ -274,13 +272,6 @@ func (r *Reference) GreedyQwen3VL(prompt []int, images [][]byte, n int, o Qwen3V
 				}
 			}
 		}
-		lg, err := r.logitsAt(toks, rows, pos, deep)
-		if err != nil {
-			return nil, err
-		}
-		best := argmax(lg)
-		toks = append(toks, best)
-		out = append(out, best)
-	}
-	return out, nil
+		return r.logitsAt(toks, rows, pos, deep)
+	})
 }

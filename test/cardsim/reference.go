@@ -603,10 +603,16 @@ func (r *Reference) GreedyImages(prompt []int, imageID int, images [][]byte, n i
 }
 
 func (r *Reference) greedy(prompt []int, rows map[int][]uint16, n int) ([]int, error) {
+	return greedyWith(prompt, n, func(toks []int) ([]float32, error) { return r.logits(toks, rows) })
+}
+
+// greedyWith appends n tokens to prompt, each the argmax of logits over the tokens so far, and
+// returns the new ones.
+func greedyWith(prompt []int, n int, logits func(toks []int) ([]float32, error)) ([]int, error) {
 	toks := append([]int(nil), prompt...)
 	var out []int
 	for i := 0; i < n; i++ {
-		lg, err := r.logits(toks, rows)
+		lg, err := logits(toks)
 		if err != nil {
 			return nil, err
 		}
