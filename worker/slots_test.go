@@ -105,28 +105,10 @@ func submitText(t *testing.T, c *client.Client, n int, tail string, md map[strin
 	return ps
 }
 
-// results waits for every job's result, in parallel (each Wait reads its
-// own events); a job that ends in an error fails t.
+// results waits for every job's result (workertest.WaitAll).
 func results(t *testing.T, ps []*client.Pending) []*schema.Result {
 	t.Helper()
-	ctx := workertest.Context(t)
-	out := make([]*schema.Result, len(ps))
-	var wg sync.WaitGroup
-	for i, p := range ps {
-		wg.Go(func() {
-			res, err := p.Wait(ctx, nil)
-			if err != nil {
-				t.Errorf("job %s: %v", p.ID, err)
-				return
-			}
-			out[i] = res
-		})
-	}
-	wg.Wait()
-	if t.Failed() {
-		t.FailNow()
-	}
-	return out
+	return workertest.WaitAll(t, workertest.Context(t), ps)
 }
 
 // storedResults counts the results kept in KILN_RESULTS: exactly one per
