@@ -410,12 +410,8 @@ func TestExecuteFailureWithSeveralJobsRunning(t *testing.T) {
 		t.Fatalf("card reset %d times, want 1", card.Resets())
 	}
 	evs := deviceEvents.waitFor(t, "ready", func(e []schema.DeviceEvent) bool { return len(e) >= 3 })
-	var types []string
-	for _, e := range evs {
-		types = append(types, e.Type)
-	}
-	if strings.Join(types, " ") != "fault reset ready" {
-		t.Fatalf("device events %v, want fault reset ready", types)
+	if types := eventTypes(evs); types != "fault reset ready" {
+		t.Fatalf("device events %q, want fault reset ready", types)
 	}
 	if h.Max() != 3 {
 		t.Fatalf("ran up to %d at once, want 3", h.Max())
