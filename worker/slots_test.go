@@ -105,28 +105,10 @@ func submitText(t *testing.T, c *client.Client, n int, tail string, md map[strin
 	return ps
 }
 
-// results waits for every job's result, in parallel (each Wait reads its
-// own events); a job that ends in an error fails t.
+// results waits for every job's result (workertest.WaitAll).
 func results(t *testing.T, ps []*client.Pending) []*schema.Result {
 	t.Helper()
-	ctx := workertest.Context(t)
-	out := make([]*schema.Result, len(ps))
-	var wg sync.WaitGroup
-	for i, p := range ps {
-		wg.Go(func() {
-			res, err := p.Wait(ctx, nil)
-			if err != nil {
-				t.Errorf("job %s: %v", p.ID, err)
-				return
-			}
-			out[i] = res
-		})
-	}
-	wg.Wait()
-	if t.Failed() {
-		t.FailNow()
-	}
-	return out
+	return workertest.WaitAll(t, workertest.Context(t), ps)
 }
 
 // storedResults counts the results kept in KILN_RESULTS: exactly one per
@@ -428,12 +410,8 @@ func TestExecuteFailureWithSeveralJobsRunning(t *testing.T) {
 		t.Fatalf("card reset %d times, want 1", card.Resets())
 	}
 	evs := deviceEvents.waitFor(t, "ready", func(e []schema.DeviceEvent) bool { return len(e) >= 3 })
-	var types []string
-	for _, e := range evs {
-		types = append(types, e.Type)
-	}
-	if strings.Join(types, " ") != "fault reset ready" {
-		t.Fatalf("device events %v, want fault reset ready", types)
+	if types := eventTypes(evs); types != "fault reset ready" {
+		t.Fatalf("device events %q, want fault reset ready", types)
 	}
 	if h.Max() != 3 {
 		t.Fatalf("ran up to %d at once, want 3", h.Max())

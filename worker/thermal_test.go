@@ -124,6 +124,15 @@ func (e *events[T]) waitFor(t *testing.T, what string, ok func([]T) bool) []T {
 	}
 }
 
+// eventTypes is the types of evs in order, space-separated.
+func eventTypes(evs []schema.DeviceEvent) string {
+	types := make([]string, len(evs))
+	for i, e := range evs {
+		types[i] = e.Type
+	}
+	return strings.Join(types, " ")
+}
+
 // waitState waits until w reports state in its status.
 func waitState(t *testing.T, w *worker.Worker, state string) {
 	t.Helper()
@@ -343,11 +352,7 @@ func TestExecuteFailureResetsCard(t *testing.T) {
 		t.Fatalf("card reset %d times, want 1", card.Resets())
 	}
 	evs := deviceEvents.waitFor(t, "ready", func(e []schema.DeviceEvent) bool { return len(e) >= 3 })
-	var types []string
-	for _, e := range evs {
-		types = append(types, e.Type)
-	}
-	if strings.Join(types, " ") != "fault reset ready" || !strings.Contains(evs[0].Message, "0x8030070C") {
+	if eventTypes(evs) != "fault reset ready" || !strings.Contains(evs[0].Message, "0x8030070C") {
 		t.Fatalf("device events %+v, want fault (naming 0x8030070C), reset, ready", evs)
 	}
 	hbs := beats.waitFor(t, "a heartbeat after recovery", func(h []schema.Heartbeat) bool {
@@ -395,12 +400,8 @@ func TestRepeatedFaultsMakeWorkerUnhealthy(t *testing.T) {
 	if err != nil || res.Worker != "well1" || res.Attempt != 4 {
 		t.Fatalf("result %+v, %v: want ok from well1 on attempt 4", res, err)
 	}
-	var types []string
-	for _, e := range deviceEvents.all() {
-		types = append(types, e.Type)
-	}
-	if want := "fault reset ready fault reset ready fault unhealthy"; strings.Join(types, " ") != want {
-		t.Fatalf("device events %q, want %q", strings.Join(types, " "), want)
+	if types, want := eventTypes(deviceEvents.all()), "fault reset ready fault reset ready fault unhealthy"; types != want {
+		t.Fatalf("device events %q, want %q", types, want)
 	}
 	if st := sick.Status(); st.State != schema.StateUnhealthy || st.JobsOK != 0 {
 		t.Fatalf("unhealthy worker status %+v", st)

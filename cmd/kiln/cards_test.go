@@ -1,7 +1,6 @@
 package main
 
 import (
-	"path/filepath"
 	"slices"
 	"strings"
 	"testing"
@@ -16,13 +15,7 @@ import (
 func TestUpServesEveryCard(t *testing.T) {
 	lib := cardsim.Library(t)
 	t.Setenv("KILN_SIM_DEVICES", "1,3")
-	models := t.TempDir()
-	spec := cardsim.TinyQwen3()
-	spec.Layers = 2
-	spec.TokenizerDir = "../../worker/tokenize/testdata/qwen3"
-	if err := cardsim.WriteLLMPackage(filepath.Join(models, "qwen3-tiny"), spec); err != nil {
-		t.Fatal(err)
-	}
+	models := chatPackage(t)
 
 	code, _, stderr := kiln(t, t.Context(), "up", "--listen", freeAddr(t), "--data", t.TempDir(), "--models", models, "--lib", lib, "--name", "shelf")
 	if code != 1 || !strings.Contains(stderr, "--name names one worker and this host has 2 cards") {

@@ -274,12 +274,7 @@ func chatJob(text string, md map[string]string) *schema.ChatJob {
 func TestJobsFromTheCommandLine(t *testing.T) {
 	lib := cardsim.Library(t)
 	t.Setenv("KILN_SIM_EXEC_US", "30000") // 30 ms per execute: a few tokens a second
-	models := t.TempDir()
-	spec := cardsim.TinyQwen3()
-	spec.Layers, spec.TokenizerDir = 2, "../../worker/tokenize/testdata/qwen3"
-	if err := cardsim.WriteLLMPackage(filepath.Join(models, "qwen3-tiny"), spec); err != nil {
-		t.Fatal(err)
-	}
+	models := chatPackage(t)
 	sdSpec := cardsim.SD15LCM()
 	sdSpec.TokenizerDir = "../../worker/tokenize/testdata/clip"
 	if err := cardsim.WriteSDPackage(filepath.Join(models, "sd15-lcm"), sdSpec); err != nil {

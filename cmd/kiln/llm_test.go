@@ -22,13 +22,7 @@ import (
 // same text, streamed and as JSON.
 func TestUpServesChat(t *testing.T) {
 	lib := cardsim.Library(t)
-	models := t.TempDir()
-	spec := cardsim.TinyQwen3()
-	spec.Layers = 2
-	spec.TokenizerDir = "../../worker/tokenize/testdata/qwen3"
-	if err := cardsim.WriteLLMPackage(filepath.Join(models, "qwen3-tiny"), spec); err != nil {
-		t.Fatal(err)
-	}
+	models := chatPackage(t)
 	if err := os.MkdirAll(filepath.Join(models, "notes"), 0o755); err != nil {
 		t.Fatal(err)
 	}

@@ -10,9 +10,10 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"maps"
 	"os"
 	"os/signal"
-	"sort"
+	"slices"
 	"strconv"
 	"strings"
 	"syscall"
@@ -205,14 +206,7 @@ func usage(w io.Writer, cmds map[string]command) {
 	fmt.Fprintln(w, "kiln: one job queue for NPU cards on Raspberry Pis")
 	fmt.Fprintln(w, "\nusage: kiln <command> [flags] [args]")
 	fmt.Fprintln(w, "\ncommands:")
-	names := make([]string, 0, len(cmds))
-	for n := range cmds {
-		names = append(names, n)
-	}
-	sort.Strings(names)
-	for _, n := range names {
-		fmt.Fprintf(w, "  %-9s %s\n", n, cmds[n].summary)
-	}
+	listSummaries(w, 9, cmds, func(c command) string { return c.summary })
 	fmt.Fprintln(w, "\n`kiln help <command>` or `kiln <command> -h` shows a command's flags.")
 	fmt.Fprintln(w, "\nenvironment (each the default of the flag beside it; docs/DESIGN.md §6):")
 	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
@@ -222,6 +216,14 @@ func usage(w io.Writer, cmds map[string]command) {
 	tw.Flush()
 	fmt.Fprintln(w, "The card simulator reads KILN_SIM_* (test/cardsim/README.md); the broker configs in deploy/nats")
 	fmt.Fprintln(w, "read KILN_NODE, KILN_CLUSTER_LISTEN, KILN_ROUTE_1..3 and KILN_LEAF_LISTEN (docs/deploy.md).")
+}
+
+// listSummaries writes one line "  NAME summary" for each entry of m, names
+// sorted and padded to width: the command list and the probe list.
+func listSummaries[V any](w io.Writer, width int, m map[string]V, summary func(V) string) {
+	for _, n := range slices.Sorted(maps.Keys(m)) {
+		fmt.Fprintf(w, "  %-*s %s\n", width, n, summary(m[n]))
+	}
 }
 
 // newFlags returns a flag set that reports errors instead of exiting, with

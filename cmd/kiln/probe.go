@@ -7,7 +7,6 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
-	"sort"
 	"time"
 
 	"github.com/kiln-project/kiln/worker/axcl"
@@ -36,14 +35,7 @@ var probes = map[string]probe{
 
 func probeUsage(w io.Writer) {
 	fmt.Fprintln(w, "usage: kiln card probe NAME [--card N] [--lib PATH] [flags] [ARGS]\n\nprobes:")
-	names := make([]string, 0, len(probes))
-	for n := range probes {
-		names = append(names, n)
-	}
-	sort.Strings(names)
-	for _, n := range names {
-		fmt.Fprintf(w, "  %-11s %s\n", n, probes[n].summary)
-	}
+	listSummaries(w, 11, probes, func(p probe) string { return p.summary })
 	fmt.Fprintln(w, "\nkiln card probe NAME -h shows its flags.")
 }
 

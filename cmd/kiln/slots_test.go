@@ -77,12 +77,7 @@ func TestStatusShowsSlotsAndEveryRunningJob(t *testing.T) {
 // touched.
 func TestModelsCheckSlots(t *testing.T) {
 	lib := cardsim.Library(t)
-	models := t.TempDir()
-	spec := cardsim.TinyQwen3()
-	spec.Layers, spec.TokenizerDir = 2, "../../worker/tokenize/testdata/qwen3"
-	if err := cardsim.WriteLLMPackage(filepath.Join(models, "qwen3-tiny"), spec); err != nil {
-		t.Fatal(err)
-	}
+	models := chatPackage(t)
 	code, out, stderr := kiln(t, t.Context(), "models", "check", "--slots", "3", "--lib", lib, filepath.Join(models, "qwen3-tiny"))
 	if code != 0 || !strings.Contains(out, "with 3 K/V slots: 3 jobs at once") {
 		t.Fatalf("models check --slots 3: %d %q %q", code, out, stderr)

@@ -19,13 +19,7 @@ func TestUpResetsCardAndExitsWhenLost(t *testing.T) {
 	sim := cardsim.Controls(t)
 	lib := sim.Library()
 
-	models := t.TempDir()
-	spec := cardsim.TinyQwen3()
-	spec.Layers = 2
-	spec.TokenizerDir = "../../worker/tokenize/testdata/qwen3"
-	if err := cardsim.WriteLLMPackage(filepath.Join(models, "qwen3-tiny"), spec); err != nil {
-		t.Fatal(err)
-	}
+	models := chatPackage(t)
 	zone := filepath.Join(t.TempDir(), "temp")
 	if err := os.WriteFile(zone, []byte("61500\n"), 0o644); err != nil {
 		t.Fatal(err)

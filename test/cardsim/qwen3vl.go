@@ -238,26 +238,9 @@ func (r *Reference) GreedyQwen3VL(prompt []int, images [][]byte, n int, o Qwen3V
 	}
 	gh, gw := q.height/q.patch/q.m, q.width/q.patch/q.m
 	per, d := gh*gw, r.Hidden
-	var starts []int
-	for i := 0; i < len(prompt); {
-		if prompt[i] != Qwen3VLImagePad {
-			i++
-			continue
-		}
-		j := i
-		for j < len(prompt) && prompt[j] == Qwen3VLImagePad {
-			j++
-		}
-		if (j-i)%per != 0 {
-			return nil, fmt.Errorf("cardsim: a run of %d placeholders at %d; an image takes %d", j-i, i, per)
-		}
-		for k := i; k < j; k += per {
-			starts = append(starts, k)
-		}
-		i = j
-	}
-	if len(starts) != len(images) {
-		return nil, fmt.Errorf("cardsim: %d images for %d placeholder runs", len(images), len(starts))
+	starts, err := imageStarts(prompt, Qwen3VLImagePad, per, len(images))
+	if err != nil {
+		return nil, err
 	}
 	rows := map[int][]uint16{}
 	deep := map[int][][]float32{}
@@ -280,9 +263,7 @@ func (r *Reference) GreedyQwen3VL(prompt []int, images [][]byte, n int, o Qwen3V
 			}
 		}
 	}
-	toks := append([]int(nil), prompt...)
-	var out []int
-	for i := 0; i < n; i++ {
+	return greedyWith(prompt, n, func(toks []int) ([]float32, error) {
 		pos := Qwen3VLPositions(toks, Qwen3VLImagePad, gh, gw)
 		if o.Positions1D {
 			for r := range pos {
@@ -291,18 +272,6 @@ func (r *Reference) GreedyQwen3VL(prompt []int, images [][]byte, n int, o Qwen3V
 				}
 			}
 		}
-		lg, err := r.logitsAt(toks, rows, pos, deep)
-		if err != nil {
-			return nil, err
-		}
-		best := 0
-		for v := range lg {
-			if lg[v] > lg[best] {
-				best = v
-			}
-		}
-		toks = append(toks, best)
-		out = append(out, best)
-	}
-	return out, nil
+		return r.logitsAt(toks, rows, pos, deep)
+	})
 }

@@ -581,26 +581,9 @@ func (r *Reference) GreedyImages(prompt []int, imageID int, images [][]byte, n i
 		return nil, errors.New("cardsim: the package has no vision encoder")
 	}
 	per, d := r.Image.Grid*r.Image.Grid, r.Hidden
-	var starts []int
-	for i := 0; i < len(prompt); {
-		if prompt[i] != imageID {
-			i++
-			continue
-		}
-		j := i
-		for j < len(prompt) && prompt[j] == imageID {
-			j++
-		}
-		if (j-i)%per != 0 {
-			return nil, fmt.Errorf("cardsim: a run of %d placeholders at %d; an image takes %d", j-i, i, per)
-		}
-		for k := i; k < j; k += per {
-			starts = append(starts, k)
-		}
-		i = j
-	}
-	if len(starts) != len(images) {
-		return nil, fmt.Errorf("cardsim: %d images for %d placeholder runs", len(images), len(starts))
+	starts, err := imageStarts(prompt, imageID, per, len(images))
+	if err != nil {
+		return nil, err
 	}
 	rows := map[int][]uint16{}
 	for k, px := range images {
@@ -620,21 +603,61 @@ func (r *Reference) GreedyImages(prompt []int, imageID int, images [][]byte, n i
 }
 
 func (r *Reference) greedy(prompt []int, rows map[int][]uint16, n int) ([]int, error) {
+	return greedyWith(prompt, n, func(toks []int) ([]float32, error) { return r.logits(toks, rows) })
+}
+
+// greedyWith appends n tokens to prompt, each the argmax of logits over the tokens so far, and
+// returns the new ones.
+func greedyWith(prompt []int, n int, logits func(toks []int) ([]float32, error)) ([]int, error) {
 	toks := append([]int(nil), prompt...)
 	var out []int
 	for i := 0; i < n; i++ {
-		lg, err := r.logits(toks, rows)
+		lg, err := logits(toks)
 		if err != nil {
 			return nil, err
 		}
-		best := 0
-		for v := range lg {
-			if lg[v] > lg[best] {
-				best = v
-			}
-		}
+		best := argmax(lg)
 		toks = append(toks, best)
 		out = append(out, best)
 	}
 	return out, nil
+}
+
+// imageStarts returns where each image's rows begin in prompt: every run of imageID
+// placeholders takes per rows of one image after another, and there must be one start for
+// each of the n images.
+func imageStarts(prompt []int, imageID, per, n int) ([]int, error) {
+	var starts []int
+	for i := 0; i < len(prompt); {
+		if prompt[i] != imageID {
+			i++
+			continue
+		}
+		j := i
+		for j < len(prompt) && prompt[j] == imageID {
+			j++
+		}
+		if (j-i)%per != 0 {
+			return nil, fmt.Errorf("cardsim: a run of %d placeholders at %d; an image takes %d", j-i, i, per)
+		}
+		for k := i; k < j; k += per {
+			starts = append(starts, k)
+		}
+		i = j
+	}
+	if len(starts) != n {
+		return nil, fmt.Errorf("cardsim: %d images for %d placeholder runs", n, len(starts))
+	}
+	return starts, nil
+}
+
+// argmax is the index of the largest logit, the lowest on ties.
+func argmax(lg []float32) int {
+	best := 0
+	for v := range lg {
+		if lg[v] > lg[best] {
+			best = v
+		}
+	}
+	return best
 }

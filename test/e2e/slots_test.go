@@ -5,7 +5,6 @@ import (
 	"encoding/json"
 	"fmt"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -17,6 +16,7 @@ import (
 	"github.com/kiln-project/kiln/client"
 	"github.com/kiln-project/kiln/schema"
 	"github.com/kiln-project/kiln/test/wait"
+	"github.com/kiln-project/kiln/worker/workertest"
 )
 
 // runningOn waits until worker name says (its status endpoint) that n jobs
@@ -39,27 +39,6 @@ func runningOn(t *testing.T, url, name string, n int) {
 		}
 		return nil
 	})
-}
-
-// waitAll waits for every job's result.
-func waitAll(t *testing.T, ctx context.Context, ps []*client.Pending) []*schema.Result {
-	t.Helper()
-	out := make([]*schema.Result, len(ps))
-	var wg sync.WaitGroup
-	for i, p := range ps {
-		wg.Go(func() {
-			res, err := p.Wait(ctx, nil)
-			if err != nil {
-				t.Errorf("job %s: %v", p.ID, err)
-			}
-			out[i] = res
-		})
-	}
-	wg.Wait()
-	if t.Failed() {
-		t.FailNow()
-	}
-	return out
 }
 
 // storedResults counts the results kept in KILN_RESULTS.
@@ -119,7 +98,7 @@ func TestSeveralRunningJobsSurviveTheirWorkerProcess(t *testing.T) {
 				t.Fatalf("worker exit after SIGTERM: %v (want 0)", err)
 			}
 			child(t, envRole+"=worker", envURL+"="+url, envName+"=second3", envSlots+"=3", envAckWait+"=2s")
-			for _, res := range waitAll(t, ctx, ps) {
+			for _, res := range workertest.WaitAll(t, ctx, ps) {
 				if res.Status != schema.StatusOK || res.Worker != "second3" || res.Attempt != 2 || strings.Count(res.Text, "w") != 60 {
 					t.Fatalf("result %+v: want ok from second3 on attempt 2 with the whole text", res)
 				}

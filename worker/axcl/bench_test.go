@@ -9,18 +9,8 @@ import (
 // locked thread against the no-compute simulator: the binding's own cost.
 func BenchmarkExecute(b *testing.B) {
 	b.Setenv("KILN_SIM_NOCOMPUTE", "1")
-	rt, _ := simLib(b)
+	rt, _ := benchCard(b)
 	path, _ := tinyLayer(b, b.TempDir())
-	runtime.LockOSThread()
-	defer runtime.UnlockOSThread()
-	must(b, rt.Init(""))
-	defer rt.Finalize()
-	ids, err := rt.DeviceList()
-	must(b, err)
-	must(b, rt.SetDevice(ids[0]))
-	defer rt.ResetDevice(ids[0])
-	_, err = rt.CreateContext(ids[0])
-	must(b, err)
 	must(b, rt.EngineInit(VNPUDisable))
 	m, err := rt.LoadModel(path)
 	must(b, err)
@@ -55,39 +45,15 @@ func BenchmarkExecute(b *testing.B) {
 // through the allocation-free path, host copies through purego's
 // reflection-based call (Go memory must be passed as a pointer).
 func BenchmarkCopy(b *testing.B) {
-	rt, _ := simLib(b)
-	runtime.LockOSThread()
-	defer runtime.UnlockOSThread()
-	must(b, rt.Init(""))
-	defer rt.Finalize()
-	ids, err := rt.DeviceList()
-	must(b, err)
-	must(b, rt.SetDevice(ids[0]))
-	defer rt.ResetDevice(ids[0])
-	ctx, err := rt.CreateContext(ids[0])
-	must(b, err)
+	rt, ctx := benchCard(b)
 	x, err := rt.Malloc(4096, MallocHugeFirst)
 	must(b, err)
 	y, err := rt.Malloc(4096, MallocHugeFirst)
 	must(b, err)
 	host := make([]byte, 4096)
-	// Sub-benchmarks run on their own goroutines: each binds the context
-	// to its thread first (the thread rule).
-	run := func(name string, op func() error) {
-		b.Run(name, func(b *testing.B) {
-			runtime.LockOSThread()
-			must(b, rt.SetCurrentContext(ctx))
-			b.ReportAllocs()
-			for b.Loop() {
-				if err := op(); err != nil {
-					b.Fatal(err)
-				}
-			}
-		})
-	}
-	run("d2d", func() error { return rt.CopyDevice(y, x, 4096) })
-	run("h2d", func() error { return rt.CopyToDevice(x, host) })
-	run("d2h", func() error { return rt.CopyFromDevice(host, x) })
+	runOn(b, rt, ctx, "d2d", func(int) error { return rt.CopyDevice(y, x, 4096) })
+	runOn(b, rt, ctx, "h2d", func(int) error { return rt.CopyToDevice(x, host) })
+	runOn(b, rt, ctx, "d2h", func(int) error { return rt.CopyFromDevice(host, x) })
 }
 
 // BenchmarkBind weighs the two ways decode can point a layer's K/V outputs
@@ -99,18 +65,8 @@ func BenchmarkCopy(b *testing.B) {
 // with no bind per token).
 func BenchmarkBind(b *testing.B) {
 	b.Setenv("KILN_SIM_NOCOMPUTE", "1")
-	rt, _ := simLib(b)
+	rt, ctx := benchCard(b)
 	path, _ := tinyLayer(b, b.TempDir())
-	runtime.LockOSThread()
-	defer runtime.UnlockOSThread()
-	must(b, rt.Init(""))
-	defer rt.Finalize()
-	ids, err := rt.DeviceList()
-	must(b, err)
-	must(b, rt.SetDevice(ids[0]))
-	defer rt.ResetDevice(ids[0])
-	ctx, err := rt.CreateContext(ids[0])
-	must(b, err)
 	must(b, rt.EngineInit(VNPUDisable))
 	m, err := rt.LoadModel(path)
 	must(b, err)
@@ -123,20 +79,7 @@ func BenchmarkBind(b *testing.B) {
 	const rows = 256
 	cache, err := rt.Malloc(rows*2048, MallocHugeFirst)
 	must(b, err)
-	run := func(name string, op func(i int) error) {
-		b.Run(name, func(b *testing.B) {
-			runtime.LockOSThread()
-			must(b, rt.SetCurrentContext(ctx))
-			b.ReportAllocs()
-			i := 0
-			for b.Loop() {
-				if err := op(i); err != nil {
-					b.Fatal(err)
-				}
-				i++
-			}
-		})
-	}
+	run := func(name string, op func(i int) error) { runOn(b, rt, ctx, name, op) }
 	row := func(i int) DevicePtr { return cache + DevicePtr(i%rows*2048) }
 	run("rebind_by_index", func(i int) error { return rt.BindBuffer(io, Output, 0, row(i), 64) })
 	run("set_buffer", func(i int) error { return rt.SetBuffer(io, Output, 0, row(i), 64) })
@@ -157,5 +100,42 @@ func BenchmarkBind(b *testing.B) {
 			}
 		}
 		return rt.DestroyIO(rio)
+	})
+}
+
+// benchCard loads the simulator and makes a context on its first card,
+// current on the benchmark's thread, which stays locked until the benchmark
+// ends; then the device is reset and the runtime finalized.
+func benchCard(b *testing.B) (*Runtime, Context) {
+	b.Helper()
+	rt, _ := simLib(b)
+	runtime.LockOSThread()
+	b.Cleanup(runtime.UnlockOSThread)
+	must(b, rt.Init(""))
+	b.Cleanup(func() { rt.Finalize() })
+	ids, err := rt.DeviceList()
+	must(b, err)
+	must(b, rt.SetDevice(ids[0]))
+	b.Cleanup(func() { rt.ResetDevice(ids[0]) })
+	ctx, err := rt.CreateContext(ids[0])
+	must(b, err)
+	return rt, ctx
+}
+
+// runOn runs op as the sub-benchmark name, i counting its calls from 0.
+// Sub-benchmarks run on their own goroutines: each binds ctx to its thread
+// first (the thread rule).
+func runOn(b *testing.B, rt *Runtime, ctx Context, name string, op func(i int) error) {
+	b.Run(name, func(b *testing.B) {
+		runtime.LockOSThread()
+		must(b, rt.SetCurrentContext(ctx))
+		b.ReportAllocs()
+		i := 0
+		for b.Loop() {
+			if err := op(i); err != nil {
+				b.Fatal(err)
+			}
+			i++
+		}
 	})
 }

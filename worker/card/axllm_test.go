@@ -1,7 +1,6 @@
 package card_test
 
 import (
-	"context"
 	"path/filepath"
 	"slices"
 	"strings"
@@ -9,12 +8,9 @@ import (
 
 	"github.com/kiln-project/kiln/schema"
 	"github.com/kiln-project/kiln/test/cardsim"
-	"github.com/kiln-project/kiln/worker"
-	"github.com/kiln-project/kiln/worker/card"
 	"github.com/kiln-project/kiln/worker/llm"
 	"github.com/kiln-project/kiln/worker/npu"
 	"github.com/kiln-project/kiln/worker/tokenize"
-	"github.com/kiln-project/kiln/worker/workertest"
 )
 
 // TestAxllm2026PackageThroughQueue: a package shaped as a 2026 ax-llm
@@ -28,24 +24,9 @@ func TestAxllm2026PackageThroughQueue(t *testing.T) {
 	spec := cardsim.TinyAxllm2026()
 	spec.Layers, spec.TokenizerDir = 2, "../tokenize/testdata/qwen3"
 	dir := filepath.Join(t.TempDir(), spec.Name)
-	if err := cardsim.WriteLLMPackage(dir, spec); err != nil {
-		t.Fatal(err)
-	}
-	ref, err := cardsim.LoadReference(dir)
-	if err != nil {
-		t.Fatal(err)
-	}
-	dev, err := npu.Open(t.Context(), npu.Config{Library: lib, SampleInterval: -1, Logger: quiet})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { dev.Close(context.Background()) })
+	ref := writePackage(t, dir, spec)
 	var bound npu.Bindings
-	m, err := llm.Load(t.Context(), dev, dir, &llm.Options{Logger: quiet, Bindings: &bound})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { m.Close(context.Background()) })
+	m := openModel(t, lib, dir, &llm.Options{Logger: quiet, Bindings: &bound})
 	if s := m.Shape(); s.Decode != 1 || s.Context != 1023 || !slices.Equal(s.UnusedDecode, []int{0, 2}) || len(s.Prefill) != 5 {
 		t.Fatalf("shape %+v: want decode group 1 of context 1023, groups 0 and 2 unused, 5 prefill groups", s)
 	}
@@ -61,11 +42,7 @@ func TestAxllm2026PackageThroughQueue(t *testing.T) {
 		t.Fatalf("K_cache bindings by group: %v", uses)
 	}
 
-	q := workertest.StartQueue(t, workertest.QueueOptions{
-		Chat: map[string]worker.Handler[schema.ChatJob]{spec.Name: card.ChatHandler(m, quiet)},
-	})
-	q.Worker(t, "card0", nil)
-	c := q.Client(t)
+	c := serveChat(t, spec.Name, m)
 	greedy := 0.0
 	const n = 24
 	content := "Tell me about the kiln. " + strings.Repeat("Fire, clay, ash and patience make the glaze. ", 50)
@@ -77,23 +54,14 @@ func TestAxllm2026PackageThroughQueue(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if i := slices.IndexFunc(out, func(id int) bool { return slices.Contains(m.StopIDs(), id) }); i >= 0 {
-		out = out[:i]
-	}
-	want := m.Tokenizer().Decode(out)
-	var streamed strings.Builder
+	want := m.Tokenizer().Decode(untilStop(m, out))
 	job := &schema.ChatJob{JobHeader: schema.JobHeader{Model: spec.Name}, MaxTokens: n, Temperature: &greedy,
 		Messages: []schema.Message{{Role: "user", Content: content}}}
-	res, err := c.Chat(workertest.Context(t), job, func(ev schema.Event) error {
-		if ev.Type == schema.EventToken {
-			streamed.WriteString(ev.Text)
-		}
-		return nil
-	})
+	res, streamed, err := streamChat(t, c, job)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if res.Text != want || streamed.String() != want || res.Usage.PromptTokens != len(prompt) {
-		t.Fatalf("result %q, streamed %q (prompt %d tokens, usage %+v), reference %q", res.Text, streamed.String(), len(prompt), res.Usage, want)
+	if res.Text != want || streamed != want || res.Usage.PromptTokens != len(prompt) {
+		t.Fatalf("result %q, streamed %q (prompt %d tokens, usage %+v), reference %q", res.Text, streamed, len(prompt), res.Usage, want)
 	}
 }

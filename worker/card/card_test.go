@@ -80,12 +80,7 @@ func TestOpenWithoutRuntimeServesNothing(t *testing.T) {
 // when the worker asks, and reports its CMM and the card's temperature.
 func TestOpenLoadsPackagesOnTheCard(t *testing.T) {
 	lib := cardsim.Library(t)
-	models := t.TempDir()
-	spec := cardsim.TinyQwen3()
-	spec.TokenizerDir = "../tokenize/testdata/qwen3"
-	if err := cardsim.WriteLLMPackage(filepath.Join(models, "qwen3-tiny"), spec); err != nil {
-		t.Fatal(err)
-	}
+	models := tinyModels(t, 4)
 	if err := os.MkdirAll(filepath.Join(models, "notes"), 0o755); err != nil { // no runtime recognises it
 		t.Fatal(err)
 	}
@@ -187,12 +182,7 @@ func TestBrokenPackageLeavesTheOthersServing(t *testing.T) {
 // Temp fails so that the governor leaves the card out).
 func TestOldRuntimeCardHealthUnknown(t *testing.T) {
 	lib := cardsim.OldRuntimeLibrary(t)
-	models := t.TempDir()
-	spec := cardsim.TinyQwen3()
-	spec.Layers, spec.TokenizerDir = 2, "../tokenize/testdata/qwen3"
-	if err := cardsim.WriteLLMPackage(filepath.Join(models, "qwen3-tiny"), spec); err != nil {
-		t.Fatal(err)
-	}
+	models := tinyModels(t, 2)
 	c, err := card.Open(t.Context(), card.Config{Library: lib, ModelsDir: models, Logger: quiet})
 	if err != nil {
 		t.Fatal(err)

@@ -75,27 +75,76 @@ func simLoad(t *testing.T, pkg *simPackage, vision bool) (*llm.Model, *cardsim.R
 	if pkg.err != nil {
 		t.Fatal(pkg.err)
 	}
+	return openModel(t, lib, pkg.dir, &llm.Options{Logger: quiet}), pkg.ref
+}
+
+// writePackage writes spec's package to dir and returns its cacheless
+// reference.
+func writePackage(t *testing.T, dir string, spec cardsim.LLMSpec) *cardsim.Reference {
+	t.Helper()
+	if err := cardsim.WriteLLMPackage(dir, spec); err != nil {
+		t.Fatal(err)
+	}
+	ref, err := cardsim.LoadReference(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return ref
+}
+
+// openModel opens the simulated card of lib and loads the package at dir
+// with opts; both close when the test ends.
+func openModel(t *testing.T, lib, dir string, opts *llm.Options) *llm.Model {
+	t.Helper()
 	dev, err := npu.Open(t.Context(), npu.Config{Library: lib, SampleInterval: -1, Logger: quiet})
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { dev.Close(context.Background()) })
-	m, err := llm.Load(t.Context(), dev, pkg.dir, &llm.Options{Logger: quiet})
+	m, err := llm.Load(t.Context(), dev, dir, opts)
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { m.Close(context.Background()) })
-	return m, pkg.ref
+	return m
 }
 
 // chatWorker starts a broker and a worker serving m's chat handler.
 func chatWorker(t *testing.T, m *llm.Model) *client.Client {
+	return serveChat(t, chatModel, m)
+}
+
+// serveChat starts a broker and a worker serving m's chat handler as model
+// name.
+func serveChat(t *testing.T, name string, m *llm.Model) *client.Client {
 	t.Helper()
 	q := workertest.StartQueue(t, workertest.QueueOptions{
-		Chat: map[string]worker.Handler[schema.ChatJob]{chatModel: card.ChatHandler(m, quiet)},
+		Chat: map[string]worker.Handler[schema.ChatJob]{name: card.ChatHandler(m, quiet)},
 	})
 	q.Worker(t, "card0", nil)
 	return q.Client(t)
+}
+
+// streamChat runs job through c and returns the result and the token
+// events' text joined.
+func streamChat(t *testing.T, c *client.Client, job *schema.ChatJob) (*schema.Result, string, error) {
+	t.Helper()
+	var streamed strings.Builder
+	res, err := c.Chat(workertest.Context(t), job, func(ev schema.Event) error {
+		if ev.Type == schema.EventToken {
+			streamed.WriteString(ev.Text)
+		}
+		return nil
+	})
+	return res, streamed.String(), err
+}
+
+// untilStop is out up to (not including) its first stop id of m.
+func untilStop(m *llm.Model, out []int) []int {
+	if i := slices.IndexFunc(out, func(id int) bool { return slices.Contains(m.StopIDs(), id) }); i >= 0 {
+		return out[:i]
+	}
+	return out
 }
 
 func simJob(msgs ...schema.Message) *schema.ChatJob {
@@ -111,10 +160,7 @@ func expected(t *testing.T, m *llm.Model, ref *cardsim.Reference, msgs []tokeniz
 	if err != nil {
 		t.Fatal(err)
 	}
-	if i := slices.IndexFunc(out, func(id int) bool { return slices.Contains(m.StopIDs(), id) }); i >= 0 {
-		out = out[:i]
-	}
-	return prompt, out
+	return prompt, untilStop(m, out)
 }
 
 // TestChatStreamsOnSimulatedCard: a chat job through the real queue runs the
@@ -307,6 +353,19 @@ func TestChatMaxTokensClampedToContext(t *testing.T) {
 	if res.FinishReason != schema.FinishLength || res.Usage.PromptTokens+res.Usage.CompletionTokens != 639 {
 		t.Fatalf("%q after %d+%d tokens, want length at the context end", res.FinishReason, res.Usage.PromptTokens, res.Usage.CompletionTokens)
 	}
+}
+
+// rgbOf is fill's w×h image as RGB bytes, row by row: what the card's
+// encoder reads from pngOf(t, w, h, fill).
+func rgbOf(w, h int, fill func(x, y int) color.RGBA) []byte {
+	px := make([]byte, 0, w*h*3)
+	for y := range h {
+		for x := range w {
+			c := fill(x, y)
+			px = append(px, c.R, c.G, c.B)
+		}
+	}
+	return px
 }
 
 func pngOf(t *testing.T, w, h int, fill func(x, y int) color.RGBA) []byte {

@@ -66,13 +66,7 @@ func TestImageJobs(t *testing.T) {
 	ls.Name, ls.Layers, ls.MaxCtx, ls.Histories = "qwen3-sim", 2, 639, []int{0, 128}
 	ls.TokenizerDir = "../tokenize/testdata/qwen3"
 	llmDir := filepath.Join(t.TempDir(), ls.Name)
-	if err := cardsim.WriteLLMPackage(llmDir, ls); err != nil {
-		t.Fatal(err)
-	}
-	ref, err := cardsim.LoadReference(llmDir)
-	if err != nil {
-		t.Fatal(err)
-	}
+	ref := writePackage(t, llmDir, ls)
 	lm, err := llm.Load(t.Context(), dev, llmDir, &llm.Options{Logger: quiet})
 	if err != nil {
 		t.Fatal(err)

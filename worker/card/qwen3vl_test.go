@@ -1,22 +1,16 @@
 package card_test
 
 import (
-	"context"
 	"errors"
 	"image/color"
 	"path/filepath"
-	"slices"
 	"strings"
 	"testing"
 
 	"github.com/kiln-project/kiln/client"
 	"github.com/kiln-project/kiln/schema"
 	"github.com/kiln-project/kiln/test/cardsim"
-	"github.com/kiln-project/kiln/worker"
-	"github.com/kiln-project/kiln/worker/card"
 	"github.com/kiln-project/kiln/worker/llm"
-	"github.com/kiln-project/kiln/worker/npu"
-	"github.com/kiln-project/kiln/worker/workertest"
 )
 
 // TestQwen3VLPackageAsPublished: a package laid out as Qwen3-VL.AXERA builds Qwen3-VL-2B
@@ -30,50 +24,25 @@ import (
 func TestQwen3VLPackageAsPublished(t *testing.T) {
 	lib := cardsim.Library(t)
 	dir := filepath.Join(t.TempDir(), "Qwen3-VL-2B-Instruct")
-	if err := cardsim.WriteLLMPackage(dir, cardsim.TinyQwen3VLVendor()); err != nil {
-		t.Fatal(err)
-	}
-	ref, err := cardsim.LoadReference(dir)
-	if err != nil {
-		t.Fatal(err)
-	}
-	dev, err := npu.Open(t.Context(), npu.Config{Library: lib, SampleInterval: -1, Logger: quiet})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { dev.Close(context.Background()) })
-	m, err := llm.Load(t.Context(), dev, dir, &llm.Options{Logger: quiet})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { m.Close(context.Background()) })
+	ref := writePackage(t, dir, cardsim.TinyQwen3VLVendor())
+	m := openModel(t, lib, dir, &llm.Options{Logger: quiet})
 	if v, ok := m.Vision(); !ok || v != (llm.Vision{Width: 384, Height: 384, Tokens: 144, ImageTokenID: 151655, Deepstack: 3}) {
 		t.Fatalf("vision %+v (%v)", v, ok)
 	}
 
 	name := m.Package().Name
-	q := workertest.StartQueue(t, workertest.QueueOptions{
-		Chat: map[string]worker.Handler[schema.ChatJob]{name: card.ChatHandler(m, quiet)},
-	})
-	q.Worker(t, "card0", nil)
-	c := q.Client(t)
+	c := serveChat(t, name, m)
 
 	const n = 8
 	greedy := 0.0
 	ask := func(msgs ...schema.Message) (string, string, error) {
 		t.Helper()
 		job := &schema.ChatJob{JobHeader: schema.JobHeader{Model: name}, Messages: msgs, MaxTokens: n, Temperature: &greedy}
-		var streamed strings.Builder
-		res, err := c.Chat(workertest.Context(t), job, func(ev schema.Event) error {
-			if ev.Type == schema.EventToken {
-				streamed.WriteString(ev.Text)
-			}
-			return nil
-		})
+		res, streamed, err := streamChat(t, c, job)
 		if err != nil {
 			return "", "", err
 		}
-		return res.Text, streamed.String(), nil
+		return res.Text, streamed, nil
 	}
 	// Qwen3-VL-Instruct's chat template with one user turn, images before the text.
 	want := func(text string, images [][]byte) string {
@@ -86,21 +55,12 @@ func TestQwen3VLPackageAsPublished(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		if i := slices.IndexFunc(out, func(id int) bool { return slices.Contains(m.StopIDs(), id) }); i >= 0 {
-			out = out[:i]
-		}
-		return m.Tokenizer().Decode(out)
+		return m.Tokenizer().Decode(untilStop(m, out))
 	}
 
 	fill := func(x, y int) color.RGBA { return color.RGBA{uint8(x * 2 / 3), uint8(y / 2), uint8((x ^ y) / 2), 255} }
 	img := pngOf(t, 384, 384, fill)
-	px := make([]byte, 0, 384*384*3)
-	for y := range 384 {
-		for x := range 384 {
-			c := fill(x, y)
-			px = append(px, c.R, c.G, c.B)
-		}
-	}
+	px := rgbOf(384, 384, fill)
 	got, streamed, err := ask(schema.Message{Role: "user", Content: "Describe the glaze.", Images: [][]byte{img}})
 	if err != nil {
 		t.Fatal(err)

@@ -25,12 +25,7 @@ import (
 func slotsCard(t *testing.T, slots int) *card.Card {
 	t.Helper()
 	lib := cardsim.Library(t)
-	models := t.TempDir()
-	spec := cardsim.TinyQwen3()
-	spec.TokenizerDir = "../tokenize/testdata/qwen3"
-	if err := cardsim.WriteLLMPackage(filepath.Join(models, "qwen3-tiny"), spec); err != nil {
-		t.Fatal(err)
-	}
+	models := tinyModels(t, 4)
 	c, err := card.Open(t.Context(), card.Config{Library: lib, ModelsDir: models, Slots: slots, Logger: quiet})
 	if err != nil {
 		t.Fatal(err)
@@ -191,12 +186,7 @@ func TestCardSlotsFaultHandsEveryJobBack(t *testing.T) {
 // sorts after, still serves.
 func TestSlotsTakeWhatTheImageModelLeaves(t *testing.T) {
 	lib := cardsim.Library(t)
-	models := t.TempDir()
-	spec := cardsim.TinyQwen3()
-	spec.TokenizerDir = "../tokenize/testdata/qwen3"
-	if err := cardsim.WriteLLMPackage(filepath.Join(models, "qwen3-tiny"), spec); err != nil {
-		t.Fatal(err)
-	}
+	models := tinyModels(t, 4)
 	sdSpec := cardsim.SD15LCM()
 	sdSpec.TokenizerDir = "../tokenize/testdata/clip"
 	if err := cardsim.WriteSDPackage(filepath.Join(models, "sd15-lcm"), sdSpec); err != nil {

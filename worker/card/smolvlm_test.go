@@ -1,21 +1,15 @@
 package card_test
 
 import (
-	"context"
 	"image/color"
 	"path/filepath"
-	"slices"
 	"strings"
 	"testing"
 
 	"github.com/kiln-project/kiln/schema"
 	"github.com/kiln-project/kiln/test/cardsim"
-	"github.com/kiln-project/kiln/worker"
-	"github.com/kiln-project/kiln/worker/card"
 	"github.com/kiln-project/kiln/worker/llm"
-	"github.com/kiln-project/kiln/worker/npu"
 	"github.com/kiln-project/kiln/worker/tokenize"
-	"github.com/kiln-project/kiln/worker/workertest"
 )
 
 // TestSmolVLMPackageAsPublished: a package laid out as
@@ -29,51 +23,26 @@ func TestSmolVLMPackageAsPublished(t *testing.T) {
 	lib := cardsim.Library(t)
 	spec := cardsim.TinySmolVLM()
 	dir := filepath.Join(t.TempDir(), "SmolVLM-256M-Instruct-AX650")
-	if err := cardsim.WriteLLMPackage(dir, spec); err != nil {
-		t.Fatal(err)
-	}
-	ref, err := cardsim.LoadReference(dir)
-	if err != nil {
-		t.Fatal(err)
-	}
-	dev, err := npu.Open(t.Context(), npu.Config{Library: lib, SampleInterval: -1, Logger: quiet})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { dev.Close(context.Background()) })
-	m, err := llm.Load(t.Context(), dev, dir, &llm.Options{Logger: quiet})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { m.Close(context.Background()) })
+	ref := writePackage(t, dir, spec)
+	m := openModel(t, lib, dir, &llm.Options{Logger: quiet})
 	v, ok := m.Vision()
 	if want := (llm.Vision{Width: 512, Height: 512, Tokens: 64, ImageTokenID: 49190}); !ok || v != want {
 		t.Fatalf("vision %+v (%v), want %+v", v, ok, want)
 	}
 
 	name := m.Package().Name
-	q := workertest.StartQueue(t, workertest.QueueOptions{
-		Chat: map[string]worker.Handler[schema.ChatJob]{name: card.ChatHandler(m, quiet)},
-	})
-	q.Worker(t, "card0", nil)
-	c := q.Client(t)
+	c := serveChat(t, name, m)
 
 	const n = 8
 	greedy := 0.0
 	ask := func(msg schema.Message) (string, string) {
 		t.Helper()
 		job := &schema.ChatJob{JobHeader: schema.JobHeader{Model: name}, Messages: []schema.Message{msg}, MaxTokens: n, Temperature: &greedy}
-		var streamed strings.Builder
-		res, err := c.Chat(workertest.Context(t), job, func(ev schema.Event) error {
-			if ev.Type == schema.EventToken {
-				streamed.WriteString(ev.Text)
-			}
-			return nil
-		})
+		res, streamed, err := streamChat(t, c, job)
 		if err != nil {
 			t.Fatal(err)
 		}
-		return res.Text, streamed.String()
+		return res.Text, streamed
 	}
 	want := func(msg tokenize.Message, images [][]byte) string {
 		t.Helper()
@@ -88,34 +57,20 @@ func TestSmolVLMPackageAsPublished(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		if i := slices.IndexFunc(out, func(id int) bool { return slices.Contains(m.StopIDs(), id) }); i >= 0 {
-			out = out[:i]
-		}
-		return m.Tokenizer().Decode(out)
+		return m.Tokenizer().Decode(untilStop(m, out))
 	}
 
 	fill := func(x, y int) color.RGBA { return color.RGBA{uint8(x / 2), uint8(y / 2), uint8((x + y) / 4), 255} }
 	img := pngOf(t, 512, 512, fill)
-	px := make([]byte, 0, 512*512*3)
-	for y := range 512 {
-		for x := range 512 {
-			c := fill(x, y)
-			px = append(px, c.R, c.G, c.B)
-		}
-	}
+	px := rgbOf(512, 512, fill)
 	got, streamed := ask(schema.Message{Role: "user", Content: "Can you describe this image?", Images: [][]byte{img}})
 	if w := want(tokenize.Message{Role: "user", Content: "Can you describe this image?", Images: 1}, [][]byte{px}); got != w || streamed != w {
 		t.Fatalf("image job: result %q, streamed %q, reference %q", got, streamed, w)
 	}
 	// Two images and text past the 320-token prefill chunk: the second run
 	// and the tail go beyond the package's one prefill group.
-	dark := pngOf(t, 512, 512, func(x, y int) color.RGBA { return color.RGBA{uint8(y / 8), 0, uint8(x / 8), 255} })
-	darkPx := make([]byte, 0, 512*512*3)
-	for y := range 512 {
-		for x := range 512 {
-			darkPx = append(darkPx, uint8(y/8), 0, uint8(x/8))
-		}
-	}
+	darkFill := func(x, y int) color.RGBA { return color.RGBA{uint8(y / 8), 0, uint8(x / 8), 255} }
+	dark, darkPx := pngOf(t, 512, 512, darkFill), rgbOf(512, 512, darkFill)
 	long := "Compare the two pictures. " + strings.Repeat("fire, clay and patience ", 10)
 	got, streamed = ask(schema.Message{Role: "user", Content: long, Images: [][]byte{img, dark}})
 	if w := want(tokenize.Message{Role: "user", Content: long, Images: 2}, [][]byte{px, darkPx}); got != w || streamed != w {

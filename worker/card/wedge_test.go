@@ -23,13 +23,13 @@ import (
 	"github.com/kiln-project/kiln/worker/workertest"
 )
 
-// wedgeModels writes a two-layer chat package named qwen3-tiny into a
-// fresh models folder.
-func wedgeModels(t *testing.T) string {
+// tinyModels writes cardsim.TinyQwen3 with layers layers (4 is its own)
+// as the chat package qwen3-tiny into a fresh models folder.
+func tinyModels(t *testing.T, layers int) string {
 	t.Helper()
 	models := t.TempDir()
 	spec := cardsim.TinyQwen3()
-	spec.Layers = 2
+	spec.Layers = layers
 	spec.TokenizerDir = "../tokenize/testdata/qwen3"
 	if err := cardsim.WriteLLMPackage(filepath.Join(models, "qwen3-tiny"), spec); err != nil {
 		t.Fatal(err)
@@ -87,7 +87,7 @@ func waitReady(t *testing.T, q *workertest.Queue, name string) {
 func TestOfflineMidReplyRebootsCardAndJobFinishesOnce(t *testing.T) {
 	sim := cardsim.Controls(t)
 	t.Setenv(cardsim.EnvRebootMS, "300")
-	models := wedgeModels(t)
+	models := tinyModels(t, 2)
 	q := workertest.StartQueue(t, workertest.QueueOptions{})
 	nc := brokertest.Connect(t, q.Broker)
 	_, runErr := runCardWorker(t, q, sim.Library(), models, "card0-a", nil)
@@ -142,7 +142,7 @@ func TestOfflineMidReplyRebootsCardAndJobFinishesOnce(t *testing.T) {
 // worker that idles forever.
 func TestUnhealthyEndsInRebootAndExit(t *testing.T) {
 	sim := cardsim.Controls(t)
-	models := wedgeModels(t)
+	models := tinyModels(t, 2)
 	q := workertest.StartQueue(t, workertest.QueueOptions{})
 	nc := brokertest.Connect(t, q.Broker)
 	events := make(chan string, 64)
@@ -276,7 +276,7 @@ func TestRuntimeWithoutStatusCallbackServes(t *testing.T) {
 	if err := rt.WatchDeviceStatus(func(axcl.DeviceID, axcl.DeviceStatus) {}); !errors.Is(err, axcl.ErrUnsupported) {
 		t.Fatalf("WatchDeviceStatus without the symbol: %v, want ErrUnsupported", err)
 	}
-	models := wedgeModels(t)
+	models := tinyModels(t, 2)
 	c, err := card.Open(t.Context(), card.Config{Library: lib, ModelsDir: models, Logger: quiet})
 	if err != nil {
 		t.Fatal(err)

@@ -244,17 +244,9 @@ func (m *Model) allocBuffers(ctx context.Context, sizes bufferSizes) error {
 	shape := &m.shape
 	m.cacheBytes = sizes.cache
 	return m.dev.Do(ctx, func(t *npu.Thread) error {
-		alloc := func(n uint64) (*npu.Buffer, error) {
-			b, err := t.Alloc(n)
-			if err != nil {
-				return nil, err
-			}
-			m.owned = append(m.owned, b)
-			return b, t.Fill(b, 0, n, 0)
-		}
 		var err error
 		for i := range m.hid {
-			if m.hid[i], err = alloc(max(sizes.input, sizes.output)); err != nil {
+			if m.hid[i], err = m.allocZeroed(t, max(sizes.input, sizes.output)); err != nil {
 				return err
 			}
 		}
@@ -263,7 +255,7 @@ func (m *Model) allocBuffers(ctx context.Context, sizes bufferSizes) error {
 			n uint64
 		}{{&m.idx, sizes.indices}, {&m.mask, sizes.mask}, {&m.kOut, sizes.kOut}, {&m.vOut, sizes.kOut},
 			{&m.posTab, uint64(shape.Context) * 4}, {&m.zero, 16}} {
-			if *p.b, err = alloc(p.n); err != nil {
+			if *p.b, err = m.allocZeroed(t, p.n); err != nil {
 				return err
 			}
 		}
@@ -279,34 +271,37 @@ func (m *Model) allocBuffers(ctx context.Context, sizes bufferSizes) error {
 	})
 }
 
+// allocZeroed allocates n bytes on the card, owned by m (freed on Close),
+// and fills them with zeros (device thread).
+func (m *Model) allocZeroed(t *npu.Thread, n uint64) (*npu.Buffer, error) {
+	b, err := t.Alloc(n)
+	if err != nil {
+		return nil, err
+	}
+	m.owned = append(m.owned, b)
+	return b, t.Fill(b, 0, n, 0)
+}
+
 // allocCaches allocates st's K and V cache of every layer and its decode
 // mask, zeroed: rows a request has not written are masked, and zeros
 // (unlike whatever the CMM held) cannot turn a masked score into NaN
 // (device thread).
 func (m *Model) allocCaches(t *npu.Thread, st *state) error {
 	s := &m.shape
-	alloc := func(n uint64) (*npu.Buffer, error) {
-		b, err := t.Alloc(n)
-		if err != nil {
-			return nil, err
-		}
-		m.owned = append(m.owned, b)
-		return b, t.Fill(b, 0, n, 0)
-	}
 	cache := m.cacheBytes
 	for range m.pkg.Layers {
-		k, err := alloc(cache)
+		k, err := m.allocZeroed(t, cache)
 		if err != nil {
 			return err
 		}
-		v, err := alloc(cache)
+		v, err := m.allocZeroed(t, cache)
 		if err != nil {
 			return err
 		}
 		st.kc, st.vc = append(st.kc, k), append(st.vc, v)
 	}
 	var err error
-	st.dmask, err = alloc(uint64(s.Context+1) * 2)
+	st.dmask, err = m.allocZeroed(t, uint64(s.Context+1)*2)
 	return err
 }
 

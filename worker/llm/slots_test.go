@@ -124,6 +124,24 @@ func overlapped(t *testing.T, rs []ran) {
 	}
 }
 
+// interleavedAsSolo runs plan interleaved on m, checks that every request
+// ran interleaved with another and gave its solo tokens want, and returns
+// the runs.
+func interleavedAsSolo(t *testing.T, m *Model, plan []planned, want [][]int) []ran {
+	t.Helper()
+	got := interleave(t, m, plan)
+	overlapped(t, got)
+	for k, r := range got {
+		t.Logf("request %d: slot %d, steps %v, cached %d (copied %d, restored %d)", k, r.res.slot.index, r.steps, r.res.CachedTokens, r.res.CopiedTokens, r.res.RestoredTokens)
+	}
+	for k := range plan {
+		if !slices.Equal(got[k].toks, want[k]) {
+			t.Fatalf("request %d interleaved: %v, solo %v", k, got[k].toks, want[k])
+		}
+	}
+	return got
+}
+
 // solo runs every request alone, one after the other, on a one-slot model.
 func solo(t *testing.T, m *Model, plan []planned) [][]int {
 	t.Helper()
@@ -190,16 +208,9 @@ func TestInterleavedRequestsGiveTheirSoloTokens(t *testing.T) {
 					t.Fatalf("solo %v, reference %v", want[0], refToks)
 				}
 			}
-			got := interleave(t, m, plan)
-			overlapped(t, got)
-			for k, r := range got {
-				t.Logf("request %d: slot %d, steps %v, cached %d (copied %d, restored %d)", k, r.res.slot.index, r.steps, r.res.CachedTokens, r.res.CopiedTokens, r.res.RestoredTokens)
-			}
+			got := interleavedAsSolo(t, m, plan, want)
 			copied := 0
 			for k := range plan {
-				if !slices.Equal(got[k].toks, want[k]) {
-					t.Fatalf("request %d interleaved: %v, solo %v", k, got[k].toks, want[k])
-				}
 				copied += got[k].res.CopiedTokens + got[k].res.RestoredTokens
 			}
 			if system && copied < 3*150 {
@@ -384,12 +395,8 @@ func TestInterleavedImageRequestsGiveTheirSoloTokens(t *testing.T) {
 	if !slices.Equal(want[3], refToks) {
 		t.Fatalf("solo image request %v, reference %v", want[3], refToks)
 	}
-	got := interleave(t, m, plan)
-	overlapped(t, got)
+	got := interleavedAsSolo(t, m, plan, want)
 	for k := range plan {
-		if !slices.Equal(got[k].toks, want[k]) {
-			t.Fatalf("request %d interleaved: %v, solo %v", k, got[k].toks, want[k])
-		}
 		res := got[k].res
 		if res.CachedTokens > 105 {
 			t.Fatalf("request %d took over %d rows, past the system prompt and the image's start", k, res.CachedTokens)
@@ -575,11 +582,5 @@ func TestInterleavedQwen3VLGiveTheirSoloTokens(t *testing.T) {
 	if !slices.Equal(want[0], refToks) {
 		t.Fatalf("solo image request %v, reference %v", want[0], refToks)
 	}
-	got := interleave(t, m, plan)
-	overlapped(t, got)
-	for k := range plan {
-		if !slices.Equal(got[k].toks, want[k]) {
-			t.Fatalf("request %d interleaved: %v, solo %v", k, got[k].toks, want[k])
-		}
-	}
+	interleavedAsSolo(t, m, plan, want)
 }

@@ -3,7 +3,6 @@ package npu
 import (
 	"errors"
 	"testing"
-	"time"
 
 	"github.com/kiln-project/kiln/test/cardsim"
 	"github.com/kiln-project/kiln/worker/axcl"
@@ -31,14 +30,9 @@ func TestFaultFailedExecute(t *testing.T) {
 // device is lost, later calls fail fast, Close returns, and the teardown
 // runs once the runtime call comes back.
 func TestFaultHungExecute(t *testing.T) {
-	ctl := cardsim.Controls(t)
+	d, ctl, m := hangingDevice(t)
 	lib := ctl.Library()
-	d, err := Open(bg, Config{Library: lib, SampleInterval: -1, ExecuteTimeout: 100 * time.Millisecond})
-	must(t, err)
-	m, err := d.LoadModel(bg, layerFiles(t)[0], nil)
-	must(t, err)
-	ctl.SetFaults(t, "hang_execute=1") // hangs up to the simulator's cap (300 s) unless woken
-	err = d.Execute(bg, m, 0)
+	err := d.Execute(bg, m, 0)
 	if !errors.Is(err, ErrHung) || !errors.Is(err, ErrLost) {
 		t.Fatalf("hung execute = %v, want ErrHung and ErrLost", err)
 	}

@@ -38,6 +38,20 @@ func setup(t testing.TB, cfg Config) *bundle {
 	return &bundle{lib: cfg.Library, ctl: ctl, dev: d}
 }
 
+// hangingDevice opens the simulated card with a 100 ms ExecuteTimeout and
+// loads a layer whose next execute hangs (up to the simulator's cap, 300 s,
+// unless woken). The test closes the device itself.
+func hangingDevice(t *testing.T) (*Device, *cardsim.Control, *Model) {
+	t.Helper()
+	ctl := cardsim.Controls(t)
+	d, err := Open(bg, Config{Library: ctl.Library(), SampleInterval: -1, ExecuteTimeout: 100 * time.Millisecond})
+	must(t, err)
+	m, err := d.LoadModel(bg, layerFiles(t)[0], nil)
+	must(t, err)
+	ctl.SetFaults(t, "hang_execute=1")
+	return d, ctl, m
+}
+
 // tinySpec is a small simulated Qwen3-style layer: hidden 16, kv_dim 8,
 // context 63, prefill 16, three shape groups (decode, prefill without and
 // with 16 rows of history).

@@ -147,14 +147,8 @@ func (t *Thread) CopyAsync(dst *Buffer, dstOff uint64, src *Buffer, srcOff, n ui
 		}
 		return t.Copy(dst, dstOff, src, srcOff, n)
 	}
-	if err := t.check(dst, dstOff, n); err != nil {
+	if err := t.checkCopy(dst, dstOff, src, srcOff, n); err != nil || n == 0 {
 		return err
-	}
-	if err := t.check(src, srcOff, n); err != nil {
-		return err
-	}
-	if n == 0 {
-		return nil
 	}
 	return t.submitted(t.d.rt.MemcpyAsync(uintptr(dst.ptr)+uintptr(dstOff), uintptr(src.ptr)+uintptr(srcOff), n, axcl.DeviceToDevice, s))
 }

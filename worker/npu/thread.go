@@ -129,17 +129,20 @@ func (t *Thread) Read(dst []byte, src *Buffer, off uint64) error {
 	return err
 }
 
-// Copy copies n bytes from src at srcOff to dst at dstOff on the card
-// (device to device). It allocates nothing.
-func (t *Thread) Copy(dst *Buffer, dstOff uint64, src *Buffer, srcOff, n uint64) error {
+// checkCopy checks both ends of an n-byte copy from src at srcOff to dst at
+// dstOff on the card.
+func (t *Thread) checkCopy(dst *Buffer, dstOff uint64, src *Buffer, srcOff, n uint64) error {
 	if err := t.check(dst, dstOff, n); err != nil {
 		return err
 	}
-	if err := t.check(src, srcOff, n); err != nil {
+	return t.check(src, srcOff, n)
+}
+
+// Copy copies n bytes from src at srcOff to dst at dstOff on the card
+// (device to device). It allocates nothing.
+func (t *Thread) Copy(dst *Buffer, dstOff uint64, src *Buffer, srcOff, n uint64) error {
+	if err := t.checkCopy(dst, dstOff, src, srcOff, n); err != nil || n == 0 {
 		return err
-	}
-	if n == 0 {
-		return nil
 	}
 	err := t.d.rt.CopyDevice(dst.ptr+axcl.DevicePtr(dstOff), src.ptr+axcl.DevicePtr(srcOff), n)
 	t.d.noteError(err)

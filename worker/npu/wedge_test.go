@@ -74,20 +74,14 @@ func statuses(s []axcl.DeviceStatus) string {
 // A device thread stuck in a hung execute is woken by the card's reboot
 // and tears down: the process can then exit without work in flight.
 func TestRebootWakesAHungExecute(t *testing.T) {
-	ctl := cardsim.Controls(t)
-	lib := ctl.Library()
-	d, err := Open(bg, Config{Library: lib, SampleInterval: -1, ExecuteTimeout: 100 * time.Millisecond})
-	must(t, err)
-	m, err := d.LoadModel(bg, layerFiles(t)[0], nil)
-	must(t, err)
-	ctl.SetFaults(t, "hang_execute=1")
+	d, ctl, m := hangingDevice(t)
 	if err := d.Execute(bg, m, 0); !errors.Is(err, ErrHung) {
 		t.Fatalf("hung execute = %v", err)
 	}
 	if err := d.Close(bg); !errors.Is(err, ErrHung) {
 		t.Fatalf("Close of a hung device = %v, want ErrHung", err)
 	}
-	must(t, Reboot(bg, RebootConfig{Library: lib, Device: d.ID(), Timeout: 10 * time.Second}))
+	must(t, Reboot(bg, RebootConfig{Library: ctl.Library(), Device: d.ID(), Timeout: 10 * time.Second}))
 	waitDone(t, d)
 }
 

@@ -5,6 +5,7 @@ import (
 	"io"
 	"log/slog"
 	"maps"
+	"sync"
 	"testing"
 	"time"
 
@@ -113,4 +114,27 @@ func Context(tb testing.TB) context.Context {
 	ctx, cancel := context.WithTimeout(tb.Context(), 30*time.Second)
 	tb.Cleanup(cancel)
 	return ctx
+}
+
+// WaitAll waits for the result of every job in ps, in parallel (each Wait reads its own
+// events), and returns them in the order of ps; a Wait that returns an error fails tb.
+func WaitAll(tb testing.TB, ctx context.Context, ps []*client.Pending) []*schema.Result {
+	tb.Helper()
+	out := make([]*schema.Result, len(ps))
+	var wg sync.WaitGroup
+	for i, p := range ps {
+		wg.Go(func() {
+			res, err := p.Wait(ctx, nil)
+			if err != nil {
+				tb.Errorf("job %s: %v", p.ID, err)
+				return
+			}
+			out[i] = res
+		})
+	}
+	wg.Wait()
+	if tb.Failed() {
+		tb.FailNow()
+	}
+	return out
 }
