@@ -101,7 +101,7 @@ func (c *Control) SetFaults(tb testing.TB, spec string) {
 }
 
 // Config applies settings to the running simulator: "key=value,…" with the keys exec_us, prefill_exec_us,
-// nocompute, ambient_c, heat_c_per_s, cool_per_s, temp_file, log, hang_cap_ms, cmm_mib and
+// text_exec_us, unet_exec_us, vae_exec_us, nocompute, ambient_c, heat_c_per_s, cool_per_s, temp_file, log, hang_cap_ms, cmm_mib and
 // props_us, and the latency model's sync_us, unpinned_us and bind_align (README.md, "Controls"). It fails tb if they are refused. undo, when not empty, is
 // applied when tb ends. Settings hold until the runtime is initialised again (axclInit starts
 // over from the defaults and the environment), so call Config once the card is open.

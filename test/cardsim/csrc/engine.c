@@ -809,6 +809,10 @@ axclError sim_execute(uint64_t id, uint64_t ctx, uint32_t group, void *io) {
             if (m->spec.in[x].bytes[group] > lo) exec_us = g_cfg.prefill_exec_us;
         }
     }
+    long sd_us = m->spec.kind == KIND_SD_TEXT ? g_cfg.text_exec_us
+               : m->spec.kind == KIND_SD_UNET ? g_cfg.unet_exec_us
+               : m->spec.kind == KIND_SD_VAE_DEC || m->spec.kind == KIND_SD_VAE_ENC ? g_cfg.vae_exec_us : 0;
+    if (sd_us > 0) exec_us = sd_us;
     int nocompute = g_cfg.nocompute;
     pthread_mutex_unlock(&g_mu);
 

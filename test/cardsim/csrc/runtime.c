@@ -172,6 +172,9 @@ static int set_opt(const char *k, const char *v) {
     if (errno || end == v || *end) return -1;
     if (!strcmp(k, "exec_us")) g_cfg.exec_us = d < 0 ? 0 : (long)d;
     else if (!strcmp(k, "prefill_exec_us")) g_cfg.prefill_exec_us = d < 0 ? 0 : (long)d;
+    else if (!strcmp(k, "text_exec_us")) g_cfg.text_exec_us = d < 0 ? 0 : (long)d;
+    else if (!strcmp(k, "unet_exec_us")) g_cfg.unet_exec_us = d < 0 ? 0 : (long)d;
+    else if (!strcmp(k, "vae_exec_us")) g_cfg.vae_exec_us = d < 0 ? 0 : (long)d;
     else if (!strcmp(k, "nocompute")) g_cfg.nocompute = d != 0;
     else if (!strcmp(k, "ambient_c")) g_cfg.ambient_c = d;
     else if (!strcmp(k, "heat_c_per_s")) g_cfg.heat_c_per_s = d;
@@ -188,7 +191,7 @@ static int set_opt(const char *k, const char *v) {
     return 0;
 }
 
-/* kilnsim_config applies "key=value,key=value" (keys: exec_us prefill_exec_us nocompute ambient_c heat_c_per_s
+/* kilnsim_config applies "key=value,key=value" (keys: exec_us prefill_exec_us text_exec_us unet_exec_us vae_exec_us nocompute ambient_c heat_c_per_s
  * cool_per_s temp_file log hang_cap_ms cmm_mib props_us). Returns 0, or -1 at the first bad entry. */
 EXPORT int kilnsim_config(const char *spec) {
     if (!spec) return -1;

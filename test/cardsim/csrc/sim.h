@@ -172,6 +172,7 @@ typedef struct simcfg {
     char state_dir[512]; /* where the card state survives the process ("" = nowhere) */
     char load_log[512];  /* file that gets one line per engine load and per reboot */
     int load_order_drop; /* 1: an ONNX-built engine loaded after an llm_build one drops the card */
+    long text_exec_us, unet_exec_us, vae_exec_us; /* an SD text encoder / UNet / VAE execute takes this (0: exec_us) */
 } simcfg;
 
 extern simcfg g_cfg;
