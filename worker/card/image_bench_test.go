@@ -9,7 +9,6 @@ import (
 
 	"github.com/kiln-project/kiln/test/cardsim"
 	"github.com/kiln-project/kiln/worker/llm"
-	"github.com/kiln-project/kiln/worker/npu"
 	"github.com/kiln-project/kiln/worker/sd"
 )
 
@@ -33,23 +32,8 @@ const imageMidChatSim = "exec_us=370,prefill_exec_us=1795,text_exec_us=490,unet_
 // no chat beside it (the quickest of three): unet_step_ms (one UNet step
 // with its copies), vae_decode_ms and text_encoder_ms.
 func BenchmarkImageMidChat(b *testing.B) {
-	sim := cardsim.Controls(b)
-	dev, err := npu.Open(b.Context(), npu.Config{Library: sim.Library(), Logger: quiet, SampleInterval: -1})
-	if err != nil {
-		b.Fatal(err)
-	}
-	b.Cleanup(func() { _ = dev.Close(context.Background()) })
-	spec := cardsim.SD15LCM()
-	spec.TokenizerDir = "../tokenize/testdata/clip"
-	sdDir := filepath.Join(b.TempDir(), "sd15-lcm")
-	if err := cardsim.WriteSDPackage(sdDir, spec); err != nil {
-		b.Fatal(err)
-	}
-	pipe, err := sd.Open(b.Context(), dev, sdDir, sd.Config{Name: "sd15-lcm", Logger: quiet})
-	if err != nil {
-		b.Fatal(err)
-	}
-	b.Cleanup(func() { _ = pipe.Close(context.Background()) })
+	sc := simCardWithSD(b)
+	sim, dev, pipe := sc.sim, sc.dev, sc.pipe
 	ls := cardsim.TinyQwen3()
 	ls.Name, ls.Layers, ls.LayerWeightBytes = "qwen3-36", 36, 1<<20
 	ls.TokenizerDir = "../tokenize/testdata/qwen3"

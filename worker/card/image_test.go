@@ -27,27 +27,43 @@ import (
 	"github.com/kiln-project/kiln/worker/workertest"
 )
 
+// sdCard is the simulated card, opened through the real binding, with the
+// simulator's SD 1.5 LCM package (spec) loaded on it as "sd15-lcm".
+type sdCard struct {
+	sim  *cardsim.Control
+	dev  *npu.Device
+	pipe *sd.Pipeline
+	spec cardsim.SDSpec
+}
+
+func simCardWithSD(tb testing.TB) sdCard {
+	tb.Helper()
+	c := sdCard{sim: cardsim.Controls(tb), spec: cardsim.SD15LCM()}
+	dev, err := npu.Open(tb.Context(), npu.Config{Library: c.sim.Library(), Logger: quiet, SampleInterval: -1})
+	if err != nil {
+		tb.Fatal(err)
+	}
+	tb.Cleanup(func() { _ = dev.Close(context.Background()) })
+	c.spec.TokenizerDir = "../tokenize/testdata/clip"
+	dir := filepath.Join(tb.TempDir(), "sd15-lcm")
+	if err := cardsim.WriteSDPackage(dir, c.spec); err != nil {
+		tb.Fatal(err)
+	}
+	pipe, err := sd.Open(tb.Context(), dev, dir, sd.Config{Name: "sd15-lcm", Logger: quiet})
+	if err != nil {
+		tb.Fatal(err)
+	}
+	tb.Cleanup(func() { _ = pipe.Close(context.Background()) })
+	c.dev, c.pipe = dev, pipe
+	return c
+}
+
 // TestImageJobs runs image jobs end to end through the real queue: an
 // embedded broker, a worker serving the SD package on the simulated card
 // with the real image handler, and the client.
 func TestImageJobs(t *testing.T) {
-	sim := cardsim.Controls(t)
-	dev, err := npu.Open(t.Context(), npu.Config{Library: sim.Library(), Logger: quiet, SampleInterval: -1})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = dev.Close(context.Background()) })
-	spec := cardsim.SD15LCM()
-	spec.TokenizerDir = "../tokenize/testdata/clip"
-	dir := filepath.Join(t.TempDir(), "sd15-lcm")
-	if err := cardsim.WriteSDPackage(dir, spec); err != nil {
-		t.Fatal(err)
-	}
-	pipe, err := sd.Open(t.Context(), dev, dir, sd.Config{Name: "sd15-lcm", Logger: quiet})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = pipe.Close(context.Background()) })
+	sc := simCardWithSD(t)
+	sim, dev, pipe, spec := sc.sim, sc.dev, sc.pipe, sc.spec
 
 	// A chat model on the same card (the LLM runtime on a small simulated
 	// Qwen3 package). The handlers record when they run.

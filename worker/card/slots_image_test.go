@@ -10,7 +10,6 @@ import (
 
 	"github.com/kiln-project/kiln/test/cardsim"
 	"github.com/kiln-project/kiln/worker/llm"
-	"github.com/kiln-project/kiln/worker/npu"
 	"github.com/kiln-project/kiln/worker/sd"
 )
 
@@ -27,23 +26,8 @@ import (
 // first step fall among A's decode steps, and its other steps and VAE
 // decoder among A's, B's and C's.
 func TestChatsBesideAnImageGiveTheirSoloTokens(t *testing.T) {
-	sim := cardsim.Controls(t)
-	dev, err := npu.Open(t.Context(), npu.Config{Library: sim.Library(), Logger: quiet, SampleInterval: -1})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = dev.Close(context.Background()) })
-	spec := cardsim.SD15LCM()
-	spec.TokenizerDir = "../tokenize/testdata/clip"
-	sdDir := filepath.Join(t.TempDir(), "sd15-lcm")
-	if err := cardsim.WriteSDPackage(sdDir, spec); err != nil {
-		t.Fatal(err)
-	}
-	pipe, err := sd.Open(t.Context(), dev, sdDir, sd.Config{Name: "sd15-lcm", Logger: quiet})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = pipe.Close(context.Background()) })
+	sc := simCardWithSD(t)
+	dev, pipe := sc.dev, sc.pipe
 	ls := cardsim.TinyQwen3()
 	ls.TokenizerDir = "../tokenize/testdata/qwen3"
 	llmDir := filepath.Join(t.TempDir(), "qwen3-tiny")
