@@ -14,11 +14,61 @@ import (
 )
 
 // TestMain keeps lifecycle logs out of test output (KILN_TEST_LOG=1 shows them).
+// It also removes the packages written once per test binary.
 func TestMain(m *testing.M) {
 	if os.Getenv("KILN_TEST_LOG") == "" {
 		slog.SetDefault(slog.New(slog.DiscardHandler))
 	}
-	os.Exit(m.Run())
+	code := m.Run()
+	if packagesRoot != "" {
+		_ = os.RemoveAll(packagesRoot)
+	}
+	os.Exit(code)
+}
+
+// packagesRoot holds the packages written once per test binary; TestMain
+// removes it. It outlives every test (a test's TempDir would not: the
+// first test to write a package would take it away from the others, and
+// from the next run under -count).
+var (
+	packagesRoot     string
+	packagesRootOnce sync.Once
+	packagesRootErr  error
+)
+
+// packagesDir is packagesRoot, made the first time it is asked for.
+func packagesDir() (string, error) {
+	packagesRootOnce.Do(func() { packagesRoot, packagesRootErr = os.MkdirTemp("", "kiln-llm-packages-") })
+	return packagesRoot, packagesRootErr
+}
+
+// oncePackage is a simulated package written the first time a test asks for
+// it, with its cacheless reference.
+type oncePackage struct {
+	once sync.Once
+	dir  string
+	ref  *cardsim.Reference
+	err  error
+}
+
+// get writes spec under name the first time and returns its folder and
+// reference.
+func (p *oncePackage) get(t testing.TB, name string, spec func() cardsim.LLMSpec) (string, *cardsim.Reference) {
+	t.Helper()
+	p.once.Do(func() {
+		var root string
+		if root, p.err = packagesDir(); p.err != nil {
+			return
+		}
+		p.dir = filepath.Join(root, name)
+		if p.err = cardsim.WriteLLMPackage(p.dir, spec()); p.err == nil {
+			p.ref, p.err = cardsim.LoadReference(p.dir)
+		}
+	})
+	if p.err != nil {
+		t.Fatal(p.err)
+	}
+	return p.dir, p.ref
 }
 
 // testSpec is TinyQwen3 with two layers and a 639-token context whose
@@ -34,33 +84,13 @@ func testSpec() cardsim.LLMSpec {
 	return s
 }
 
-var shared struct {
-	once sync.Once
-	dir  string
-	ref  *cardsim.Reference
-	err  error
-}
+var testPkg oncePackage
 
 // testPackage writes the test package once per test binary and returns its
 // folder and the cacheless reference.
 func testPackage(t testing.TB) (string, *cardsim.Reference) {
 	t.Helper()
-	shared.once.Do(func() {
-		dir, err := os.MkdirTemp("", "kiln-llm-test-")
-		if err != nil {
-			shared.err = err
-			return
-		}
-		shared.dir = filepath.Join(dir, "qwen3-test")
-		if shared.err = cardsim.WriteLLMPackage(shared.dir, testSpec()); shared.err != nil {
-			return
-		}
-		shared.ref, shared.err = cardsim.LoadReference(shared.dir)
-	})
-	if shared.err != nil {
-		t.Fatal(shared.err)
-	}
-	return shared.dir, shared.ref
+	return testPkg.get(t, "qwen3-test", testSpec)
 }
 
 // openDevice opens the simulated card; it is closed at cleanup.

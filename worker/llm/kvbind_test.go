@@ -3,7 +3,6 @@ package llm
 import (
 	"context"
 	"math/rand/v2"
-	"os"
 	"path/filepath"
 	"slices"
 	"sync"
@@ -29,11 +28,11 @@ func kvPackage(t *testing.T, s cardsim.LLMSpec) (string, *cardsim.Reference) {
 	if dir, ok := kvPackages.dirs[s.Name]; ok {
 		return dir, kvPackages.refs[s.Name]
 	}
-	tmp, err := os.MkdirTemp("", "kiln-llm-kv-")
+	root, err := packagesDir()
 	if err != nil {
 		t.Fatal(err)
 	}
-	dir := filepath.Join(tmp, s.Name)
+	dir := filepath.Join(root, "kv-"+s.Name)
 	if err := cardsim.WriteLLMPackage(dir, s); err != nil {
 		t.Fatal(err)
 	}

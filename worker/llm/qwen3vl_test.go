@@ -9,7 +9,6 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
-	"sync"
 	"testing"
 
 	"github.com/kiln-project/kiln/test/cardsim"
@@ -99,12 +98,7 @@ func TestMRoPEPositions(t *testing.T) {
 	}
 }
 
-var qwenVLPkg struct {
-	once sync.Once
-	dir  string
-	ref  *cardsim.Reference
-	err  error
-}
+var qwenVLPkg oncePackage
 
 // loadQwen3VL loads the vendor-shaped tiny Qwen3-VL package (cardsim.TinyQwen3VLVendor).
 func loadQwen3VL(t *testing.T) (*Model, *cardsim.Reference) { return loadQwen3VLWith(t, nil) }
@@ -112,26 +106,13 @@ func loadQwen3VL(t *testing.T) (*Model, *cardsim.Reference) { return loadQwen3VL
 // loadQwen3VLWith is loadQwen3VL with options.
 func loadQwen3VLWith(t *testing.T, opts *Options) (*Model, *cardsim.Reference) {
 	t.Helper()
-	qwenVLPkg.once.Do(func() {
-		dir, err := os.MkdirTemp("", "kiln-llm-qwen3vl-")
-		if err != nil {
-			qwenVLPkg.err = err
-			return
-		}
-		qwenVLPkg.dir = filepath.Join(dir, "qwen3-vl-2b-tiny")
-		if qwenVLPkg.err = cardsim.WriteLLMPackage(qwenVLPkg.dir, cardsim.TinyQwen3VLVendor()); qwenVLPkg.err == nil {
-			qwenVLPkg.ref, qwenVLPkg.err = cardsim.LoadReference(qwenVLPkg.dir)
-		}
-	})
-	if qwenVLPkg.err != nil {
-		t.Fatal(qwenVLPkg.err)
-	}
-	m, err := Load(context.Background(), openDevice(t), qwenVLPkg.dir, opts)
+	dir, ref := qwenVLPkg.get(t, "qwen3-vl-2b-tiny", cardsim.TinyQwen3VLVendor)
+	m, err := Load(context.Background(), openDevice(t), dir, opts)
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { m.Close(context.Background()) })
-	return m, qwenVLPkg.ref
+	return m, ref
 }
 
 // qwenImage is a 384×384 RGB test image made from seed.

@@ -331,32 +331,19 @@ func openDeviceBudget(t *testing.T, budget uint64) *npu.Device {
 	return dev
 }
 
-var smolPkg struct {
-	once sync.Once
-	dir  string
-	ref  *cardsim.Reference
-	err  error
-}
+var smolPkg oncePackage
 
 // loadSmolVLM loads the simulator's SmolVLM package (2 llama layers, a
 // 320-token prefill chunk, 64 image rows from a 512×512 encoder).
 func loadSmolVLM(t *testing.T, opts *Options) (*Model, *cardsim.Reference) {
 	t.Helper()
-	smolPkg.once.Do(func() {
-		smolPkg.dir = t.TempDir()
-		if smolPkg.err = cardsim.WriteLLMPackage(smolPkg.dir, cardsim.TinySmolVLM()); smolPkg.err == nil {
-			smolPkg.ref, smolPkg.err = cardsim.LoadReference(smolPkg.dir)
-		}
-	})
-	if smolPkg.err != nil {
-		t.Fatal(smolPkg.err)
-	}
-	m, err := Load(bg, openDevice(t), smolPkg.dir, opts)
+	dir, ref := smolPkg.get(t, "smolvlm-tiny", cardsim.TinySmolVLM)
+	m, err := Load(bg, openDevice(t), dir, opts)
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { m.Close(bg) })
-	return m, smolPkg.ref
+	return m, ref
 }
 
 // TestInterleavedImageRequestsGiveTheirSoloTokens: on the SmolVLM package,

@@ -4,10 +4,7 @@ import (
 	"context"
 	"errors"
 	"math/rand/v2"
-	"os"
-	"path/filepath"
 	"slices"
-	"sync"
 	"testing"
 
 	"github.com/kiln-project/kiln/test/cardsim"
@@ -22,36 +19,18 @@ func visionSpec() cardsim.LLMSpec {
 	return s
 }
 
-var visionPkg struct {
-	once sync.Once
-	dir  string
-	ref  *cardsim.Reference
-	err  error
-}
+var visionPkg oncePackage
 
 func loadVisionTest(t *testing.T) (*Model, *cardsim.Reference) {
 	t.Helper()
-	visionPkg.once.Do(func() {
-		dir, err := os.MkdirTemp("", "kiln-llm-vl-test-")
-		if err != nil {
-			visionPkg.err = err
-			return
-		}
-		visionPkg.dir = filepath.Join(dir, "qwen3-vl-test")
-		if visionPkg.err = cardsim.WriteLLMPackage(visionPkg.dir, visionSpec()); visionPkg.err == nil {
-			visionPkg.ref, visionPkg.err = cardsim.LoadReference(visionPkg.dir)
-		}
-	})
-	if visionPkg.err != nil {
-		t.Fatal(visionPkg.err)
-	}
+	dir, ref := visionPkg.get(t, "qwen3-vl-test", visionSpec)
 	dev := openDevice(t)
-	m, err := Load(context.Background(), dev, visionPkg.dir, nil)
+	m, err := Load(context.Background(), dev, dir, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { m.Close(context.Background()) })
-	return m, visionPkg.ref
+	return m, ref
 }
 
 // refImageLogits is the cacheless reference with the rows of the
