@@ -111,6 +111,21 @@ func results(t *testing.T, ps []*client.Pending) []*schema.Result {
 	return workertest.WaitAll(t, workertest.Context(t), ps)
 }
 
+// spareFinishes starts a 3-slot echo worker named name and checks that it
+// finishes every one of ps, which another worker handed back: each ok, on
+// its second attempt. It returns the results in the order of ps.
+func spareFinishes(t *testing.T, bb *workertest.Queue, name string, ps []*client.Pending) []*schema.Result {
+	t.Helper()
+	bb.Worker(t, name, slotted(echo.Slots(echo.Chat, 3), 3))
+	res := results(t, ps)
+	for i, r := range res {
+		if r.Status != schema.StatusOK || r.Worker != name || r.Attempt != 2 || r.JobID != ps[i].ID {
+			t.Fatalf("handed-back job %s: %+v; want ok from %s on attempt 2", ps[i].ID, r, name)
+		}
+	}
+	return res
+}
+
 // storedResults counts the results kept in KILN_RESULTS: exactly one per
 // job that ended.
 func storedResults(t *testing.T, q *workertest.Queue) uint64 {
@@ -315,10 +330,9 @@ func TestStopWithSeveralJobsDrainsOrHandsBack(t *testing.T) {
 	if err := w2.Stop(sctx); !errors.Is(err, context.Canceled) {
 		t.Fatalf("stop past grace: %v", err)
 	}
-	bb.Worker(t, "drain3", slotted(echo.Slots(echo.Chat, 3), 3))
-	for i, res := range results(t, ps) {
-		if res.Status != schema.StatusOK || res.Worker != "drain3" || res.Attempt != 2 || res.Text != fmt.Sprintf("echo: job%d", i) {
-			t.Fatalf("handed-back job: %+v; want ok from drain3 on attempt 2", res)
+	for i, res := range spareFinishes(t, bb, "drain3", ps) {
+		if want := fmt.Sprintf("echo: job%d", i); res.Text != want {
+			t.Fatalf("handed-back job %d: %q, want %q", i, res.Text, want)
 		}
 	}
 	if n := storedResults(t, bb); n != 6 {
@@ -349,12 +363,7 @@ func TestCriticalHandsEveryRunningJobBack(t *testing.T) {
 		}
 		return nil
 	})
-	bb.Worker(t, "cool3", slotted(echo.Slots(echo.Chat, 3), 3))
-	for _, res := range results(t, ps) {
-		if res.Status != schema.StatusOK || res.Worker != "cool3" || res.Attempt != 2 {
-			t.Fatalf("result %+v: want ok from cool3 on attempt 2", res)
-		}
-	}
+	spareFinishes(t, bb, "cool3", ps)
 	if len(h.started) != 0 || hot.Status().JobsOK != 0 {
 		t.Fatalf("the critical worker started %d more jobs, finished %d", len(h.started), hot.Status().JobsOK)
 	}
@@ -450,12 +459,7 @@ func TestLostCardWithSeveralJobsRunning(t *testing.T) {
 	case <-workertest.Context(t).Done():
 		t.Fatal("the worker did not stop after losing its card")
 	}
-	bb.Worker(t, "spare3", slotted(echo.Slots(echo.Chat, 3), 3))
-	for _, res := range results(t, ps) {
-		if res.Status != schema.StatusOK || res.Worker != "spare3" || res.Attempt != 2 {
-			t.Fatalf("result %+v: want ok from spare3 on attempt 2", res)
-		}
-	}
+	spareFinishes(t, bb, "spare3", ps)
 	if n := storedResults(t, bb); n != 3 {
 		t.Fatalf("%d results stored, want 3", n)
 	}
