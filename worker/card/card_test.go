@@ -182,15 +182,7 @@ func TestBrokenPackageLeavesTheOthersServing(t *testing.T) {
 // Temp fails so that the governor leaves the card out).
 func TestOldRuntimeCardHealthUnknown(t *testing.T) {
 	lib := cardsim.OldRuntimeLibrary(t)
-	models := tinyModels(t, 2)
-	c, err := card.Open(t.Context(), card.Config{Library: lib, ModelsDir: models, Logger: quiet})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = c.Close(t.Context()) })
-	if err := c.Load(t.Context()); err != nil {
-		t.Fatal(err)
-	}
+	c := loadedCard(t, card.Config{Library: lib, ModelsDir: tinyModels(t, 2)})
 	hb := schema.Heartbeat{Models: []schema.ModelInfo{{Name: "qwen3-tiny", Kind: schema.KindChat}}}
 	c.Status(&hb)
 	if hb.CardTempC != 0 || hb.CMMTotalMiB != 0 || hb.Models[0].State != schema.ModelReady {

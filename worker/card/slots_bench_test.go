@@ -40,14 +40,7 @@ func BenchmarkQueueVisitors(b *testing.B) {
 			if err := cardsim.WriteLLMPackage(filepath.Join(models, "qwen3-36"), spec); err != nil {
 				b.Fatal(err)
 			}
-			c, err := card.Open(b.Context(), card.Config{Library: sim.Library(), ModelsDir: models, Slots: n, Logger: quiet})
-			if err != nil {
-				b.Fatal(err)
-			}
-			b.Cleanup(func() { _ = c.Close(b.Context()) })
-			if err := c.Load(b.Context()); err != nil {
-				b.Fatal(err)
-			}
+			c := loadedCard(b, card.Config{Library: sim.Library(), ModelsDir: models, Slots: n})
 			sim.Config(b, "exec_us=370,prefill_exec_us=1795,nocompute=1", "exec_us=0,prefill_exec_us=0,nocompute=0")
 			q := workertest.StartQueue(b, workertest.QueueOptions{})
 			q.Worker(b, "bench0", func(cfg *worker.Config) {

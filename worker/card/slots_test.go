@@ -24,17 +24,7 @@ import (
 // "qwen3-tiny", each chat model with slots K/V slots, and loads it.
 func slotsCard(t *testing.T, slots int) *card.Card {
 	t.Helper()
-	lib := cardsim.Library(t)
-	models := tinyModels(t, 4)
-	c, err := card.Open(t.Context(), card.Config{Library: lib, ModelsDir: models, Slots: slots, Logger: quiet})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = c.Close(t.Context()) })
-	if err := c.Load(t.Context()); err != nil {
-		t.Fatal(err)
-	}
-	return c
+	return loadedCard(t, card.Config{Library: cardsim.Library(t), ModelsDir: tinyModels(t, 4), Slots: slots})
 }
 
 // A card configured with three slots per chat model says so to the worker

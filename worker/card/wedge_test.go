@@ -37,6 +37,24 @@ func tinyModels(t *testing.T, layers int) string {
 	return models
 }
 
+// loadedCard opens the card cfg describes (logging nowhere unless cfg
+// says), closes it at cleanup, and loads its packages.
+func loadedCard(tb testing.TB, cfg card.Config) *card.Card {
+	tb.Helper()
+	if cfg.Logger == nil {
+		cfg.Logger = quiet
+	}
+	c, err := card.Open(tb.Context(), cfg)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	tb.Cleanup(func() { _ = c.Close(tb.Context()) })
+	if err := c.Load(tb.Context()); err != nil {
+		tb.Fatal(err)
+	}
+	return c
+}
+
 // runCardWorker opens the card, starts a worker named name on it that
 // serves its packages, and returns the channel Run's error arrives on.
 func runCardWorker(t *testing.T, q *workertest.Queue, lib, models, name string, configure func(*worker.Config)) (*card.Card, <-chan error) {
@@ -276,15 +294,7 @@ func TestRuntimeWithoutStatusCallbackServes(t *testing.T) {
 	if err := rt.WatchDeviceStatus(func(axcl.DeviceID, axcl.DeviceStatus) {}); !errors.Is(err, axcl.ErrUnsupported) {
 		t.Fatalf("WatchDeviceStatus without the symbol: %v, want ErrUnsupported", err)
 	}
-	models := tinyModels(t, 2)
-	c, err := card.Open(t.Context(), card.Config{Library: lib, ModelsDir: models, Logger: quiet})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = c.Close(t.Context()) })
-	if err := c.Load(t.Context()); err != nil {
-		t.Fatal(err)
-	}
+	c := loadedCard(t, card.Config{Library: lib, ModelsDir: tinyModels(t, 2)})
 	out, err := workertest.Run(workertest.Context(t), c.ChatHandlers()["qwen3-tiny"], &schema.ChatJob{
 		JobHeader: schema.JobHeader{Model: "qwen3-tiny"}, MaxTokens: 4, Messages: []schema.Message{{Role: "user", Content: "kiln"}}})
 	if err != nil || out.Text() == "" {
