@@ -8,34 +8,22 @@ import (
 // BenchmarkExecute is one axclrtEngineExecute through the binding on a
 // locked thread against the no-compute simulator: the binding's own cost.
 func BenchmarkExecute(b *testing.B) {
-	b.Setenv("KILN_SIM_NOCOMPUTE", "1")
-	rt, _ := benchCard(b)
-	path, _ := tinyLayer(b, b.TempDir())
-	must(b, rt.EngineInit(VNPUDisable))
-	m, err := rt.LoadModel(path)
+	l := benchLayer(b)
+	rt := l.rt
+	ectx, err := rt.CreateEngineContext(l.model)
 	must(b, err)
-	ectx, err := rt.CreateEngineContext(m)
-	must(b, err)
-	info, err := rt.IOInfo(m)
-	must(b, err)
-	groups, err := rt.Describe(info)
-	must(b, err)
-	io, err := rt.CreateIO(info)
-	must(b, err)
-	for _, dir := range []Direction{Input, Output} {
-		for i := range len(groups[0].Inputs) + len(groups[0].Outputs) {
-			if dir == Input && i >= len(groups[0].Inputs) || dir == Output && i >= len(groups[0].Outputs) {
-				break
-			}
-			tn := groups[0].Tensor(dir, i)
+	bind := func(dir Direction, tensors []Tensor) {
+		for i, tn := range tensors {
 			p, err := rt.Malloc(tn.Size, MallocHugeFirst)
 			must(b, err)
-			must(b, rt.SetBuffer(io, dir, i, p, tn.Size))
+			must(b, rt.SetBuffer(l.io, dir, i, p, tn.Size))
 		}
 	}
+	bind(Input, l.group.Inputs)
+	bind(Output, l.group.Outputs)
 	b.ReportAllocs()
 	for b.Loop() {
-		if err := rt.Execute(m, ectx, 0, io); err != nil {
+		if err := rt.Execute(l.model, ectx, 0, l.io); err != nil {
 			b.Fatal(err)
 		}
 	}
@@ -64,18 +52,8 @@ func BenchmarkCopy(b *testing.B) {
 // creating an IO and binding all its tensors, paid context × layers times,
 // with no bind per token).
 func BenchmarkBind(b *testing.B) {
-	b.Setenv("KILN_SIM_NOCOMPUTE", "1")
-	rt, ctx := benchCard(b)
-	path, _ := tinyLayer(b, b.TempDir())
-	must(b, rt.EngineInit(VNPUDisable))
-	m, err := rt.LoadModel(path)
-	must(b, err)
-	info, err := rt.IOInfo(m)
-	must(b, err)
-	groups, err := rt.Describe(info)
-	must(b, err)
-	io, err := rt.CreateIO(info)
-	must(b, err)
+	l := benchLayer(b)
+	rt, ctx, io, info, g := l.rt, l.ctx, l.io, l.info, l.group
 	const rows = 256
 	cache, err := rt.Malloc(rows*2048, MallocHugeFirst)
 	must(b, err)
@@ -83,7 +61,6 @@ func BenchmarkBind(b *testing.B) {
 	row := func(i int) DevicePtr { return cache + DevicePtr(i%rows*2048) }
 	run("rebind_by_index", func(i int) error { return rt.BindBuffer(io, Output, 0, row(i), 64) })
 	run("set_buffer", func(i int) error { return rt.SetBuffer(io, Output, 0, row(i), 64) })
-	g := groups[0]
 	run("per_row_io", func(i int) error {
 		rio, err := rt.CreateIO(info)
 		if err != nil {
@@ -101,6 +78,34 @@ func BenchmarkBind(b *testing.B) {
 		}
 		return rt.DestroyIO(rio)
 	})
+}
+
+// layerBench is the simulator's tiny layer model loaded on the benchmark's
+// card (no compute), with its first shape group and one IO made for it.
+type layerBench struct {
+	rt    *Runtime
+	ctx   Context
+	model ModelID
+	info  IOInfo
+	group ShapeGroup
+	io    IO
+}
+
+func benchLayer(b *testing.B) layerBench {
+	b.Helper()
+	b.Setenv("KILN_SIM_NOCOMPUTE", "1")
+	rt, ctx := benchCard(b)
+	path, _ := tinyLayer(b, b.TempDir())
+	must(b, rt.EngineInit(VNPUDisable))
+	m, err := rt.LoadModel(path)
+	must(b, err)
+	info, err := rt.IOInfo(m)
+	must(b, err)
+	groups, err := rt.Describe(info)
+	must(b, err)
+	io, err := rt.CreateIO(info)
+	must(b, err)
+	return layerBench{rt: rt, ctx: ctx, model: m, info: info, group: groups[0], io: io}
 }
 
 // benchCard loads the simulator and makes a context on its first card,
